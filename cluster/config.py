@@ -1,0 +1,297 @@
+"""Typed, validated stack configuration.
+
+Every key a stack may set is declared once in ``KEYS`` with its default and the rule it must
+obey. ``load_config`` turns the raw key/value mapping (from ``pulumi.Config`` or the lab) into a
+frozen ``StackConfig`` or raises one ``ConfigError`` that names every bad key and what is
+allowed, before any resource is declared.
+
+Secrets (``rootPassword``, ``sshPrivateKey``) are not part of ``StackConfig``: they stay Pulumi
+secret Outputs and are read where they are used.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+DC_NAMES = ("dc1", "dc2")
+
+# Linode core compute regions (GET /v4/regions, 2026). Both IP-sharing methods are possible in
+# all of them; "bgp" (lelastic) is Linode's current method, "arp" is for VLANs and the lab.
+LINODE_REGIONS = frozenset(
+    {
+        "ap-northeast", "ap-south", "ap-southeast", "ap-west", "au-mel", "br-gru",
+        "ca-central", "de-fra-2", "es-mad", "eu-central", "eu-west", "fr-par", "gb-lon",
+        "id-cgk", "in-bom-2", "in-maa", "it-mil", "jp-osa", "jp-tyo-3", "nl-ams", "se-sto",
+        "sg-sin-2", "us-central", "us-east", "us-iad", "us-lax", "us-mia", "us-ord",
+        "us-sea", "us-southeast", "us-west",
+    }
+)  # fmt: skip
+
+DEFAULT_REGIONS = {"dc1": "us-east", "dc2": "us-central"}
+SHARED_IP_METHODS = ("bgp", "arp")
+TLS_MODES = ("selfsigned", "letsencrypt")
+DMARC_POLICIES = ("none", "quarantine", "reject")
+MTA_STS_MODES = ("none", "testing", "enforce")
+MIN_VOLUME_GB = 10
+MAX_VOLUME_GB = 10240
+
+_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
+_DOMAIN_RE = re.compile(rf"^(?=.{{4,253}}$)({_LABEL}\.)+[a-z]{{2,63}}$")
+_EMAIL_RE = re.compile(r"^[A-Za-z0-9._%+-]+@" + rf"({_LABEL}\.)+[a-z]{{2,63}}$")
+_SSH_KEY_RE = re.compile(
+    r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com)"
+    r" [A-Za-z0-9+/]+={0,3}( .*)?$"
+)
+_STACK_REF_RE = re.compile(r"^([A-Za-z0-9_.-]+/){0,2}[A-Za-z0-9_.-]+$")
+_INSTANCE_TYPE_RE = re.compile(r"^g[0-9]+-[a-z0-9-]+$")
+
+
+class ConfigError(ValueError):
+    """One or more config keys are wrong; the message names each key and what is allowed."""
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """The validated configuration of one stack (one data centre)."""
+
+    dc: str
+    active_dc: str
+    domain: str
+    region: str
+    instance_type: str
+    volume_size_gb: int
+    ssh_keys: tuple[str, ...]
+    admin_cidrs: tuple[str, ...]
+    shared_ip_method: str
+    peer_stack: str | None
+    linode_secondary_dns: bool
+    message_size_limit_mb: int
+    imap_plaintext: bool
+    tls_mode: str
+    letsencrypt_email: str | None
+    dns_ttl: int
+    dmarc_policy: str
+    mta_sts_mode: str
+    postmaster: str
+    heartbeat_keepalive_ms: int
+    heartbeat_deadtime_ms: int
+    provision: bool
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def peer_dc(self) -> str:
+        return "dc2" if self.dc == "dc1" else "dc1"
+
+    @property
+    def is_active(self) -> bool:
+        return self.dc == self.active_dc
+
+    def with_values(self, **changes: Any) -> StackConfig:
+        return replace(self, **changes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validators: each takes the raw value and returns the typed value or raises ValueError whose
+# text says what is allowed. ``load_config`` prefixes the key name.
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise ValueError("must be true or false")
+
+
+def _as_int(lo: int, hi: int, unit: str = "") -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        try:
+            number = int(str(value), 10)
+        except ValueError:
+            raise ValueError(f"must be a whole number from {lo} to {hi}{unit}") from None
+        if not lo <= number <= hi:
+            raise ValueError(f"must be from {lo} to {hi}{unit}, got {number}")
+        return number
+
+    return check
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}; got {value!r}")
+        return str(value)
+
+    return check
+
+
+def _as_list(value: Any) -> list[Any]:
+    """Pulumi config holds lists as JSON text; the lab and tests may pass real lists."""
+    if isinstance(value, list | tuple):
+        return list(value)
+    if isinstance(value, str):
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            raise ValueError("must be a list (in YAML, or JSON text)") from None
+        if isinstance(parsed, list):
+            return parsed
+    raise ValueError("must be a list (in YAML, or JSON text)")
+
+
+def _domain(value: Any) -> str:
+    text = str(value).strip().lower().rstrip(".")
+    if not _DOMAIN_RE.match(text):
+        raise ValueError(f"must be a DNS domain like example.com; got {value!r}")
+    return text
+
+
+def _email(value: Any) -> str:
+    text = str(value).strip()
+    if not _EMAIL_RE.match(text):
+        raise ValueError(f"must be an e-mail address like admin@example.com; got {value!r}")
+    return text
+
+
+def _region(value: Any) -> str:
+    if value not in LINODE_REGIONS:
+        raise ValueError(
+            f"must be a Linode region such as us-east or eu-central; got {value!r} "
+            f"(allowed: {', '.join(sorted(LINODE_REGIONS))})"
+        )
+    return str(value)
+
+
+def _instance_type(value: Any) -> str:
+    if not _INSTANCE_TYPE_RE.match(str(value)):
+        raise ValueError(f"must be a Linode plan id like g6-standard-2; got {value!r}")
+    return str(value)
+
+
+def _ssh_keys(value: Any) -> tuple[str, ...]:
+    keys = [str(k).strip() for k in _as_list(value)]
+    if not keys:
+        raise ValueError("needs at least one SSH public key (ssh-ed25519 AAAA... user@host)")
+    for key in keys:
+        if not _SSH_KEY_RE.match(key):
+            raise ValueError(f"{key[:30]!r}... is not an OpenSSH public key line")
+    return tuple(keys)
+
+
+def _cidrs(value: Any) -> tuple[str, ...]:
+    out = []
+    for item in _as_list(value):
+        try:
+            out.append(str(ipaddress.ip_network(str(item), strict=True)))
+        except ValueError:
+            raise ValueError(f"{item!r} is not a CIDR like 203.0.113.0/24") from None
+    if not out:
+        raise ValueError("needs at least one CIDR that may reach SSH, like 203.0.113.7/32")
+    return tuple(out)
+
+
+def _stack_ref(value: Any) -> str | None:
+    text = str(value).strip()
+    if not text:
+        return None
+    if not _STACK_REF_RE.match(text):
+        raise ValueError(f"must be a stack name like dc2 or org/mailcluster/dc2; got {value!r}")
+    return text
+
+
+@dataclass(frozen=True)
+class Key:
+    """One config key: its default (``None`` = required) and its validator."""
+
+    attr: str
+    default: Any
+    check: Callable[[Any], Any]
+    doc: str
+
+
+KEYS: dict[str, Key] = {
+    "activeDc": Key("active_dc", "dc1", _one_of(DC_NAMES),
+                    "the data centre that serves mail; change it to fail over"),
+    "domain": Key("domain", None, _domain, "the mail domain, e.g. example.com"),
+    "region": Key("region", "", _region, "the Linode region of this stack's data centre"),
+    "instanceType": Key("instance_type", "g6-standard-2", _instance_type, "Linode plan"),
+    "volumeSizeGb": Key("volume_size_gb", 80, _as_int(MIN_VOLUME_GB, MAX_VOLUME_GB, " GB"),
+                        "block storage for mail data, per node"),
+    "sshKeys": Key("ssh_keys", None, _ssh_keys, "SSH public keys for root"),
+    "adminCidrs": Key("admin_cidrs", None, _cidrs, "CIDRs allowed to reach SSH"),
+    "sharedIpMethod": Key("shared_ip_method", "bgp", _one_of(SHARED_IP_METHODS),
+                          "how the shared IP moves: bgp (lelastic) or arp (IPaddr2)"),
+    "peerStack": Key("peer_stack", "", _stack_ref, "the other data centre's stack"),
+    "linodeSecondaryDns": Key("linode_secondary_dns", False, _as_bool,
+                              "also serve the zone from Linode's DNS Manager as a secondary"),
+    "messageSizeLimitMb": Key("message_size_limit_mb", 50, _as_int(1, 1024, " MB"),
+                              "largest message Postfix accepts"),
+    "imapPlaintext": Key("imap_plaintext", False, _as_bool, "also offer IMAP on 143"),
+    "tlsMode": Key("tls_mode", "selfsigned", _one_of(TLS_MODES),
+                   "selfsigned: cluster CA; letsencrypt: certbot"),
+    "letsencryptEmail": Key("letsencrypt_email", "", lambda v: _email(v) if v else None,
+                            "account e-mail for Let's Encrypt"),
+    "dnsTtl": Key("dns_ttl", 300, _as_int(30, 86400, " s"), "TTL of every DNS record"),
+    "dmarcPolicy": Key("dmarc_policy", "quarantine", _one_of(DMARC_POLICIES), "DMARC p="),
+    "mtaStsMode": Key("mta_sts_mode", "testing", _one_of(MTA_STS_MODES), "MTA-STS mode"),
+    "postmaster": Key("postmaster", "", lambda v: _email(v) if v else None,
+                      "postmaster address (default postmaster@domain)"),
+    "heartbeatKeepaliveMs": Key("heartbeat_keepalive_ms", 200, _as_int(50, 10000, " ms"),
+                                "Heartbeat keepalive interval"),
+    "heartbeatDeadtimeMs": Key("heartbeat_deadtime_ms", 1000, _as_int(200, 60000, " ms"),
+                               "Heartbeat deadtime"),
+    "provision": Key("provision", True, _as_bool, "configure the nodes over SSH"),
+}  # fmt: skip
+
+# Keys that exist but are read as secrets where they are used, never into StackConfig.
+SECRET_KEYS = {"rootPassword", "sshPrivateKey"}
+
+
+def load_config(raw: Mapping[str, Any], stack: str) -> StackConfig:
+    """Validate ``raw`` (keys without the ``mailcluster:`` prefix) for ``stack``.
+
+    Raises ``ConfigError`` listing every problem, one line per key.
+    """
+    errors: list[str] = []
+    dc = str(raw.get("dc", stack))
+    if dc not in DC_NAMES:
+        errors.append(
+            f"mailcluster:dc: must be one of {', '.join(DC_NAMES)} (default: the "
+            f"stack name); got {dc!r}"
+        )
+        dc = "dc1"
+    values: dict[str, Any] = {"dc": dc}
+    for name in raw:
+        if name not in KEYS and name not in SECRET_KEYS and name != "dc":
+            errors.append(f"mailcluster:{name}: unknown key (known: {', '.join(sorted(KEYS))})")
+    for name, key in KEYS.items():
+        given = raw.get(name)
+        if given is None or given == "":
+            if key.default is None:
+                errors.append(f"mailcluster:{name}: is required ({key.doc})")
+                continue
+            given = key.default
+            if name == "region":
+                given = DEFAULT_REGIONS[dc]
+        try:
+            values[key.attr] = key.check(given)
+        except ValueError as exc:
+            errors.append(f"mailcluster:{name}: {exc}")
+    if not errors:
+        if values["tls_mode"] == "letsencrypt" and not values["letsencrypt_email"]:
+            errors.append("mailcluster:letsencryptEmail: is required when tlsMode is letsencrypt")
+        if values["heartbeat_deadtime_ms"] < 2 * values["heartbeat_keepalive_ms"]:
+            errors.append(
+                "mailcluster:heartbeatDeadtimeMs: must be at least twice "
+                "heartbeatKeepaliveMs, or one lost packet fails the node over"
+            )
+        if values["postmaster"] is None:
+            values["postmaster"] = f"postmaster@{values['domain']}"
+    if errors:
+        raise ConfigError("invalid stack config:\n  " + "\n  ".join(errors))
+    return StackConfig(**values)

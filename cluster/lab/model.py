@@ -1,0 +1,25 @@
+"""The lab's stacks: the committed stack configs, with only what a lab must differ in."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from cluster.config import DC_NAMES, StackConfig, load_config
+from cluster.lab.addresses import lab_dc_addresses
+from cluster.stackfiles import read_stack_config
+from cluster.topology import Topology
+
+# ARP takeover (IPaddr2): there is no BGP in the lab. Let's Encrypt cannot reach the lab.
+LAB_OVERRIDES: Mapping[str, Any] = {"sharedIpMethod": "arp", "tlsMode": "selfsigned"}
+
+
+def lab_config(stack: str, sets: Mapping[str, Any] | None = None) -> StackConfig:
+    raw = {**read_stack_config(stack), **LAB_OVERRIDES, **(sets or {})}
+    return load_config(raw, stack)
+
+
+def lab_topology(stack: str, sets: Mapping[str, Any] | None = None) -> Topology:
+    return Topology(
+        config=lab_config(stack, sets), dcs={dc: lab_dc_addresses(dc) for dc in DC_NAMES}
+    )

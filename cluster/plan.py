@@ -1,0 +1,199 @@
+"""The per-host plan: the files a host gets and the ordered, idempotent steps that apply them.
+
+One plan, two appliers. The Pulumi program maps every ``Step`` to a ``remote.Command`` (its
+``command`` as ``create``, its ``stdin`` as ``stdin``, its ``digest`` in ``triggers``); the lab
+runs the very same command with the very same stdin inside its namespaces. So what the lab
+proves is what Linode runs.
+
+Rules every step keeps:
+- The command text never holds a secret: secrets travel on stdin (``Step.secret`` marks them, and
+  the Pulumi layer wraps such stdin in ``Output.secret``).
+- Running a step twice changes nothing the second time. A step that changed something prints a
+  line starting with ``mailcluster: changed`` so appliers and tests can count real changes.
+- A step re-runs only when its digest changes: its command, its stdin, or the digest of a step it
+  ``watches`` (a reload watches the files it loads).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+STATE_DIR = "/var/lib/mailcluster"
+CHANGED_MARK = "mailcluster: changed"
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """A whole file, written atomically, with its owner and mode."""
+
+    path: str
+    content: str
+    mode: str = "0644"
+    owner: str = "root"
+    group: str = "root"
+    secret: bool = False
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    script: str
+    stdin: str = ""
+    secret: bool = False
+    after: tuple[str, ...] = ()  # ordering only, same host
+    watch: tuple[str, ...] = ()  # ordering and re-run when these change, same host
+    after_remote: tuple[tuple[str, str], ...] = ()  # (host, step): ordering across hosts
+    file: FileSpec | None = None  # set for steps that install one file
+
+    @property
+    def command(self) -> str:
+        """The exact command line both appliers run; the script is bash with strict modes."""
+        return "bash -c " + shlex.quote("set -euo pipefail\n" + self.script)
+
+    def own_digest(self) -> str:
+        h = hashlib.sha256()
+        for part in (self.name, self.command, self.stdin):
+            h.update(part.encode())
+            h.update(b"\0")
+        return h.hexdigest()
+
+
+@dataclass
+class HostPlan:
+    host: str
+    steps: list[Step] = field(default_factory=list)
+    packages: tuple[str, ...] = ()
+
+    def add(self, *steps: Step) -> None:
+        known = {s.name for s in self.steps}
+        for step in steps:
+            if step.name in known:
+                raise ValueError(f"{self.host}: step {step.name!r} declared twice")
+            known.add(step.name)
+            self.steps.append(step)
+
+    def step(self, name: str) -> Step:
+        for s in self.steps:
+            if s.name == name:
+                return s
+        raise KeyError(f"{self.host}: no step {name!r}")
+
+    def digests(self) -> dict[str, str]:
+        """Each step's digest: its own inputs plus the digests of the steps it watches."""
+        out: dict[str, str] = {}
+        for s in self.ordered():
+            h = hashlib.sha256(s.own_digest().encode())
+            for w in sorted(s.watch):
+                h.update(out[w].encode())
+            out[s.name] = h.hexdigest()
+        return out
+
+    def ordered(self) -> list[Step]:
+        """Steps in dependency order; declaration order breaks ties (stable)."""
+        by_name = {s.name: s for s in self.steps}
+        done: list[Step] = []
+        seen: set[str] = set()
+        visiting: set[str] = set()
+
+        def visit(step: Step) -> None:
+            if step.name in seen:
+                return
+            if step.name in visiting:
+                raise ValueError(f"{self.host}: dependency cycle at step {step.name!r}")
+            visiting.add(step.name)
+            for dep in (*step.after, *step.watch):
+                if dep not in by_name:
+                    raise ValueError(f"{self.host}: step {step.name!r} needs unknown {dep!r}")
+                visit(by_name[dep])
+            visiting.discard(step.name)
+            seen.add(step.name)
+            done.append(step)
+
+        for s in self.steps:
+            visit(s)
+        return done
+
+    @property
+    def files(self) -> list[FileSpec]:
+        return [s.file for s in self.steps if s.file is not None]
+
+
+# ---------------------------------------------------------------------------------------------
+# Step builders shared by every service.
+
+
+def file_step(spec: FileSpec, after: Sequence[str] = ()) -> Step:
+    """Install one file atomically; report a change only when its bytes, owner or mode differ.
+
+    The content arrives on stdin, so a secret file never appears in a command line and the
+    Pulumi diff of a plain file shows its lines.
+    """
+    path = shlex.quote(spec.path)
+    script = f"""f={path}
+install -d -m 0755 "$(dirname "$f")"
+tmp=$(mktemp "$f.mc-XXXXXX")
+trap 'rm -f "$tmp"' EXIT
+cat > "$tmp"
+chown {spec.owner}:{spec.group} "$tmp"
+chmod {spec.mode} "$tmp"
+if [ -f "$f" ] && cmp -s "$tmp" "$f" \\
+   && [ "$(stat -c %U:%G:%a "$f")" = "$(stat -c %U:%G:%a "$tmp")" ]; then
+  exit 0
+fi
+mv -f "$tmp" "$f"
+trap - EXIT
+echo "{CHANGED_MARK} $f"
+"""
+    return Step(
+        name=f"file:{spec.path}",
+        script=script,
+        stdin=spec.content,
+        secret=spec.secret,
+        after=tuple(after),
+        file=spec,
+    )
+
+
+def packages_step(packages: Iterable[str]) -> Step:
+    """Install Debian packages, skipping apt entirely when dpkg already has them all: lab hosts
+    have no mirror, and a Linode node should not hit the mirror on every apply."""
+    names = sorted(set(packages))
+    quoted = " ".join(shlex.quote(p) for p in names)
+    script = f"""pkgs=({quoted})
+missing=()
+for p in "${{pkgs[@]}}"; do
+  st=$(dpkg-query -W -f='${{Status}}' "$p" 2>/dev/null || true)
+  [ "$st" = "install ok installed" ] || missing+=("$p")
+done
+[ ${{#missing[@]}} -eq 0 ] && exit 0
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+apt-get install -y -q --no-install-recommends \\
+  -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "${{missing[@]}}"
+echo "{CHANGED_MARK} installed ${{missing[*]}}"
+"""
+    return Step(name="packages", script=script)
+
+
+def script_step(
+    name: str,
+    script: str,
+    *,
+    stdin: str = "",
+    secret: bool = False,
+    after: Sequence[str] = (),
+    watch: Sequence[str] = (),
+    after_remote: Sequence[tuple[str, str]] = (),
+) -> Step:
+    return Step(
+        name=name,
+        script=script,
+        stdin=stdin,
+        secret=secret,
+        after=tuple(after),
+        watch=tuple(watch),
+        after_remote=tuple(after_remote),
+    )

@@ -1,0 +1,233 @@
+"""From config and addresses to roles. Pure Python: no Pulumi, no I/O.
+
+The same ``Topology`` is built by the Pulumi program (addresses from Linode and from the peer
+stack's outputs) and by the lab (addresses of its namespaces), and everything rendered for a host
+is a function of it. Roles that move at run time (which node of a data centre holds the shared IP
+and so is the MariaDB master) are not fixed here: the plan's scripts ask the host. What is fixed:
+
+- the active data centre (``activeDc``) serves mail; its shared IP is the MariaDB master's
+  address, the BIND master set, and what MX/mail/webmail resolve to;
+- every other node is a replica of that shared IP (GTID, so following a new master is free);
+- Heartbeat pairs svr1 and svr2 of each data centre over the private network.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from cluster.config import DC_NAMES, StackConfig
+
+SLOTS = ("svr1", "svr2")
+DKIM_SELECTOR = "mail"
+
+
+@dataclass(frozen=True)
+class NodeAddresses:
+    public_ipv4: str
+    private_ipv4: str
+    public_ipv6: str | None = None
+
+
+@dataclass(frozen=True)
+class DcAddresses:
+    """The addresses of one data centre: its shared IP and its two nodes by slot."""
+
+    shared_ipv4: str
+    nodes: dict[str, NodeAddresses]
+    # The prefix length of the public LAN (for IPaddr2 in arp mode) and its interface.
+    public_prefixlen: int = 24
+    interface: str = "eth0"
+
+    def __post_init__(self) -> None:
+        if set(self.nodes) != set(SLOTS):
+            raise ValueError(f"a data centre needs nodes {SLOTS}, got {sorted(self.nodes)}")
+        for addr in [self.shared_ipv4] + [
+            a for n in self.nodes.values() for a in (n.public_ipv4, n.private_ipv4)
+        ]:
+            ipaddress.ip_address(addr)
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str  # "dc1-svr1": also the Linode label and the lab host name
+    dc: str
+    slot: str
+    fqdn: str
+    public_ipv4: str
+    private_ipv4: str
+    public_ipv6: str | None
+    server_id: int  # MariaDB server_id, unique in the cluster
+    peer_name: str  # the other node of the same data centre (Heartbeat partner)
+
+
+@dataclass(frozen=True)
+class DnsRecord:
+    name: str  # relative to the zone, "@" for the apex
+    type: str
+    value: str
+
+
+@dataclass(frozen=True)
+class Topology:
+    config: StackConfig
+    dcs: dict[str, DcAddresses]
+    nodes: tuple[Node, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.config.dc not in self.dcs:
+            raise ValueError(f"addresses of this stack's data centre {self.config.dc} missing")
+        if self.config.active_dc not in self.dcs:
+            raise ValueError(
+                f"activeDc is {self.config.active_dc} but its addresses are unknown: deploy "
+                f"that stack first or set peerStack so this stack can read them"
+            )
+        nodes = []
+        for dc in DC_NAMES:
+            if dc not in self.dcs:
+                continue
+            for index, slot in enumerate(SLOTS):
+                addr = self.dcs[dc].nodes[slot]
+                name = f"{dc}-{slot}"
+                nodes.append(
+                    Node(
+                        name=name,
+                        dc=dc,
+                        slot=slot,
+                        fqdn=f"{name}.{self.domain}",
+                        public_ipv4=addr.public_ipv4,
+                        private_ipv4=addr.private_ipv4,
+                        public_ipv6=addr.public_ipv6,
+                        server_id=DC_NAMES.index(dc) * 2 + index + 1,
+                        peer_name=f"{dc}-{SLOTS[1 - index]}",
+                    )
+                )
+        object.__setattr__(self, "nodes", tuple(nodes))
+
+    # -- names --------------------------------------------------------------------------------
+    @property
+    def domain(self) -> str:
+        return self.config.domain
+
+    @property
+    def mail_host(self) -> str:
+        """The name users and MX point at: always the active data centre's shared IP."""
+        return f"mail.{self.domain}"
+
+    @property
+    def active_dc(self) -> str:
+        return self.config.active_dc
+
+    @property
+    def standby_dc(self) -> str | None:
+        other = "dc2" if self.active_dc == "dc1" else "dc1"
+        return other if other in self.dcs else None
+
+    def node(self, name: str) -> Node:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(name)
+
+    def dc_nodes(self, dc: str) -> tuple[Node, ...]:
+        return tuple(n for n in self.nodes if n.dc == dc)
+
+    @property
+    def own_nodes(self) -> tuple[Node, ...]:
+        """The nodes this stack provisions."""
+        return self.dc_nodes(self.config.dc)
+
+    def peer(self, node: Node) -> Node:
+        return self.node(node.peer_name)
+
+    def shared_ip(self, dc: str) -> str:
+        return self.dcs[dc].shared_ipv4
+
+    # -- roles --------------------------------------------------------------------------------
+    @property
+    def db_master_address(self) -> str:
+        """Replicas follow the active data centre's shared IP, so a takeover inside it needs no
+        change on any replica (GTID positions carry over)."""
+        return self.shared_ip(self.active_dc)
+
+    @property
+    def dns_masters(self) -> tuple[Node, ...]:
+        """Both nodes of the active data centre hold the zone as master (identical files from
+        the same plan), so a Heartbeat takeover keeps DNS authoritative."""
+        return self.dc_nodes(self.active_dc)
+
+    @property
+    def dns_slaves(self) -> tuple[Node, ...]:
+        return self.dc_nodes(self.standby_dc) if self.standby_dc else ()
+
+    def is_dns_master(self, node: Node) -> bool:
+        return node.dc == self.active_dc
+
+    @property
+    def cluster_addresses(self) -> tuple[str, ...]:
+        """Every address a cluster peer may come from (firewalls, BIND ACLs, MariaDB grants)."""
+        out: list[str] = []
+        for dc in DC_NAMES:
+            if dc in self.dcs:
+                out.append(self.dcs[dc].shared_ipv4)
+        for n in self.nodes:
+            out += [n.public_ipv4, n.private_ipv4]
+        return tuple(dict.fromkeys(out))
+
+    # -- DNS ----------------------------------------------------------------------------------
+    def name_servers(self) -> list[tuple[str, str]]:
+        """(name, address) of the zone's name servers: ns1 is the active DC's shared IP."""
+        servers = [(f"ns1.{self.domain}", self.shared_ip(self.active_dc))]
+        if self.standby_dc:
+            servers.append((f"ns2.{self.domain}", self.shared_ip(self.standby_dc)))
+        return servers
+
+    def dns_records(self, dkim_public_key_b64: str, mta_sts_id: str) -> list[DnsRecord]:
+        """Every record of the zone except SOA. Values are zone-file ready."""
+        d = self.domain
+        ttl_target = self.shared_ip(self.active_dc)
+        records: list[DnsRecord] = []
+        for name, addr in self.name_servers():
+            records.append(DnsRecord("@", "NS", f"{name}."))
+            records.append(DnsRecord(name.removesuffix(f".{d}"), "A", addr))
+        records.append(DnsRecord("@", "A", ttl_target))
+        for label in ("mail", "webmail", "mta-sts", "autoconfig"):
+            records.append(DnsRecord(label, "A", ttl_target))
+        for dc in DC_NAMES:
+            if dc in self.dcs:
+                records.append(DnsRecord(dc, "A", self.shared_ip(dc)))
+        for n in self.nodes:
+            records.append(DnsRecord(n.name, "A", n.public_ipv4))
+            if n.public_ipv6:
+                records.append(DnsRecord(n.name, "AAAA", n.public_ipv6))
+        records.append(DnsRecord("@", "MX", f"10 {self.mail_host}."))
+        senders = " ".join(f"ip4:{a}" for a in self.outbound_addresses())
+        records.append(DnsRecord("@", "TXT", _txt(f"v=spf1 mx {senders} -all")))
+        records.append(
+            DnsRecord(f"{DKIM_SELECTOR}._domainkey", "TXT",
+                      _txt(f"v=DKIM1; k=rsa; p={dkim_public_key_b64}"))
+        )  # fmt: skip
+        policy = self.config.dmarc_policy
+        records.append(
+            DnsRecord("_dmarc", "TXT",
+                      _txt(f"v=DMARC1; p={policy}; rua=mailto:{self.config.postmaster}"))
+        )  # fmt: skip
+        if self.config.mta_sts_mode != "none":
+            records.append(DnsRecord("_mta-sts", "TXT", _txt(f"v=STSv1; id={mta_sts_id}")))
+        records.append(
+            DnsRecord("_smtp._tls", "TXT",
+                      _txt(f"v=TLSRPTv1; rua=mailto:{self.config.postmaster}"))
+        )  # fmt: skip
+        return records
+
+    def outbound_addresses(self) -> tuple[str, ...]:
+        """Addresses mail may leave from: every shared IP and node address (SPF)."""
+        out = [self.dcs[dc].shared_ipv4 for dc in DC_NAMES if dc in self.dcs]
+        out += [n.public_ipv4 for n in self.nodes]
+        return tuple(dict.fromkeys(out))
+
+
+def _txt(text: str) -> str:
+    """A TXT value for a zone file: split into 255-byte quoted strings (RFC 4408 3.1.3)."""
+    chunks = [text[i : i + 255] for i in range(0, len(text), 255)]
+    return " ".join(f'"{c}"' for c in chunks)
