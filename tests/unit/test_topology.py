@@ -1,0 +1,53 @@
+"""Roles derived from config: rules that must hold for both stacks and both activeDc values."""
+
+from __future__ import annotations
+
+import pytest
+
+from cluster.lab.model import lab_topology
+from cluster.topology import DcAddresses, NodeAddresses, Topology
+
+
+@pytest.mark.parametrize("active", ["dc1", "dc2"])
+@pytest.mark.parametrize("stack", ["dc1", "dc2"])
+def test_roles_follow_active_dc(stack: str, active: str) -> None:
+    topo = lab_topology(stack, {"activeDc": active})
+    assert topo.db_master_address == topo.shared_ip(active)
+    assert {n.dc for n in topo.dns_masters} == {active}
+    assert {n.dc for n in topo.dns_slaves} == {"dc1", "dc2"} - {active}
+    assert len(topo.nodes) == 4
+    assert sorted(n.server_id for n in topo.nodes) == [1, 2, 3, 4]
+    for node in topo.nodes:
+        assert topo.peer(node).dc == node.dc and topo.peer(node) != node
+    assert {n.dc for n in topo.own_nodes} == {stack}
+    records = topo.dns_records("KEY", "ID")
+    mx = [r for r in records if r.type == "MX"]
+    assert mx and mx[0].value == f"10 mail.{topo.domain}."
+    mail_a = [r.value for r in records if r.name == "mail" and r.type == "A"]
+    assert mail_a == [topo.shared_ip(active)], "users always reach the active DC"
+
+
+def test_txt_records_split_and_quoted() -> None:
+    topo = lab_topology("dc1")
+    dkim = next(r for r in topo.dns_records("A" * 400, "x") if "_domainkey" in r.name)
+    parts = dkim.value.split('" "')
+    assert len(parts) == 2 and all(len(p.strip('"')) <= 255 for p in parts)
+    spf = next(r for r in topo.dns_records("k", "x") if r.value.startswith('"v=spf1'))
+    for addr in topo.outbound_addresses():
+        assert f"ip4:{addr}" in spf.value
+
+
+def test_active_dc_addresses_required() -> None:
+    topo = lab_topology("dc2", {"activeDc": "dc1"})
+    with pytest.raises(ValueError, match="activeDc is dc1"):
+        Topology(config=topo.config, dcs={"dc2": topo.dcs["dc2"]})
+
+
+def test_bad_addresses_rejected() -> None:
+    with pytest.raises(ValueError):
+        DcAddresses(shared_ipv4="not-an-ip", nodes={
+            "svr1": NodeAddresses("192.0.2.1", "198.18.0.1"),
+            "svr2": NodeAddresses("192.0.2.2", "198.18.0.2"),
+        })  # fmt: skip
+    with pytest.raises(ValueError, match="needs nodes"):
+        DcAddresses(shared_ipv4="192.0.2.9", nodes={"svr1": NodeAddresses("192.0.2.1", "x")})
