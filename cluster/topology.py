@@ -174,6 +174,23 @@ class Topology:
             out += [n.public_ipv4, n.private_ipv4]
         return tuple(dict.fromkeys(out))
 
+    def certificate_names(self, dc: str) -> list[str]:
+        """Subject names of the one certificate both nodes of ``dc`` share: the service names
+        users see first (the first is the CN), then every address peers connect to by IP
+        (Dovecot replication, MariaDB replication verify the cluster CA against these)."""
+        names = [
+            self.mail_host,
+            f"webmail.{self.domain}",
+            f"mta-sts.{self.domain}",
+            f"autoconfig.{self.domain}",
+            f"{dc}.{self.domain}",
+        ]
+        names += [n.fqdn for n in self.dc_nodes(dc)]
+        names.append(self.shared_ip(dc))
+        for n in self.dc_nodes(dc):
+            names += [n.public_ipv4, n.private_ipv4]
+        return list(dict.fromkeys(names))
+
     # -- DNS ----------------------------------------------------------------------------------
     def name_servers(self) -> list[tuple[str, str]]:
         """(name, address) of the zone's name servers: ns1 is the active DC's shared IP."""

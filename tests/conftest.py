@@ -17,8 +17,5 @@ def topologies() -> dict[str, Topology]:
 @pytest.fixture(scope="session")
 def secrets(topologies: dict[str, Topology]) -> ClusterSecrets:
     topo = topologies["dc1"]
-    sans = {
-        dc: [topo.mail_host, f"{dc}.{topo.domain}", *(n.fqdn for n in topo.dc_nodes(dc))]
-        for dc in ("dc1", "dc2")
-    }
+    sans = {dc: topo.certificate_names(dc) for dc in ("dc1", "dc2")}
     return generate(topo.domain, ("dc1", "dc2"), sans)

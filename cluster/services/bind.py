@@ -1,16 +1,148 @@
-"""bind: not yet planned."""
+"""BIND 9: the authoritative zone of the mail domain, master/slave with NOTIFY.
+
+- Primary on both nodes of the active data centre, secondary on the other data centre's nodes,
+  transferring from the active nodes' public addresses and shared IP. No recursion; transfers
+  only to the secondaries (and Linode's AXFR servers when ``linodeSecondaryDns``).
+- The zone body (every record, from ``Topology.dns_records``, TTL ``dnsTtl``) is rendered without
+  a serial; ``/usr/local/sbin/mailcluster-zone`` on the host sets the serial to
+  max(old + 1, YYYYMMDD00) only when the body changed, so the serial increases on every change
+  and stays put otherwise. Secondary copies are text, so a promoted secondary continues from the
+  serial it holds.
+- ``named-checkconf -z`` (which loads the zones) before ``rndc reload``; named is started when it
+  is not running. The statistics channel on 127.0.0.1:8053 feeds mailcluster-bindgraph.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import shlex
+from typing import TYPE_CHECKING, Any
 
-from cluster.plan import Step
+from cluster.plan import CHANGED_MARK, Step, script_step
+from cluster.services.apache import mta_sts_id
 
 if TYPE_CHECKING:
     from cluster.hostplan import HostContext
 
-PACKAGES: tuple[str, ...] = ()
+PACKAGES: tuple[str, ...] = ("bind9", "bind9-utils", "bind9-dnsutils")
+
+# Linode DNS Manager's transfer servers (Linode guide "Configure your domain zone as a
+# secondary"), allowed only when the stack asks for Linode's secondary DNS.
+LINODE_AXFR = (
+    "104.237.137.10",
+    "65.19.178.10",
+    "74.207.225.10",
+    "207.192.70.10",
+    "109.74.194.10",
+    "2600:3c00::a",
+    "2600:3c01::a",
+    "2600:3c02::a",
+    "2600:3c03::a",
+    "2a01:7e00::a",
+)
+ZONE_DIR = "/var/lib/bind/mailcluster"
+BODY = "/etc/bind/mailcluster/zone.body"
+ZONE_SCRIPT = "/usr/local/sbin/mailcluster-zone"
+# SOA timers (RFC 1912 2.2): refresh, retry, expire, negative TTL (capped by dnsTtl).
+REFRESH, RETRY, EXPIRE = 3600, 600, 1209600
+
+
+def zone_file(domain: str) -> str:
+    return f"{ZONE_DIR}/db.{domain}"
+
+
+def transfer_to(ctx: HostContext) -> list[str]:
+    topo = ctx.topology
+    addrs = [n.public_ipv4 for n in topo.dns_slaves]
+    if topo.standby_dc:
+        addrs.append(topo.shared_ip(topo.standby_dc))
+    if ctx.config.linode_secondary_dns:
+        addrs += LINODE_AXFR
+    # Nothing to transfer to (a lone data centre): "none", never an empty ACL that reads as any.
+    return list(dict.fromkeys(addrs)) or ["none"]
+
+
+def primaries(ctx: HostContext) -> list[str]:
+    topo = ctx.topology
+    addrs = [n.public_ipv4 for n in topo.dns_masters] + [topo.shared_ip(topo.active_dc)]
+    return list(dict.fromkeys(addrs))
+
+
+def zone_body_values(ctx: HostContext) -> dict[str, Any]:
+    topo = ctx.topology
+    ttl = ctx.config.dns_ttl
+    return {
+        "ttl": ttl,
+        "soa_mname": f"{topo.name_servers()[0][0]}.",
+        "soa_rname": f"hostmaster.{topo.domain}.",
+        "refresh": REFRESH,
+        "retry": RETRY,
+        "expire": EXPIRE,
+        "negative_ttl": min(ttl, 3600),
+        "records": topo.dns_records(ctx.secrets.dkim_public_key_b64, mta_sts_id(ctx.config)),
+    }
 
 
 def steps(ctx: HostContext) -> list[Step]:
-    return []
+    topo, node = ctx.topology, ctx.node
+    is_master = topo.is_dns_master(node)
+    zfile = zone_file(topo.domain)
+    options = ctx.file(
+        "/etc/bind/named.conf.options",
+        group="bind",
+        transfer_to=transfer_to(ctx),
+        linode_axfr=ctx.config.linode_secondary_dns,
+    )
+    local = ctx.file(
+        "/etc/bind/named.conf.local",
+        group="bind",
+        is_master=is_master,
+        zone_file=zfile,
+        notify=[n.public_ipv4 for n in topo.dns_slaves],
+        primaries=primaries(ctx),
+    )
+    script = ctx.file(ZONE_SCRIPT, mode="0755")
+    out: list[Step] = [
+        options,
+        local,
+        script,
+        script_step(
+            "bind.zone-dir",
+            f"""if [ ! -d {ZONE_DIR} ]; then
+  install -d -m 0775 -o root -g bind {ZONE_DIR}
+  echo "{CHANGED_MARK} {ZONE_DIR}"
+fi
+""",
+        ),
+    ]
+    watch = [options.name, local.name]
+    if is_master:
+        body = ctx.file(BODY, **zone_body_values(ctx))
+        out += [
+            body,
+            script_step(
+                "bind.zone",
+                f"{ZONE_SCRIPT} {BODY} {shlex.quote(zfile)} {shlex.quote(topo.domain)}\n",
+                after=("bind.zone-dir", script.name),
+                # The serial script decides on its own whether the body changed; running it
+                # again when only the zone type changed (promotion) bumps the serial.
+                watch=(body.name, local.name),
+            ),
+        ]
+        watch.append("bind.zone")
+    out.append(
+        script_step(
+            "bind.reload",
+            f"""named-checkconf -z /etc/bind/named.conf >/dev/null
+if rndc status >/dev/null 2>&1; then
+  rndc reload >/dev/null
+  echo "{CHANGED_MARK} named reloaded"
+else
+  service named start >/dev/null
+  echo "{CHANGED_MARK} named started"
+fi
+""",
+            after=("bind.zone-dir",),
+            watch=tuple(watch),
+        )
+    )
+    return out

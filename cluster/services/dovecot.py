@@ -1,16 +1,126 @@
-"""dovecot: not yet planned."""
+"""Dovecot: IMAP for users, LMTP and SASL auth for Postfix, and dsync replication of mailboxes.
+
+Users and passwords come from Postfix Admin's ``mailbox`` table (SHA512-CRYPT); quotas from
+``mailbox.quota`` (bytes, 0 = unlimited). Maildirs live on the data volume at
+``/srv/mail/vmail/<domain>/<user>``.
+
+Replication topology (dsync replicates only between *pairs*, so two mechanisms):
+
+1. Inside a data centre, the replicator pairs each node with its DC peer over the private
+   network (``mail_replica = tcps:<peer private IP>``), and ``replication_sync_timeout`` makes LMTP
+   and IMAP APPEND wait for the peer before they acknowledge a new message. A Heartbeat takeover
+   (loss of any one node) therefore loses no acknowledged message, unless the peer was already
+   unreachable for longer than the timeout (then delivery still succeeds, asynchronously).
+2. Across data centres, the node that serves mail (holder of the active DC's shared IP) pushes
+   every mailbox to both nodes of the other DC with ``doveadm sync -A`` every ``DSYNC_INTERVAL_S``
+   seconds (``/usr/local/sbin/mailcluster-dsync`` from cron). Losing a whole DC loses at most that
+   window of mail; dsync is a two-way merge, so when the lost DC returns, anything it took that
+   the other never saw is merged back, nothing is overwritten.
+
+Both run over TLS on the doveadm port (12345) with the shared ``doveadm_password`` and the
+cluster CA; every node runs Dovecot so that every node is a replication target.
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from cluster.plan import Step
+from cluster.plan import Step, script_step
+from cluster.services import storage, tls
 
 if TYPE_CHECKING:
     from cluster.hostplan import HostContext
 
-PACKAGES: tuple[str, ...] = ()
+PACKAGES: tuple[str, ...] = ("dovecot-core", "dovecot-imapd", "dovecot-lmtpd", "dovecot-mysql")
+
+DB_NAME = "postfixadmin"
+DB_USER = "dovecot"
+DOVEADM_PORT = 12345
+SQL_CONF = "/etc/dovecot/dovecot-sql.conf.ext"
+SECRETS_CONF = "/etc/dovecot/mailcluster-secrets.conf.ext"
+DSYNC_SCRIPT = "/usr/local/sbin/mailcluster-dsync"
+DSYNC_CRON = "/etc/cron.d/mailcluster-dsync"
+REPLICATION_SYNC_TIMEOUT = "2s"
+DSYNC_INTERVAL_S = 15
+DSYNC_TIMEOUT_S = 50
+
+
+def replica_targets(ctx: HostContext) -> list[tuple[str, str]]:
+    """(comment, mail_replica) for the replicator: the DC peer over the private network."""
+    peer = ctx.peer
+    return [(f"DC peer {peer.name}", f"tcps:{peer.private_ipv4}:{DOVEADM_PORT}")]
+
+
+def cross_dc_targets(ctx: HostContext) -> list[str]:
+    """dsync destinations in the other data centre: each node's public address."""
+    other = [n for n in ctx.topology.nodes if n.dc != ctx.node.dc]
+    return [f"tcps:{n.public_ipv4}:{DOVEADM_PORT}" for n in other]
 
 
 def steps(ctx: HostContext) -> list[Step]:
-    return []
+    topo, node = ctx.topology, ctx.node
+    vip = topo.shared_ip(node.dc)
+    files = [
+        ctx.file(
+            "/etc/dovecot/dovecot.conf",
+            protocols="imap lmtp",
+            cluster_cert=tls.CLUSTER_CHAIN,
+            cluster_key=tls.CLUSTER_KEY,
+            public_cert=tls.CHAIN,
+            public_key=tls.KEY,
+            ca_file=tls.CA,
+            tls_ciphers=tls.MOZILLA_INTERMEDIATE_CIPHERS,
+            vmail_dir=storage.VMAIL_DIR,
+            vmail_uid=storage.VMAIL_UID,
+            vmail_gid=storage.VMAIL_GID,
+            sql_conf=SQL_CONF,
+            replicas=replica_targets(ctx),
+            replication_sync_timeout=REPLICATION_SYNC_TIMEOUT,
+            doveadm_port=DOVEADM_PORT,
+            doveadm_addresses=f"{node.private_ipv4}, {node.public_ipv4}",
+            imap_addresses=f"{vip}, 127.0.0.1",
+            imap_port=143 if ctx.config.imap_plaintext else 0,
+            postmaster=ctx.config.postmaster,
+            # Relative: resolved beside dovecot.conf, so a checker can load a rendered copy.
+            secrets_include=SECRETS_CONF.rsplit("/", 1)[1],
+        ),
+        ctx.file(
+            SQL_CONF,
+            mode="0600",
+            secret=True,
+            db_name=DB_NAME,
+            db_user=DB_USER,
+            db_password=ctx.secrets.db_dovecot,
+        ),
+        ctx.file(SECRETS_CONF, mode="0600", secret=True, doveadm_password=ctx.secrets.doveadm),
+    ]
+    dsync = [
+        ctx.file(
+            DSYNC_SCRIPT,
+            mode="0755",
+            is_active_dc=node.dc == topo.active_dc,
+            vip=vip,
+            targets=cross_dc_targets(ctx),
+            interval=DSYNC_INTERVAL_S,
+            rounds=60 // DSYNC_INTERVAL_S,
+            timeout=DSYNC_TIMEOUT_S,
+        ),
+        ctx.file(DSYNC_CRON, after=(f"file:{DSYNC_SCRIPT}",)),
+    ]
+    watched = tuple(f.name for f in files) + tls.public_pair_steps(ctx) + tls.cluster_pair_steps()
+    reload = script_step(
+        "dovecot.reload",
+        """doveconf -n >/dev/null
+# Dovecot runs on every node (each is a replication target): reload it, or start it.
+if [ -e /run/dovecot/master.pid ] && kill -0 "$(cat /run/dovecot/master.pid)" 2>/dev/null; then
+  doveadm reload
+  echo "mailcluster: changed dovecot reloaded"
+else
+  service dovecot start >/dev/null
+  echo "mailcluster: changed dovecot started"
+fi
+""",
+        watch=watched,
+        after=("storage.vmail",),
+    )
+    return [*files, *dsync, reload]

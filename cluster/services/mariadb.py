@@ -1,16 +1,166 @@
-"""mariadb: not yet planned."""
+"""MariaDB: one writable master (the active data centre's shared-IP holder), three GTID replicas.
+
+Databases ``postfixadmin`` and ``roundcube``; least-privilege users: ``postfix`` and ``dovecot``
+SELECT on postfixadmin.* from 127.0.0.1/localhost, ``postfixadmin`` ALL on postfixadmin.*,
+``roundcube`` ALL on roundcube.*, ``repl`` REPLICATION SLAVE from each cluster address,
+REQUIRE SSL.
+
+Users and databases are created only on the master, with the binary log on, and reach the
+replicas by replication, so all four servers share one GTID history. How a replica gets the
+initial data: every server starts empty from the Debian package (nothing of the package's own
+setup is in a binary log), binary logs are never expired, and a replica connects with
+``MASTER_USE_GTID=slave_pos`` from an empty position, so it replays the master's whole history,
+including the CREATE USER/DATABASE and the schema. This needs no dump, no lock and no ordering
+beyond "the master exists", and a rebuilt replica catches up the same way. (If the logs are ever
+purged by hand, seed a new replica with ``mariadb-dump --gtid --master-data`` first.)
+
+Replication itself is configured by ``mailcluster-role`` (see heartbeat.py): the step here runs
+``mailcluster-role reconcile-db``, which on the master lifts read_only and on the others runs
+``CHANGE MASTER TO ... MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1`` only when not already
+replicating from the right source. The replication password is read from a 0600 file; every
+other password reaches ``mysql`` on stdin.
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from cluster.plan import Step
+from cluster.plan import CHANGED_MARK, Step, script_step
+from cluster.services.heartbeat import CLUSTER_CONF_STEP, ROLE_SCRIPT, ROLE_SCRIPT_STEP
 
 if TYPE_CHECKING:
     from cluster.hostplan import HostContext
 
-PACKAGES: tuple[str, ...] = ()
+PACKAGES: tuple[str, ...] = ("mariadb-server", "mariadb-client")
+
+CNF = "/etc/mysql/mariadb.conf.d/60-mailcluster.cnf"
+TLS_DIR = "/etc/mysql/mailcluster"
+REPL_SECRET = "/etc/mailcluster/secrets/repl"
+SERVICE_STEP = "mariadb.service"
+USERS_STEP = "mariadb.users"
+ROLE_STEP = "mariadb.role"
+LOCAL_HOSTS = ("127.0.0.1", "localhost")
+
+# Fingerprint of accounts, grants and databases: the users step reports a change only when it
+# differs before and after. authentication_string is a hash, never the password itself.
+_FINGERPRINT = (
+    "SELECT User, Host, authentication_string, ssl_type FROM mysql.user ORDER BY 1, 2; "
+    "SELECT * FROM mysql.db ORDER BY 1, 2, 3; "
+    "SELECT * FROM mysql.tables_priv ORDER BY 1, 2, 3, 4; "
+    "SHOW DATABASES;"
+)
+
+
+def _user(name: str, host: str, password: str, grants: str, require_ssl: bool = False) -> str:
+    ssl = " REQUIRE SSL" if require_ssl else ""
+    return (
+        f"CREATE USER IF NOT EXISTS '{name}'@'{host}' IDENTIFIED BY '{password}'{ssl};\n"
+        f"ALTER USER '{name}'@'{host}' IDENTIFIED BY '{password}'{ssl};\n"
+        f"GRANT {grants} TO '{name}'@'{host}';\n"
+    )
+
+
+def users_sql(ctx: HostContext) -> str:
+    """The SQL run on the master, on stdin (it holds every database password)."""
+    s = ctx.secrets
+    for value in (s.db_postfix, s.db_dovecot, s.db_postfixadmin, s.db_roundcube, s.db_replication):
+        if not value.isalnum():
+            raise ValueError("database passwords must be letters and digits (they land in SQL)")
+    sql = [
+        "CREATE DATABASE IF NOT EXISTS postfixadmin"
+        " CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci;\n",
+        "CREATE DATABASE IF NOT EXISTS roundcube"
+        " CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;\n",
+    ]
+    for host in LOCAL_HOSTS:
+        sql.append(_user("postfix", host, s.db_postfix, "SELECT ON postfixadmin.*"))
+        sql.append(_user("dovecot", host, s.db_dovecot, "SELECT ON postfixadmin.*"))
+        sql.append(_user("postfixadmin", host, s.db_postfixadmin, "ALL ON postfixadmin.*"))
+        sql.append(_user("roundcube", host, s.db_roundcube, "ALL ON roundcube.*"))
+    for addr in ctx.topology.cluster_addresses:
+        sql.append(_user("repl", addr, s.db_replication, "REPLICATION SLAVE ON *.*", True))
+    return "".join(sql)
 
 
 def steps(ctx: HostContext) -> list[Step]:
-    return []
+    topo, node, secrets = ctx.topology, ctx.node, ctx.secrets
+    tls = secrets.tls[node.dc]
+    tls_files = [
+        ctx.literal_file(f"{TLS_DIR}/cert.pem", tls.cert_pem, owner="mysql", group="mysql"),
+        ctx.literal_file(
+            f"{TLS_DIR}/key.pem", tls.key_pem, mode="0600", owner="mysql", group="mysql",
+            secret=True,
+        ),
+        ctx.literal_file(f"{TLS_DIR}/ca.pem", secrets.ca_cert_pem, owner="mysql", group="mysql"),
+    ]  # fmt: skip
+    out: list[Step] = [
+        ctx.file(CNF, after=("packages", *(s.name for s in tls_files))),
+        *tls_files,
+        ctx.literal_file(REPL_SECRET, secrets.db_replication + "\n", mode="0600", secret=True),
+        # MariaDB cannot reload its configuration: restart, but only when a file it reads changed
+        # (a restart is a database outage and brings read_only back until the role step).
+        script_step(
+            SERVICE_STEP,
+            f"""if mysqladmin --protocol=socket -uroot ping >/dev/null 2>&1; then
+  service mariadb restart >/dev/null
+  echo "{CHANGED_MARK} mariadb restarted"
+else
+  service mariadb start >/dev/null
+  echo "{CHANGED_MARK} mariadb started"
+fi
+for _ in $(seq 1 300); do
+  mysqladmin --protocol=socket -uroot ping >/dev/null 2>&1 && exit 0
+  sleep 0.1
+done
+echo "mariadb does not answer after 30 s" >&2
+exit 1
+""",
+            watch=(f"file:{CNF}", *(s.name for s in tls_files)),
+        ),
+    ]
+    addrs = " ".join(f"'{a}'" for a in topo.cluster_addresses)
+    if topo.is_dns_master(node):
+        # Only nodes of the active data centre can be the master; which one is decided on the
+        # host (the shared-IP holder, or svr1 before Heartbeat ever ran).
+        out.append(
+            script_step(
+                USERS_STEP,
+                f"""if ! {ROLE_SCRIPT} is-writer </dev/null; then
+  echo "not the master: accounts arrive by replication" >&2
+  exit 0
+fi
+q() {{ mysql --protocol=socket -uroot -N -B "$@"; }}
+fp() {{ q -e "{_FINGERPRINT}" | sha256sum; }}
+before=$(fp)
+q
+# repl accounts of addresses that left the cluster
+keep=({addrs})
+for h in $(q -e "SELECT Host FROM mysql.user WHERE User='repl'"); do
+  case " ${{keep[*]}} " in *" $h "*) ;; *) q -e "DROP USER 'repl'@'$h'" ;; esac
+done
+if [ "$(fp)" != "$before" ]; then
+  echo "{CHANGED_MARK} mariadb accounts"
+fi
+""",
+                stdin=users_sql(ctx),
+                secret=True,
+                # After the role step: on a data-centre failover the new master is writable
+                # (replication from the lost master removed) before it writes anything.
+                after=(ROLE_STEP, ROLE_SCRIPT_STEP),
+            )
+        )
+    remote: tuple[tuple[str, str], ...] = ()
+    master_candidate = f"{topo.active_dc}-svr1"
+    if node.dc == topo.active_dc and node.name != master_candidate:
+        # Within the active stack, replicas are set up after the master's accounts exist.
+        remote = ((master_candidate, USERS_STEP),)
+    out.append(
+        script_step(
+            ROLE_STEP,
+            f"{ROLE_SCRIPT} reconcile-db\n",
+            after=(SERVICE_STEP, f"file:{REPL_SECRET}"),
+            watch=(CLUSTER_CONF_STEP, ROLE_SCRIPT_STEP, SERVICE_STEP),
+            after_remote=remote,
+        )
+    )
+    return out

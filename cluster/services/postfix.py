@@ -1,16 +1,191 @@
-"""postfix: not yet planned."""
+"""Postfix: virtual domains from Postfix Admin's tables, LMTP to Dovecot, authenticated submission.
+
+- Maps are ``proxy:mysql:`` only (Postfix Admin's ``domain``, ``mailbox``, ``alias``,
+  ``alias_domain`` tables; queries from Postfix Admin's DOCUMENTS/POSTFIX_CONF.txt), so nothing
+  needs ``postmap`` and a change in Postfix Admin is live at once on whichever node serves mail.
+- Port 25: postscreen (pregreet test; DNSBLs off unless ``DNSBL_SITES`` lists some), then smtpd.
+  587 (STARTTLS required) and 465 (implicit TLS) take SASL AUTH from Dovecot, and an
+  authenticated user may only use the sender addresses Postfix Admin gives them.
+- Not an open relay: ``mynetworks`` is loopback only; relaying needs SASL.
+- Postfix runs only on the node that serves mail: the role script starts and stops it, so the
+  reload step here reloads a running Postfix and never starts one.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from cluster.plan import Step
+from cluster.plan import Step, script_step
+from cluster.render import render
+from cluster.services import tls
 
 if TYPE_CHECKING:
     from cluster.hostplan import HostContext
 
-PACKAGES: tuple[str, ...] = ()
+PACKAGES: tuple[str, ...] = ("postfix", "postfix-mysql")
+
+# Database names that the mariadb/postfixadmin services create (read-only grants for Postfix).
+DB_NAME = "postfixadmin"
+DB_USER = "postfix"
+MAP_DIR = "/etc/postfix/mysql"
+MILTER = "inet:127.0.0.1:11332"
+# Off by default: the lab has no internet, and blocking on someone else's list is a policy
+# decision. Example: ("zen.spamhaus.org*3", "bl.spamcop.net*1").
+DNSBL_SITES: tuple[str, ...] = ()
+MAIN_FILES = (
+    "/etc/postfix/main.cf",
+    "/etc/postfix/master.cf",
+    "/etc/postfix/postscreen_access.cidr",
+)
+
+
+@dataclass(frozen=True)
+class MysqlMap:
+    name: str
+    description: str
+    query: str
+
+    @property
+    def path(self) -> str:
+        return f"{MAP_DIR}/{self.name}.cf"
+
+    @property
+    def ref(self) -> str:
+        # $config_directory, not /etc/postfix: checkers can then load a rendered copy.
+        return f"proxy:mysql:${{config_directory}}/mysql/{self.name}.cf"
+
+
+_ALIAS_DOMAIN = "alias_domain.alias_domain = '%d' AND alias_domain.active = '1'"
+MAPS: tuple[MysqlMap, ...] = (
+    MysqlMap(
+        "virtual_domains",
+        "Domains hosted here, including alias domains.",
+        "SELECT domain FROM domain WHERE domain = '%s' AND backupmx = '0' AND active = '1' "
+        "UNION SELECT alias_domain FROM alias_domain WHERE alias_domain = '%s' AND active = '1'",
+    ),
+    MysqlMap(
+        "virtual_alias",
+        "Aliases (Postfix Admin also stores each mailbox as an alias of itself).",
+        "SELECT goto FROM alias WHERE address = '%s' AND active = '1'",
+    ),
+    MysqlMap(
+        "virtual_alias_domain",
+        "user@alias-domain -> the alias user@target-domain.",
+        "SELECT goto FROM alias, alias_domain WHERE " + _ALIAS_DOMAIN + " AND alias.address = "
+        "CONCAT('%u', '@', alias_domain.target_domain) AND alias.active = '1'",
+    ),
+    MysqlMap(
+        "virtual_alias_domain_catchall",
+        "Catch-all of an alias domain's target domain.",
+        "SELECT goto FROM alias, alias_domain WHERE " + _ALIAS_DOMAIN + " AND alias.address = "
+        "CONCAT('@', alias_domain.target_domain) AND alias.active = '1'",
+    ),
+    MysqlMap(
+        "virtual_mailbox",
+        "Mailboxes (the value is only tested for existence; Dovecot decides the path).",
+        "SELECT maildir FROM mailbox WHERE username = '%s' AND active = '1'",
+    ),
+    MysqlMap(
+        "virtual_alias_domain_mailbox",
+        "user@alias-domain when user@target-domain is a mailbox.",
+        "SELECT maildir FROM mailbox, alias_domain WHERE " + _ALIAS_DOMAIN + " AND "
+        "mailbox.username = CONCAT('%u', '@', alias_domain.target_domain) "
+        "AND mailbox.active = '1'",
+    ),
+    MysqlMap(
+        "sender_login",
+        "Who may send as an address: its mailbox, and the mailboxes an alias delivers to.",
+        "SELECT username FROM mailbox WHERE username = '%s' AND active = '1' "
+        "UNION SELECT goto FROM alias WHERE address = '%s' AND active = '1'",
+    ),
+)
+
+
+def map_refs(*names: str) -> str:
+    by_name = {m.name: m for m in MAPS}
+    return ", ".join(by_name[n].ref for n in names)
+
+
+# Overrides for 587 and 465: SASL required, and only as yourself.
+SUBMISSION_OPTIONS: tuple[str, ...] = (
+    "smtpd_sasl_auth_enable=yes",
+    "smtpd_tls_auth_only=yes",
+    "smtpd_client_restrictions=permit_sasl_authenticated,reject",
+    "smtpd_sender_restrictions=reject_non_fqdn_sender,reject_sender_login_mismatch,"
+    "permit_sasl_authenticated,reject",
+    "smtpd_relay_restrictions=permit_sasl_authenticated,reject",
+    "smtpd_recipient_restrictions=reject_non_fqdn_recipient,permit_sasl_authenticated,reject",
+    "milter_macro_daemon_name=ORIGINATING",
+)
 
 
 def steps(ctx: HostContext) -> list[Step]:
-    return []
+    topo = ctx.topology
+    vip = topo.shared_ip(ctx.node.dc)
+    maps = {
+        "virtual_mailbox_domains": map_refs("virtual_domains"),
+        "virtual_alias_maps": map_refs(
+            "virtual_alias", "virtual_alias_domain", "virtual_alias_domain_catchall"
+        ),
+        "virtual_mailbox_maps": map_refs("virtual_mailbox", "virtual_alias_domain_mailbox"),
+        "smtpd_sender_login_maps": map_refs("sender_login"),
+    }
+    files = [
+        ctx.file(
+            "/etc/postfix/main.cf",
+            myhostname=topo.mail_host,
+            mynetworks="127.0.0.0/8",
+            vip=vip,
+            message_size_limit=ctx.config.message_size_limit_mb * 1024 * 1024,
+            maps=maps,
+            tls_key=tls.KEY,
+            tls_chain=tls.CHAIN,
+            tls_ciphers=tls.MOZILLA_INTERMEDIATE_CIPHERS,
+            dnsbl_sites=", ".join(DNSBL_SITES),
+        ),
+        ctx.file(
+            "/etc/postfix/master.cf",
+            listen_addresses=(vip, "127.0.0.1"),
+            submission_options=SUBMISSION_OPTIONS,
+        ),
+        ctx.file("/etc/postfix/postscreen_access.cidr", cluster_addresses=topo.cluster_addresses),
+    ]
+    for m in MAPS:
+        content = render(
+            "/etc/postfix/mysql-map.cf",
+            **ctx.common(),
+            description=m.description,
+            db_user=DB_USER,
+            db_password=ctx.secrets.db_postfix,
+            db_name=DB_NAME,
+            query=m.query,
+        )
+        # Postfix's proxymap reads maps as root, smtpd (as postfix) may: 0640 root:postfix.
+        files.append(ctx.literal_file(m.path, content, mode="0640", group="postfix", secret=True))
+    watched = tuple(f.name for f in files)
+    return [
+        *files,
+        script_step(
+            "postfix.aliases",
+            """if [ ! -e /etc/aliases.db ] || [ /etc/aliases -nt /etc/aliases.db ]; then
+  newaliases
+  echo "mailcluster: changed /etc/aliases.db"
+fi
+""",
+            after=("file:/etc/postfix/main.cf",),
+        ),
+        script_step(
+            "postfix.reload",
+            """postfix check
+postconf -n >/dev/null
+# Only the serving node runs Postfix (the role script starts it): never start it here.
+if postfix status >/dev/null 2>&1; then
+  service postfix reload >/dev/null
+  echo "mailcluster: changed postfix reloaded"
+fi
+""",
+            watch=watched + tls.public_pair_steps(ctx),
+            after=("postfix.aliases",),
+        ),
+    ]

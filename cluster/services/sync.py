@@ -1,16 +1,56 @@
-"""sync: not yet planned."""
+"""Web docroots: /var/www pushed by rsync from the active node to the three others.
+
+Every node runs the rsync daemon (module ``www`` = /var/www, password in /etc/rsyncd.secrets,
+0600, only cluster addresses allowed). Every minute cron runs /usr/local/sbin/mailcluster-websync
+on every node; it does nothing unless this node is the active one (``mailcluster-role
+is-writer``), and then pushes with ``rsync -a --delete`` to the peer's private address and the
+other data centre's public addresses (``WEB_SYNC_TARGETS`` in cluster.conf), the client password
+read from /etc/mailcluster/secrets/rsync (0600). Per-node graphs (/var/www/graphs) stay out.
+The firewall must admit TCP 873 from cluster addresses.
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from cluster.plan import Step
+from cluster.plan import CHANGED_MARK, Step, script_step
+from cluster.services.heartbeat import ROLE_SCRIPT_STEP
 
 if TYPE_CHECKING:
     from cluster.hostplan import HostContext
 
-PACKAGES: tuple[str, ...] = ()
+PACKAGES: tuple[str, ...] = ("rsync", "cron", "util-linux")
+
+WEBSYNC = "/usr/local/sbin/mailcluster-websync"
 
 
 def steps(ctx: HostContext) -> list[Step]:
-    return []
+    conf = ctx.file("/etc/rsyncd.conf", allow=list(ctx.topology.cluster_addresses))
+    secrets = ctx.file("/etc/rsyncd.secrets", mode="0600", secret=True, password=ctx.secrets.rsync)
+    default = ctx.file("/etc/default/rsync")
+    client = ctx.literal_file(
+        "/etc/mailcluster/secrets/rsync", ctx.secrets.rsync + "\n", mode="0600", secret=True
+    )
+    return [
+        conf,
+        secrets,
+        default,
+        client,
+        ctx.file(WEBSYNC, mode="0755", after=("packages", ROLE_SCRIPT_STEP)),
+        ctx.file("/etc/cron.d/mailcluster-websync", after=("packages", f"file:{WEBSYNC}")),
+        # The daemon rereads rsyncd.conf on every connection: only a stopped daemon or a new
+        # /etc/default/rsync needs the init script.
+        script_step(
+            "sync.rsyncd",
+            f"""if service rsync status >/dev/null 2>&1; then
+  service rsync restart >/dev/null
+  echo "{CHANGED_MARK} rsync daemon restarted"
+else
+  service rsync start >/dev/null
+  echo "{CHANGED_MARK} rsync daemon started"
+fi
+""",
+            after=(conf.name, secrets.name),
+            watch=(default.name,),
+        ),
+    ]

@@ -1,16 +1,140 @@
-"""tls: not yet planned."""
+"""TLS: the certificate every daemon presents, and the cluster CA.
+
+Files, all under ``/etc/mailcluster/tls`` so Postfix, Dovecot and Apache name one place:
+
+- ``ca.pem``: the cluster CA (dsync clients verify peers with it).
+- ``cluster-fullchain.pem`` / ``cluster-privkey.pem``: this data centre's certificate from the
+  cluster CA (``ClusterSecrets.tls[dc]``), one for both nodes of a DC. Dovecot's doveadm
+  (replication) listener always presents it, whatever ``tlsMode`` says.
+- ``fullchain.pem`` / ``privkey.pem``: what users see (SMTP, IMAP, HTTPS). In ``selfsigned`` mode
+  the same certificate as above. In ``letsencrypt`` mode a certbot lineage copied here by the
+  deploy hook; until certbot first succeeds they start as a copy of the cluster certificate, so
+  daemons can start.
+
+Let's Encrypt (``tlsMode: letsencrypt``): HTTP-01 with ``certbot certonly --webroot`` on
+``ACME_WEBROOT``, which Apache serves at ``/.well-known/acme-challenge/`` on port 80 of the shared
+IP. Only the node that holds the active data centre's shared IP (where mail.<domain> points) asks
+for the certificate; Debian's certbot cron job renews it there. The deploy hook copies the new
+pair into this directory and reloads the daemons; the sync service copies the pair from the
+active node to the other three. This cannot be tested on a machine without internet: the lab
+forces ``selfsigned``.
+
+Private keys are 0640 root:ssl-cert: Postfix, Dovecot and Apache read them as root before they
+drop privileges, and nothing else may.
+"""
 
 from __future__ import annotations
 
+import shlex
 from typing import TYPE_CHECKING
 
-from cluster.plan import Step
+from cluster.plan import Step, script_step
 
 if TYPE_CHECKING:
     from cluster.hostplan import HostContext
 
-PACKAGES: tuple[str, ...] = ()
+PACKAGES: tuple[str, ...] = ("ssl-cert", "openssl", "certbot")
+
+TLS_DIR = "/etc/mailcluster/tls"
+CA = f"{TLS_DIR}/ca.pem"
+CHAIN = f"{TLS_DIR}/fullchain.pem"
+KEY = f"{TLS_DIR}/privkey.pem"
+CLUSTER_CHAIN = f"{TLS_DIR}/cluster-fullchain.pem"
+CLUSTER_KEY = f"{TLS_DIR}/cluster-privkey.pem"
+KEY_GROUP = "ssl-cert"
+ACME_WEBROOT = "/var/www/letsencrypt"
+DEPLOY_HOOK = "/etc/letsencrypt/renewal-hooks/deploy/mailcluster"
+CERTBOT_NAME = "mailcluster"
+
+# Mozilla "intermediate" (guideline 5.7): TLS 1.2 with AEAD ciphers and forward secrecy; TLS 1.3
+# suites are OpenSSL's defaults. https://ssl-config.mozilla.org/guidelines/5.7.json
+MOZILLA_INTERMEDIATE_CIPHERS = ":".join(
+    (
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+        "DHE-RSA-AES128-GCM-SHA256",
+        "DHE-RSA-AES256-GCM-SHA384",
+        "DHE-RSA-CHACHA20-POLY1305",
+    )
+)
+
+
+def public_names(ctx: HostContext) -> list[str]:
+    """The names users reach the active data centre by (the Let's Encrypt certificate's SANs)."""
+    d = ctx.config.domain
+    return [ctx.topology.mail_host, f"webmail.{d}", f"mta-sts.{d}", f"autoconfig.{d}"]
+
+
+def public_pair_steps(ctx: HostContext) -> tuple[str, ...]:
+    """Steps that install the pair users see: a daemon's reload watches them."""
+    if ctx.config.tls_mode == "selfsigned":
+        return (f"file:{CHAIN}", f"file:{KEY}")
+    return ("tls.bootstrap",)
+
+
+def cluster_pair_steps() -> tuple[str, ...]:
+    return (f"file:{CA}", f"file:{CLUSTER_CHAIN}", f"file:{CLUSTER_KEY}")
 
 
 def steps(ctx: HostContext) -> list[Step]:
-    return []
+    pair = ctx.secrets.tls[ctx.node.dc]
+    out = [
+        ctx.literal_file(CA, ctx.secrets.ca_cert_pem),
+        ctx.literal_file(CLUSTER_CHAIN, pair.cert_pem),
+        _key_file(ctx, CLUSTER_KEY, pair.key_pem),
+    ]
+    if ctx.config.tls_mode == "selfsigned":
+        out += [
+            ctx.literal_file(CHAIN, pair.cert_pem),
+            _key_file(ctx, KEY, pair.key_pem),
+        ]
+        return out
+    out += [
+        script_step(
+            "tls.bootstrap",
+            f"""# Until certbot has a certificate, present the cluster one so daemons can start.
+for pair in {CLUSTER_CHAIN}:{CHAIN} {CLUSTER_KEY}:{KEY}; do
+  src=${{pair%%:*}} dst=${{pair#*:}}
+  if [ ! -s "$dst" ]; then
+    install -m "$(stat -c %a "$src")" -o root -g "$(stat -c %G "$src")" "$src" "$dst"
+    echo "mailcluster: changed $dst (bootstrap copy of the cluster certificate)"
+  fi
+done
+""",
+            after=(f"file:{CLUSTER_CHAIN}", f"file:{CLUSTER_KEY}"),
+        ),
+        ctx.file(DEPLOY_HOOK, mode="0755", tls_dir=TLS_DIR, chain=CHAIN, key=KEY,
+                 key_group=KEY_GROUP),
+        script_step("tls.certbot", _certbot_script(ctx), after=("tls.bootstrap",),
+                    watch=(f"file:{DEPLOY_HOOK}",)),
+    ]  # fmt: skip
+    return out
+
+
+def _key_file(ctx: HostContext, path: str, pem: str) -> Step:
+    return ctx.literal_file(path, pem, mode="0640", owner="root", group=KEY_GROUP, secret=True)
+
+
+def _certbot_script(ctx: HostContext) -> str:
+    vip = ctx.topology.shared_ip(ctx.node.dc)
+    email = ctx.config.letsencrypt_email or ""
+    domains = " ".join(f"-d {shlex.quote(n)}" for n in public_names(ctx))
+    if ctx.node.dc != ctx.topology.active_dc:
+        return "# standby data centre: the active one obtains the certificate; sync copies it\n"
+    return f"""install -d -m 0755 {ACME_WEBROOT}
+# Only the holder of the shared IP can answer the HTTP-01 challenge for mail.<domain>.
+if ! ip -o -4 addr show | grep -qF " {vip}/"; then
+  exit 0
+fi
+if [ -e /etc/letsencrypt/live/{CERTBOT_NAME}/fullchain.pem ]; then
+  exit 0  # renewals: Debian's certbot cron job, same hook
+fi
+certbot certonly --non-interactive --agree-tos -m {shlex.quote(email)} \\
+  --cert-name {CERTBOT_NAME} --webroot -w {ACME_WEBROOT} {domains} \\
+  --deploy-hook {DEPLOY_HOOK}
+echo "mailcluster: changed obtained Let's Encrypt certificate {CERTBOT_NAME}"
+"""

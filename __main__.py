@@ -1,0 +1,49 @@
+"""mailcluster: one Linode data centre per stack (dc1, dc2), provisioned from the per-host plan.
+
+Order of a first deployment: ``pulumi up -s dc1``, ``pulumi up -s dc2``, ``pulumi up -s dc1``
+(so dc1 learns dc2's addresses). See README.md, "Deploy to Linode".
+"""
+
+import pulumi
+
+from cluster import pulumi_config
+from cluster.datacentre import DataCentre, DataCentreArgs, stack_outputs
+from cluster.provision import Provisioning, ProvisioningArgs
+from cluster.pulumi_material import cluster_material
+from cluster.pulumi_peer import PeerStack
+
+config = pulumi_config.load()  # raises ConfigError naming every bad key, before any resource
+stack_secrets = pulumi_config.load_secrets()
+peer = PeerStack(config)
+
+dc = DataCentre(
+    config.dc,
+    DataCentreArgs(config=config, peer=peer, root_password=stack_secrets.root_password),
+)
+material = cluster_material(config, peer, dc.addresses)
+
+provisioned: list[pulumi.Resource] = []
+topology_dcs: pulumi.Input[list[str]] = []
+if config.provision:
+    provisioning = Provisioning(
+        f"{config.dc}-provision",
+        ProvisioningArgs(
+            config=config,
+            own_addresses=dc.addresses,
+            peer_addresses=peer.addresses,
+            secrets=material.secrets,
+            ssh_private_key=stack_secrets.ssh_private_key,
+            infrastructure=dc.infrastructure,
+        ),
+    )
+    provisioned = list(provisioning.commands.values())
+    # The data centres this stack's nodes were configured with: the peer reads it to know
+    # when our BIND serves its names (see DataCentre.declare_dns).
+    topology_dcs = peer.addresses.apply(
+        lambda p: sorted([config.dc, config.peer_dc]) if p else [config.dc]
+    )
+dc.declare_dns(provisioned)
+
+for key, value in stack_outputs(dc, material.exports, topology_dcs).items():
+    pulumi.export(key, value)
+pulumi.export("tlsCertificate", material.certificate.cert_pem)

@@ -1,0 +1,389 @@
+"""The Linode infrastructure of one data centre, as a Pulumi ComponentResource.
+
+Per stack: an anti-affinity placement group; ``svr1`` and ``svr2`` (Debian 12, private IPs,
+IPv6); an extra public IPv4 on svr1 shared with svr2 (the Heartbeat VIP); a block-storage
+volume per node; a cloud firewall; reverse DNS; and, when asked, a Linode DNS Manager secondary
+zone. Reverse DNS and the secondary zone are declared by ``declare_dns`` once provisioning is
+known, because Linode checks that the forward name resolves and our own BIND serves it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+import pulumi_linode as linode
+
+from cluster.config import StackConfig
+from cluster.pulumi_peer import PeerStack, addresses_to_dict
+from cluster.topology import SLOTS
+
+IMAGE = "linode/debian12"
+# Linode's strict anti-affinity: the two nodes never share a physical host, and Linode refuses
+# a placement that would break that rather than quietly co-locating them.
+PLACEMENT_TYPE = "anti_affinity:local"
+PLACEMENT_POLICY = "strict"
+
+WORLD_V4 = ["0.0.0.0/0"]
+WORLD_V6 = ["::/0"]
+# Open to the world: SMTP, submissions, submission, IMAPS, HTTP (ACME, MTA-STS redirect), HTTPS.
+PUBLIC_TCP = (25, 80, 443, 465, 587, 993)
+IMAP_PLAINTEXT = 143
+SSH = 22
+# Only between cluster nodes (both data centres). Keep in step with the services:
+# MariaDB replication, Dovecot doveadm/dsync replication, rsync of web docroots.
+CLUSTER_TCP = {3306: "mariadb", 12345: "doveadm", 873: "rsync"}
+# Heartbeat's ucast keepalives.
+CLUSTER_UDP = {694: "heartbeat"}
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """One inbound firewall rule; ``source`` is "world", "admin" or "cluster"."""
+
+    label: str
+    protocol: str
+    ports: tuple[int, ...]
+    source: str
+
+
+def inbound_rules(config: StackConfig) -> list[RuleSpec]:
+    """The firewall's inbound rules as plain data; everything else is dropped."""
+    public = (*PUBLIC_TCP, IMAP_PLAINTEXT) if config.imap_plaintext else PUBLIC_TCP
+    return [
+        RuleSpec("mail-web", "TCP", tuple(sorted(public)), "world"),
+        RuleSpec("dns-tcp", "TCP", (53,), "world"),
+        RuleSpec("dns-udp", "UDP", (53,), "world"),
+        # ICMP: path-MTU discovery needs "fragmentation needed"; without it large messages
+        # over TLS stall on some paths.
+        RuleSpec("icmp", "ICMP", (), "world"),
+        RuleSpec("ssh-admin", "TCP", (SSH,), "admin"),
+        RuleSpec("cluster-tcp", "TCP", tuple(sorted(CLUSTER_TCP)), "cluster"),
+        RuleSpec("cluster-udp", "UDP", tuple(sorted(CLUSTER_UDP)), "cluster"),
+    ]
+
+
+def _split_cidrs(cidrs: Sequence[str]) -> tuple[list[str], list[str]]:
+    v4 = [c for c in cidrs if ":" not in c]
+    v6 = [c for c in cidrs if ":" in c]
+    return v4, v6
+
+
+def _host_cidr(address: str) -> str:
+    address = address.split("/")[0]
+    return f"{address}/128" if ":" in address else f"{address}/32"
+
+
+def cluster_cidrs(own: dict[str, Any], peer: dict[str, Any] | None) -> tuple[list[str], list[str]]:
+    """Every address a cluster peer may come from, both data centres, as host CIDRs."""
+    v4: list[str] = []
+    v6: list[str] = []
+    for dc in (own, peer):
+        if not dc:
+            continue
+        v4.append(_host_cidr(dc["sharedIpv4"]))
+        for node in dc["nodes"].values():
+            v4 += [_host_cidr(node["publicIpv4"]), _host_cidr(node["privateIpv4"])]
+            if node.get("publicIpv6"):
+                v6.append(_host_cidr(node["publicIpv6"]))
+    return list(dict.fromkeys(v4)), list(dict.fromkeys(v6))
+
+
+@dataclass
+class DataCentreArgs:
+    config: StackConfig
+    peer: PeerStack
+    root_password: pulumi.Input[str] | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+class DataCentre(pulumi.ComponentResource):
+    """One data centre: ``mailcluster:index:DataCentre``.
+
+    Attributes:
+        placement_group: the anti-affinity group both nodes are in.
+        instances: ``{"svr1": Instance, "svr2": Instance}``.
+        node_names: ``{"svr1": "dc1-svr1", ...}`` (Linode labels and host names).
+        shared_ip: the extra public IPv4 on svr1; ``shared_ips``: its sharing with svr2.
+        volumes: ``{"svr1": Volume, ...}``, each attached to its node.
+        firewall: the cloud firewall of both nodes.
+        addresses: ``Output`` of this DC's addresses in the shape the peer stack reads.
+        rdns: the reverse DNS records declared so far; ``secondary_dns``: the Linode zone.
+    """
+
+    def __init__(
+        self, name: str, args: DataCentreArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("mailcluster:index:DataCentre", name, None, opts)
+        self.prefix = name
+        self.config = config = args.config
+        self.peer = args.peer
+        child = pulumi.ResourceOptions(parent=self)
+        tags = ["mailcluster", config.dc, *args.tags]
+
+        self.placement_group = linode.PlacementGroup(
+            f"{name}-pg",
+            label=f"mailcluster-{config.dc}",
+            region=config.region,
+            placement_group_type=PLACEMENT_TYPE,
+            placement_group_policy=PLACEMENT_POLICY,
+            opts=child,
+        )
+        self.node_names = {slot: f"{config.dc}-{slot}" for slot in SLOTS}
+        self.instances: dict[str, linode.Instance] = {}
+        self.volumes: dict[str, linode.Volume] = {}
+        for slot, node in self.node_names.items():
+            inst = linode.Instance(
+                f"{name}-{slot}",
+                label=node,
+                image=IMAGE,
+                region=config.region,
+                type=config.instance_type,
+                authorized_keys=list(config.ssh_keys),
+                # Without a root password Linode sets a random one it never reveals: SSH keys
+                # are the only way in, which is what we want unless the user asks otherwise.
+                root_pass=args.root_password,
+                private_ip=True,
+                placement_group=linode.InstancePlacementGroupArgs(
+                    id=self.placement_group.id.apply(int)
+                ),
+                tags=tags,
+                opts=child,
+            )
+            self.instances[slot] = inst
+            # The label fixes the device path the storage step mounts:
+            # /dev/disk/by-id/scsi-0Linode_Volume_<node>-mail
+            self.volumes[slot] = linode.Volume(
+                f"{name}-{slot}-mail",
+                label=f"{node}-mail",
+                region=config.region,
+                size=config.volume_size_gb,
+                linode_id=inst.id.apply(int),
+                tags=tags,
+                opts=child,
+            )
+
+        svr1, svr2 = self.instances["svr1"], self.instances["svr2"]
+        # No reboot: in BGP mode the VIP lives on lo and lelastic announces it; in ARP mode
+        # Heartbeat's IPaddr2 adds it. Neither needs Linode to reconfigure eth0.
+        self.shared_ip = linode.InstanceIp(
+            f"{name}-shared-ip",
+            linode_id=svr1.id.apply(int),
+            public=True,
+            apply_immediately=False,
+            opts=child,
+        )
+        self.shared_ips = linode.InstanceSharedIps(
+            f"{name}-share-svr2",
+            linode_id=svr2.id.apply(int),
+            addresses=[self.shared_ip.address],
+            opts=child,
+        )
+
+        node_addrs = {
+            slot: pulumi.Output.all(
+                # pulumi.get avoids the deprecation warning the ip_address property prints on
+                # every run; Linode still fills it with the primary public IPv4.
+                pulumi.get(inst, "ip_address"),
+                inst.private_ip_address,
+                inst.ipv6,
+            )
+            for slot, inst in self.instances.items()
+        }
+        self.addresses: pulumi.Output[dict[str, Any]] = pulumi.Output.all(
+            self.shared_ip.address, node_addrs["svr1"], node_addrs["svr2"]
+        ).apply(
+            lambda v: addresses_to_dict(
+                v[0],
+                {
+                    slot: (pub, priv, v6.split("/")[0] if v6 else None)
+                    for slot, (pub, priv, v6) in zip(SLOTS, v[1:], strict=True)
+                },
+            )
+        )
+
+        cidrs = pulumi.Output.all(self.addresses, args.peer.addresses).apply(
+            lambda v: cluster_cidrs(v[0], v[1])
+        )
+        admin_v4, admin_v6 = _split_cidrs(config.admin_cidrs)
+        sources: dict[str, tuple[pulumi.Input[list[str]], pulumi.Input[list[str]]]] = {
+            "world": (WORLD_V4, WORLD_V6),
+            "admin": (admin_v4, admin_v6),
+            "cluster": (cidrs.apply(lambda c: c[0]), cidrs.apply(lambda c: c[1])),
+        }
+        inbounds = []
+        for rule in inbound_rules(config):
+            v4, v6 = sources[rule.source]
+            inbounds.append(
+                linode.FirewallInboundArgs(
+                    label=rule.label,
+                    action="ACCEPT",
+                    protocol=rule.protocol,
+                    ports=",".join(str(p) for p in rule.ports) or None,
+                    ipv4s=v4 or None,
+                    ipv6s=v6 or None,
+                )
+            )
+        self.firewall = linode.Firewall(
+            f"{name}-fw",
+            label=f"mailcluster-{config.dc}",
+            inbound_policy="DROP",
+            outbound_policy="ACCEPT",
+            inbounds=inbounds,
+            linodes=[inst.id.apply(int) for inst in self.instances.values()],
+            tags=tags,
+            opts=child,
+        )
+
+        self.rdns: list[linode.Rdns] = []
+        self.secondary_dns: linode.Domain | None = None
+        self.rdns_declared: pulumi.Output[int] = pulumi.Output.from_input(0)
+        self.register_outputs(
+            {
+                "addresses": self.addresses,
+                "placementGroup": self.placement_group.id,
+                "firewall": self.firewall.id,
+            }
+        )
+
+    @property
+    def infrastructure(self) -> list[pulumi.Resource]:
+        """What must exist before a node is provisioned over SSH."""
+        return [
+            *self.instances.values(),
+            *self.volumes.values(),
+            self.shared_ip,
+            self.shared_ips,
+            self.firewall,
+        ]
+
+    # -- DNS ----------------------------------------------------------------------------------
+    def ptr_names(self) -> list[tuple[pulumi.Output[str], str]]:
+        """(address, name) of every public address: a node's addresses carry its own name,
+        the VIP of the active DC ``mail.<domain>`` (what mail leaves as), the standby's VIP
+        ``<dc>.<domain>``. Each matches an A/AAAA record of the zone."""
+        cfg = self.config
+        out: list[tuple[pulumi.Output[str], str]] = []
+        for slot, inst in self.instances.items():
+            fqdn = f"{self.node_names[slot]}.{cfg.domain}"
+            out.append((pulumi.get(inst, "ip_address"), fqdn))
+            out.append((inst.ipv6.apply(lambda v: v.split("/")[0]), fqdn))
+        vip_name = f"mail.{cfg.domain}" if cfg.is_active else f"{cfg.dc}.{cfg.domain}"
+        out.append((self.shared_ip.address, vip_name))
+        return out
+
+    def declare_dns(self, provisioned: Sequence[pulumi.Resource]) -> None:
+        """Reverse DNS and the Linode secondary zone, after ``provisioned`` (BIND serving the
+        forward names). A standby DC's names are served by the active DC, which learns them
+        only on its next ``up``: until the peer's outputs show it rendered this DC, the
+        standby's PTRs wait (a later ``up`` of this stack declares them)."""
+        cfg = self.config
+        if not cfg.provision or cfg.is_active:
+            self._declare_rdns(provisioned)
+            self.rdns_declared = pulumi.Output.from_input(len(self.rdns))
+        else:
+            ready = pulumi.Output.all(self.peer.topology_dcs, self.peer.active_dc).apply(
+                lambda v: bool(v[0]) and cfg.dc in v[0] and v[1] == cfg.active_dc
+            )
+            # Declared inside apply: the condition comes from the peer's stack outputs, which
+            # Pulumi reads during preview too, so preview shows these records.
+            self.rdns_declared = ready.apply(
+                lambda ok: len(self._declare_rdns(provisioned)) if ok else 0
+            )
+        self._declare_secondary_dns(provisioned)
+
+    def _declare_rdns(self, provisioned: Sequence[pulumi.Resource]) -> list[linode.Rdns]:
+        opts = pulumi.ResourceOptions(parent=self, depends_on=list(provisioned))
+        for index, (address, name) in enumerate(self.ptr_names()):
+            self.rdns.append(
+                linode.Rdns(
+                    f"{self.prefix}-rdns-{index}",
+                    address=address,
+                    rdns=name,
+                    # Linode refuses a PTR whose forward name does not resolve yet; retry
+                    # within the timeout while BIND's zone propagates.
+                    wait_for_available=True,
+                    opts=opts,
+                )
+            )
+        return self.rdns
+
+    def _declare_secondary_dns(self, provisioned: Sequence[pulumi.Resource]) -> None:
+        cfg = self.config
+        if not cfg.linode_secondary_dns:
+            return
+        if cfg.dc != "dc1":
+            # A Linode domain is unique per account: one stack must own it, and dc1's must,
+            # so a failover (an `up` of dc2 alone) never needs to create or move it.
+            pulumi.log.warn("linodeSecondaryDns: the Linode secondary zone is managed by dc1")
+            return
+        masters = pulumi.Output.all(self.addresses, self.peer.addresses).apply(
+            lambda v: bind_servers(cfg, v[0], v[1])
+        )
+        self.secondary_dns = linode.Domain(
+            f"{self.prefix}-secondary-dns",
+            domain=cfg.domain,
+            type="slave",
+            master_ips=masters,
+            ttl_sec=cfg.dns_ttl,
+            tags=["mailcluster"],
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(provisioned)),
+        )
+
+
+def bind_servers(
+    config: StackConfig, own: dict[str, Any], peer: dict[str, Any] | None
+) -> list[str]:
+    """Public IPv4s of the BIND servers Linode may transfer the zone from: the active DC's (the
+    masters) first, then the standby's slaves, which hold the same serial. Listing both means
+    Linode keeps following the zone after a failover that never touches dc1's stack."""
+    by_dc = {config.dc: own, config.peer_dc: peer}
+    out: list[str] = []
+    for dc in (config.active_dc, "dc2" if config.active_dc == "dc1" else "dc1"):
+        data = by_dc.get(dc)
+        if data:
+            out.append(data["sharedIpv4"])
+            out += [data["nodes"][slot]["publicIpv4"] for slot in SLOTS]
+    return list(dict.fromkeys(out))
+
+
+NODE_ADDRESS_KEYS = ("publicIpv4", "privateIpv4", "publicIpv6")
+
+
+def node_address(
+    addresses: pulumi.Output[dict[str, Any]], slot: str, key: str
+) -> pulumi.Output[Any]:
+    def pick(a: dict[str, Any]) -> Any:
+        return a["nodes"][slot][key]
+
+    return addresses.apply(pick)
+
+
+def stack_outputs(
+    dc: DataCentre, secret_exports: dict[str, pulumi.Output[Any]], topology_dcs: Any
+) -> dict[str, Any]:
+    """What the stack exports: for the user and for the peer stack's StackReference."""
+    cfg = dc.config
+    outputs: dict[str, Any] = {
+        "dc": cfg.dc,
+        "activeDc": cfg.active_dc,
+        "region": cfg.region,
+        "addresses": dc.addresses,
+        "sharedIpv4": dc.shared_ip.address,
+        "nodes": {
+            node: {
+                "hostname": f"{node}.{cfg.domain}",
+                **{key: node_address(dc.addresses, slot, key) for key in NODE_ADDRESS_KEYS},
+            }
+            for slot, node in dc.node_names.items()
+        },
+        "hostnames": [f"{node}.{cfg.domain}" for node in dc.node_names.values()],
+        "mailHost": f"mail.{cfg.domain}",
+        "webmailUrl": f"https://mail.{cfg.domain}/",
+        "adminUrl": f"https://mail.{cfg.domain}/postfixadmin/",
+        "topologyDcs": topology_dcs,
+    }
+    outputs.update({k: pulumi.Output.secret(v) for k, v in secret_exports.items()})
+    return outputs

@@ -1,0 +1,269 @@
+"""The lab's base root filesystem: Debian 12 minbase plus every package any host's plan needs.
+
+The package list is ``all_packages()`` (the union of the services' ``PACKAGES``) plus the few
+tools the lab itself needs in a host, so the base and the plan never drift: a package a service
+forgot to declare is missing in the lab exactly as it would be missing on a node without a mirror.
+
+A built base is cached as ``base-<key>.tar.zst``; the key hashes the recipe and the package list,
+so a changed list builds a new base. When a cached base with the same recipe holds a subset of the
+list, the new one is made from it by installing only the missing packages (additive, so the result
+is what a cold build gives, minus a fresh debootstrap).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cluster.hostplan import all_packages
+from cluster.lab.paths import base_dir, cache_dir
+from cluster.lab.run import LabError, Progress, run
+
+SUITE = "bookworm"
+# What the lab needs inside a host beyond the plan: a syslog daemon for /dev/log, `ip` and `ping`
+# for status and tests, pgrep for status. The client uses this machine's python3, not the base.
+LAB_PACKAGES = ("rsyslog", "iproute2", "iputils-ping", "procps")
+RECIPE_VERSION = "4"
+SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
+
+DPKG_EXCLUDES = """\
+# lab base: no documentation, manual pages or translations (smaller, faster to copy)
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/man/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/locale/*
+path-include /usr/share/locale/locale.alias
+"""
+
+# Packages ask questions at install time; these are the answers a Linode node gets from the plan
+# (the plan writes the real configuration afterwards).
+PRESEED = """\
+postfix postfix/main_mailer_type select No configuration
+roundcube-core roundcube/dbconfig-install boolean false
+postfixadmin postfixadmin/dbconfig-install boolean false
+"""
+
+# The recipe, run in a chroot inside a private mount namespace. No daemon may start while
+# packages install (policy-rc.d), and none of the image's identity may be shared by the hosts.
+INSTALL_SCRIPT = r"""
+set -euo pipefail
+root=$1; shift
+mount -t proc proc "$root/proc"
+mount -t sysfs sysfs "$root/sys"
+mount --bind /dev "$root/dev"
+mount --bind /dev/pts "$root/dev/pts"
+cp /etc/resolv.conf "$root/etc/resolv.conf"
+printf '#!/bin/sh\nexit 101\n' > "$root/usr/sbin/policy-rc.d"
+chmod 0755 "$root/usr/sbin/policy-rc.d"
+chroot "$root" debconf-set-selections < "$root/tmp/preseed"
+export DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8
+chroot "$root" apt-get update -q
+chroot "$root" apt-get install -y -q --no-install-recommends \
+  -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "$@"
+chroot "$root" apt-get clean
+rm -f "$root/usr/sbin/policy-rc.d" "$root/tmp/preseed" "$root"/etc/ssh/ssh_host_*
+rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/var/log/apt/*
+: > "$root/etc/machine-id"
+: > "$root/etc/resolv.conf"
+# Hosts must never read this machine's kernel log.
+if [ -f "$root/etc/rsyslog.conf" ]; then
+  sed -i -E 's/^(module\(load="imklog".*)$/# lab: no kernel log in a namespace host: \1/' \
+    "$root/etc/rsyslog.conf"
+fi
+"""
+
+
+@dataclass(frozen=True)
+class BaseSpec:
+    mirror: str
+    packages: tuple[str, ...]
+
+    @property
+    def recipe_key(self) -> str:
+        return _sha(RECIPE_VERSION, self.mirror, DPKG_EXCLUDES, PRESEED, INSTALL_SCRIPT)
+
+    @property
+    def key(self) -> str:
+        return _sha(self.recipe_key, *self.packages)[:16]
+
+
+def _sha(*parts: str) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def apt_mirror(sources: Path = SOURCES) -> str:
+    """The Debian mirror this machine's apt uses for bookworm (deb822 sources)."""
+    text = sources.read_text()
+    for stanza in re.split(r"\n\s*\n", text):
+        uris = re.search(r"^URIs:\s*(\S+)", stanza, re.M)
+        suites = re.search(r"^Suites:\s*(.+)$", stanza, re.M)
+        if uris and suites and SUITE in suites.group(1).split():
+            return uris.group(1)
+    raise LabError(f"no {SUITE} mirror in {sources}")
+
+
+def spec() -> BaseSpec:
+    return BaseSpec(apt_mirror(), tuple(sorted({*all_packages(), *LAB_PACKAGES})))
+
+
+def _archive(key: str) -> Path:
+    return cache_dir() / f"base-{key}.tar.zst"
+
+
+def cached(key: str) -> bool:
+    return _archive(key).exists()
+
+
+def _meta(key: str) -> Path:
+    return cache_dir() / f"base-{key}.json"
+
+
+def _stamp() -> Path:
+    return base_dir() / ".mailcluster-lab-base"
+
+
+def _ensure_tools() -> None:
+    missing = [t for t in ("debootstrap", "zstd") if shutil.which(t) is None]
+    if missing:
+        run(["apt-get", "install", "-y", "-q", *missing], timeout=600)
+
+
+def _install(root: Path, packages: tuple[str, ...]) -> None:
+    (root / "tmp" / "preseed").write_text(PRESEED)
+    dpkg_cfg = root / "etc" / "dpkg" / "dpkg.cfg.d" / "01-mailcluster-lab-nodoc"
+    dpkg_cfg.write_text(DPKG_EXCLUDES)
+    shutil.copy(SOURCES, root / "etc" / "apt" / "sources.list.d" / "debian.sources")
+    legacy = root / "etc" / "apt" / "sources.list"
+    if legacy.exists():
+        legacy.unlink()  # the deb822 file above says the same, plus security updates
+    run(
+        ["unshare", "--mount", "--propagation", "private", "bash", "-c", INSTALL_SCRIPT, "install",
+         str(root), *packages],
+        timeout=1800,
+    )  # fmt: skip
+
+
+def _save(root: Path, s: BaseSpec, progress: Progress) -> None:
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    tmp = _archive(s.key).with_suffix(".tmp")
+    run(["tar", "--numeric-owner", "--xattrs", "--acls", "-I", "zstd -T0 -3", "-C", str(root),
+         "-cf", str(tmp), "."], timeout=600)  # fmt: skip
+    tmp.rename(_archive(s.key))
+    _meta(s.key).write_text(
+        json.dumps({"recipe": s.recipe_key, "packages": list(s.packages), "mirror": s.mirror})
+    )
+    progress(f"base cached as {_archive(s.key)} ({_archive(s.key).stat().st_size >> 20} MB)")
+
+
+def _restore(key: str, root: Path) -> None:
+    root.mkdir(parents=True)
+    run(["tar", "--numeric-owner", "--xattrs", "--acls", "-I", "zstd -T0", "-C", str(root),
+         "-xf", str(_archive(key))], timeout=600)  # fmt: skip
+
+
+def _subset_base(s: BaseSpec) -> str | None:
+    """A cached base of the same recipe whose packages are all wanted: the largest such."""
+    best: tuple[int, str] | None = None
+    for meta in cache_dir().glob("base-*.json"):
+        try:
+            data = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            continue
+        key = meta.name.removeprefix("base-").removesuffix(".json")
+        pkgs = set(data.get("packages", ()))
+        if (
+            data.get("recipe") == s.recipe_key
+            and pkgs <= set(s.packages)
+            and _archive(key).exists()
+            and (best is None or len(pkgs) > best[0])
+        ):
+            best = (len(pkgs), key)
+    return best[1] if best else None
+
+
+def _wipe(path: Path) -> None:
+    if path.exists() or path.is_symlink():
+        shutil.rmtree(path)
+
+
+def build(s: BaseSpec, progress: Progress) -> float:
+    """Build the base for ``s`` into the cache (not into the lab). Returns seconds taken."""
+    _ensure_tools()
+    t0 = time.monotonic()
+    work = cache_dir() / f"build-{s.key}"
+    _wipe(work)
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    try:
+        parent = _subset_base(s)
+        if parent is not None:
+            progress(f"base: extending cached base {parent} with the new packages")
+            _restore(parent, work)
+        else:
+            progress(f"base: debootstrap {SUITE} minbase from {s.mirror}")
+            run(["debootstrap", "--variant=minbase", SUITE, str(work), s.mirror], timeout=1800)
+        progress(f"base: installing {len(s.packages)} packages in the chroot")
+        _install(work, s.packages)
+        _save(work, s, progress)
+    finally:
+        _wipe(work)
+    return time.monotonic() - t0
+
+
+def ensure(progress: Progress, *, rebuild: bool = False) -> BaseSpec:
+    """Make ``base_dir()`` hold the base for the current package list: keep it, restore it from
+    the cache, or build it first."""
+    s = spec()
+    stamp = _stamp()
+    if not rebuild and stamp.exists() and stamp.read_text().strip() == s.key:
+        return s
+    if rebuild or not _archive(s.key).exists():
+        secs = build(s, progress)
+        progress(f"base: built in {secs:.0f}s")
+    root = base_dir()
+    tmp = root.with_name("base.new")
+    _wipe(tmp)
+    t0 = time.monotonic()
+    _restore(s.key, tmp)
+    (tmp / stamp.name).write_text(s.key + "\n")
+    if root.exists():
+        old = root.with_name("base.old")
+        _wipe(old)
+        root.rename(old)
+        _wipe(old)
+    tmp.rename(root)
+    progress(f"base: {s.key} restored in {time.monotonic() - t0:.1f}s")
+    return s
+
+
+def in_use_by_hosts() -> bool:
+    """Whether a running host has the base mounted (then it must not be replaced)."""
+    return any(
+        str(base_dir()) in line
+        for line in subprocess.run(
+            ["sh", "-c", "cat /proc/*/mountinfo 2>/dev/null | grep -F lowerdir= || true"],
+            capture_output=True, text=True, check=False,
+        ).stdout.splitlines()
+    )  # fmt: skip
+
+
+def cached_keys() -> list[str]:
+    return sorted(
+        p.name.removeprefix("base-").removesuffix(".tar.zst")
+        for p in cache_dir().glob("base-*.tar.zst")
+    )
+
+
+def environment_ok() -> bool:
+    return os.geteuid() == 0

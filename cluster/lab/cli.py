@@ -1,0 +1,244 @@
+"""`python -m cluster.lab COMMAND`: the lab's commands (a contract: users and tests script them).
+
+up                               build or reuse the base, start hosts and client, apply both
+down                             remove everything the lab made
+status [--json]                  hosts, addresses, services, replication, shared IP holders
+exec HOST -- CMD...              run a command in a host
+client -- CMD...                 run a command in the client namespace (this machine's python3)
+apply [--stack S] [--set k=v]    re-apply after a config change (--set persists per stack)
+crash HOST | boot HOST           power cut (disk stays) and power on
+cut HOST|dc1|dc2 | heal ...      pull or plug a host's cable or a data centre's uplink
+mailbox add USER@DOMAIN PASSWORD via Postfix Admin's CLI on the active node
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from typing import Any
+
+from cluster.lab import addresses as A
+from cluster.lab import hosts, lifecycle, net
+from cluster.lab.apply import ApplyReport, apply_stack, parse_sets, stack_topology
+from cluster.lab.paths import CLIENT_NS, DC_NAMES, HOSTS
+from cluster.lab.run import LabError, Progress
+from cluster.lab.state import HostRecord, LabState, locked
+from cluster.lab.status import collect, render_text, vip_holder
+
+MAILBOX_TOOL = "/usr/local/sbin/mailcluster-mailbox"
+
+
+def _split_cmd(argv: list[str]) -> list[str]:
+    cmd = argv[1:] if argv and argv[0] == "--" else argv
+    if not cmd:
+        raise LabError("no command given (use: ... -- CMD ARGS)")
+    return cmd
+
+
+def _print_report(r: ApplyReport) -> None:
+    hosts_t = ", ".join(f"{h} {t:.1f}s" for h, t in r.per_host_seconds.items())
+    print(
+        f"apply {r.stack}: {r.run} steps run, {r.skipped} unchanged, {r.changed} changes "
+        f"in {r.seconds:.1f}s ({hosts_t})",
+        flush=True,
+    )
+
+
+def do_apply(state: LabState, stacks: list[str], progress: Progress) -> list[ApplyReport]:
+    reports = []
+    for stack in stacks:
+        progress(f"apply: stack {stack}")
+        report = apply_stack(state, stack, lambda m: progress("  " + m))
+        state.active_dc = stack_topology(state, stack).active_dc
+        state.save()
+        _print_report(report)
+        reports.append(report)
+    return reports
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    progress = Progress(args.quiet)
+    lifecycle.up_machines(progress)
+    with locked() as state:
+        if not args.no_apply:
+            do_apply(state, list(DC_NAMES), progress)
+        data = collect(state)
+    print(summary(data))
+    progress("up: done")
+    return 0
+
+
+def summary(data: dict[str, Any]) -> str:
+    d = data["domain"]
+    active_dc = str(data["active_dc"])
+    vip = A.lab_dc_addresses(active_dc).shared_ipv4
+    lines = [
+        render_text(data),
+        "",
+        f"client (the internet): {A.client_address()}  (`python -m cluster.lab client -- CMD`)",
+        f"mail:     {d} MX mail.{d} -> {vip}; submission {vip}:587, IMAPS {vip}:993",
+        f"webmail:  https://{vip}/  (Host: webmail.{d})",
+        f"admin:    https://{vip}/postfixadmin/",
+        f"DNS:      dig @{vip} {d} MX  (from the client)",
+    ]
+    return "\n".join(lines)
+
+
+def cmd_base(args: argparse.Namespace) -> int:
+    from cluster.lab import base
+
+    progress = Progress(args.quiet)
+    s = base.spec()
+    if args.rebuild or not base.cached(s.key):
+        secs = base.build(s, progress)
+        print(f"base {s.key}: built in {secs:.1f}s")
+    else:
+        print(f"base {s.key}: cached")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    undone = lifecycle.down(Progress(args.quiet))
+    print("down: nothing to remove" if not undone else f"down: removed {len(undone)} things")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    state = LabState.load()
+    data = collect(state)
+    print(json.dumps(data, indent=2) if args.json else render_text(data))
+    return 0
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    if args.host not in HOSTS:
+        raise LabError(f"unknown host {args.host!r}; hosts: {', '.join(HOSTS)}")
+    rec = LabState.load().hosts.get(args.host, HostRecord())
+    if not hosts.alive(rec):
+        raise LabError(f"{args.host} is down")
+    return subprocess.run(hosts.nsenter_argv(rec, _split_cmd(args.cmd)), check=False).returncode
+
+
+def cmd_client(args: argparse.Namespace) -> int:
+    if CLIENT_NS not in net.lab_namespaces():
+        raise LabError("the lab is not up")
+    return subprocess.run(lifecycle.client_argv(_split_cmd(args.cmd)), check=False).returncode
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    progress = Progress(args.quiet)
+    stacks = [args.stack] if args.stack else list(DC_NAMES)
+    sets = parse_sets(args.set or [])
+    with locked() as state:
+        if sets:
+            if not args.stack:
+                raise LabError("--set needs --stack (each stack has its own config)")
+            merged = {**state.sets.get(args.stack, {}), **sets}
+            previous = state.sets.get(args.stack)
+            state.sets[args.stack] = merged
+            try:
+                stack_topology(state, args.stack)  # a bad value fails before anything runs
+            except LabError:
+                if previous is None:
+                    state.sets.pop(args.stack)
+                else:
+                    state.sets[args.stack] = previous
+                raise
+        reports = do_apply(state, stacks, progress)
+    total = sum(r.run for r in reports)
+    print(f"apply: {total} steps run, {sum(r.changed for r in reports)} changes")
+    return 0
+
+
+def cmd_crash(args: argparse.Namespace) -> int:
+    lifecycle.crash(args.host)
+    print(f"{args.host}: crashed (power cut; its disk is kept)")
+    return 0
+
+
+def cmd_boot(args: argparse.Namespace) -> int:
+    t0 = time.monotonic()
+    lifecycle.boot(args.host)
+    print(f"{args.host}: booted in {time.monotonic() - t0:.1f}s")
+    return 0
+
+
+def cmd_cut(args: argparse.Namespace) -> int:
+    lifecycle.cut(args.target, heal=args.command == "heal")
+    print(f"{args.target}: {'healed' if args.command == 'heal' else 'cut'}")
+    return 0
+
+
+def active_node(state: LabState) -> str:
+    topo = stack_topology(state, "dc1")
+    dc = state.active_dc or topo.active_dc
+    holder = vip_holder(dc, state)
+    if holder is None:
+        raise LabError(f"no host of the active data centre {dc} holds its shared IP")
+    return holder
+
+
+def cmd_mailbox(args: argparse.Namespace) -> int:
+    state = LabState.load()
+    host = active_node(state)
+    proc = hosts.exec_in(host, state.hosts[host], [MAILBOX_TOOL, "add", args.address],
+                         input=args.password + "\n", timeout=60)  # fmt: skip
+    sys.stdout.write(proc.stdout)
+    if proc.returncode != 0:
+        raise LabError(f"mailbox add on {host} failed: {proc.stderr.strip()}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m cluster.lab", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("up")
+    s.add_argument("--no-apply", action="store_true", help="machines only (developing the lab)")
+    s.set_defaults(func=cmd_up)
+    sub.add_parser("down").set_defaults(func=cmd_down)
+    s = sub.add_parser("base", help="build and cache the base root filesystem only")
+    s.add_argument("--rebuild", action="store_true", help="even when it is cached")
+    s.set_defaults(func=cmd_base)
+    s = sub.add_parser("status")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_status)
+    s = sub.add_parser("exec")
+    s.add_argument("host")
+    s.add_argument("cmd", nargs=argparse.REMAINDER)
+    s.set_defaults(func=cmd_exec)
+    s = sub.add_parser("client")
+    s.add_argument("cmd", nargs=argparse.REMAINDER)
+    s.set_defaults(func=cmd_client)
+    s = sub.add_parser("apply")
+    s.add_argument("--stack", choices=DC_NAMES)
+    s.add_argument("--set", action="append", metavar="KEY=VALUE")
+    s.set_defaults(func=cmd_apply)
+    for name, func in (("crash", cmd_crash), ("boot", cmd_boot)):
+        s = sub.add_parser(name)
+        s.add_argument("host", choices=HOSTS)
+        s.set_defaults(func=func)
+    for name in ("cut", "heal"):
+        s = sub.add_parser(name)
+        s.add_argument("target", choices=(*HOSTS, *DC_NAMES))
+        s.set_defaults(func=cmd_cut)
+    s = sub.add_parser("mailbox")
+    s.add_argument("action", choices=("add",))
+    s.add_argument("address")
+    s.add_argument("password")
+    s.set_defaults(func=cmd_mailbox)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        rc: int = args.func(args)
+    except LabError as e:
+        print(f"lab: {e}", file=sys.stderr)
+        return 1
+    return rc

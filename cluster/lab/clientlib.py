@@ -1,0 +1,219 @@
+"""What users and foreign mail servers do, run in the lab's client namespace with this machine's
+python3: `python -m cluster.lab client -- python3 -m cluster.lab.clientlib COMMAND ...`.
+
+Each command prints one JSON object (``{"ok": true, ...}`` or ``{"ok": false, "error": ...}``) so
+tests and the benchmark read results without parsing prose. TLS is verified against the lab's
+cluster CA (``--ca``): a test that passes proves the certificate a user would see is right.
+"""
+
+from __future__ import annotations
+
+import argparse
+import email.message
+import imaplib
+import json
+import smtplib
+import ssl
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+
+def _ctx(ca: str | None) -> ssl.SSLContext:
+    if ca == "none":  # the benchmark's baseline server: TLS cost without a CA-signed name
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+    return ssl.create_default_context(cafile=ca) if ca else ssl.create_default_context()
+
+
+def _message(sender: str, to: str, subject: str) -> email.message.EmailMessage:
+    msg = email.message.EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = sender, to, subject
+    msg.set_content(f"mailcluster lab test: {subject}\n")
+    return msg
+
+
+def send(a: argparse.Namespace) -> dict[str, Any]:
+    """One message over SMTP: port 25 as a foreign server, or 587 with STARTTLS and AUTH."""
+    t0 = time.monotonic()
+    with smtplib.SMTP(a.host, a.port, local_hostname="client.example.net", timeout=30) as s:
+        s.ehlo()
+        if a.starttls:
+            # Verified against the address we connected to: the certificate names the shared IP.
+            s.starttls(context=_ctx(a.ca))
+            s.ehlo()
+        if a.user:
+            s.login(a.user, a.password)
+        refused = s.send_message(_message(a.sender, a.to, a.subject), a.sender, [a.to])
+    return {"ok": not refused, "refused": {k: list(v) for k, v in refused.items()},
+            "seconds": time.monotonic() - t0}  # fmt: skip
+
+
+def _imap(a: argparse.Namespace) -> imaplib.IMAP4_SSL:
+    conn = imaplib.IMAP4_SSL(a.host, a.port, ssl_context=_ctx(a.ca), timeout=30)
+    conn.login(a.user, a.password)
+    return conn
+
+
+def _subjects(conn: imaplib.IMAP4_SSL, prefix: str) -> set[str]:
+    conn.select("INBOX", readonly=True)
+    typ, data = conn.search(None, "SUBJECT", f'"{prefix}"')
+    ids = data[0].split() if typ == "OK" and data and data[0] else []
+    if not ids:
+        return set()
+    typ, fetched = conn.fetch(b",".join(ids).decode(), "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    found = set()
+    for item in fetched:
+        if isinstance(item, tuple):
+            line = item[1].decode(errors="replace").strip()
+            found.add(line.removeprefix("Subject:").strip())
+    return found
+
+
+def wait_imap(a: argparse.Namespace) -> dict[str, Any]:
+    """Poll IMAPS until ``count`` messages whose subject starts with ``subject`` are there."""
+    t0 = time.monotonic()
+    last_error = ""
+    while True:
+        try:
+            conn = _imap(a)
+            try:
+                found = _subjects(conn, a.subject)
+            finally:
+                conn.logout()
+            if len(found) >= a.count:
+                return {"ok": True, "found": len(found), "seconds": time.monotonic() - t0}
+            last_error = f"{len(found)} of {a.count} found"
+        except (OSError, imaplib.IMAP4.error) as e:
+            last_error = f"{type(e).__name__}: {e}"
+        if time.monotonic() - t0 > a.timeout:
+            return {"ok": False, "error": last_error, "seconds": time.monotonic() - t0}
+        time.sleep(a.interval)
+
+
+def login(a: argparse.Namespace) -> dict[str, Any]:
+    """Poll until an IMAPS login works (a new mailbox): the time it took."""
+    t0 = time.monotonic()
+    last = ""
+    while time.monotonic() - t0 <= a.timeout:
+        try:
+            _imap(a).logout()
+            return {"ok": True, "seconds": time.monotonic() - t0}
+        except (OSError, imaplib.IMAP4.error) as e:
+            last = f"{type(e).__name__}: {e}"
+        time.sleep(a.interval)
+    return {"ok": False, "error": last, "seconds": time.monotonic() - t0}
+
+
+def http(a: argparse.Namespace) -> dict[str, Any]:
+    req = urllib.request.Request(a.url, headers={"Host": a.host_header} if a.host_header else {})
+    try:
+        with urllib.request.urlopen(req, context=_ctx(a.ca), timeout=30) as resp:
+            body = resp.read(200_000).decode(errors="replace")
+            return {"ok": True, "status": resp.status, "url": resp.geturl(), "body": body}
+    except urllib.error.HTTPError as e:
+        return {"ok": False, "status": e.code, "error": str(e),
+                "body": e.read(200_000).decode(errors="replace")}  # fmt: skip
+
+
+def bulk(a: argparse.Namespace) -> dict[str, Any]:
+    """``count`` messages over submission from ``parallel`` sessions at once, then wait until
+    all are visible over IMAPS. Reports messages per second end to end."""
+    subjects = [f"{a.subject} {i:05d}" for i in range(a.count)]
+    chunks = [subjects[i :: a.parallel] for i in range(a.parallel)]
+
+    def session(chunk: list[str]) -> int:
+        sent = 0
+        with smtplib.SMTP(a.host, a.port, local_hostname="client.example.net", timeout=60) as s:
+            s.ehlo()
+            if a.starttls:
+                s.starttls(context=_ctx(a.ca))
+                s.ehlo()
+            if a.user:
+                s.login(a.user, a.password)
+            for subject in chunk:
+                s.send_message(_message(a.sender, a.to, subject), a.sender, [a.to])
+                sent += 1
+        return sent
+
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(a.parallel) as pool:
+        sent = sum(pool.map(session, chunks))
+    t_sent = time.monotonic() - t0
+    a.count = sent
+    a.user, a.password = a.imap_user or a.user, a.imap_password or a.password
+    a.host, a.port = a.imap_host or a.host, a.imap_port
+    seen = wait_imap(a)
+    total = time.monotonic() - t0
+    return {"ok": seen["ok"], "sent": sent, "submit_seconds": t_sent, "total_seconds": total,
+            "per_second": sent / total, "imap": seen}  # fmt: skip
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python3 -m cluster.lab.clientlib")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def common(s: argparse.ArgumentParser, port: int) -> None:
+        s.add_argument("--host", required=True)
+        s.add_argument("--port", type=int, default=port)
+        s.add_argument("--ca")
+        s.add_argument("--user", default="")
+        s.add_argument("--password", default="")
+
+    s = sub.add_parser("send")
+    common(s, 587)
+    s.add_argument("--starttls", action="store_true")
+    s.add_argument("--sender", required=True)
+    s.add_argument("--to", required=True)
+    s.add_argument("--subject", required=True)
+    s.set_defaults(func=send)
+    for name, func in (("wait-imap", wait_imap), ("login", login)):
+        s = sub.add_parser(name)
+        common(s, 993)
+        s.add_argument("--subject", default="")
+        s.add_argument("--count", type=int, default=1)
+        s.add_argument("--timeout", type=float, default=30)
+        s.add_argument("--interval", type=float, default=0.1)
+        s.set_defaults(func=func)
+    s = sub.add_parser("http")
+    s.add_argument("--url", required=True)
+    s.add_argument("--host-header")
+    s.add_argument("--ca")
+    s.set_defaults(func=http)
+    s = sub.add_parser("bulk")
+    common(s, 587)
+    s.add_argument("--starttls", action="store_true")
+    s.add_argument("--sender", required=True)
+    s.add_argument("--to", required=True)
+    s.add_argument("--subject", required=True)
+    s.add_argument("--count", type=int, default=500)
+    s.add_argument("--parallel", type=int, default=20)
+    s.add_argument("--imap-host")
+    s.add_argument("--imap-port", type=int, default=993)
+    s.add_argument("--imap-user")
+    s.add_argument("--imap-password")
+    s.add_argument("--timeout", type=float, default=300)
+    s.add_argument("--interval", type=float, default=0.5)
+    s.set_defaults(func=bulk)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        result = args.func(args)
+    except (OSError, smtplib.SMTPException, imaplib.IMAP4.error, ssl.SSLError) as e:
+        result = {"ok": False, "error": f"{type(e).__name__}: {e}",
+                  "smtp_code": getattr(e, "smtp_code", None)}  # fmt: skip
+        if isinstance(e, smtplib.SMTPRecipientsRefused):
+            result["smtp_code"] = next(iter(e.recipients.values()))[0]
+    print(json.dumps(result))
+    return 0 if result.get("ok") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""Lab hosts: Debian 12 "machines" made of namespaces over the base root filesystem.
+
+A host is ``ip netns exec mclab-HOST unshare --mount --uts --ipc --pid --fork`` running BOOT_SCRIPT
+as its PID 1. BOOT mounts an overlay (lower: the shared base; upper: the host's own disk, which
+survives crash and boot), /proc, /sys, /run and a private /dev holding the data volume's node at
+the path Linode uses, then chroots into INIT_SCRIPT, which does the part of a Debian boot that
+matters here (syslog, the SysV services that packages enabled) and reaps orphans.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from cluster.lab.paths import VOLUME_PATH, VOLUME_SIZE, base_dir, host_dir, host_ns
+from cluster.lab.run import LabError, run
+from cluster.lab.state import HostRecord
+
+HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+INIT = "/usr/local/sbin/mailcluster-lab-init"
+BOOTED = "/run/mailcluster-lab-booted"
+DOMAIN_FILE = "domain"
+
+BOOT_SCRIPT = r"""
+set -euo pipefail
+host=$1 base=$2 dir=$3 volume=$4 vol_major=$5 vol_minor=$6 fqdn=$7 public=$8
+root=$dir/root
+mkdir -p "$dir/disk/upper" "$dir/disk/work" "$root"
+mount -t overlay overlay \
+  -o "lowerdir=$base,upperdir=$dir/disk/upper,workdir=$dir/disk/work" "$root"
+mount -t proc -o nosuid,nodev,noexec proc "$root/proc"
+# Only net.* sysctls belong to a host (its network namespace); the rest are this machine's.
+mount --bind "$root/proc/sys" "$root/proc/sys"
+mount --bind "$root/proc/sys/net" "$root/proc/sys/net"
+mount -o remount,bind,ro "$root/proc/sys"
+if [ -e "$root/proc/sysrq-trigger" ]; then
+  mount --bind -o ro /proc/sysrq-trigger "$root/proc/sysrq-trigger"
+fi
+mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$root/sys"
+mount -t tmpfs -o nosuid,nodev,mode=0755 tmpfs "$root/run"
+mkdir -p "$root/run/lock"
+mount -t tmpfs -o nosuid,mode=0755,size=64m tmpfs "$root/dev"
+d=$root/dev
+mknod -m 666 "$d/null" c 1 3; mknod -m 666 "$d/zero" c 1 5; mknod -m 666 "$d/full" c 1 7
+mknod -m 666 "$d/random" c 1 8; mknod -m 666 "$d/urandom" c 1 9; mknod -m 666 "$d/tty" c 5 0
+ln -s /proc/self/fd "$d/fd"; ln -s /proc/self/fd/0 "$d/stdin"
+ln -s /proc/self/fd/1 "$d/stdout"; ln -s /proc/self/fd/2 "$d/stderr"
+mkdir -p "$d/pts" "$d/shm" "$d/disk/by-id"
+# This machine's /dev/pts has ptmxmode=000: a private instance gives the host working ptys.
+mount -t devpts -o newinstance,ptmxmode=0666,mode=0620,gid=5 devpts "$d/pts"
+ln -s pts/ptmx "$d/ptmx"
+mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs "$d/shm"
+mknod -m 660 "$d/disk/by-id/$volume" b "$vol_major" "$vol_minor"
+hostname "$host"
+echo "$host" > "$root/etc/hostname"
+printf '127.0.0.1\tlocalhost\n%s\t%s %s\n::1\tlocalhost ip6-localhost ip6-loopback\n' \
+  "$public" "$fqdn" "$host" > "$root/etc/hosts"
+# Each host asks its own BIND, as the plan's resolver setting on Linode would.
+printf 'nameserver 127.0.0.1\n' > "$root/etc/resolv.conf"
+install -m 0755 "$dir/init" "$root/usr/local/sbin/mailcluster-lab-init"
+cd "$root"
+exec chroot "$root" /usr/local/sbin/mailcluster-lab-init
+"""
+
+# PID 1 inside a host. bash reaps any child it is sent SIGCHLD for, adopted orphans included.
+INIT_SCRIPT = r"""#!/bin/bash
+# mailcluster lab: PID 1 of a lab host (a namespace "machine"), written at every boot.
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8
+exec </dev/null >>/var/log/mailcluster-lab-boot.log 2>&1
+echo "=== boot $(date -Is)"
+# rsyslog in bookworm has no SysV script; it provides /dev/log for every daemon.
+rsyslogd || echo "rsyslogd failed"
+cron || echo "cron failed"
+# A reboot starts what packages enabled in runlevel 2, as Debian's boot does; heartbeat last,
+# as its takeover scripts drive the others. A fresh disk (the plan never applied) starts none:
+# on Linode the packages arrive with the plan, so the plan must start what it needs itself.
+if [ -d /var/lib/mailcluster/applied ]; then
+  hb=
+  for s in /etc/rc2.d/S*; do
+    [ -x "$s" ] || continue
+    case "$s" in *heartbeat) hb=$s; continue ;; esac
+    timeout 120 "$s" start || echo "$s start failed"
+  done
+  [ -n "$hb" ] && { timeout 120 "$hb" start || echo "$hb start failed"; }
+else
+  echo "first boot: no services until the plan applies"
+fi
+touch /run/mailcluster-lab-booted
+echo "=== up $(date -Is)"
+trap 'exit 0' TERM INT
+while :; do
+  sleep 3600 &
+  wait $! || true
+done
+"""
+
+
+def _read_stat(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name may contain spaces: fields start after the last ')'.
+    return text[text.rindex(")") + 2 :].split()
+
+
+def start_ticks(pid: int) -> str:
+    fields = _read_stat(pid)
+    return fields[19] if fields else ""
+
+
+def alive(rec: HostRecord) -> bool:
+    """Whether the recorded PID 1 is still our host (not a pid reused by someone else)."""
+    if not rec.pid:
+        return False
+    fields = _read_stat(rec.pid)
+    return fields is not None and fields[0] != "Z" and fields[19] == rec.start_ticks
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _read_stat(int(entry.name))
+            if fields and fields[1] == str(pid):
+                out.append(int(entry.name))
+    return out
+
+
+def attach_volume(host: str, rec: HostRecord) -> tuple[int, int]:
+    """The data volume: a sparse image on a loop device (attached once; reused after a crash)."""
+    image = host_dir(host) / "volume.img"
+    if not image.exists():
+        image.parent.mkdir(parents=True, exist_ok=True)
+        with open(image, "wb") as f:
+            f.truncate(VOLUME_SIZE)
+    if rec.loop and Path(rec.loop).exists():
+        back = run(["losetup", "-n", "-O", "BACK-FILE", rec.loop], check=False).stdout.strip()
+        if back != str(image):
+            rec.loop = ""
+    if not rec.loop:
+        rec.loop = run(["losetup", "--find", "--show", str(image)]).stdout.strip()
+    st = os.stat(rec.loop)
+    return os.major(st.st_rdev), os.minor(st.st_rdev)
+
+
+def boot(host: str, rec: HostRecord, fqdn: str, public: str) -> None:
+    """Start the host's PID 1 and record it. The caller has prepared its network."""
+    if alive(rec):
+        return
+    major, minor = attach_volume(host, rec)
+    d = host_dir(host)
+    (d / "init").write_text(INIT_SCRIPT)
+    pidfile = d / "launcher.pid"
+    pidfile.unlink(missing_ok=True)
+    boot_argv = [
+        "ip", "netns", "exec", host_ns(host),
+        "unshare", "--mount", "--uts", "--ipc", "--pid", "--fork", "--propagation", "private",
+        "bash", "-c", BOOT_SCRIPT, "boot", host, str(base_dir()), str(d),
+        VOLUME_PATH.format(host=host).rsplit("/", 1)[1], str(major), str(minor), fqdn, public,
+    ]  # fmt: skip
+    # setsid --fork: the host outlives this process and belongs to no terminal or session of
+    # ours; the wrapper records its pid (the `unshare`) before becoming it.
+    wrapper = f"echo $$ > {shlex.quote(str(pidfile))}; exec {shlex.join(boot_argv)}"
+    with open(d / "console.log", "ab") as console:
+        subprocess.run(
+            ["setsid", "--fork", "sh", "-c", wrapper],
+            stdin=subprocess.DEVNULL, stdout=console, stderr=console, check=True,
+        )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if pidfile.exists() and pidfile.read_text().strip():
+            launcher = int(pidfile.read_text())
+            kids = _children(launcher)
+            if kids:
+                rec.launcher_pid, rec.pid = launcher, kids[0]
+                rec.start_ticks = start_ticks(rec.pid)
+                return
+            if _read_stat(launcher) is None:
+                break
+        time.sleep(0.02)
+    raise LabError(f"{host}: did not start; see {d / 'console.log'}")
+
+
+def wait_booted(host: str, rec: HostRecord, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive(rec):
+            raise LabError(f"{host}: PID 1 died while booting; see {host_dir(host)}/console.log")
+        if Path(f"/proc/{rec.pid}/root{BOOTED}").exists():
+            return
+        time.sleep(0.1)
+    raise LabError(f"{host}: not booted after {timeout:.0f}s")
+
+
+def kill(rec: HostRecord, timeout: float = 10) -> None:
+    """Power off: SIGKILL to PID 1 takes down every process of the host's PID namespace."""
+    if alive(rec):
+        os.kill(rec.pid, signal.SIGKILL)
+        deadline = time.monotonic() + timeout
+        while alive(rec) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    rec.pid, rec.start_ticks = 0, ""
+
+
+def detach_volume(rec: HostRecord) -> None:
+    if rec.loop:
+        run(["losetup", "-d", rec.loop], check=False)
+        rec.loop = ""
+
+
+def nsenter_argv(rec: HostRecord, argv: Sequence[str]) -> list[str]:
+    """Run ``argv`` as a process of the host: all its namespaces, its root, a clean env."""
+    return [
+        "nsenter", "-t", str(rec.pid), "-m", "-u", "-i", "-n", "-p", "-r", "-w", "--",
+        "env", "-i", f"PATH={HOST_PATH}", "HOME=/root", "LANG=C.UTF-8", "USER=root",
+        "LOGNAME=root", *argv,
+    ]  # fmt: skip
+
+
+def exec_in(
+    host: str,
+    rec: HostRecord,
+    argv: Sequence[str],
+    *,
+    input: str | None = None,
+    timeout: float | None = None,
+) -> subprocess.CompletedProcess[str]:
+    if not alive(rec):
+        raise LabError(f"{host} is down")
+    return subprocess.run(
+        nsenter_argv(rec, argv), input=input, capture_output=True, text=True, timeout=timeout,
+        check=False,
+    )  # fmt: skip

@@ -1,0 +1,187 @@
+"""Bringing the lab up and down, and the failures a user can cause: crash, boot, cut, heal."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from cluster.lab import base, hosts, net
+from cluster.lab.model import lab_topology
+from cluster.lab.paths import CLIENT_NS, DC_NAMES, HOSTS, host_ns, lab_dir
+from cluster.lab.run import LabError, Progress, run
+from cluster.lab.state import HostRecord, LabState, locked
+
+
+def _fqdn(host: str) -> str:
+    return lab_topology("dc1").node(host).fqdn
+
+
+def start_host(state: LabState, host: str) -> bool:
+    """Network, volume and PID 1 of one host; False when it was already running."""
+    rec = state.hosts.setdefault(host, HostRecord())
+    if hosts.alive(rec):
+        return False
+    net.port_down(host)  # no traffic while the host has no processes answering
+    net.ensure_host_net(host, cut=[host, *state.cut])
+    state.save()  # the loop device and pid are recorded before anything else can fail
+    public, _ = net.host_addresses(host)
+    hosts.boot(host, rec, _fqdn(host), public)
+    state.save()
+    if host not in state.cut:
+        net.cut_target(host, up=True)
+    return True
+
+
+def up_machines(progress: Progress) -> LabState:
+    """Base, network and the four hosts, reusing whatever already runs."""
+    if not base.environment_ok():
+        raise LabError("the lab needs root (namespaces, mounts, loop devices)")
+    with locked() as state:
+        running = [h for h in HOSTS if h in state.hosts and hosts.alive(state.hosts[h])]
+        want = base.spec()
+        if running and state.base and state.base != want.key:
+            progress(
+                f"base: package list changed but {len(running)} hosts run on base {state.base}; "
+                "keeping it (run `down` then `up` to rebuild)"
+            )
+        else:
+            state.base = base.ensure(progress).key
+        progress("network: switch, router, client")
+        net.ensure_fabric(state.cut)
+        started = []
+        for host in HOSTS:
+            if start_host(state, host):
+                started.append(host)
+        if started:
+            progress(f"hosts: started {', '.join(started)}; waiting for their boot")
+        with ThreadPoolExecutor(len(HOSTS)) as pool:
+            list(pool.map(lambda h: hosts.wait_booted(h, state.hosts[h]), HOSTS))
+        progress("hosts: all four up")
+        return state
+
+
+def crash(host: str) -> None:
+    """A power cut: PID 1 and every process of the host die at once, its port goes dark (the
+    kernel would otherwise still answer ARP for a shared IP left on eth0); the disk stays."""
+    _check_host(host)
+    with locked() as state:
+        rec = state.hosts.setdefault(host, HostRecord())
+        net.port_down(host)
+        hosts.kill(rec)
+
+
+def boot(host: str) -> None:
+    _check_host(host)
+    with locked() as state:
+        if hosts.alive(state.hosts.get(host, HostRecord())):
+            raise LabError(f"{host} is already up")
+        net.flush_host(host)  # an address held at the crash (a shared IP) goes with it
+        start_host(state, host)
+        hosts.wait_booted(host, state.hosts[host])
+
+
+def cut(target: str, *, heal: bool) -> None:
+    with locked() as state:
+        net.cut_target(target, up=heal)
+        if heal:
+            state.cut = [c for c in state.cut if c != target]
+        elif target not in state.cut:
+            state.cut.append(target)
+
+
+def _check_host(host: str) -> None:
+    if host not in HOSTS:
+        raise LabError(f"unknown host {host!r}; hosts: {', '.join(HOSTS)}")
+
+
+def _kill_namespace_processes(ns: str) -> None:
+    """Whatever still runs in one of our network namespaces is ours (a client command, a
+    launcher): kill it by pid, never by name."""
+    pids = run(["ip", "netns", "pids", ns], check=False).stdout.split()
+    for pid in pids:
+        run(["kill", "-9", pid], check=False)
+
+
+def down(progress: Progress) -> list[str]:
+    """Undo everything the lab made: found from the state file and, should that be lost, by the
+    lab's names (mclab-* namespaces, loop devices backed by files under the lab directory)."""
+    undone: list[str] = []
+    root = lab_dir()
+    if root.exists():
+        with locked() as state:
+            for host, rec in state.hosts.items():
+                if hosts.alive(rec):
+                    hosts.kill(rec)
+                    undone.append(f"host {host}")
+        for ns in net.lab_namespaces():
+            _kill_namespace_processes(ns)
+        deadline = time.monotonic() + 10
+        while any(run(["ip", "netns", "pids", ns], check=False).stdout.split()
+                  for ns in net.lab_namespaces()) and time.monotonic() < deadline:  # fmt: skip
+            time.sleep(0.05)
+    for loop in our_loop_devices():
+        run(["losetup", "-d", loop], check=False)
+        undone.append(f"loop {loop}")
+    for ns in net.delete_all():
+        undone.append(f"netns {ns}")
+    if root.exists():
+        _unmount_under(root)
+        shutil.rmtree(root)
+        undone.append(f"dir {root}")
+    if undone:
+        progress("down: removed " + ", ".join(undone))
+    return undone
+
+
+def our_loop_devices() -> list[str]:
+    out = run(["losetup", "-n", "-l", "-O", "NAME,BACK-FILE"], check=False).stdout
+    root = str(lab_dir())
+    loops = []
+    for line in out.splitlines():
+        parts = line.split(None, 1)
+        if len(parts) == 2 and parts[1].strip().removesuffix(" (deleted)").startswith(root + "/"):
+            loops.append(parts[0])
+    return loops
+
+
+def mounts_under(root: Path) -> list[str]:
+    """Mount points under ``root`` in this machine's mount namespace."""
+    prefix = str(root) + "/"
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = line.split()[4]
+        if point.startswith(prefix) or point == str(root):
+            found.append(point)
+    return found
+
+
+def _unmount_under(root: Path) -> None:
+    # Host mounts live in the hosts' private namespaces and die with them; this only catches a
+    # base build interrupted half-way.
+    for point in sorted(mounts_under(root), key=len, reverse=True):
+        run(["umount", "-l", point], check=False)
+
+
+def host_status(state: LabState) -> dict[str, bool]:
+    return {h: hosts.alive(state.hosts.get(h, HostRecord())) for h in HOSTS}
+
+
+def client_argv(argv: list[str]) -> list[str]:
+    """A command in the client ("the internet") with this machine's own python3 and the
+    project importable, for `python3 -m cluster.lab.clientlib`."""
+    repo = Path(__file__).resolve().parents[2]
+    return ["ip", "netns", "exec", CLIENT_NS, "env", f"PYTHONPATH={repo}", *argv]
+
+
+def lab_exists() -> bool:
+    return bool(net.lab_namespaces()) or (lab_dir() / "state.json").exists()
+
+
+def dcs() -> tuple[str, ...]:
+    return DC_NAMES
+
+
+def host_netns(host: str) -> str:
+    return host_ns(host)

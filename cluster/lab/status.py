@@ -1,0 +1,153 @@
+"""What the lab looks like now: hosts, addresses, services, replication, shared IP holders."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from cluster.lab import addresses as A
+from cluster.lab import hosts
+from cluster.lab.apply import stack_topology
+from cluster.lab.net import host_addresses
+from cluster.lab.paths import DC_NAMES, HOSTS, host_ns
+from cluster.lab.run import run
+from cluster.lab.state import HostRecord, LabState
+
+# Process names (pgrep -x) of the daemons a node may run, by the name users know them by.
+SERVICES = {
+    "postfix": "master",
+    "dovecot": "dovecot",
+    "mariadb": "mariadbd",
+    "bind9": "named",
+    "apache2": "apache2",
+    "heartbeat": "heartbeat",
+    "rspamd": "rspamd",
+    "cron": "cron",
+    "rsyslog": "rsyslogd",
+    "lsyncd": "lsyncd",
+    "opendkim": "opendkim",
+    "mailgraph": "mailgraph",
+}
+ROLE_TOOL = "/usr/local/sbin/mailcluster-role"
+
+PROBE = r"""
+for pair in @PAIRS@; do
+  pgrep -x "${pair#*=}" >/dev/null 2>&1 && echo "svc ${pair%=*}"
+done
+if [ -x @ROLE@ ]; then
+  echo "role $(timeout 5 @ROLE@ status --json 2>/dev/null | tr -d '\n')"
+elif command -v mariadb >/dev/null && pgrep -x mariadbd >/dev/null; then
+  ro=$(timeout 3 mariadb -N -B -e 'SELECT @@read_only' 2>/dev/null || echo '?')
+  st=$(timeout 3 mariadb -e 'SHOW SLAVE STATUS\G' 2>/dev/null | tr -d ' ' \
+       | grep -E '^(Slave_IO_Running|Slave_SQL_Running|Seconds_Behind_Master|Master_Host):' \
+       | tr '\n' ' ')
+  echo "db read_only=$ro $st"
+fi
+""".replace("@PAIRS@", " ".join(f"{k}={v}" for k, v in SERVICES.items())).replace(
+    "@ROLE@", ROLE_TOOL
+)
+
+
+def addresses_on(host: str) -> list[str]:
+    """IPv4 addresses on the host's eth0, read from outside (works while the host is down)."""
+    out = run(["ip", "-n", host_ns(host), "-o", "-4", "addr", "show", "dev", A.INTERFACE],
+              check=False).stdout.split()  # fmt: skip
+    return [out[i + 1].split("/")[0] for i, w in enumerate(out) if w == "inet"]
+
+
+def vip_holder(dc: str, state: LabState) -> str | None:
+    """The running host of ``dc`` whose eth0 holds the DC's shared IP."""
+    vip = A.lab_dc_addresses(dc).shared_ipv4
+    for host in HOSTS:
+        rec = state.hosts.get(host, HostRecord())
+        if host.startswith(dc + "-") and hosts.alive(rec) and vip in addresses_on(host):
+            return host
+    return None
+
+
+def _probe(host: str, rec: HostRecord) -> dict[str, Any]:
+    info: dict[str, Any] = {"services": [], "replication": None, "role": None}
+    try:
+        proc = hosts.exec_in(host, rec, ["bash", "-c", PROBE], timeout=20)
+    except Exception as e:  # a host dying under us is a status, not an error
+        info["error"] = str(e)
+        return info
+    for line in proc.stdout.splitlines():
+        kind, _, rest = line.partition(" ")
+        if kind == "svc":
+            info["services"].append(rest)
+        elif kind == "role" and rest:
+            try:
+                info["role"] = json.loads(rest)
+            except ValueError:
+                info["role"] = rest
+            if isinstance(info["role"], dict):
+                info["replication"] = info["role"].get("replication")
+        elif kind == "db":
+            fields = dict(w.split("=", 1) if "=" in w else w.split(":", 1) for w in rest.split())
+            info["replication"] = fields
+    return info
+
+
+def collect(state: LabState) -> dict[str, Any]:
+    topo = stack_topology(state, "dc1")
+    active_dc = state.active_dc or topo.active_dc
+    up = {h: hosts.alive(state.hosts.get(h, HostRecord())) for h in HOSTS}
+    with ThreadPoolExecutor(len(HOSTS)) as pool:
+        probes = dict(
+            zip(
+                HOSTS,
+                pool.map(
+                    lambda h: _probe(h, state.hosts[h]) if up[h] else {"services": []},
+                    HOSTS,
+                ),
+                strict=True,
+            )
+        )
+    out: dict[str, Any] = {"domain": topo.domain, "active_dc": active_dc, "dcs": {}}
+    for dc in DC_NAMES:
+        vip = A.lab_dc_addresses(dc).shared_ipv4
+        holder = vip_holder(dc, state)
+        dc_info: dict[str, Any] = {
+            "shared_ip": vip,
+            "active": holder,
+            "cut": dc in state.cut,
+            "config_active_dc": stack_topology(state, dc).active_dc,
+            "hosts": {},
+        }
+        for host in (h for h in HOSTS if h.startswith(dc + "-")):
+            public, private = host_addresses(host)
+            dc_info["hosts"][host] = {
+                "public_ip": public,
+                "private_ip": private,
+                "up": up[host],
+                "cut": host in state.cut,
+                "holds_shared_ip": holder == host,
+                "addresses": addresses_on(host),
+                **probes[host],
+            }
+        out["dcs"][dc] = dc_info
+    return out
+
+
+def render_text(data: dict[str, Any]) -> str:
+    lines = [f"domain {data['domain']}, active data centre {data['active_dc']}"]
+    for dc, info in data["dcs"].items():
+        cut = " (CUT from the router)" if info["cut"] else ""
+        lines.append(
+            f"{dc}: shared IP {info['shared_ip']} held by {info['active'] or 'nobody'}{cut}; "
+            f"its stack says activeDc={info['config_active_dc']}"
+        )
+        for host, h in info["hosts"].items():
+            state = "up" if h["up"] else "DOWN"
+            if h["cut"]:
+                state += " (cable cut)"
+            lines.append(
+                f"  {host:9} {state:5} public {h['public_ip']:15} private {h['private_ip']:13}"
+                f" {'[shared IP] ' if h['holds_shared_ip'] else ''}"
+                f"services: {', '.join(h['services']) or '-'}"
+            )
+            if h.get("replication"):
+                lines.append(f"            replication: {json.dumps(h['replication'])}")
+    return "\n".join(lines)

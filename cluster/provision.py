@@ -1,0 +1,280 @@
+"""The Pulumi applier of the per-host plan: one ``remote.Command`` per step per node.
+
+Pulumi must know every resource and its dependencies when the program runs, but the plan's
+contents depend on addresses Linode assigns (and, for a standby, on the peer stack's outputs),
+which are Outputs. The plan's *structure* (step names, dependencies, which steps carry secrets)
+does not depend on addresses, so it is computed once from a placeholder topology with the same
+config; each step's command and stdin come from the real plan, built inside ``apply`` from the
+real addresses (once per distinct set of inputs). A step the placeholder has but the real plan
+lacks runs ``true``; a real step the placeholder lacks is an error, never silently skipped.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import pulumi_command.remote as remote
+
+from cluster.config import DC_NAMES, StackConfig
+from cluster.datacentre import node_address
+from cluster.hostplan import build_host_plan
+from cluster.material import ClusterSecrets, generate
+from cluster.plan import HostPlan
+from cluster.pulumi_peer import dict_to_addresses
+from cluster.topology import SLOTS, DcAddresses, NodeAddresses, Topology
+
+PLATFORM = "linode"
+# A fresh Linode takes a minute or so to boot sshd; the provider retries failed dials.
+DIAL_ERROR_LIMIT = 60
+ABSENT: dict[str, Any] = {"command": "true", "stdin": "", "digest": "absent", "secret": False}
+
+
+@dataclass(frozen=True)
+class StepShape:
+    """What the resource graph needs of a step: its name, same-host and cross-host deps."""
+
+    node: str
+    name: str
+    deps: tuple[str, ...]
+    remote_deps: tuple[tuple[str, str], ...]
+    secret: bool
+
+
+# -- structure ---------------------------------------------------------------------------------
+def _placeholder_dc(dc: str) -> DcAddresses:
+    """Documentation addresses (RFC 5737, RFC 3849): never real, never contacted."""
+    i = DC_NAMES.index(dc) + 1
+    return DcAddresses(
+        shared_ipv4=f"192.0.2.{i}0",
+        nodes={
+            slot: NodeAddresses(f"192.0.2.{i}{n}", f"192.168.{127 + i}.{n}", f"2001:db8::{i}:{n}")
+            for n, slot in enumerate(SLOTS, start=1)
+        },
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _placeholder_secrets(domain: str) -> ClusterSecrets:
+    return generate(domain, DC_NAMES, {dc: [f"mail.{domain}", f"{dc}.{domain}"] for dc in DC_NAMES})
+
+
+def _placeholder_plans(config: StackConfig) -> list[dict[str, HostPlan]]:
+    """Plans for every peer situation this stack may meet: a standby always has the active
+    DC's addresses; an active DC may not know its peer yet (the first ``up`` of dc1)."""
+    both = {dc: _placeholder_dc(dc) for dc in DC_NAMES}
+    variants = [both]
+    if config.is_active:
+        variants.append({config.dc: both[config.dc]})
+    secrets = _placeholder_secrets(config.domain)
+    out = []
+    for dcs in variants:
+        topo = Topology(config, dcs)
+        out.append(
+            {n.name: build_host_plan(topo, n.name, secrets, PLATFORM) for n in topo.own_nodes}
+        )
+    return out
+
+
+def plan_structure(config: StackConfig) -> list[StepShape]:
+    """Every step of every node of this stack, in an order where dependencies come first."""
+    own = {f"{config.dc}-{slot}" for slot in SLOTS}
+    shapes: dict[tuple[str, str], StepShape] = {}
+    for plans in _placeholder_plans(config):
+        for node, plan in plans.items():
+            for step in plan.ordered():
+                key = (node, step.name)
+                prev = shapes.get(key)
+                deps = tuple(dict.fromkeys((*(prev.deps if prev else ()), *step.after,
+                                            *step.watch)))  # fmt: skip
+                # Ordering across stacks cannot be a resource dependency: the deploy order
+                # (README) provides it. Within the stack it can.
+                remote_deps = tuple(
+                    dict.fromkeys(
+                        (*(prev.remote_deps if prev else ()),
+                         *(d for d in step.after_remote if d[0] in own))
+                    )
+                )  # fmt: skip
+                shapes[key] = StepShape(node, step.name, deps, remote_deps,
+                                        step.secret or bool(prev and prev.secret))  # fmt: skip
+    return _ordered(shapes)
+
+
+def _ordered(shapes: dict[tuple[str, str], StepShape]) -> list[StepShape]:
+    done: list[StepShape] = []
+    seen: set[tuple[str, str]] = set()
+
+    def visit(key: tuple[str, str], stack: tuple[tuple[str, str], ...]) -> None:
+        if key in seen:
+            return
+        if key in stack:
+            raise ValueError(f"dependency cycle across hosts at {key}")
+        shape = shapes[key]
+        for dep in (*((shape.node, d) for d in shape.deps), *shape.remote_deps):
+            visit(dep, (*stack, key))
+        seen.add(key)
+        done.append(shape)
+
+    for key in shapes:
+        visit(key, ())
+    return done
+
+
+def resource_name(node: str, step: str) -> str:
+    """``dc1-svr1-file-etc-postfix-main.cf``: Pulumi names stay readable and URN-safe."""
+    return f"{node}-" + re.sub(r"[^A-Za-z0-9._-]+", "-", step).strip("-")
+
+
+# -- real plans --------------------------------------------------------------------------------
+def real_plans(
+    config: StackConfig,
+    own: dict[str, Any],
+    peer: dict[str, Any] | None,
+    secrets: dict[str, Any],
+) -> dict[str, HostPlan]:
+    dcs = {config.dc: dict_to_addresses(own)}
+    if peer:
+        dcs[config.peer_dc] = dict_to_addresses(peer)
+    if config.active_dc not in dcs:
+        raise RuntimeError(
+            f"activeDc is {config.active_dc} but stack {config.peer_stack!r} (peerStack) has no "
+            f"'addresses' output yet: run `pulumi up -s {config.peer_stack}` first"
+        )
+    topo = Topology(config, dcs)
+    cs = ClusterSecrets.from_dict(secrets)
+    return {n.name: build_host_plan(topo, n.name, cs, PLATFORM) for n in topo.own_nodes}
+
+
+def rendered_steps(
+    config: StackConfig,
+    shapes: Sequence[StepShape],
+    own: dict[str, Any],
+    peer: dict[str, Any] | None,
+    secrets: dict[str, Any],
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """Command, stdin and digest of every (node, step) of the structure."""
+    plans = real_plans(config, own, peer, secrets)
+    wanted = {(s.node, s.name): s for s in shapes}
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for node, plan in plans.items():
+        digests = plan.digests()
+        for step in plan.steps:
+            shape = wanted.get((node, step.name))
+            if shape is None:
+                raise RuntimeError(
+                    f"{node}: step {step.name!r} exists only with real addresses; the plan's "
+                    "structure must not depend on addresses (fix the service that adds it)"
+                )
+            if step.secret and not shape.secret:
+                raise RuntimeError(f"{node}: step {step.name!r} is secret only with real input")
+            out[(node, step.name)] = {
+                "command": step.command,
+                "stdin": step.stdin,
+                "digest": digests[step.name],
+                "secret": step.secret,
+            }
+    return {key: out.get(key, ABSENT) for key in wanted}
+
+
+@dataclass
+class ProvisioningArgs:
+    config: StackConfig
+    own_addresses: pulumi.Output[dict[str, Any]]
+    peer_addresses: pulumi.Output[dict[str, Any] | None]
+    secrets: pulumi.Output[dict[str, Any]]
+    ssh_private_key: pulumi.Input[str] | None
+    infrastructure: Sequence[pulumi.Resource]
+
+
+class Provisioning(pulumi.ComponentResource):
+    """``mailcluster:index:Provisioning``: every node's plan as remote Commands.
+
+    Attributes:
+        shapes: the plan structure (``StepShape`` per node and step, dependencies first).
+        commands: ``{(node, step name): remote.Command}``.
+        digests: ``Output`` of ``{"node/step": digest}``.
+    """
+
+    def __init__(
+        self, name: str, args: ProvisioningArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("mailcluster:index:Provisioning", name, None, opts)
+        config = args.config
+        self.shapes = plan_structure(config)
+        cache: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}
+
+        def render(values: list[Any]) -> dict[tuple[str, str], dict[str, Any]]:
+            own, peer, secrets = values
+            key = hashlib.sha256(
+                json.dumps([own, peer, secrets], sort_keys=True).encode()
+            ).hexdigest()
+            if key not in cache:
+                cache[key] = rendered_steps(config, self.shapes, own, peer, secrets)
+            return cache[key]
+
+        rendered = pulumi.Output.all(args.own_addresses, args.peer_addresses, args.secrets).apply(
+            render
+        )
+        # Secret like the material they derive from: a secret step's digest stays secret.
+        self.digests: pulumi.Output[dict[str, str]] = rendered.apply(
+            lambda r: {f"{n}/{s}": v["digest"] for (n, s), v in r.items()}
+        )
+        self.commands: dict[tuple[str, str], remote.Command] = {}
+        for shape in self.shapes:
+            slot = shape.node.split("-", 1)[1]
+            connection = remote.ConnectionArgs(
+                host=node_address(args.own_addresses, slot, "publicIpv4"),
+                user="root",
+                # Without a key in config the provider uses the SSH agent (SSH_AUTH_SOCK).
+                private_key=args.ssh_private_key,
+                dial_error_limit=DIAL_ERROR_LIMIT,
+            )
+            self.commands[(shape.node, shape.name)] = self._command(
+                shape, rendered, connection, args.infrastructure
+            )
+        self.register_outputs({"digests": self.digests})
+
+    def _command(
+        self,
+        shape: StepShape,
+        rendered: pulumi.Output[dict[tuple[str, str], dict[str, Any]]],
+        connection: remote.ConnectionArgs,
+        infrastructure: Sequence[pulumi.Resource],
+    ) -> remote.Command:
+        key = (shape.node, shape.name)
+        field = rendered.apply(lambda r: r[key])
+
+        def part(item: str, secret: bool) -> pulumi.Output[str]:
+            value = field.apply(lambda v: str(v[item]))
+            # Everything derives from the secret material, so Pulumi would mark every value
+            # secret. The plan's rule is that only a secret step's stdin holds a secret:
+            # unsecret the rest, so `pulumi preview` shows what changes on a host.
+            return pulumi.Output.secret(value) if secret else pulumi.Output.unsecret(value)
+
+        deps: list[pulumi.Resource] = [*infrastructure]
+        deps += [self.commands[(shape.node, d)] for d in shape.deps]
+        deps += [self.commands[d] for d in shape.remote_deps]
+        opts = pulumi.ResourceOptions(
+            parent=self,
+            depends_on=deps,
+            # A secret step's output could echo what it was fed: keep it out of state in clear.
+            additional_secret_outputs=["stdout", "stderr"] if shape.secret else None,
+        )
+        return remote.Command(
+            resource_name(shape.node, shape.name),
+            connection=connection,
+            create=part("command", False),
+            stdin=part("stdin", shape.secret),
+            # The digest covers the command, stdin and the steps it watches: a step re-runs
+            # exactly when one of those changes. A secret step's digest stays secret too.
+            triggers=[part("digest", shape.secret)],
+            add_previous_output_in_env=False,
+            logging=remote.Logging.STDERR if shape.secret else remote.Logging.STDOUT_AND_STDERR,
+            opts=opts,
+        )

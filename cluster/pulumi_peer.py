@@ -1,0 +1,83 @@
+"""The other data centre's stack, read through a StackReference, and the address contract.
+
+Each stack exports its data centre's addresses as ``addresses`` (``DC_ADDRESSES`` shape below);
+the peer turns them back into ``DcAddresses`` for its ``Topology``. On the very first
+``pulumi up -s dc1`` the dc2 stack has no outputs yet: every getter then yields ``None`` and dc1
+renders without dc2 (the README's deploy order runs dc1 once more after dc2).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+
+from cluster.config import StackConfig
+from cluster.topology import DcAddresses, NodeAddresses
+
+# Output names: the contract between the two stacks.
+OUT_ADDRESSES = "addresses"
+OUT_SECRETS = "clusterSecrets"
+OUT_CA_KEY = "clusterCaKey"
+OUT_ACTIVE_DC = "activeDc"
+OUT_TOPOLOGY_DCS = "topologyDcs"
+
+
+def addresses_to_dict(
+    shared_ipv4: str, nodes: dict[str, tuple[str, str, str | None]]
+) -> dict[str, Any]:
+    """The exported shape: ``{"sharedIpv4": ..., "nodes": {slot: {publicIpv4, privateIpv4,
+    publicIpv6}}}``."""
+    return {
+        "sharedIpv4": shared_ipv4,
+        "nodes": {
+            slot: {"publicIpv4": pub, "privateIpv4": priv, "publicIpv6": v6}
+            for slot, (pub, priv, v6) in nodes.items()
+        },
+    }
+
+
+def dict_to_addresses(data: dict[str, Any]) -> DcAddresses:
+    return DcAddresses(
+        shared_ipv4=str(data["sharedIpv4"]),
+        nodes={
+            slot: NodeAddresses(
+                public_ipv4=str(node["publicIpv4"]),
+                private_ipv4=str(node["privateIpv4"]),
+                public_ipv6=str(node["publicIpv6"]) if node.get("publicIpv6") else None,
+            )
+            for slot, node in data["nodes"].items()
+        },
+    )
+
+
+class PeerStack:
+    """The peer stack's outputs, or ``None`` for each when no ``peerStack`` is configured or the
+    peer has not been deployed yet."""
+
+    def __init__(self, config: StackConfig, opts: pulumi.ResourceOptions | None = None) -> None:
+        self.name = config.peer_stack
+        self.ref = (
+            pulumi.StackReference(config.peer_stack, opts=opts) if config.peer_stack else None
+        )
+
+    def output(self, name: str) -> pulumi.Output[Any]:
+        if self.ref is None:
+            return pulumi.Output.from_input(None)
+        return self.ref.get_output(name)
+
+    @property
+    def addresses(self) -> pulumi.Output[dict[str, Any] | None]:
+        return self.output(OUT_ADDRESSES)
+
+    @property
+    def secrets(self) -> pulumi.Output[dict[str, Any] | None]:
+        return self.output(OUT_SECRETS)
+
+    @property
+    def topology_dcs(self) -> pulumi.Output[list[str] | None]:
+        return self.output(OUT_TOPOLOGY_DCS)
+
+    @property
+    def active_dc(self) -> pulumi.Output[str | None]:
+        return self.output(OUT_ACTIVE_DC)

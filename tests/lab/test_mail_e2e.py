@@ -1,0 +1,293 @@
+"""End to end, from the client ("the internet"): what users and foreign mail servers do.
+
+Each test uses unique subjects and polls (IMAP, DNS) instead of sleeping; TLS is verified
+against the cluster CA, so a pass also proves the certificates users see.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import time
+from typing import Any
+
+import pytest
+from labtools import Lab
+
+from cluster.lab.apply import load_secrets
+from cluster.lab.model import lab_topology
+
+DOMAIN = "example.com"
+
+
+@pytest.fixture(scope="session")
+def vip(lab: Lab) -> str:
+    """The active data centre's shared IP, once a node holds it (Heartbeat takes ~12 s)."""
+
+    def held() -> str | None:
+        st = lab.status()
+        dc = st["dcs"][st["active_dc"]]
+        return str(dc["shared_ip"]) if dc["active"] else None
+
+    return str(lab.wait_for("the active shared IP to be held", held, timeout=90))
+
+
+@pytest.fixture(scope="session")
+def user(lab: Lab, vip: str) -> tuple[str, str]:
+    address = f"u{secrets.token_hex(4)}@{DOMAIN}"
+    password = secrets.token_urlsafe(16)
+    lab.run("mailbox", "add", address, password)
+    return address, password
+
+
+def _send(lab: Lab, vip: str, *args: str) -> dict[str, Any]:
+    return lab.clientlib("send", "--host", vip, "--ca", lab.ca, *args)
+
+
+def _wait_imap(lab: Lab, vip: str, user: tuple[str, str], subject: str) -> dict[str, Any]:
+    return lab.clientlib(
+        "wait-imap",
+        "--host",
+        vip,
+        "--ca",
+        lab.ca,
+        "--user",
+        user[0],
+        "--password",
+        user[1],
+        "--subject",
+        subject,
+        "--timeout",
+        "30",
+    )
+
+
+def test_submission_starttls_auth_then_imaps(
+    lab: Lab, vip: str, user: tuple[str, str], unique: str
+) -> None:
+    sent = _send(
+        lab,
+        vip,
+        "--port",
+        "587",
+        "--starttls",
+        "--user",
+        user[0],
+        "--password",
+        user[1],
+        "--sender",
+        user[0],
+        "--to",
+        user[0],
+        "--subject",
+        unique,
+    )
+    assert sent["ok"], sent
+    got = _wait_imap(lab, vip, user, unique)
+    assert got["ok"], got
+
+
+def test_inbound_from_a_foreign_server_on_port_25(
+    lab: Lab, vip: str, user: tuple[str, str], unique: str
+) -> None:
+    sent = _send(
+        lab,
+        vip,
+        "--port",
+        "25",
+        "--sender",
+        "someone@example.net",
+        "--to",
+        user[0],
+        "--subject",
+        unique,
+    )
+    assert sent["ok"], sent
+    got = _wait_imap(lab, vip, user, unique)
+    assert got["ok"], got
+
+
+def test_relaying_without_auth_is_refused(lab: Lab, vip: str, unique: str) -> None:
+    sent = _send(
+        lab,
+        vip,
+        "--port",
+        "25",
+        "--sender",
+        "someone@example.net",
+        "--to",
+        "victim@example.org",
+        "--subject",
+        unique,
+    )
+    assert not sent["ok"]
+    assert sent["smtp_code"] is not None and 500 <= sent["smtp_code"] < 600, sent
+
+
+def test_wrong_password_is_refused(lab: Lab, vip: str, user: tuple[str, str], unique: str) -> None:
+    sent = _send(
+        lab,
+        vip,
+        "--port",
+        "587",
+        "--starttls",
+        "--user",
+        user[0],
+        "--password",
+        "not-" + user[1],
+        "--sender",
+        user[0],
+        "--to",
+        user[0],
+        "--subject",
+        unique,
+    )
+    assert not sent["ok"]
+    assert sent["smtp_code"] == 535, sent
+
+
+def test_sending_as_another_user_is_refused(
+    lab: Lab, vip: str, user: tuple[str, str], unique: str
+) -> None:
+    sent = _send(
+        lab,
+        vip,
+        "--port",
+        "587",
+        "--starttls",
+        "--user",
+        user[0],
+        "--password",
+        user[1],
+        "--sender",
+        f"postmaster@{DOMAIN}",
+        "--to",
+        "friend@example.org",
+        "--subject",
+        unique,
+    )
+    assert not sent["ok"]
+    assert sent["smtp_code"] is not None and 500 <= sent["smtp_code"] < 600, sent
+
+
+def test_submission_requires_tls_before_auth(
+    lab: Lab, vip: str, user: tuple[str, str], unique: str
+) -> None:
+    sent = _send(
+        lab,
+        vip,
+        "--port",
+        "587",
+        "--user",
+        user[0],
+        "--password",
+        user[1],
+        "--sender",
+        user[0],
+        "--to",
+        user[0],
+        "--subject",
+        unique,
+    )
+    assert not sent["ok"], "AUTH was offered without STARTTLS"
+
+
+# -- DNS -------------------------------------------------------------------------------------
+
+
+def _dig(lab: Lab, server: str, name: str, rtype: str, *opts: str) -> str:
+    return lab.client("dig", f"@{server}", name, rtype, "+time=2", "+tries=2", *opts).stdout
+
+
+def _short(lab: Lab, server: str, name: str, rtype: str) -> list[str]:
+    return sorted(_dig(lab, server, name, rtype, "+short").split("\n")[:-1])
+
+
+def _txt(lab: Lab, server: str, name: str) -> str:
+    """A TXT record's strings joined, as resolvers hand them to SPF/DKIM/DMARC checkers."""
+    return "".join(re.findall(r'"([^"]*)"', _dig(lab, server, name, "TXT", "+short")))
+
+
+def test_dns_records_from_the_client(lab: Lab, vip: str) -> None:
+    topo = lab_topology("dc1")
+    assert _short(lab, vip, DOMAIN, "MX") == [f"10 mail.{DOMAIN}."]
+    assert _short(lab, vip, f"mail.{DOMAIN}", "A") == [vip]
+    spf = _txt(lab, vip, DOMAIN)
+    assert spf.startswith("v=spf1 ") and spf.endswith(" -all") and f"ip4:{vip}" in spf
+    dkim = _txt(lab, vip, f"mail._domainkey.{DOMAIN}")
+    assert dkim == f"v=DKIM1; k=rsa; p={load_secrets().dkim_public_key_b64}"
+    dmarc = _txt(lab, vip, f"_dmarc.{DOMAIN}")
+    assert dmarc.startswith(f"v=DMARC1; p={topo.config.dmarc_policy};"), dmarc
+
+
+def test_master_and_slave_serve_the_same_serial(lab: Lab, vip: str) -> None:
+    st = lab.status()
+    servers = [info["shared_ip"] for info in st["dcs"].values()]
+
+    def same() -> list[str] | None:
+        serials = [_short(lab, s, DOMAIN, "SOA") for s in servers]
+        ok = all(serials) and len({tuple(x) for x in serials}) == 1
+        return serials[0] if ok else None
+
+    soa = lab.wait_for("both data centres to serve the same SOA", same, timeout=60)
+    assert soa[0].split()[2].isdigit()
+
+
+def test_recursion_is_refused(lab: Lab, vip: str) -> None:
+    out = _dig(lab, vip, "www.debian.org", "A")
+    assert "status: REFUSED" in out, out
+    assert not re.search(r"flags:[^;]* ra[ ;]", out), "the server offers recursion"
+
+
+# -- Web -------------------------------------------------------------------------------------
+
+
+def _get(lab: Lab, url: str, host: str) -> dict[str, Any]:
+    return lab.clientlib("http", "--url", url, "--host-header", host, "--ca", lab.ca)
+
+
+def test_roundcube_login_over_https_on_the_shared_ip(lab: Lab, vip: str) -> None:
+    page = _get(lab, f"https://{vip}/", f"webmail.{DOMAIN}")
+    assert page["ok"] and page["status"] == 200, {k: page.get(k) for k in ("status", "error")}
+    assert "rcmloginuser" in page["body"], "no Roundcube login form"
+
+
+def test_postfixadmin_over_https_on_the_shared_ip(lab: Lab, vip: str) -> None:
+    page = _get(lab, f"https://{vip}/postfixadmin/", f"mail.{DOMAIN}")
+    assert page["ok"] and page["status"] == 200, {k: page.get(k) for k in ("status", "error")}
+    assert re.search(r"postfix\s*admin", page["body"], re.I), "no Postfix Admin page"
+
+
+def test_plain_http_is_not_serving_webmail(lab: Lab, vip: str) -> None:
+    page = lab.clientlib("http", "--url", f"http://{vip}/", "--host-header", f"webmail.{DOMAIN}")
+    assert "rcmloginuser" not in page.get("body", ""), "webmail served without TLS"
+
+
+# -- Accounts --------------------------------------------------------------------------------
+
+
+def test_new_mailbox_usable_within_two_seconds(lab: Lab, vip: str) -> None:
+    address = f"n{secrets.token_hex(4)}@{DOMAIN}"
+    password = secrets.token_urlsafe(16)
+    t0 = time.monotonic()
+    lab.run("mailbox", "add", address, password)
+    created = time.monotonic()
+    got = lab.clientlib(
+        "login",
+        "--host",
+        vip,
+        "--ca",
+        lab.ca,
+        "--user",
+        address,
+        "--password",
+        password,
+        "--timeout",
+        "2",
+        "--interval",
+        "0.05",
+    )
+    assert got["ok"], got
+    assert got["seconds"] <= 2.0
+    print(json.dumps({"mailbox_add_s": created - t0, "usable_after_s": got["seconds"]}))

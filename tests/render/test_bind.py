@@ -1,0 +1,217 @@
+"""BIND: every node of both lab stacks renders a config named-checkconf accepts (zones loaded),
+zones named-checkzone accepts, and the rules: no recursion, transfers only to the cluster's
+secondaries, every record the design asks for, and a serial that moves exactly on change."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from cluster.hostplan import build_host_plan
+from cluster.lab.model import lab_topology
+from cluster.material import ClusterSecrets
+from cluster.plan import CHANGED_MARK, HostPlan
+from cluster.services import bind
+from cluster.topology import Topology
+
+NODES = [("dc1", "dc1-svr1"), ("dc1", "dc1-svr2"), ("dc2", "dc2-svr1"), ("dc2", "dc2-svr2")]
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> str:
+    proc = subprocess.run(args, capture_output=True, text=True, check=False, env=env)
+    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout}{proc.stderr}"
+    return proc.stdout
+
+
+def files(plan: HostPlan) -> dict[str, str]:
+    return {f.path: f.content for f in plan.files}
+
+
+def zone_script(tmp: Path, plan: HostPlan) -> Path:
+    script = tmp / "mailcluster-zone"
+    script.write_text(files(plan)[bind.ZONE_SCRIPT])
+    script.chmod(0o755)
+    return script
+
+
+def make_zone(script: Path, body: str, zone: Path, origin: str) -> tuple[str, int]:
+    body_file = zone.parent / "zone.body"
+    body_file.write_text(body)
+    out = run(str(script), str(body_file), str(zone), origin)
+    serial = int(
+        run("named-checkzone", "-D", "-o", "-", origin, str(zone)).split("SOA")[1].split()[2]
+    )
+    return out, serial
+
+
+@pytest.fixture(params=NODES, ids=[n for _, n in NODES])
+def plan(
+    request: pytest.FixtureRequest, topologies: dict[str, Topology], secrets: ClusterSecrets
+) -> tuple[Topology, HostPlan]:
+    stack, node = request.param
+    return topologies[stack], build_host_plan(topologies[stack], node, secrets, "lab")
+
+
+@pytest.mark.checkers
+def test_named_checkconf_and_checkzone(plan: tuple[Topology, HostPlan], tmp_path: Path) -> None:
+    topo, hp = plan
+    root = tmp_path / "root"
+    shutil.copytree("/etc/bind", root / "etc/bind")
+    for path, content in files(hp).items():
+        if path.startswith("/etc/bind/"):
+            (root / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+            (root / path.lstrip("/")).write_text(content)
+    # What the packages put outside /etc/bind: the working directory and the root hints.
+    (root / "var/cache/bind").mkdir(parents=True)
+    shutil.copytree("/usr/share/dns", root / "usr/share/dns")
+    zone = root / bind.zone_file(topo.domain).lstrip("/")
+    zone.parent.mkdir(parents=True)
+    node = topo.node(hp.host)
+    if topo.is_dns_master(node):
+        out, serial = make_zone(zone_script(tmp_path, hp), files(hp)[bind.BODY], zone, topo.domain)
+        assert CHANGED_MARK in out and serial > 2000000000
+        run("named-checkzone", "-k", "fail", "-n", "fail", topo.domain, str(zone))
+    # -t: every absolute path in the config resolves inside the rendered tree; -z loads the
+    # primary zones.
+    run("named-checkconf", "-t", str(root), "-z", "/etc/bind/named.conf")
+
+
+def test_no_recursion_and_restricted_transfers(plan: tuple[Topology, HostPlan]) -> None:
+    topo, hp = plan
+    options = files(hp)["/etc/bind/named.conf.options"]
+    assert re.search(r"^\s*recursion no;", options, re.M)
+    assert "allow-recursion { none; };" in options
+    acl = options.split("acl mailcluster-secondaries {")[1].split("};")[0].split()
+    assert "any;" not in acl and acl
+    assert "allow-transfer { mailcluster-secondaries; };" in options
+    expected = {f"{n.public_ipv4};" for n in topo.dns_slaves}
+    assert expected <= set(acl)
+    assert "104.237.137.10;" not in acl  # linodeSecondaryDns is off in the lab stacks
+    assert "inet 127.0.0.1 port 8053 allow { 127.0.0.1; };" in options
+
+
+def test_linode_secondary_adds_axfr_servers(secrets: ClusterSecrets) -> None:
+    topo = lab_topology("dc1", {"linodeSecondaryDns": True})
+    options = files(build_host_plan(topo, "dc1-svr1", secrets, "lab"))[
+        "/etc/bind/named.conf.options"
+    ]
+    for addr in bind.LINODE_AXFR:
+        assert f"    {addr};" in options
+
+
+def test_roles_follow_active_dc(plan: tuple[Topology, HostPlan]) -> None:
+    topo, hp = plan
+    local = files(hp)["/etc/bind/named.conf.local"]
+    node = topo.node(hp.host)
+    if node.dc == topo.active_dc:
+        assert "type primary;" in local and bind.BODY in files(hp)
+        for n in topo.dns_slaves:
+            assert f"{n.public_ipv4};" in local.split("also-notify")[1]
+    else:
+        assert "type secondary;" in local and "masterfile-format text;" in local
+        assert f"{topo.shared_ip(topo.active_dc)};" in local
+        assert bind.BODY not in files(hp)
+
+
+def test_zone_has_every_record(topologies: dict[str, Topology], secrets: ClusterSecrets) -> None:
+    topo = topologies["dc1"]
+    body = files(build_host_plan(topo, "dc1-svr1", secrets, "lab"))[bind.BODY]
+    d = topo.domain
+    assert f"$TTL {topo.config.dns_ttl}" in body
+    assert re.search(rf"^@ IN NS ns1\.{re.escape(d)}\.$", body, re.M)
+    assert re.search(r"^mail IN A \S+$", body, re.M)
+    assert re.search(rf"^@ IN MX 10 mail\.{re.escape(d)}\.$", body, re.M)
+    assert re.search(r'^@ IN TXT "v=spf1 ', body, re.M)
+    assert re.search(r'^mail\._domainkey IN TXT "v=DKIM1; k=rsa; p=', body, re.M)
+    assert re.search(r'^_dmarc IN TXT "v=DMARC1; p=', body, re.M)
+    assert re.search(r'^_mta-sts IN TXT "v=STSv1; id=[0-9a-f]{20}"$', body, re.M)
+    assert re.search(r"^mta-sts IN A ", body, re.M)
+    assert re.search(r'^_smtp\._tls IN TXT "v=TLSRPTv1; rua=mailto:', body, re.M)
+    # A secret never lands in the zone: only the DKIM public key.
+    assert secrets.dkim_private_key_pem.splitlines()[1] not in body
+
+
+@pytest.mark.checkers
+def test_serial_moves_exactly_on_change(
+    topologies: dict[str, Topology], secrets: ClusterSecrets, tmp_path: Path
+) -> None:
+    topo = topologies["dc1"]
+    hp = build_host_plan(topo, "dc1-svr1", secrets, "lab")
+    script = zone_script(tmp_path, hp)
+    body = files(hp)[bind.BODY]
+    zone = tmp_path / "zones" / f"db.{topo.domain}"
+    zone.parent.mkdir()
+    out1, s1 = make_zone(script, body, zone, topo.domain)
+    out2, s2 = make_zone(script, body, zone, topo.domain)
+    assert CHANGED_MARK in out1 and CHANGED_MARK not in out2 and s2 == s1
+    changed = body.replace("IN MX 10", "IN MX 20")
+    out3, s3 = make_zone(script, changed, zone, topo.domain)
+    assert CHANGED_MARK in out3 and s3 == s1 + 1
+    # A secondary's copy (no digest line, serial from the transfer) promoted to primary: the
+    # serial continues from the copy, even when the body is the same as before.
+    copy = run("named-checkzone", "-D", "-o", "-", topo.domain, str(zone))
+    far = copy.replace(f" {s3} ", f" {s3 + 40} ", 1)
+    zone.write_text(far)
+    out4, s4 = make_zone(script, changed, zone, topo.domain)
+    assert CHANGED_MARK in out4 and s4 == s3 + 41
+    # A broken body is refused and the zone file stays as it was.
+    before = zone.read_text()
+    (zone.parent / "zone.body").write_text(body.replace("IN MX 10", "IN MX"))
+    bad = subprocess.run(
+        [str(script), str(zone.parent / "zone.body"), str(zone), topo.domain],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert bad.returncode != 0 and zone.read_text() == before
+
+
+@pytest.mark.checkers
+def test_bindgraph_samples_and_draws(
+    topologies: dict[str, Topology], secrets: ClusterSecrets, tmp_path: Path
+) -> None:
+    """The Bindgraph replacement reads the statistics channel's JSON and draws every PNG. The
+    channel is played by a loopback HTTP server with a canned answer of BIND 9.18's shape."""
+    import http.server
+    import json
+    import threading
+
+    hp = build_host_plan(topologies["dc1"], "dc1-svr1", secrets, "lab")
+    script = tmp_path / "mailcluster-bindgraph"
+    script.write_text(files(hp)["/usr/local/sbin/mailcluster-bindgraph"])
+    script.chmod(0o755)
+    answer = {"qtypes": {"A": 10, "MX": 3, "HINFO": 1}, "rcodes": {"NOERROR": 12, "REFUSED": 2}}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps(answer).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "BINDGRAPH_URL": f"http://127.0.0.1:{server.server_port}/json/v1/server",
+            "BINDGRAPH_RRD_DIR": str(tmp_path / "rrd"),
+            "BINDGRAPH_OUT_DIR": str(tmp_path / "www"),
+        }
+        for _ in range(2):
+            run(str(script), env=env)
+    finally:
+        server.shutdown()
+    for kind in ("types", "results"):
+        assert (tmp_path / "rrd" / f"bind-{kind}.rrd").exists()
+        for period in ("day", "week", "month", "year"):
+            png = tmp_path / "www" / f"bind-{kind}-{period}.png"
+            assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    info = run("rrdtool", "info", str(tmp_path / "rrd" / "bind-types.rrd"))
+    assert 'ds[MX].type = "DERIVE"' in info and "ds[other]" in info

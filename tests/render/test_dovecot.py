@@ -1,0 +1,109 @@
+"""Dovecot: every node of both lab stacks renders a config that ``doveconf`` accepts, with IMAPS
+only (143 only when asked), SQL auth from Postfix Admin, quotas, and dsync replication."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from cluster.hostplan import build_host_plan
+from cluster.lab.model import lab_topology
+from cluster.material import ClusterSecrets
+from cluster.plan import HostPlan
+from cluster.services import dovecot
+from cluster.topology import Topology
+
+NODES = [("dc1", "dc1-svr1"), ("dc1", "dc1-svr2"), ("dc2", "dc2-svr1"), ("dc2", "dc2-svr2")]
+
+
+def write_tree(plan: HostPlan, root: Path) -> Path:
+    for spec in plan.files:
+        target = root / spec.path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(spec.content)
+    return root
+
+
+def doveconf(root: Path, *args: str) -> str:
+    conf = root / "etc/dovecot/dovecot.conf"
+    proc = subprocess.run(
+        ["doveconf", "-c", str(conf), *args], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "", proc.stderr  # a warning is a failure too
+    return proc.stdout
+
+
+def listener_ports(config: str) -> dict[str, int]:
+    """inet_listener name -> port, from ``doveconf -n`` output."""
+    ports: dict[str, int] = {}
+    name = None
+    for line in config.splitlines():
+        line = line.strip()
+        if line.startswith("inet_listener"):
+            name = line.split()[1] if len(line.split()) > 2 else "(unnamed)"
+        elif name and line.startswith("port = "):
+            ports[name] = int(line.split("=")[1])
+            name = None
+    return ports
+
+
+@pytest.mark.checkers
+@pytest.mark.parametrize("plaintext", [False, True], ids=["imaps-only", "imap-plaintext"])
+@pytest.mark.parametrize(("stack", "node"), NODES, ids=[n for _, n in NODES])
+def test_doveconf_accepts_config(
+    stack: str, node: str, plaintext: bool, secrets: ClusterSecrets, tmp_path: Path
+) -> None:
+    topo = lab_topology(stack, {"imapPlaintext": plaintext})
+    plan = build_host_plan(topo, node, secrets, "lab")
+    config = doveconf(write_tree(plan, tmp_path), "-n")
+    ports = listener_ports(config)
+    assert ports["imaps"] == 993
+    assert ports["imap"] == (143 if plaintext else 0)
+    assert ports["pop3"] == ports["pop3s"] == 0
+    assert ports["(unnamed)"] == dovecot.DOVEADM_PORT
+    # The include of the secret file resolved: the password is set (doveconf hides its value).
+    assert "doveadm_password = # hidden" in config
+    me = topo.node(node)
+    assert f"mail_replica = tcps:{topo.peer(me).private_ipv4}:{dovecot.DOVEADM_PORT}" in config
+    assert "replication_sync_timeout = 2s" in config
+    assert "mail_location = maildir:/srv/mail/vmail/%d/%n" in config
+    assert "ssl = required" in config
+    assert doveconf(tmp_path, "-h", "ssl_min_protocol").strip() == "TLSv1.2"
+    assert "notify replication" in config and "quota" in config
+    # The secret values are hidden from a plain doveconf -n ...
+    assert secrets.doveadm not in config
+    # ... and really read from the included file.
+    assert secrets.doveadm in doveconf(tmp_path, "-P", "-h", "doveadm_password")
+
+
+def test_sql_conf_is_secret_and_matches_postfixadmin(
+    topologies: dict[str, Topology], secrets: ClusterSecrets
+) -> None:
+    plan = build_host_plan(topologies["dc1"], "dc1-svr1", secrets, "lab")
+    files = {f.path: f for f in plan.files}
+    sql = files[dovecot.SQL_CONF]
+    assert sql.secret and sql.mode == "0600" and (sql.owner, sql.group) == ("root", "root")
+    assert "default_pass_scheme = SHA512-CRYPT" in sql.content
+    assert f"password={secrets.db_dovecot}" in sql.content
+    assert "host=127.0.0.1" in sql.content
+    assert "CONCAT('*:bytes=', mailbox.quota) AS quota_rule" in sql.content
+    assert "FROM mailbox" in sql.content and "iterate_query" in sql.content
+    secret_inc = files[dovecot.SECRETS_CONF]
+    assert secret_inc.secret and secret_inc.mode == "0600"
+    assert secrets.doveadm not in files["/etc/dovecot/dovecot.conf"].content
+
+
+def test_cross_dc_replication_only_from_active_dc(
+    topologies: dict[str, Topology], secrets: ClusterSecrets
+) -> None:
+    active = build_host_plan(topologies["dc1"], "dc1-svr2", secrets, "lab")
+    standby = build_host_plan(topologies["dc2"], "dc2-svr1", secrets, "lab")
+    script = {f.path: f for f in active.files}[dovecot.DSYNC_SCRIPT].content
+    for n in topologies["dc1"].dc_nodes("dc2"):
+        assert f"doveadm sync -A tcps:{n.public_ipv4}:{dovecot.DOVEADM_PORT}" in script
+    assert topologies["dc1"].shared_ip("dc1") in script
+    assert "doveadm sync" not in {f.path: f for f in standby.files}[dovecot.DSYNC_SCRIPT].content
+    subprocess.run(["bash", "-n"], input=script, text=True, check=True)

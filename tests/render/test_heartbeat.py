@@ -1,0 +1,168 @@
+"""Heartbeat and the role plumbing: sane ha.cf/authkeys/haresources on every node of both lab
+stacks (and in bgp mode), shell scripts that parse, cluster.conf that a shell reads back, and
+no secret value anywhere but secret steps."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from cluster.hostplan import build_host_plan
+from cluster.lab.model import lab_topology
+from cluster.material import PASSWORD_FIELDS, ClusterSecrets
+from cluster.plan import HostPlan
+from cluster.services import heartbeat
+from cluster.topology import Topology
+
+NODES = [("dc1", "dc1-svr1"), ("dc1", "dc1-svr2"), ("dc2", "dc2-svr1"), ("dc2", "dc2-svr2")]
+
+
+@pytest.fixture(params=NODES, ids=[n for _, n in NODES])
+def plan(
+    request: pytest.FixtureRequest, topologies: dict[str, Topology], secrets: ClusterSecrets
+) -> tuple[Topology, HostPlan]:
+    stack, node = request.param
+    return topologies[stack], build_host_plan(topologies[stack], node, secrets, "lab")
+
+
+def files(plan: HostPlan) -> dict[str, str]:
+    return {f.path: f.content for f in plan.files}
+
+
+def directives(text: str) -> list[list[str]]:
+    return [ln.split() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+
+
+def test_ha_cf(plan: tuple[Topology, HostPlan]) -> None:
+    topo, hp = plan
+    node = topo.node(hp.host)
+    peer = topo.peer(node)
+    cf = {d[0]: d[1:] for d in directives(files(hp)["/etc/ha.d/ha.cf"])}
+    assert sorted(cf["node"]) == sorted([node.name, peer.name])
+    assert cf["ucast"] == ["eth0", peer.private_ipv4]
+    assert cf["auto_failback"] == ["off"]
+    assert cf["keepalive"] == [f"{topo.config.heartbeat_keepalive_ms}ms"]
+    assert cf["deadtime"] == [f"{topo.config.heartbeat_deadtime_ms}ms"]
+    keep, dead = (int(cf[k][0].removesuffix("ms")) for k in ("keepalive", "deadtime"))
+    warn, init = (int(cf[k][0].removesuffix("ms")) for k in ("warntime", "initdead"))
+    assert keep <= warn < dead and init >= 2 * dead
+    # The ping node is the router of the node's own LAN (the lab router answers at .1).
+    assert cf["ping"] == [node.public_ipv4.rsplit(".", 1)[0] + ".1"]
+    assert cf["respawn"] == ["hacluster", "/usr/libexec/heartbeat/ipfail"]
+
+
+def test_authkeys_secret_and_0600(plan: tuple[Topology, HostPlan], secrets: ClusterSecrets) -> None:
+    _, hp = plan
+    step = hp.step("file:/etc/ha.d/authkeys")
+    assert step.file is not None and step.file.mode == "0600" and step.secret
+    assert directives(step.file.content) == [
+        ["auth", "1"],
+        ["1", "sha1", secrets.heartbeat_authkey],
+    ]
+
+
+def test_haresources_arp(plan: tuple[Topology, HostPlan]) -> None:
+    topo, hp = plan
+    node = topo.node(hp.host)
+    (line,) = directives(files(hp)["/etc/ha.d/haresources"])
+    vip = topo.shared_ip(node.dc)
+    assert line == [f"{node.dc}-svr1", f"IPaddr2::{vip}/24/eth0", "mailcluster"]
+
+
+def test_haresources_bgp_linode(secrets: ClusterSecrets) -> None:
+    topo = lab_topology("dc1", {"sharedIpMethod": "bgp"})
+    hp = build_host_plan(topo, "dc1-svr2", secrets, "linode")
+    (line,) = directives(files(hp)["/etc/ha.d/haresources"])
+    assert line == ["dc1-svr1", "lelastic", "mailcluster"]
+    lelastic = files(hp)["/etc/ha.d/resource.d/lelastic"]
+    assert "-dcid 6 -primary" in lelastic  # us-east is Newark, id 6
+    names = [s.name for s in hp.steps]
+    assert "heartbeat.lelastic" in names and "heartbeat.shared-ip-on-lo" in names
+    assert heartbeat.LELASTIC_VERSION in hp.step("heartbeat.lelastic").script
+    # The lab never downloads anything.
+    lab = build_host_plan(topo, "dc1-svr2", secrets, "lab")
+    assert "heartbeat.lelastic" not in [s.name for s in lab.steps]
+
+
+def test_bgp_unknown_region_fails_clearly() -> None:
+    with pytest.raises(ValueError, match="se-sto"):
+        heartbeat.lelastic_dcid("se-sto")
+
+
+def test_cluster_conf_reads_back_in_a_shell(plan: tuple[Topology, HostPlan]) -> None:
+    topo, hp = plan
+    node = topo.node(hp.host)
+    conf = files(hp)[heartbeat.CLUSTER_CONF]
+    out = subprocess.run(
+        ["bash", "-c", 'set -eu; . /dev/stdin; echo "$NODE|$DC|$ACTIVE_DC|$VIP|$DB_MASTER|'
+         '$PEER_PRIVATE_IP|$WEB_SYNC_TARGETS"'],
+        input=conf, capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    peer = topo.peer(node)
+    other = [n.public_ipv4 for n in topo.nodes if n.dc != node.dc]
+    assert out.split("|") == [
+        node.name, node.dc, topo.active_dc, topo.shared_ip(node.dc), topo.db_master_address,
+        peer.private_ipv4, " ".join([peer.private_ipv4, *other]),
+    ]  # fmt: skip
+
+
+def test_last_step_is_reconcile(plan: tuple[Topology, HostPlan]) -> None:
+    _, hp = plan
+    last = hp.ordered()[-1]
+    assert last.name == heartbeat.RECONCILE_STEP
+    assert last.script.strip() == f"{heartbeat.ROLE_SCRIPT} reconcile"
+
+
+SCRIPTS_BASH = (
+    "/usr/local/sbin/mailcluster-role",
+    "/usr/local/sbin/mailcluster-zone",
+    "/usr/local/sbin/mailcluster-websync",
+    "/usr/local/sbin/mailcluster-mailbox",
+)
+SCRIPTS_SH = (
+    "/etc/ha.d/resource.d/mailcluster",
+    "/etc/ha.d/resource.d/startstop",
+)
+
+
+@pytest.mark.checkers
+def test_scripts_parse(plan: tuple[Topology, HostPlan], tmp_path: Path) -> None:
+    _, hp = plan
+    rendered = files(hp)
+    for path in (*SCRIPTS_BASH, *SCRIPTS_SH):
+        step = hp.step(f"file:{path}")
+        assert step.file is not None and step.file.mode == "0755", path
+        shell = "bash" if path in SCRIPTS_BASH else "sh"
+        script = tmp_path / path.rsplit("/", 1)[1]
+        script.write_text(rendered[path])
+        proc = subprocess.run([shell, "-n", str(script)], capture_output=True, text=True)
+        assert proc.returncode == 0, f"{path}: {proc.stderr}"
+    for step in hp.steps:  # every step's own script, as both appliers run it
+        proc = subprocess.run(["bash", "-n"], input=step.script, capture_output=True, text=True)
+        assert proc.returncode == 0, f"{step.name}: {proc.stderr}"
+    bindgraph = tmp_path / "mailcluster-bindgraph"
+    bindgraph.write_text(rendered["/usr/local/sbin/mailcluster-bindgraph"])
+    proc = subprocess.run(["perl", "-wc", str(bindgraph)], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stderr.strip().endswith("syntax OK"), proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr  # no warnings
+
+
+def _secret_values(secrets: ClusterSecrets) -> list[str]:
+    values = [getattr(secrets, f) for f in PASSWORD_FIELDS]
+    values.append(secrets.dkim_private_key_pem.splitlines()[1])
+    values += [pair.key_pem.splitlines()[1] for pair in secrets.tls.values()]
+    return values
+
+
+def test_no_secret_outside_secret_steps(
+    plan: tuple[Topology, HostPlan], secrets: ClusterSecrets
+) -> None:
+    _, hp = plan
+    values = _secret_values(secrets)
+    for step in hp.steps:
+        for value in values:
+            assert value not in step.command, f"{step.name}: secret in its command"
+            if not step.secret:
+                assert value not in step.stdin, f"{step.name}: secret in a non-secret step"

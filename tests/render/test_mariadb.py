@@ -1,0 +1,115 @@
+"""MariaDB: the rendered server config is accepted by mariadbd and says what replication needs;
+the accounts are least-privilege; the plan runs account creation only on active-DC nodes and
+orders replicas after the master."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from cluster.hostplan import HostContext, build_host_plan
+from cluster.material import ClusterSecrets
+from cluster.plan import HostPlan
+from cluster.services import mariadb
+from cluster.topology import Topology
+
+NODES = [("dc1", "dc1-svr1"), ("dc1", "dc1-svr2"), ("dc2", "dc2-svr1"), ("dc2", "dc2-svr2")]
+
+
+@pytest.fixture(params=NODES, ids=[n for _, n in NODES])
+def plan(
+    request: pytest.FixtureRequest, topologies: dict[str, Topology], secrets: ClusterSecrets
+) -> tuple[Topology, HostPlan]:
+    stack, node = request.param
+    return topologies[stack], build_host_plan(topologies[stack], node, secrets, "lab")
+
+
+def cnf_of(hp: HostPlan) -> str:
+    return hp.step(f"file:{mariadb.CNF}").stdin
+
+
+@pytest.mark.checkers
+def test_mariadbd_accepts_config(plan: tuple[Topology, HostPlan], tmp_path: Path) -> None:
+    topo, hp = plan
+    cnf = tmp_path / "my.cnf"
+    cnf.write_text(cnf_of(hp))
+    # An unknown or malformed option makes mariadbd --help --verbose fail.
+    proc = subprocess.run(
+        ["mariadbd", f"--defaults-file={cnf}", "--help", "--verbose"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    values = dict(
+        ln.split(None, 1) for ln in proc.stdout.splitlines() if len(ln.split(None, 1)) == 2
+    )
+    node = topo.node(hp.host)
+    assert values["server-id"] == str(node.server_id)
+    assert values["bind-address"] == "0.0.0.0"
+    assert values["binlog-format"] == "ROW"
+    assert values["gtid-strict-mode"] == "TRUE"
+    assert values["log-slave-updates"] == "TRUE"
+    assert values["read-only"] == "TRUE"
+    assert values["skip-name-resolve"] == "TRUE"
+    assert values["relay-log"] == "/var/log/mysql/mariadb-relay-bin"
+    assert values["ssl-cert"] == f"{mariadb.TLS_DIR}/cert.pem"
+    defaults = subprocess.run(
+        ["my_print_defaults", f"--defaults-file={cnf}", "mysqld"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert "--log_bin=/var/log/mysql/mariadb-bin" in defaults
+
+
+def test_server_ids_unique(topologies: dict[str, Topology], secrets: ClusterSecrets) -> None:
+    ids = set()
+    for stack, node in NODES:
+        hp = build_host_plan(topologies[stack], node, secrets, "lab")
+        ids.add(next(ln for ln in cnf_of(hp).splitlines() if ln.startswith("server_id")))
+    assert len(ids) == 4
+
+
+def test_least_privilege(topologies: dict[str, Topology], secrets: ClusterSecrets) -> None:
+    topo = topologies["dc1"]
+    sql = mariadb.users_sql(HostContext(topo, topo.node("dc1-svr1"), secrets, "lab"))
+    grants = [ln for ln in sql.splitlines() if ln.startswith("GRANT")]
+    for user in ("postfix", "dovecot"):
+        mine = [g for g in grants if f"TO '{user}'@" in g]
+        assert mine and all(g.startswith("GRANT SELECT ON postfixadmin.* TO") for g in mine)
+        assert {g.split("@")[1] for g in mine} == {"'127.0.0.1';", "'localhost';"}
+    assert all("ON *.*" not in g or "REPLICATION SLAVE ON *.* TO 'repl'@" in g for g in grants)
+    repl_hosts = {g.split("@")[1].strip("';") for g in grants if "'repl'@" in g}
+    assert repl_hosts == set(topo.cluster_addresses)
+    assert sql.count("REQUIRE SSL") == 2 * len(topo.cluster_addresses)
+    assert "GRANT ALL ON postfixadmin.* TO 'postfixadmin'@'127.0.0.1';" in sql
+    assert "GRANT ALL ON roundcube.* TO 'roundcube'@'127.0.0.1';" in sql
+
+
+def test_accounts_only_on_master_candidates_and_replicas_after(
+    plan: tuple[Topology, HostPlan], secrets: ClusterSecrets
+) -> None:
+    topo, hp = plan
+    node = topo.node(hp.host)
+    names = [s.name for s in hp.steps]
+    if node.dc == topo.active_dc:
+        users = hp.step(mariadb.USERS_STEP)
+        assert users.secret and secrets.db_postfix in users.stdin
+        assert secrets.db_postfix not in users.command
+        assert "is-writer" in users.script  # decided on the host: the shared-IP holder
+    else:
+        assert mariadb.USERS_STEP not in names
+    role = hp.step(mariadb.ROLE_STEP)
+    if node.name == f"{topo.active_dc}-svr2":
+        assert role.after_remote == ((f"{topo.active_dc}-svr1", mariadb.USERS_STEP),)
+    else:
+        assert role.after_remote == ()
+    assert hp.step(f"file:{mariadb.REPL_SECRET}").file.mode == "0600"  # type: ignore[union-attr]
+    key = hp.step(f"file:{mariadb.TLS_DIR}/key.pem")
+    assert key.secret and key.file is not None and key.file.owner == "mysql"
+
+
+def test_same_inputs_same_digests(topologies: dict[str, Topology], secrets: ClusterSecrets) -> None:
+    topo = topologies["dc1"]
+    a = build_host_plan(topo, "dc1-svr1", secrets, "lab").digests()
+    b = build_host_plan(topo, "dc1-svr1", secrets, "lab").digests()
+    assert a == b

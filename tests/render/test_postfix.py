@@ -1,0 +1,133 @@
+"""Postfix: every node of both lab stacks renders a config that Postfix's own tools accept, and
+that keeps the rules (submission with SASL, no spoofing, no open relay, TLS 1.2+, size limit)."""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from cluster.hostplan import build_host_plan
+from cluster.material import ClusterSecrets
+from cluster.plan import HostPlan
+from cluster.services import postfix
+from cluster.topology import Topology
+
+NODES = [("dc1", "dc1-svr1"), ("dc1", "dc1-svr2"), ("dc2", "dc2-svr1"), ("dc2", "dc2-svr2")]
+
+
+def write_tree(plan: HostPlan, root: Path) -> Path:
+    for spec in plan.files:
+        target = root / spec.path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(spec.content)
+    return root
+
+
+def run(*args: str) -> str:
+    """Run a checker; any failure or warning fails the test."""
+    proc = subprocess.run(args, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout}{proc.stderr}"
+    assert proc.stderr == "", f"{' '.join(args)} warned:\n{proc.stderr}"
+    return proc.stdout
+
+
+@pytest.fixture(params=NODES, ids=[n for _, n in NODES])
+def rendered(
+    request: pytest.FixtureRequest,
+    topologies: dict[str, Topology],
+    secrets: ClusterSecrets,
+    tmp_path: Path,
+) -> tuple[Topology, HostPlan, Path]:
+    stack, node = request.param
+    plan = build_host_plan(topologies[stack], node, secrets, "lab")
+    return topologies[stack], plan, write_tree(plan, tmp_path) / "etc/postfix"
+
+
+def postconf(confdir: Path, *args: str) -> str:
+    return run("postconf", "-c", str(confdir), *args)
+
+
+@pytest.mark.checkers
+def test_postfix_checkers_accept_config(rendered: tuple[Topology, HostPlan, Path]) -> None:
+    _, _, confdir = rendered
+    postconf(confdir, "-n")  # also opens and validates every mysql map file
+    run("postfix", "-c", str(confdir), "check")
+
+
+@pytest.mark.checkers
+def test_postfix_rules(rendered: tuple[Topology, HostPlan, Path]) -> None:
+    topo, plan, confdir = rendered
+    vip = topo.shared_ip(topo.node(plan.host).dc)
+
+    def param(name: str) -> str:
+        return postconf(confdir, "-h", name).strip()
+
+    assert param("mynetworks") == "127.0.0.0/8"
+    relay = [r.strip() for r in param("smtpd_relay_restrictions").split(",")]
+    assert relay == ["permit_mynetworks", "permit_sasl_authenticated", "defer_unauth_destination"]
+    assert "reject_unauth_destination" in param("smtpd_recipient_restrictions")
+    assert param("smtpd_sasl_auth_enable") == "no"  # port 25 offers no AUTH
+    for name in ("smtpd_tls_protocols", "smtpd_tls_mandatory_protocols"):
+        value = param(name)
+        for old in ("!SSLv2", "!SSLv3", "!TLSv1", "!TLSv1.1"):
+            assert old in value, (name, value)
+    assert int(param("message_size_limit")) == topo.config.message_size_limit_mb * 1024 * 1024
+    assert param("myhostname") == f"mail.{topo.domain}"
+    assert param("smtp_bind_address") == vip
+    assert param("virtual_transport") == "lmtp:unix:private/dovecot-lmtp"
+    assert param("smtpd_sasl_type") == "dovecot"
+    assert param("smtpd_milters") == postfix.MILTER
+    assert param("milter_default_action") == "accept"
+    assert param("postscreen_dnsbl_sites") == ""
+    for name in ("virtual_mailbox_domains", "virtual_alias_maps", "virtual_mailbox_maps",
+                 "smtpd_sender_login_maps"):  # fmt: skip
+        for ref in param(name).split(","):
+            assert ref.strip().startswith("proxy:mysql:"), (name, ref)
+
+    services = postconf(confdir, "-M")
+    for address in (vip, "127.0.0.1"):
+        assert f"{address}:smtp " in services and "postscreen" in services
+        for svc in ("submission", "submissions"):
+            opts = postconf(confdir, "-P", f"{address}:{svc}/inet/smtpd_sasl_auth_enable")
+            assert opts.strip().endswith("= yes"), opts
+            senders = postconf(confdir, "-P", f"{address}:{svc}/inet/smtpd_sender_restrictions")
+            assert "reject_sender_login_mismatch" in senders
+            relay_sub = postconf(confdir, "-P", f"{address}:{svc}/inet/smtpd_relay_restrictions")
+            assert relay_sub.strip().endswith("= permit_sasl_authenticated,reject")
+    assert "encrypt" in postconf(confdir, "-P", f"{vip}:submission/inet/smtpd_tls_security_level")
+    assert "yes" in postconf(confdir, "-P", f"{vip}:submissions/inet/smtpd_tls_wrappermode")
+
+
+def test_map_files_are_secret_and_readable_by_postfix(
+    topologies: dict[str, Topology], secrets: ClusterSecrets
+) -> None:
+    plan = build_host_plan(topologies["dc1"], "dc1-svr1", secrets, "lab")
+    maps = [f for f in plan.files if f.path.startswith(postfix.MAP_DIR + "/")]
+    assert len(maps) == len(postfix.MAPS)
+    for spec in maps:
+        assert (
+            spec.secret
+            and spec.mode == "0640"
+            and (spec.owner, spec.group)
+            == (
+                "root",
+                "postfix",
+            )
+        )
+        assert stat.S_IMODE(int(spec.mode, 8)) & 0o007 == 0
+        assert f"password = {secrets.db_postfix}" in spec.content
+        assert "hosts = inet:127.0.0.1:3306" in spec.content
+
+
+def test_reload_never_starts_postfix(
+    topologies: dict[str, Topology], secrets: ClusterSecrets
+) -> None:
+    plan = build_host_plan(topologies["dc2"], "dc2-svr2", secrets, "lab")
+    reload = plan.step("postfix.reload")
+    assert "postfix check" in reload.script
+    assert "service postfix start" not in reload.script and "postfix start" not in reload.script
+    assert "if postfix status" in reload.script
+    assert set(reload.watch) >= {f"file:{p}" for p in postfix.MAIN_FILES}

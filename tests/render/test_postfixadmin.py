@@ -1,0 +1,128 @@
+"""Postfix Admin against a real MariaDB (loopback, unusual port, stopped after): the rendered
+config.local.php lets Postfix Admin's own upgrade.php create its schema, the plan's accounts
+SQL gives it the rights it needs, and pfa-mailbox.php (behind mailcluster-mailbox) creates the
+domain and a mailbox whose password Dovecot verifies as SHA512-CRYPT. Roundcube's Debian SQL
+loads too."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cluster.hostplan import HostContext, build_host_plan
+from cluster.material import ClusterSecrets
+from cluster.services import apache, mariadb, postfixadmin
+from cluster.topology import Topology
+
+pytestmark = [
+    pytest.mark.checkers,
+    pytest.mark.skipif(shutil.which("mariadbd") is None, reason="mariadb-server not installed"),
+]
+
+PORT = 24306 + os.getpid() % 500
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Path]:
+    data, sock = tmp_path / "data", tmp_path / "sock"
+    subprocess.run(
+        ["mariadb-install-db", "--no-defaults", f"--datadir={data}", "--user=root",
+         "--auth-root-authentication-method=socket"],
+        capture_output=True, check=True,
+    )  # fmt: skip
+    proc = subprocess.Popen(
+        ["mariadbd", "--no-defaults", "--user=root", f"--datadir={data}", f"--socket={sock}",
+         f"--port={PORT}", "--bind-address=127.0.0.1", "--skip-name-resolve",
+         "--log-bin=binlog", "--server-id=1", "--binlog-format=ROW",
+         f"--log-error={tmp_path}/error.log", f"--pid-file={tmp_path}/pid"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        for _ in range(300):
+            if subprocess.run(["mysqladmin", f"--socket={sock}", "ping"], capture_output=True)\
+                    .returncode == 0:  # fmt: skip
+                break
+            time.sleep(0.1)
+        yield sock
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def sql(sock: Path, query: str = "", stdin: str | None = None) -> str:
+    args = ["mysql", f"--socket={sock}", "-uroot", "-N", "-B"] + (["-e", query] if query else [])
+    return subprocess.run(
+        args, input=stdin, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def test_schema_domain_and_mailbox(
+    db: Path, topologies: dict[str, Topology], secrets: ClusterSecrets, tmp_path: Path
+) -> None:
+    topo = topologies["dc1"]
+    ctx = HostContext(topo, topo.node("dc1-svr1"), secrets, "lab")
+    sql(db, stdin=mariadb.users_sql(ctx))
+    plan = build_host_plan(topo, "dc1-svr1", secrets, "lab")
+    rendered = {f.path: f.content for f in plan.files}
+
+    # A private copy of Debian's Postfix Admin with the rendered config.local.php; only the
+    # port differs (the test's server is not on 3306).
+    root = tmp_path / "postfixadmin"
+    shutil.copytree("/usr/share/postfixadmin", root, symlinks=False, ignore_dangling_symlinks=True)
+    shutil.copy("/etc/postfixadmin/config.inc.php", root / "config.inc.php")
+    shutil.copy("/etc/postfixadmin/dbconfig.inc.php", root / "dbconfig.inc.php")
+    (root / "templates_c").mkdir(exist_ok=True)
+    local = rendered[postfixadmin.CONFIG].replace(
+        "$CONF['database_port'] = '3306';", f"$CONF['database_port'] = '{PORT}';"
+    )
+    assert f"'{PORT}'" in local
+    (root / "config.local.php").write_text(local)
+
+    upgrade = subprocess.run(
+        ["php", "upgrade.php"], cwd=root / "public", capture_output=True, text=True, check=True
+    )
+    version = sql(db, "SELECT value FROM postfixadmin.config WHERE name='version'")
+    assert version.isdigit() and int(version) >= 1800, upgrade.stdout[-2000:]
+    tables = sql(db, "SHOW TABLES FROM postfixadmin").split()
+    assert {"domain", "mailbox", "alias", "quota2"} <= set(tables)
+
+    helper = tmp_path / "pfa-mailbox.php"
+    helper.write_text(rendered[postfixadmin.MAILBOX_PHP])
+    env = {**os.environ, "PFA_ROOT": str(root)}
+
+    def pfa(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["php", str(helper), *args], cwd=root / "public", env=env, input=stdin,
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+
+    first = pfa("domain-add", topo.domain)
+    assert first.returncode == 0 and "mailcluster: changed" in first.stdout, first.stderr
+    again = pfa("domain-add", topo.domain)
+    assert again.returncode == 0 and "mailcluster: changed" not in again.stdout
+
+    password = "correct horse battery"
+    added = pfa("add", f"alice@{topo.domain}", "100", "Alice", stdin=password + "\n")
+    assert added.returncode == 0, added.stderr
+    row = sql(db, "SELECT password, maildir, quota FROM postfixadmin.mailbox")
+    hashed, maildir, quota = row.split("\t")
+    assert hashed.startswith("{SHA512-CRYPT}$6$")
+    assert maildir == f"{topo.domain}/alice/"
+    assert quota == str(100 * 1048576)
+    assert password not in row
+    verify = subprocess.run(
+        ["doveadm", "pw", "-t", hashed, "-p", password], capture_output=True, text=True
+    )
+    assert verify.returncode == 0 and "(verified)" in verify.stdout + verify.stderr
+    assert pfa("add", f"alice@{topo.domain}", "0", "", stdin=password).returncode != 0
+    assert pfa("add", f"bob@{topo.domain}", "0", "", stdin="short").returncode != 0
+
+    # Roundcube's schema from Debian's own file, as the roundcube.schema step loads it.
+    sql(db, "", stdin="USE roundcube;\n" + Path(apache.ROUNDCUBE_SQL).read_text())
+    assert sql(db, "SHOW TABLES FROM roundcube LIKE 'system'") == "system"

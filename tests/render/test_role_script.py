@@ -1,0 +1,263 @@
+"""mailcluster-role against two real MariaDB servers (loopback, unusual ports, stopped after).
+
+The rendered role script and the rendered server config drive two mariadbd processes side by
+side, with stubs for what only a full host has (Heartbeat, Postfix, the init scripts):
+first apply (svr1 counts as holder before Heartbeat ran) -> svr1 writable master, svr2 a
+read-only GTID replica over TLS that receives the accounts; a crash of svr1 -> svr2 promoted;
+svr1 back -> it rejoins as a read-only replica of svr2 and receives what svr2 took; a second
+reconcile changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from cluster.hostplan import build_host_plan
+from cluster.material import ClusterSecrets
+from cluster.plan import CHANGED_MARK
+from cluster.render import render
+from cluster.services import mariadb
+from cluster.topology import Topology
+
+pytestmark = pytest.mark.checkers
+
+BASE_PORT = 23306 + os.getpid() % 500 * 2
+
+STUBS = {
+    # Heartbeat not running: the pre-Heartbeat rule decides who holds the shared IP.
+    "cl_status": "#!/bin/sh\nexit 1\n",
+    "logger": "#!/bin/sh\nexit 0\n",
+    "postfix": '#!/bin/sh\n[ "$1" = status ] && [ -e "$STUB_DIR/postfix.running" ]\n',
+    "service": """#!/bin/sh
+case "$1 $2" in
+  "postfix start") touch "$STUB_DIR/postfix.running" ;;
+  "postfix stop") rm -f "$STUB_DIR/postfix.running" ;;
+  *) echo "unexpected service $*" >&2; exit 1 ;;
+esac
+""",
+}
+
+
+@dataclass
+class Server:
+    name: str
+    port: int
+    dir: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def socket(self) -> Path:
+        return self.dir / "sock"
+
+    def sql(self, query: str) -> str:
+        out = subprocess.run(
+            ["mysql", f"--socket={self.socket}", "-uroot", "-N", "-B", "-e", query],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        return out.stdout.strip()
+
+
+def start(server: Server, cnf: Path, server_id: int) -> None:
+    data = server.dir / "data"
+    if not data.exists():
+        subprocess.run(
+            ["mariadb-install-db", "--no-defaults", f"--datadir={data}", "--user=root",
+             "--auth-root-authentication-method=socket"],
+            capture_output=True, check=True,
+        )  # fmt: skip
+    # The rendered config first; the command line moves its paths into the test directory.
+    tls = server.dir.parent / "tls"
+    server.proc = subprocess.Popen(
+        ["mariadbd", f"--defaults-file={cnf}", "--user=root", f"--datadir={data}",
+         f"--socket={server.socket}", f"--port={server.port}", "--bind-address=127.0.0.1",
+         f"--server-id={server_id}", f"--pid-file={server.dir}/pid",
+         f"--log-error={server.dir}/error.log",
+         f"--log-bin={server.dir}/mariadb-bin", f"--log-bin-index={server.dir}/mariadb-bin.index",
+         f"--relay-log={server.dir}/relay-bin", f"--relay-log-index={server.dir}/relay-bin.index",
+         f"--ssl-cert={tls}/cert.pem", f"--ssl-key={tls}/key.pem", f"--ssl-ca={tls}/ca.pem",
+         "--innodb-buffer-pool-size=16M"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    for _ in range(300):
+        probe = subprocess.run(
+            ["mysqladmin", f"--socket={server.socket}", "-uroot", "ping"], capture_output=True
+        )
+        if probe.returncode == 0:
+            return
+        time.sleep(0.1)
+    raise AssertionError((server.dir / "error.log").read_text())
+
+
+def crash(server: Server) -> None:
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGKILL)
+    server.proc.wait(timeout=30)
+    server.proc = None
+
+
+@pytest.fixture
+def lab(
+    topologies: dict[str, Topology], secrets: ClusterSecrets, tmp_path: Path
+) -> Iterator[dict[str, object]]:
+    topo = topologies["dc1"]
+    plan = build_host_plan(topo, "dc1-svr1", secrets, "lab")
+    files = {f.path: f.content for f in plan.files}
+    cnf = tmp_path / "60-mailcluster.cnf"
+    cnf.write_text(files[mariadb.CNF])
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    for name in ("cert.pem", "key.pem", "ca.pem"):
+        (tls / name).write_text(files[f"{mariadb.TLS_DIR}/{name}"])
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    for name, text in STUBS.items():
+        (stubs / name).write_text(text)
+        (stubs / name).chmod(0o755)
+    role = tmp_path / "mailcluster-role"
+    role.write_text(render("/usr/local/sbin/mailcluster-role"))
+    role.chmod(0o755)
+    (tmp_path / "repl").write_text(secrets.db_replication + "\n")
+    servers = {}
+    for i, name in enumerate(("svr1", "svr2")):
+        d = tmp_path / name
+        d.mkdir()
+        servers[name] = Server(name, BASE_PORT + i, d)
+    try:
+        yield {"servers": servers, "cnf": cnf, "stubs": stubs, "role": role, "tmp": tmp_path}
+    finally:
+        for s in servers.values():
+            if s.proc is not None:
+                s.proc.terminate()
+                s.proc.wait(timeout=60)
+
+
+def write_conf(lab: dict[str, object], me: Server, peer: Server, slot: str) -> Path:
+    tmp = lab["tmp"]
+    assert isinstance(tmp, Path)
+    conf = me.dir / "cluster.conf"
+    state = me.dir / "state"
+    state.mkdir(exist_ok=True)
+    conf.write_text(
+        f"NODE=dc1-{slot}\nDC=dc1\nSLOT={slot}\nACTIVE_DC=dc1\nVIP=192.0.2.10\n"
+        "VIP_IFACE=lo\nSHARED_IP_METHOD=arp\nDB_MASTER=127.0.0.1\n"
+        f"PEER_PRIVATE_IP=127.0.0.1\nDB_PORT={peer.port}\n"
+        f"MYSQL_SOCKET={me.socket}\nMYSQL_CA={tmp}/tls/ca.pem\nREPL_SECRET={tmp}/repl\n"
+        f"STATE_DIR={state}\nRUN_DIR={me.dir}/run\nHOOKS={me.dir}/hooks\n"
+    )
+    return conf
+
+
+def role(lab: dict[str, object], me: Server, conf: Path, *args: str) -> str:
+    stubs = lab["stubs"]
+    env = {
+        "PATH": f"{stubs}:/usr/sbin:/usr/bin:/sbin:/bin",
+        "MAILCLUSTER_CONF": str(conf),
+        "STUB_DIR": str(me.dir),
+    }
+    proc = subprocess.run(
+        [str(lab["role"]), *args], capture_output=True, text=True, env=env, check=False
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def wait_for(check: object, what: str, timeout: float = 20.0) -> None:
+    assert callable(check)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.skipif(shutil.which("mariadbd") is None, reason="mariadb-server not installed")
+def test_first_apply_failover_and_rejoin(
+    lab: dict[str, object], topologies: dict[str, Topology], secrets: ClusterSecrets
+) -> None:
+    servers = lab["servers"]
+    assert isinstance(servers, dict)
+    cnf = lab["cnf"]
+    assert isinstance(cnf, Path)
+    s1, s2 = servers["svr1"], servers["svr2"]
+    start(s1, cnf, 1)
+    start(s2, cnf, 2)
+    conf1 = write_conf(lab, s1, s2, "svr1")
+    conf2 = write_conf(lab, s2, s1, "svr2")
+    # The rendered config starts every server read-only.
+    assert s1.sql("SELECT @@global.read_only") == "1"
+    assert s1.sql("SELECT @@global.gtid_strict_mode, @@global.log_slave_updates") == "1\t1"
+
+    # First apply, before Heartbeat: svr1 is the writer, svr2 is not.
+    out = role(lab, s1, conf1, "reconcile-db")
+    assert "writable master" in out
+    assert s1.sql("SELECT @@global.read_only") == "0"
+    # The users step's SQL, plus a repl account for the loopback the test replicates over.
+    from cluster.hostplan import HostContext
+
+    ctx = HostContext(topologies["dc1"], topologies["dc1"].node("dc1-svr1"), secrets, "lab")
+    sql = mariadb.users_sql(ctx) + mariadb._user(
+        "repl", "127.0.0.1", secrets.db_replication, "REPLICATION SLAVE ON *.*", True
+    )
+    subprocess.run(["mysql", f"--socket={s1.socket}", "-uroot"], input=sql, text=True, check=True)
+
+    out = role(lab, s2, conf2, "reconcile")
+    assert "replica of 127.0.0.1" in out
+    assert s2.sql("SELECT @@global.read_only") == "1"
+    wait_for(lambda: s2.sql("SHOW DATABASES LIKE 'postfixadmin'") == "postfixadmin",
+             "the accounts database on the replica")  # fmt: skip
+    status = json.loads(role(lab, s2, conf2, "status", "--json"))
+    assert status["role"] == "standby" and status["db"]["read_only"] is True
+    assert status["replication"]["master_host"] == "127.0.0.1"
+    assert status["replication"]["io_running"] == "Yes"
+    assert status["postfix_running"] is False
+    # Replication runs over TLS (repl REQUIRE SSL would refuse it otherwise).
+    assert "Master_SSL_Allowed: Yes" in subprocess.run(
+        ["mysql", f"--socket={s2.socket}", "-uroot", "-e", "SHOW SLAVE STATUS\\G"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    grants = s2.sql("SHOW GRANTS FOR 'postfix'@'127.0.0.1'")
+    assert "GRANT SELECT ON `postfixadmin`.* TO `postfix`@`127.0.0.1`" in grants
+
+    out = role(lab, s1, conf1, "reconcile")
+    assert "postfix started" in out
+    status1 = json.loads(role(lab, s1, conf1, "status", "--json"))
+    assert status1["role"] == "active" and status1["db"]["read_only"] is False
+    assert status1["replication"]["configured"] is False
+    # Idempotent: nothing changes the second time, on either node.
+    assert CHANGED_MARK not in role(lab, s1, conf1, "reconcile")
+    assert CHANGED_MARK not in role(lab, s2, conf2, "reconcile")
+
+    s1.sql(
+        "CREATE TABLE postfixadmin.t (id INT PRIMARY KEY); INSERT INTO postfixadmin.t VALUES (1)"
+    )
+    wait_for(lambda: s2.sql("SELECT COUNT(*) FROM postfixadmin.t") == "1", "row 1 on svr2")
+
+    # svr1 crashes; Heartbeat promotes svr2 (resource start), which takes a write.
+    crash(s1)
+    (s1.dir / "state" / "heartbeat-started").touch()
+    out = role(lab, s2, conf2, "promote")
+    assert "writable master" in out and "postfix started" in out
+    s2.sql("INSERT INTO postfixadmin.t VALUES (2)")
+
+    # svr1 boots (read-only from its config) and, not holding the IP, rejoins as a replica.
+    start(s1, cnf, 1)
+    assert s1.sql("SELECT @@global.read_only") == "1"
+    out = role(lab, s1, conf1, "reconcile")
+    assert "replica of 127.0.0.1" in out
+    wait_for(lambda: s1.sql("SELECT COUNT(*) FROM postfixadmin.t") == "2", "svr2's write on svr1")
+    status1 = json.loads(role(lab, s1, conf1, "status", "--json"))
+    assert status1["role"] == "standby" and status1["db"]["read_only"] is True
+    assert status1["replication"]["sql_running"] == "Yes"
+    assert status1["replication"]["last_io_error"] == ""
+    assert CHANGED_MARK not in role(lab, s1, conf1, "reconcile")

@@ -1,0 +1,331 @@
+"""Run ``__main__.py`` under Pulumi mocks for a given stack config: no engine, no network.
+
+The pattern of pulumi/examples ``testing-unit-py``: ``set_mocks`` first, then run the program.
+``run_stack`` returns every registered resource (type, name, inputs with secrets still wrapped,
+dependencies) and the stack's resolved outputs, so tests can assert rules over the whole graph.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import runpy
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from pulumi.runtime import rpc, settings
+from pulumi.runtime.mocks import MockMonitor
+from pulumi.runtime.settings import get_root_resource
+from pulumi.runtime.stack import wait_for_rpcs
+from pulumi.runtime.sync_await import _sync_await
+
+from cluster.material import ClusterSecrets, generate
+
+ROOT = Path(__file__).resolve().parents[2]
+PROJECT = "mailcluster"
+SECRET_SIG = rpc._special_secret_sig
+SIG_KEY = rpc._special_sig_key
+# Public addresses the mocks hand out, per data centre (documentation ranges).
+MOCK_NETS = {"dc1": "198.51.100", "dc2": "203.0.113"}
+
+
+_PEM_LOCK = threading.Lock()
+
+
+def _pems() -> dict[str, str]:
+    # Mock providers run on the engine's worker threads: make the keys once, under a lock, so
+    # every run of the session sees the same material (and so the same digests).
+    with _PEM_LOCK:
+        return _make_pems()
+
+
+@functools.lru_cache(maxsize=1)
+def _make_pems() -> dict[str, str]:
+    def pkcs8(key: Any) -> str:
+        return str(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ).decode()
+        )
+
+    material = generate("example.com", ["dc1"], {"dc1": ["mail.example.com"]})
+    return {
+        "rsa": pkcs8(rsa.generate_private_key(public_exponent=65537, key_size=2048)),
+        "ec": pkcs8(ec.generate_private_key(ec.SECP256R1())),
+        "ca": material.ca_cert_pem,
+        "leaf": material.tls["dc1"].cert_pem.split("-----END CERTIFICATE-----")[0]
+        + "-----END CERTIFICATE-----\n",
+    }
+
+
+@dataclass
+class Registered:
+    typ: str
+    name: str
+    urn: str
+    inputs: dict[str, Any]
+    state: dict[str, Any]
+    id: str = ""
+    dependencies: list[str] = field(default_factory=list)
+
+
+class ClusterMocks(pulumi.runtime.Mocks):
+    """Deterministic fake providers: numeric ids, addresses from the stack's mock net, real
+    PEMs where the program parses them, and the given peer outputs for StackReferences."""
+
+    def __init__(self, stack: str, peer_outputs: Mapping[str, Any] | None) -> None:
+        self.stack = stack
+        self.peer_outputs = dict(peer_outputs or {})
+        self.count = 0
+        self.instances = 0
+        self.last: dict[str, Any] = {}
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        self.count += 1
+        rid = str(1000 + self.count)
+        state: dict[str, Any] = {}
+        net = MOCK_NETS.get(self.stack, "192.0.2")
+        if args.typ == "pulumi:pulumi:StackReference":
+            secret = [k for k in ("clusterSecrets", "clusterCaKey") if k in self.peer_outputs]
+            state = {"outputs": self.peer_outputs, "secretOutputNames": secret}
+        elif args.typ == "linode:index/instance:Instance":
+            self.instances += 1
+            n = self.instances
+            state = {
+                "ipAddress": f"{net}.{10 + n}",
+                "privateIpAddress": f"192.168.{128 + n}.{n}",
+                "ipv6": f"2001:db8:{self.stack[-1]}::{n}/128",
+            }
+        elif args.typ == "linode:index/instanceIp:InstanceIp":
+            state = {"address": f"{net}.99"}
+        elif args.typ == "random:index/randomPassword:RandomPassword":
+            # Letters and digits, recognisable, unique per resource.
+            state = {"result": "MockPw" + "".join(c for c in args.name if c.isalnum())}
+        elif args.typ == "tls:index/privateKey:PrivateKey":
+            pem = _pems()["rsa" if args.inputs.get("algorithm") == "RSA" else "ec"]
+            state = {"privateKeyPem": pem, "privateKeyPemPkcs8": pem}
+        elif args.typ == "tls:index/selfSignedCert:SelfSignedCert":
+            state = {"certPem": _pems()["ca"]}
+        elif args.typ == "tls:index/locallySignedCert:LocallySignedCert":
+            state = {"certPem": _pems()["leaf"]}
+        elif args.typ == "tls:index/certRequest:CertRequest":
+            state = {"certRequestPem": "-----BEGIN CERTIFICATE REQUEST-----\n"}
+        return rid, {**args.inputs, **state}
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], None]:
+        return {}, None
+
+
+class RecordingMonitor(MockMonitor):
+    """The stock mock monitor drops dependencies; keep them so tests can check ordering."""
+
+    def __init__(self, mocks: ClusterMocks) -> None:
+        super().__init__(mocks)
+        self.registered: list[Registered] = []
+
+    def RegisterResource(self, request: Any) -> Any:
+        response = super().RegisterResource(request)  # type: ignore[no-untyped-call]
+        if request.type != "pulumi:pulumi:Stack":
+            inputs = rpc.deserialize_properties(request.object)
+            registration = self.resources[response.urn]
+            self.registered.append(
+                Registered(
+                    request.type, request.name, response.urn, inputs, dict(registration.state),
+                    str(registration.id or ""), list(request.dependencies),
+                )
+            )  # fmt: skip
+        return response
+
+    def ReadResource(self, request: Any) -> Any:
+        response = super().ReadResource(request)  # type: ignore[no-untyped-call]
+        registration = self.resources[response.urn]
+        self.registered.append(
+            Registered(
+                request.type, request.name, response.urn,
+                rpc.deserialize_properties(request.properties), dict(registration.state),
+                str(registration.id or ""), list(request.dependencies),
+            )
+        )  # fmt: skip
+        return response
+
+
+@dataclass
+class Result:
+    resources: list[Registered]
+    outputs: dict[str, Any]
+    secret_outputs: set[str]
+
+    def of_type(self, suffix: str) -> list[Registered]:
+        return [r for r in self.resources if r.typ.endswith(suffix)]
+
+    def one(self, suffix: str) -> Registered:
+        found = self.of_type(suffix)
+        assert len(found) == 1, f"expected one {suffix}, got {[r.name for r in found]}"
+        return found[0]
+
+    def one_named(self, typ: str, name: str) -> Registered:
+        return next(r for r in self.resources if r.typ == typ and r.name == name)
+
+    def by_urn(self, urn: str) -> Registered:
+        return next(r for r in self.resources if r.urn == urn)
+
+    def peer_view(self) -> dict[str, Any]:
+        """These outputs as the peer's StackReference would see them."""
+        return {k: v for k, v in self.outputs.items() if v is not None}
+
+
+def _config_value(value: Any) -> str:
+    # The engine hands structured and scalar config to the program as text (lists as JSON).
+    if isinstance(value, str):
+        return value
+    return json.dumps(value)
+
+
+def _drain() -> None:
+    """Let a failed run's remaining RPCs finish (and fail) now, not inside the next run."""
+    for _ in range(1000):
+        try:
+            _sync_await(wait_for_rpcs())
+            break
+        except Exception:
+            continue
+    settings.SETTINGS.rpc_manager.clear()
+    settings.SETTINGS.outputs.clear()
+
+
+def _resolve(value: Any) -> tuple[Any, bool]:
+    out = pulumi.Output.from_input(value)
+    return _sync_await(out.future()), bool(_sync_await(out.is_secret()))
+
+
+def run_stack(
+    stack: str,
+    config: Mapping[str, Any],
+    peer_outputs: Mapping[str, Any] | None = None,
+    secret_config: Mapping[str, str] | None = None,
+) -> Result:
+    mocks = ClusterMocks(stack, peer_outputs)
+    monitor = RecordingMonitor(mocks)
+    # set_mocks keeps an existing root Stack; a fresh run needs a fresh one for its outputs.
+    settings.ROOT.set(None)
+    settings.SETTINGS.rpc_manager.clear()
+    settings.SETTINGS.outputs.clear()
+    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
+    values = {f"{PROJECT}:{k}": _config_value(v) for k, v in config.items()}
+    values.update({f"{PROJECT}:{k}": v for k, v in (secret_config or {}).items()})
+    pulumi.runtime.set_all_config(values, [f"{PROJECT}:{k}" for k in (secret_config or {})])
+    try:
+        runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
+        _sync_await(wait_for_rpcs())
+    except BaseException:
+        _drain()
+        raise
+    root = get_root_resource()
+    assert root is not None
+    outputs: dict[str, Any] = {}
+    secret: set[str] = set()
+    for key, value in root.outputs.items():  # type: ignore[attr-defined]
+        outputs[key], is_secret = _resolve(value)
+        if is_secret:
+            secret.add(key)
+    return Result(monitor.registered, outputs, secret)
+
+
+def is_wrapped_secret(value: Any) -> bool:
+    return isinstance(value, dict) and value.get(SIG_KEY) == SECRET_SIG
+
+
+def plain_strings(value: Any) -> Iterator[str]:
+    """Every string in ``value`` that is NOT inside a Pulumi secret."""
+    if is_wrapped_secret(value):
+        return
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from plain_strings(v)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            yield from plain_strings(v)
+
+
+def unwrap(value: Any) -> Any:
+    """``value`` with every secret wrapper removed."""
+    if is_wrapped_secret(value):
+        return unwrap(value["value"])
+    if isinstance(value, dict):
+        return {k: unwrap(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unwrap(v) for v in value]
+    return value
+
+
+def secrets_of(result: Result) -> ClusterSecrets:
+    return ClusterSecrets.from_dict(result.outputs["clusterSecrets"])
+
+
+def full_secrets(result: Result, material: Result) -> dict[str, Any]:
+    """The ClusterSecrets dict ``result``'s plans were built with: the shared material from
+    the generating stack's output plus this DC's own pair, from the mocked TLS resources."""
+    from cluster.pulumi_material import _pair
+
+    dc = result.outputs["dc"]
+    shared = material.outputs["clusterSecrets"]
+    key = result.one_named("tls:index/privateKey:PrivateKey", f"{dc}-tls")
+    cert = result.one_named("tls:index/locallySignedCert:LocallySignedCert", f"{dc}-tls")
+    pair = _pair([cert.state["certPem"], shared["ca_cert_pem"], key.state["privateKeyPemPkcs8"]])
+    return {**shared, "tls": {dc: pair}}
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """The README's first deployment, under mocks, with the committed stack files:
+    ``up -s dc1`` (dc2 not deployed yet), ``up -s dc2``, ``up -s dc1`` again."""
+
+    dc1_first: Result
+    dc2: Result
+    dc1: Result
+
+
+@functools.lru_cache(maxsize=1)
+def committed_deployment() -> Deployment:
+    from cluster.stackfiles import read_stack_config
+
+    dc1_first = run_stack("dc1", read_stack_config("dc1"))
+    dc2 = run_stack("dc2", read_stack_config("dc2"), dc1_first.peer_view())
+    dc1 = run_stack("dc1", read_stack_config("dc1"), dc2.peer_view())
+    return Deployment(dc1_first, dc2, dc1)
+
+
+ROOT_PASSWORD = "S3cretRootPw"
+SSH_PRIVATE_KEY = (
+    "-----BEGIN OPENSSH PRIVATE KEY-----\nMOCKKEYMATERIAL\n-----END OPENSSH PRIVATE KEY-----"
+)
+VARIANT_CONFIG = {
+    "volumeSizeGb": 120,
+    "instanceType": "g6-standard-4",
+    "imapPlaintext": True,
+    "linodeSecondaryDns": True,
+}
+
+
+@functools.lru_cache(maxsize=1)
+def variant_run() -> Result:
+    """dc1 after the first deployment, with every optional setting changed (one run serves
+    several tests: the mocks run costs more than the asserts)."""
+    from cluster.stackfiles import read_stack_config
+
+    return run_stack(
+        "dc1",
+        {**read_stack_config("dc1"), **VARIANT_CONFIG},
+        committed_deployment().dc2.peer_view(),
+        secret_config={"rootPassword": ROOT_PASSWORD, "sshPrivateKey": SSH_PRIVATE_KEY},
+    )

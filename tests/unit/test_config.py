@@ -1,0 +1,132 @@
+"""Config: every bad value fails before any resource, with a message naming the key."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+import pytest
+
+from cluster import pulumi_config
+from cluster.config import ConfigError, StackConfig
+from cluster.stackfiles import read_stack_config
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHm2X0Y5mC1n0Xh3bq3wG5c6l4Qh0dC9GmN8m4b2m5Xy a@b"
+
+
+def good(**changes: Any) -> dict[str, Any]:
+    raw: dict[str, Any] = {
+        "domain": "example.com",
+        "sshKeys": [KEY],
+        "adminCidrs": ["203.0.113.7/32"],
+        "peerStack": "dc2",
+    }
+    raw.update(changes)
+    return {k: v for k, v in raw.items() if v is not None}
+
+
+BAD_INPUTS = [
+    ("region", good(region="mars-north-1")),
+    ("adminCidrs", good(adminCidrs=["300.1.2.3/32"])),
+    ("adminCidrs", good(adminCidrs=["10.0.0.1/8"])),  # host bits set: not a network
+    ("adminCidrs", good(adminCidrs=[])),
+    ("volumeSizeGb", good(volumeSizeGb=9)),
+    ("volumeSizeGb", good(volumeSizeGb="eighty")),
+    ("sshKeys", good(sshKeys=None)),
+    ("sshKeys", good(sshKeys=[])),
+    ("sshKeys", good(sshKeys=["not a key"])),
+    ("activeDc", good(activeDc="dc3")),
+    ("domain", good(domain="exa mple..com")),
+    ("domain", good(domain=None)),
+    ("linodeSecondaryDns", good(linodeSecondaryDns="yes")),
+    ("imapPlaintext", good(imapPlaintext="maybe")),
+    ("activeDC", good(activeDC="dc2")),  # a typo is an unknown key, not silently ignored
+    ("letsencryptEmail", good(tlsMode="letsencrypt")),
+    ("letsencryptEmail", good(tlsMode="letsencrypt", letsencryptEmail="not-an-email")),
+    ("heartbeatDeadtimeMs", good(heartbeatKeepaliveMs=600, heartbeatDeadtimeMs=1000)),
+    ("instanceType", good(instanceType="huge")),
+    ("messageSizeLimitMb", good(messageSizeLimitMb="10.5")),
+    ("tlsMode", good(tlsMode="acme")),
+    ("sharedIpMethod", good(sharedIpMethod="vrrp")),
+    ("peerStack", good(peerStack="no spaces/allowed here/x/y")),
+    ("dnsTtl", good(dnsTtl=5)),
+]
+
+
+@pytest.mark.parametrize(("key", "raw"), BAD_INPUTS, ids=[f"{k}-{i}" for i, (k, _) in
+                                                          enumerate(BAD_INPUTS)])  # fmt: skip
+def test_bad_input_names_the_key(key: str, raw: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError) as err:
+        pulumi_config.load(raw, "dc1")
+    assert f"mailcluster:{key}:" in str(err.value)
+
+
+def test_at_least_twelve_distinct_bad_keys() -> None:
+    assert len({k for k, _ in BAD_INPUTS}) >= 12
+
+
+def test_standby_without_peer_stack_names_peer_stack() -> None:
+    with pytest.raises(ConfigError, match="mailcluster:peerStack:"):
+        pulumi_config.load(good(peerStack=None), "dc2")
+
+
+def test_good_config_loads_with_defaults() -> None:
+    cfg = pulumi_config.load(good(), "dc2")
+    assert isinstance(cfg, StackConfig)
+    assert (cfg.dc, cfg.region, cfg.volume_size_gb, cfg.active_dc) == ("dc2", "us-central", 80,
+                                                                       "dc1")  # fmt: skip
+
+
+@pytest.mark.parametrize("stack", ["dc1", "dc2"])
+def test_committed_stack_files_are_valid(stack: str) -> None:
+    cfg = pulumi_config.load(read_stack_config(stack), stack)
+    assert cfg.dc == stack
+
+
+def _with_runtime_config(values: dict[str, str], secret: list[str] | None = None) -> None:
+    pulumi.runtime.set_all_config(values, secret or [])
+
+
+def test_raw_config_reads_runtime_keys_and_drops_other_namespaces() -> None:
+    _with_runtime_config(
+        {
+            "mailcluster:domain": "example.org",
+            "mailcluster:config:region": "eu-central",  # the older engine's spelling
+            "mailcluster:sshPrivateKey": "-----BEGIN OPENSSH PRIVATE KEY-----",
+            "linode:token": "abc",
+        },
+        ["mailcluster:sshPrivateKey", "linode:token"],
+    )
+    try:
+        assert pulumi_config.raw_config() == {"domain": "example.org", "region": "eu-central"}
+    finally:
+        _with_runtime_config({})
+
+
+def test_unknown_key_in_runtime_config_is_rejected() -> None:
+    raw = {f"mailcluster:{k}": v if isinstance(v, str) else str(v).replace("'", '"')
+           for k, v in good().items()}  # fmt: skip
+    raw["mailcluster:volumeSize"] = "100"
+    _with_runtime_config(raw)
+    try:
+        with pytest.raises(ConfigError, match="mailcluster:volumeSize: unknown key"):
+            pulumi_config.load(stack="dc1")
+    finally:
+        _with_runtime_config({})
+
+
+def test_json_text_lists_from_the_engine_are_accepted() -> None:
+    raw = {
+        "mailcluster:domain": "example.com",
+        "mailcluster:sshKeys": f'["{KEY}"]',
+        "mailcluster:adminCidrs": '["203.0.113.0/24", "2001:db8::/32"]',
+        "mailcluster:volumeSizeGb": "120",
+        "mailcluster:imapPlaintext": "true",
+    }
+    _with_runtime_config(raw)
+    try:
+        cfg = pulumi_config.load(stack="dc1")
+    finally:
+        _with_runtime_config({})
+    assert cfg.admin_cidrs == ("203.0.113.0/24", "2001:db8::/32")
+    assert cfg.volume_size_gb == 120 and cfg.imap_plaintext is True

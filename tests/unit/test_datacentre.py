@@ -1,0 +1,340 @@
+"""Rules of the Linode infrastructure, checked on the whole resource graph under Pulumi mocks."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import pytest
+from pulumi_harness import (
+    ROOT_PASSWORD,
+    Deployment,
+    Registered,
+    Result,
+    committed_deployment,
+    is_wrapped_secret,
+    plain_strings,
+    run_stack,
+    secrets_of,
+    unwrap,
+    variant_run,
+)
+
+from cluster.config import DEFAULT_REGIONS
+from cluster.material import PASSWORD_FIELDS
+from cluster.stackfiles import read_stack_config
+
+INTERNAL_PORTS = {22, 3306, 694, 12345, 873}
+WORLD = {"0.0.0.0/0", "::/0"}
+
+
+@pytest.fixture(scope="module")
+def deployment() -> Deployment:
+    return committed_deployment()
+
+
+@pytest.fixture(scope="module", params=["dc1", "dc2"])
+def stack(request: pytest.FixtureRequest, deployment: Deployment) -> tuple[str, Result]:
+    name = str(request.param)
+    return name, deployment.dc1 if name == "dc1" else deployment.dc2
+
+
+def _id(value: Any) -> str:
+    return str(int(float(unwrap(value))))
+
+
+def _instance_ids(result: Result) -> dict[str, str]:
+    return {r.inputs["label"]: r.id for r in result.of_type("instance:Instance")}
+
+
+def _ports(rule: dict[str, Any]) -> set[int]:
+    out: set[int] = set()
+    for part in str(rule.get("ports") or "").split(","):
+        part = part.strip()
+        if "-" in part:
+            lo, hi = part.split("-")
+            out.update(range(int(lo), int(hi) + 1))
+        elif part:
+            out.add(int(part))
+    return out
+
+
+def _sources(rule: dict[str, Any]) -> set[str]:
+    return set(rule.get("ipv4s") or []) | set(rule.get("ipv6s") or [])
+
+
+def _inbounds(result: Result) -> list[dict[str, Any]]:
+    return list(unwrap(result.one("firewall:Firewall").inputs["inbounds"]))
+
+
+# -- instances, placement, shared IP, volumes ---------------------------------------------------
+def test_two_instances_in_region_in_one_anti_affinity_group(stack: tuple[str, Result]) -> None:
+    dc, result = stack
+    region = read_stack_config(dc).get("region", DEFAULT_REGIONS[dc])
+    pg = result.one("placementGroup:PlacementGroup")
+    assert pg.inputs["placementGroupType"] == "anti_affinity:local"
+    assert pg.inputs["placementGroupPolicy"] == "strict"
+    assert pg.inputs["region"] == region
+    instances = result.of_type("instance:Instance")
+    assert sorted(i.inputs["label"] for i in instances) == [f"{dc}-svr1", f"{dc}-svr2"]
+    for inst in instances:
+        assert inst.inputs["region"] == region
+        assert inst.inputs["image"] == "linode/debian12"
+        assert inst.inputs["privateIp"] is True
+        assert _id(inst.inputs["placementGroup"]["id"]) == pg.id
+        assert inst.inputs["authorizedKeys"] == read_stack_config(dc)["sshKeys"]
+        assert "rootPass" not in inst.inputs, "no root password unless given as a secret"
+
+
+def test_shared_ip_is_on_svr1_and_shared_with_svr2(stack: tuple[str, Result]) -> None:
+    dc, result = stack
+    ids = _instance_ids(result)
+    ip = result.one("instanceIp:InstanceIp")
+    assert ip.inputs["public"] is True
+    assert _id(ip.inputs["linodeId"]) == ids[f"{dc}-svr1"]
+    share = result.one("instanceSharedIps:InstanceSharedIps")
+    assert _id(share.inputs["linodeId"]) == ids[f"{dc}-svr2"]
+    assert share.inputs["addresses"] == [ip.state["address"]]
+    assert result.outputs["sharedIpv4"] == ip.state["address"]
+
+
+def test_every_node_has_its_own_attached_volume(stack: tuple[str, Result]) -> None:
+    dc, result = stack
+    ids = _instance_ids(result)
+    volumes = {v.inputs["label"]: v for v in result.of_type("volume:Volume")}
+    assert set(volumes) == {f"{dc}-svr1-mail", f"{dc}-svr2-mail"}
+    for label, vol in volumes.items():
+        assert _id(vol.inputs["linodeId"]) == ids[label.removesuffix("-mail")]
+        assert vol.inputs["size"] == 80  # the seed's data disk, the default
+        assert vol.inputs["region"] == read_stack_config(dc).get("region", DEFAULT_REGIONS[dc])
+
+
+def test_volume_size_and_instance_type_follow_config() -> None:
+    result = variant_run()
+    assert {v.inputs["size"] for v in result.of_type("volume:Volume")} == {120}
+    assert {i.inputs["type"] for i in result.of_type("instance:Instance")} == {"g6-standard-4"}
+
+
+# -- firewall -----------------------------------------------------------------------------------
+def test_firewall_drops_by_default_and_covers_both_nodes(stack: tuple[str, Result]) -> None:
+    _, result = stack
+    fw = result.one("firewall:Firewall")
+    assert fw.inputs["inboundPolicy"] == "DROP"
+    assert fw.inputs["outboundPolicy"] == "ACCEPT"
+    assert sorted(_id(i) for i in unwrap(fw.inputs["linodes"])) == sorted(
+        _instance_ids(result).values()
+    )
+
+
+def test_no_internal_port_is_open_to_the_world(stack: tuple[str, Result]) -> None:
+    _, result = stack
+    rules = _inbounds(result)
+    assert rules, "the firewall has inbound rules"
+    for rule in rules:
+        if _sources(rule) & WORLD:
+            assert rule["protocol"] != "ALL"
+            assert not _ports(rule) & INTERNAL_PORTS, rule
+        for source in _sources(rule):
+            net = ipaddress.ip_network(source)
+            # Nothing but the world rules may be wider than a /24 (admins) ...
+            if str(net) not in WORLD:
+                assert net.prefixlen >= 24 or ":" in source, rule
+
+
+def test_public_services_are_open_to_the_world(stack: tuple[str, Result]) -> None:
+    _, result = stack
+    world_tcp = set().union(*(_ports(r) for r in _inbounds(result)
+                              if r["protocol"] == "TCP" and _sources(r) >= WORLD))  # fmt: skip
+    world_udp = set().union(*(_ports(r) for r in _inbounds(result)
+                              if r["protocol"] == "UDP" and _sources(r) >= WORLD))  # fmt: skip
+    assert world_tcp == {25, 53, 80, 443, 465, 587, 993}  # no 143 unless imapPlaintext
+    assert world_udp == {53}
+
+
+def test_ssh_only_from_admin_cidrs(stack: tuple[str, Result]) -> None:
+    dc, result = stack
+    ssh = [r for r in _inbounds(result) if 22 in _ports(r)]
+    assert len(ssh) == 1
+    assert _sources(ssh[0]) == set(read_stack_config(dc)["adminCidrs"])
+
+
+def test_internal_ports_only_from_both_data_centres(deployment: Deployment) -> None:
+    for result, peer in ((deployment.dc1, deployment.dc2), (deployment.dc2, deployment.dc1)):
+        expected: set[str] = set()
+        for addresses in (result.outputs["addresses"], peer.outputs["addresses"]):
+            expected.add(f"{addresses['sharedIpv4']}/32")
+            for node in addresses["nodes"].values():
+                expected |= {f"{node['publicIpv4']}/32", f"{node['privateIpv4']}/32",
+                             f"{node['publicIpv6']}/128"}  # fmt: skip
+        internal = [r for r in _inbounds(result) if _ports(r) & (INTERNAL_PORTS - {22})]
+        assert internal
+        covered: set[int] = set()
+        for rule in internal:
+            assert _sources(rule) == expected
+            covered |= _ports(rule)
+        assert covered == INTERNAL_PORTS - {22}
+
+
+def test_first_dc1_up_allows_only_its_own_nodes(deployment: Deployment) -> None:
+    own = deployment.dc1_first.outputs["addresses"]
+    rule = next(r for r in _inbounds(deployment.dc1_first) if 3306 in _ports(r))
+    assert f"{own['sharedIpv4']}/32" in rule["ipv4s"]
+    assert len(rule["ipv4s"]) == 5 and len(rule["ipv6s"]) == 2
+
+
+def test_imap_plaintext_opens_143() -> None:
+    result = variant_run()
+    assert any(143 in _ports(r) and _sources(r) >= WORLD for r in _inbounds(result))
+
+
+# -- secrets ------------------------------------------------------------------------------------
+def _generated_passwords(result: Result) -> list[str]:
+    secrets = secrets_of(result)
+    return [getattr(secrets, f) for f in PASSWORD_FIELDS]
+
+
+def test_cluster_secrets_output_is_a_pulumi_secret(deployment: Deployment) -> None:
+    assert {"clusterSecrets", "clusterCaKey"} <= deployment.dc1.secret_outputs
+    passwords = _generated_passwords(deployment.dc1)
+    assert len(set(passwords)) == len(PASSWORD_FIELDS)
+    # dc2 generates nothing: it runs with dc1's material.
+    assert not deployment.dc2.of_type("RandomPassword")
+    assert "clusterSecrets" not in deployment.dc2.outputs
+    assert "clusterCaKey" not in deployment.dc2.outputs
+    # ... but signs its own certificate with dc1's CA, for its own names and addresses.
+    csr = deployment.dc2.one_named("tls:index/certRequest:CertRequest", "dc2-tls")
+    out = deployment.dc2.outputs
+    assert "mail.example.com" in csr.inputs["dnsNames"]
+    assert "dc2-svr1.example.com" in csr.inputs["dnsNames"]
+    assert out["sharedIpv4"] in csr.inputs["ipAddresses"]
+    assert out["nodes"]["dc2-svr2"]["privateIpv4"] in csr.inputs["ipAddresses"]
+    signed = deployment.dc2.one_named("tls:index/locallySignedCert:LocallySignedCert", "dc2-tls")
+    assert is_wrapped_secret(signed.inputs["caPrivateKeyPem"])
+    assert unwrap(signed.inputs["caPrivateKeyPem"]) == deployment.dc1.outputs["clusterCaKey"]
+
+
+@pytest.mark.parametrize("which", ["dc1", "dc2"])
+def test_generated_secrets_never_in_a_plain_input(deployment: Deployment, which: str) -> None:
+    result = deployment.dc1 if which == "dc1" else deployment.dc2
+    material = secrets_of(deployment.dc1)
+    needles = [*_generated_passwords(deployment.dc1), material.dkim_private_key_pem.splitlines()[1]]
+    needles.append(deployment.dc1.outputs["clusterCaKey"].splitlines()[1])
+    needles += [r.state["privateKeyPemPkcs8"].splitlines()[1] for r in result.resources
+                if r.typ == "tls:index/privateKey:PrivateKey"]  # fmt: skip
+    seen_in_secret = False
+    for res in result.resources:
+        if res.typ == "pulumi:pulumi:StackReference":
+            continue
+        for text in plain_strings(res.inputs):
+            for needle in needles:
+                assert needle not in text, f"{res.typ} {res.name} holds a secret in clear"
+        seen_in_secret |= any(n in str(unwrap(res.inputs)) for n in needles)
+    # The check above is not vacuous: the secrets do reach the hosts, inside secrets.
+    assert seen_in_secret
+
+
+def test_root_password_is_set_only_when_given_and_stays_secret() -> None:
+    for inst in variant_run().of_type("instance:Instance"):
+        assert is_wrapped_secret(inst.inputs["rootPass"])
+        assert unwrap(inst.inputs["rootPass"]) == ROOT_PASSWORD
+        assert ROOT_PASSWORD not in list(plain_strings(inst.inputs))
+
+
+# -- peer ----------------------------------------------------------------------------------------
+def test_dc2_references_the_configured_peer_stack(deployment: Deployment) -> None:
+    ref = deployment.dc2.one("pulumi:pulumi:StackReference")
+    assert ref.name == read_stack_config("dc2")["peerStack"] == "dc1"
+    ref1 = deployment.dc1.one("pulumi:pulumi:StackReference")
+    assert ref1.name == read_stack_config("dc1")["peerStack"]
+
+
+def test_dc2_without_dc1_outputs_fails_clearly() -> None:
+    with pytest.raises(Exception, match=r"pulumi up -s dc1"):
+        run_stack("dc2", read_stack_config("dc2"), {})
+
+
+def test_stack_without_peer_declares_no_reference() -> None:
+    raw = {**read_stack_config("dc1"), "peerStack": ""}
+    result = run_stack("dc1", raw)
+    assert not result.of_type("pulumi:pulumi:StackReference")
+    assert result.outputs["topologyDcs"] == ["dc1"]
+
+
+# -- outputs --------------------------------------------------------------------------------------
+def test_outputs(stack: tuple[str, Result]) -> None:
+    dc, result = stack
+    out = result.outputs
+    assert out["activeDc"] == "dc1"
+    assert out["webmailUrl"] == "https://mail.example.com/"
+    assert out["adminUrl"] == "https://mail.example.com/postfixadmin/"
+    assert out["hostnames"] == [f"{dc}-svr1.example.com", f"{dc}-svr2.example.com"]
+    instances = {i.inputs["label"]: i for i in result.of_type("instance:Instance")}
+    for node, inst in instances.items():
+        exported = out["nodes"][node]
+        assert exported["publicIpv4"] == inst.state["ipAddress"]
+        assert exported["privateIpv4"] == inst.state["privateIpAddress"]
+        assert exported["publicIpv6"] == inst.state["ipv6"].split("/")[0]
+        assert exported["hostname"] == f"{node}.example.com"
+    assert out["addresses"]["sharedIpv4"] == out["sharedIpv4"]
+
+
+# -- DNS ----------------------------------------------------------------------------------------
+def _rdns(result: Result) -> dict[str, str]:
+    return {str(r.inputs["address"]): str(r.inputs["rdns"]) for r in result.of_type("Rdns")}
+
+
+def _commands(result: Result) -> list[Registered]:
+    return result.of_type("remote:Command")
+
+
+def test_rdns_matches_forward_names_after_provisioning(deployment: Deployment) -> None:
+    result = deployment.dc1
+    out = result.outputs
+    expected = {out["sharedIpv4"]: "mail.example.com"}
+    for node, addr in out["nodes"].items():
+        expected[addr["publicIpv4"]] = f"{node}.example.com"
+        expected[addr["publicIpv6"]] = f"{node}.example.com"
+    assert _rdns(result) == expected
+    command_urns = {c.urn for c in _commands(result)}
+    for rec in result.of_type("Rdns"):
+        assert rec.inputs["waitForAvailable"] is True
+        # Ordered after every provisioning step: our own BIND serves the forward names.
+        assert command_urns <= set(rec.dependencies)
+
+
+def test_standby_rdns_waits_until_the_active_dc_serves_its_names(deployment: Deployment) -> None:
+    # dc2's first up: dc1's outputs show it rendered only dc1, so no PTR can resolve yet.
+    assert deployment.dc1_first.outputs["topologyDcs"] == ["dc1"]
+    assert _rdns(deployment.dc2) == {}
+    # After dc1's second up dc1 serves dc2's names: dc2's next up sets its PTRs.
+    again = run_stack("dc2", read_stack_config("dc2"), deployment.dc1.peer_view())
+    names = _rdns(again)
+    assert names[again.outputs["sharedIpv4"]] == "dc2.example.com"
+    assert len(names) == 5
+
+
+def test_linode_secondary_zone_follows_the_bind_servers(deployment: Deployment) -> None:
+    result = variant_run()
+    zone = result.one("domain:Domain")
+    assert zone.inputs["type"] == "slave" and zone.inputs["domain"] == "example.com"
+    own, peer = result.outputs["addresses"], deployment.dc2.outputs["addresses"]
+    masters = [own["sharedIpv4"], *(n["publicIpv4"] for n in own["nodes"].values())]
+    standby = [peer["sharedIpv4"], *(n["publicIpv4"] for n in peer["nodes"].values())]
+    assert zone.inputs["masterIps"] == masters + standby  # the active DC's masters first
+    # dc2 never declares the account-wide zone: dc1's stack owns it.
+    raw2 = {**read_stack_config("dc2"), "linodeSecondaryDns": True, "provision": False}
+    assert not run_stack("dc2", raw2, deployment.dc1.peer_view()).of_type("domain:Domain")
+    assert not deployment.dc1.of_type("domain:Domain")
+
+
+def test_failover_is_a_config_change_of_dc2_alone(deployment: Deployment) -> None:
+    raw = {**read_stack_config("dc2"), "activeDc": "dc2"}
+    result = run_stack("dc2", raw, deployment.dc1.peer_view())
+    assert result.outputs["activeDc"] == "dc2"
+    # dc2 now serves mail and its own names: its PTRs follow at once, its VIP is mail.<domain>.
+    assert _rdns(result)[result.outputs["sharedIpv4"]] == "mail.example.com"
+    assert _commands(result)
+    # dc1 rejoins as the standby from dc2's outputs.
+    back = run_stack("dc1", {**read_stack_config("dc1"), "activeDc": "dc2"}, result.peer_view())
+    assert back.outputs["activeDc"] == "dc2" and _commands(back)
+    assert "clusterSecrets" in back.outputs  # dc1 keeps owning the material
