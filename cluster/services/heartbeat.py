@@ -136,10 +136,10 @@ def _timings(ctx: HostContext) -> dict[str, Any]:
     return {
         "keepalive_ms": keepalive,
         "deadtime_ms": deadtime,
-        # warntime between keepalive and deadtime; initdead at least twice deadtime (Heartbeat's
-        # own rule) and a few seconds, so two nodes booting together find each other first.
+        # warntime between keepalive and deadtime; initdead at least twice deadtime and 10 s
+        # (Heartbeat warns below that), so two nodes booting together find each other first.
         "warntime_ms": max(keepalive, deadtime // 2),
-        "initdead_ms": max(2 * deadtime, 4000),
+        "initdead_ms": max(2 * deadtime, 10000),
     }
 
 
@@ -232,6 +232,7 @@ fi
         if ctx.platform == "linode":
             out.append(_lelastic_install_step())
             watched.append("heartbeat.lelastic")
+    wait_tenths = (_timings(ctx)["initdead_ms"] + 15000) // 100
     out.append(
         script_step(
             START_STEP,
@@ -244,12 +245,15 @@ else
   echo "{CHANGED_MARK} heartbeat started"
 fi
 touch {HB_MARK}
-# Wait (bounded) until Heartbeat has settled who holds the resources, so the reconcile step
-# after this one sees the answer rather than the transition.
-for _ in $(seq 1 300); do
-  case "$(cl_status rscstatus 2>/dev/null)" in local|all|foreign) break ;; esac
-  sleep 0.1
-done
+# svr1, the preferred holder, waits (bounded: initdead and a little) until Heartbeat gave it
+# the resources, so the reconcile step after this one sees the outcome, not the transition.
+# (measured: the first node holds the IP about initdead + 11 s after both started.)
+if [ {shlex.quote(node.slot)} = svr1 ]; then
+  for _ in $(seq 1 {wait_tenths}); do
+    {ROLE_SCRIPT} is-holder && break
+    sleep 0.1
+  done
+fi
 """,
             after=(HOSTNAME_STEP, ROLE_SCRIPT_STEP, "heartbeat.boot"),
             watch=tuple(watched),
