@@ -83,7 +83,9 @@ def test_same_inputs_same_digests(
         assert first == second
 
 
-def test_every_plan_packages_known(topologies: dict[str, Topology], secrets: ClusterSecrets) -> None:
+def test_every_plan_packages_known(
+    topologies: dict[str, Topology], secrets: ClusterSecrets
+) -> None:
     plan = build_host_plan(topologies["dc1"], "dc1-svr1", secrets)
     assert plan.ordered()[0].name == "packages"
     assert set(plan.packages) == set(all_packages())
