@@ -23,7 +23,7 @@ from typing import Any
 
 from cluster.config import ConfigError
 from cluster.hostplan import build_host_plan
-from cluster.lab.hosts import exec_in
+from cluster.lab.hosts import exec_in, run_step
 from cluster.lab.model import lab_topology
 from cluster.lab.paths import lab_dir
 from cluster.lab.run import LabError
@@ -153,6 +153,20 @@ def _recorded(host: str, rec: HostRecord) -> dict[str, str]:
     return out
 
 
+def _syslog_tail(host: str, rec: HostRecord, lines: int = 25) -> str:
+    """The host's last syslog lines: a daemon that failed to start says why there, not on the
+    step's stderr."""
+    try:
+        proc = exec_in(host, rec, ["tail", "-n", str(lines), "/var/log/syslog"], timeout=10)
+    except (LabError, OSError):
+        return ""
+    return (
+        f"\n--- last lines of {host}:/var/log/syslog ---\n{proc.stdout.rstrip()}"
+        if proc.stdout
+        else ""
+    )
+
+
 def _record(host: str, rec: HostRecord, step: Step, digest: str) -> None:
     name = marker_name(step.name)
     script = (
@@ -207,8 +221,13 @@ def apply_stack(
                 done[(host, step.name)].set()
                 continue
             t0 = time.monotonic()
-            proc = exec_in(host, rec, ["sh", "-c", step.command], input=step.stdin,
-                           timeout=STEP_TIMEOUT)  # fmt: skip
+            try:
+                proc = run_step(host, rec, step.command, step.stdin, STEP_TIMEOUT)
+            except LabError as e:
+                with lock:
+                    errors.append(f"step {step.name!r} failed on {host}: {e}")
+                failed.set()
+                return
             secs = time.monotonic() - t0
             with lock:
                 report.per_host_seconds[host] += secs
@@ -216,6 +235,7 @@ def apply_stack(
             if proc.returncode != 0:
                 # Never the stdin: it may be a secret. The script is in the plan, for all to read.
                 detail = (proc.stderr.strip() or proc.stdout.strip())[-4000:]
+                detail += _syslog_tail(host, rec)
                 with lock:
                     errors.append(
                         f"step {step.name!r} failed on {host} (exit {proc.returncode}):\n{detail}"

@@ -134,9 +134,16 @@ def _stamp() -> Path:
     return base_dir() / ".mailcluster-lab-base"
 
 
-def _ensure_tools() -> None:
-    missing = [t for t in ("debootstrap", "zstd") if shutil.which(t) is None]
+# What the lab runs on this machine, by the package that provides it.
+HOST_TOOLS = {"debootstrap": "debootstrap", "zstd": "zstd", "ip": "iproute2",
+              "unshare": "util-linux", "nsenter": "util-linux", "losetup": "mount"}  # fmt: skip
+
+
+def ensure_host_tools() -> None:
+    """Install what the lab needs on a fresh Debian 12 machine (the README's first command)."""
+    missing = sorted({pkg for tool, pkg in HOST_TOOLS.items() if shutil.which(tool) is None})
     if missing:
+        run(["apt-get", "update", "-q"], timeout=600)
         run(["apt-get", "install", "-y", "-q", *missing], timeout=600)
 
 
@@ -200,7 +207,7 @@ def _wipe(path: Path) -> None:
 
 def build(s: BaseSpec, progress: Progress) -> float:
     """Build the base for ``s`` into the cache (not into the lab). Returns seconds taken."""
-    _ensure_tools()
+    ensure_host_tools()
     t0 = time.monotonic()
     work = cache_dir() / f"build-{s.key}"
     _wipe(work)

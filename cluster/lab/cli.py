@@ -119,7 +119,16 @@ def cmd_exec(args: argparse.Namespace) -> int:
     rec = LabState.load().hosts.get(args.host, HostRecord())
     if not hosts.alive(rec):
         raise LabError(f"{args.host} is down")
-    return subprocess.run(hosts.nsenter_argv(rec, _split_cmd(args.cmd)), check=False).returncode
+    argv = hosts.nsenter_argv(rec, _split_cmd(args.cmd))
+    if sys.stdout.isatty():
+        return subprocess.run(argv, check=False).returncode
+    # Captured (a script, a test): through files, so a daemon the command starts cannot hold
+    # the caller's pipe open (see hosts.run_captured).
+    data = None if sys.stdin.isatty() else sys.stdin.read()
+    proc = hosts.run_captured(argv, stdin=data if data is not None else "")
+    sys.stdout.write(proc.stdout)
+    sys.stderr.write(proc.stderr)
+    return proc.returncode
 
 
 def cmd_client(args: argparse.Namespace) -> int:

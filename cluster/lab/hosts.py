@@ -13,6 +13,7 @@ import os
 import shlex
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +25,6 @@ from cluster.lab.state import HostRecord
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 INIT = "/usr/local/sbin/mailcluster-lab-init"
 BOOTED = "/run/mailcluster-lab-booted"
-DOMAIN_FILE = "domain"
 
 BOOT_SCRIPT = r"""
 set -euo pipefail
@@ -56,6 +56,8 @@ mount -t devpts -o newinstance,ptmxmode=0666,mode=0620,gid=5 devpts "$d/pts"
 ln -s pts/ptmx "$d/ptmx"
 mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs "$d/shm"
 mknod -m 660 "$d/disk/by-id/$volume" b "$vol_major" "$vol_minor"
+# A Debian system has /etc/mtab -> /proc/self/mounts (debootstrap's minbase leaves it out).
+[ -e "$root/etc/mtab" ] || ln -s ../proc/self/mounts "$root/etc/mtab"
 hostname "$host"
 echo "$host" > "$root/etc/hostname"
 printf '127.0.0.1\tlocalhost\n%s\t%s %s\n::1\tlocalhost ip6-localhost ip6-loopback\n' \
@@ -76,20 +78,21 @@ echo "=== boot $(date -Is)"
 # rsyslog in bookworm has no SysV script; it provides /dev/log for every daemon.
 rsyslogd || echo "rsyslogd failed"
 cron || echo "cron failed"
-# A reboot starts what packages enabled in runlevel 2, as Debian's boot does; heartbeat last,
-# as its takeover scripts drive the others. A fresh disk (the plan never applied) starts none:
-# on Linode the packages arrive with the plan, so the plan must start what it needs itself.
-if [ -d /var/lib/mailcluster/applied ]; then
-  hb=
-  for s in /etc/rc2.d/S*; do
-    [ -x "$s" ] || continue
-    case "$s" in *heartbeat) hb=$s; continue ;; esac
-    timeout 120 "$s" start || echo "$s start failed"
-  done
-  [ -n "$hb" ] && { timeout 120 "$hb" start || echo "$hb start failed"; }
-else
-  echo "first boot: no services until the plan applies"
-fi
+# Start what packages enabled in runlevel 2, as Debian's boot does, and as apt's postinst
+# scripts have done on a Linode by the time the plan's later steps run (the lab bakes the
+# packages into its base instead of installing them). named goes late: until the plan sets
+# `recursion no`, a stock named would make every lookup wait for an internet that the lab does
+# not have; heartbeat goes last, as its takeover scripts drive the others.
+late=
+for s in /etc/rc2.d/S*; do
+  [ -x "$s" ] || continue
+  case "$s" in
+    *named | *bind9) late="$s $late"; continue ;;
+    *heartbeat) late="$late $s"; continue ;;
+  esac
+  timeout 120 "$s" start || echo "$s start failed"
+done
+for s in $late; do timeout 120 "$s" start || echo "$s start failed"; done
 touch /run/mailcluster-lab-booted
 echo "=== up $(date -Is)"
 trap 'exit 0' TERM INT
@@ -233,7 +236,50 @@ def exec_in(
 ) -> subprocess.CompletedProcess[str]:
     if not alive(rec):
         raise LabError(f"{host} is down")
-    return subprocess.run(
-        nsenter_argv(rec, argv), input=input, capture_output=True, text=True, timeout=timeout,
-        check=False,
-    )  # fmt: skip
+    # Never the caller's terminal: a probe must not read what the user types.
+    return run_captured(nsenter_argv(rec, argv), stdin=input or "", timeout=timeout)
+
+
+def run_captured(
+    argv: Sequence[str], *, stdin: str | None = None, timeout: float | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run and capture output through unlinked files, not pipes.
+
+    In the lab `service X start` runs the SysV script, so the daemon inherits the caller's
+    stdout/stderr; on a systemd node (Linode) systemd starts it with its own. With pipes we would
+    wait for a daemon to exit before seeing EOF (and a daemon writing to a pipe we closed would
+    die of SIGPIPE); a file it may keep open for ever costs nothing.
+    """
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.PIPE if stdin is not None else None,
+            stdout=out, stderr=err,
+        )  # fmt: skip
+        if stdin is not None:
+            assert proc.stdin is not None
+            try:
+                proc.stdin.write(stdin.encode())
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass  # the command did not read all of its stdin: its business
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise LabError(f"{argv[-1][:60]!r} timed out after {timeout:.0f}s") from None
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(
+            list(argv), rc, out.read().decode(errors="replace"), err.read().decode(errors="replace")
+        )
+
+
+def run_step(
+    host: str, rec: HostRecord, command: str, stdin: str, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """Run a plan step's command line in the host, as `remote.Command` runs it over SSH."""
+    if not alive(rec):
+        raise LabError(f"{host} is down")
+    return run_captured(nsenter_argv(rec, ["sh", "-c", command]), stdin=stdin, timeout=timeout)

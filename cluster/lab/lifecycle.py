@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -38,6 +41,7 @@ def up_machines(progress: Progress) -> LabState:
     """Base, network and the four hosts, reusing whatever already runs."""
     if not base.environment_ok():
         raise LabError("the lab needs root (namespaces, mounts, loop devices)")
+    base.ensure_host_tools()
     with locked() as state:
         running = [h for h in HOSTS if h in state.hosts and hosts.alive(state.hosts[h])]
         want = base.spec()
@@ -99,9 +103,9 @@ def _check_host(host: str) -> None:
 def _kill_namespace_processes(ns: str) -> None:
     """Whatever still runs in one of our network namespaces is ours (a client command, a
     launcher): kill it by pid, never by name."""
-    pids = run(["ip", "netns", "pids", ns], check=False).stdout.split()
-    for pid in pids:
-        run(["kill", "-9", pid], check=False)
+    for pid in run(["ip", "netns", "pids", ns], check=False).stdout.split():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), signal.SIGKILL)
 
 
 def down(progress: Progress) -> list[str]:

@@ -114,6 +114,7 @@ def collect(state: LabState) -> dict[str, Any]:
             "active": holder,
             "cut": dc in state.cut,
             "config_active_dc": stack_topology(state, dc).active_dc,
+            "overrides": state.sets.get(dc, {}),  # `apply --stack dc --set k=v`, kept
             "hosts": {},
         }
         for host in (h for h in HOSTS if h.startswith(dc + "-")):
@@ -143,9 +144,12 @@ def render_text(data: dict[str, Any]) -> str:
             state = "up" if h["up"] else "DOWN"
             if h["cut"]:
                 state += " (cable cut)"
+            role = h.get("role")
+            role_name = role.get("role") if isinstance(role, dict) else None
             lines.append(
                 f"  {host:9} {state:5} public {h['public_ip']:15} private {h['private_ip']:13}"
                 f" {'[shared IP] ' if h['holds_shared_ip'] else ''}"
+                f"{f'role {role_name}; ' if role_name else ''}"
                 f"services: {', '.join(h['services']) or '-'}"
             )
             if h.get("replication"):

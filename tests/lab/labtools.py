@@ -29,6 +29,7 @@ class Lab:
             [sys.executable, "-m", "cluster.lab", "-q", *args],
             cwd=REPO,
             input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+from pathlib import Path
 
 from labtools import Lab
 
@@ -81,6 +83,9 @@ def test_nothing_reaches_this_machines_network() -> None:
     routes = subprocess.run(["ip", "route"], capture_output=True, text=True).stdout
     for net in LAB_NETS:
         assert net not in routes
+    # The hosts' mounts (overlay, /proc, volumes) live in their private mount namespaces.
+    lab_dir = os.environ.get("MAILCLUSTER_LAB_DIR", "/var/lib/mailcluster-lab")
+    assert lab_dir not in Path("/proc/self/mountinfo").read_text()
 
 
 def test_lab_namespaces_have_only_their_own_links(lab: Lab) -> None:
@@ -121,3 +126,15 @@ def test_up_again_reuses_everything(lab: Lab) -> None:
     assert "0 steps run" in out
     after = {h: lab.exec(h, "cat", "/proc/1/stat").stdout.split()[21] for h in HOSTS}
     assert before == after  # same PID 1 start times: nothing was restarted
+
+
+def test_set_is_validated_and_kept_per_stack(lab: Lab) -> None:
+    dc1_before = lab.status()["dcs"]["dc1"]["overrides"]
+    bad = lab.run("apply", "--stack", "dc2", "--set", "activeDc=dc3", check=False)
+    assert bad.returncode != 0 and "mailcluster:activeDc" in bad.stderr
+    assert "activeDc" not in lab.status()["dcs"]["dc2"]["overrides"]
+    ttl = lab.status()["dcs"]["dc2"]["overrides"].get("dnsTtl", 300)  # the default: no change
+    out = lab.run("apply", "--stack", "dc2", "--set", f"dnsTtl={ttl}").stdout
+    assert re.search(r"^apply: 0 steps run", out, re.M), out
+    assert lab.status()["dcs"]["dc2"]["overrides"]["dnsTtl"] == ttl
+    assert lab.status()["dcs"]["dc1"]["overrides"] == dc1_before  # the other stack's own

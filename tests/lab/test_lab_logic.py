@@ -1,0 +1,75 @@
+"""The lab's pure logic (no namespaces needed): the applier's order, --set parsing, base keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cluster.lab import base
+from cluster.lab.apply import global_order, marker_name, parse_sets
+from cluster.lab.run import LabError
+from cluster.plan import HostPlan, script_step
+
+
+def _plan(host: str, *steps: tuple[str, tuple[tuple[str, str], ...]]) -> HostPlan:
+    plan = HostPlan(host)
+    for name, remote in steps:
+        plan.add(script_step(name, "true\n", after_remote=remote))
+    return plan
+
+
+def test_global_order_waits_for_remote_steps() -> None:
+    plans = {
+        "a": _plan("a", ("db", ()), ("grant", ())),
+        "b": _plan("b", ("replica", (("a", "grant"),)), ("done", ())),
+    }
+    order = [(h, s.name) for h, s in global_order(plans)]
+    assert order.index(("a", "grant")) < order.index(("b", "replica"))
+    assert order.index(("b", "replica")) < order.index(("b", "done"))
+    assert len(order) == 4
+
+
+def test_global_order_ignores_steps_of_the_other_stack() -> None:
+    plans = {"a": _plan("a", ("x", (("dc2-svr1", "whatever"),)))}
+    assert [s.name for _, s in global_order(plans)] == ["x"]
+
+
+def test_global_order_finds_cross_host_cycles() -> None:
+    plans = {
+        "a": _plan("a", ("x", (("b", "y"),))),
+        "b": _plan("b", ("y", (("a", "x"),))),
+    }
+    with pytest.raises(LabError, match="cycle"):
+        global_order(plans)
+
+
+def test_set_values_are_typed_like_pulumi_config() -> None:
+    assert parse_sets(["activeDc=dc2", "heartbeatDeadtimeMs=500", "imapPlaintext=true"]) == {
+        "activeDc": "dc2",
+        "heartbeatDeadtimeMs": 500,
+        "imapPlaintext": True,
+    }
+    with pytest.raises(LabError):
+        parse_sets(["activeDc"])
+
+
+def test_marker_names_are_plain_file_names() -> None:
+    assert marker_name("file:/etc/postfix/main.cf") == "file__etc_postfix_main.cf"
+
+
+def test_mirror_is_read_from_apt_sources(tmp_path: Path) -> None:
+    sources = tmp_path / "debian.sources"
+    sources.write_text(
+        "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n\n"
+        "Types: deb\n# a comment\nURIs: http://mirror.example/debian\n"
+        "Suites: bookworm bookworm-updates\nComponents: main\n"
+    )
+    assert base.apt_mirror(sources) == "http://mirror.example/debian"
+
+
+def test_base_key_follows_the_package_list() -> None:
+    a = base.BaseSpec("http://m/debian", ("postfix", "rsyslog"))
+    b = base.BaseSpec("http://m/debian", ("postfix", "rsyslog", "dovecot-core"))
+    assert a.key != b.key and a.recipe_key == b.recipe_key
+    assert set(base.LAB_PACKAGES) <= set(base.spec().packages)
