@@ -68,17 +68,8 @@ def parse_sets(pairs: list[str]) -> dict[str, Any]:
 
 
 def sans(topo: Topology, dc: str) -> list[str]:
-    """Names a data centre's certificate answers for: what users type and the nodes' names."""
-    d = topo.domain
-    return [
-        topo.mail_host,
-        f"webmail.{d}",
-        f"mta-sts.{d}",
-        f"autoconfig.{d}",
-        f"{dc}.{d}",
-        *(n.fqdn for n in topo.dc_nodes(dc)),
-        topo.shared_ip(dc),
-    ]
+    """The same names and addresses the Pulumi program puts in a data centre's certificate."""
+    return topo.certificate_names(dc)
 
 
 def ca_file() -> Path:

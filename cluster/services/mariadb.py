@@ -101,7 +101,12 @@ def steps(ctx: HostContext) -> list[Step]:
         # (a restart is a database outage and brings read_only back until the role step).
         script_step(
             SERVICE_STEP,
-            f"""if mysqladmin --protocol=socket -uroot ping >/dev/null 2>&1; then
+            # Binary and relay logs live in /var/log/mysql (Debian's commented default), which
+            # the package does not create.
+            f"""if [ ! -d /var/log/mysql ]; then
+  install -d -o mysql -g adm -m 2750 /var/log/mysql
+fi
+if mysqladmin --protocol=socket -uroot ping >/dev/null 2>&1; then
   service mariadb restart >/dev/null
   echo "{CHANGED_MARK} mariadb restarted"
 else

@@ -79,8 +79,11 @@ def steps(ctx: HostContext) -> list[Step]:
         "rspamd.reload",
         """rspamadm configtest -q
 if [ -e /run/rspamd/rspamd.pid ] && kill -0 "$(cat /run/rspamd/rspamd.pid)" 2>/dev/null; then
-  service rspamd reload >/dev/null
-  echo "mailcluster: changed rspamd reloaded"
+  # Restart, not reload: a reload re-binds changed worker sockets while the old workers hold
+  # them ("Address already in use") and rspamd dies. A restart is no mail outage: Postfix
+  # accepts without the milter while it is away (milter_default_action = accept).
+  service rspamd restart >/dev/null
+  echo "mailcluster: changed rspamd restarted"
 else
   service rspamd start >/dev/null
   echo "mailcluster: changed rspamd started"
