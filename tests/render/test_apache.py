@@ -10,26 +10,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from rendertools import files
 
-from cluster.hostplan import build_host_plan
 from cluster.material import ClusterSecrets
 from cluster.plan import HostPlan
 from cluster.services import apache, postfixadmin
 from cluster.topology import Topology
-
-NODES = [("dc1", "dc1-svr1"), ("dc1", "dc1-svr2"), ("dc2", "dc2-svr1"), ("dc2", "dc2-svr2")]
-
-
-@pytest.fixture(params=NODES, ids=[n for _, n in NODES])
-def plan(
-    request: pytest.FixtureRequest, topologies: dict[str, Topology], secrets: ClusterSecrets
-) -> tuple[Topology, HostPlan]:
-    stack, node = request.param
-    return topologies[stack], build_host_plan(topologies[stack], node, secrets, "lab")
-
-
-def files(plan: HostPlan) -> dict[str, str]:
-    return {f.path: f.content for f in plan.files}
 
 
 def run(*args: str, env: dict[str, str] | None = None, stdin: str | None = None) -> str:

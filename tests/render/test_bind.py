@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from rendertools import files
 
 from cluster.hostplan import build_host_plan
 from cluster.lab.model import lab_topology
@@ -18,17 +19,11 @@ from cluster.plan import CHANGED_MARK, HostPlan
 from cluster.services import bind
 from cluster.topology import Topology
 
-NODES = [("dc1", "dc1-svr1"), ("dc1", "dc1-svr2"), ("dc2", "dc2-svr1"), ("dc2", "dc2-svr2")]
-
 
 def run(*args: str, env: dict[str, str] | None = None) -> str:
     proc = subprocess.run(args, capture_output=True, text=True, check=False, env=env)
     assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout}{proc.stderr}"
     return proc.stdout
-
-
-def files(plan: HostPlan) -> dict[str, str]:
-    return {f.path: f.content for f in plan.files}
 
 
 def zone_script(tmp: Path, plan: HostPlan) -> Path:
@@ -46,14 +41,6 @@ def make_zone(script: Path, body: str, zone: Path, origin: str) -> tuple[str, in
         run("named-checkzone", "-D", "-o", "-", origin, str(zone)).split("SOA")[1].split()[2]
     )
     return out, serial
-
-
-@pytest.fixture(params=NODES, ids=[n for _, n in NODES])
-def plan(
-    request: pytest.FixtureRequest, topologies: dict[str, Topology], secrets: ClusterSecrets
-) -> tuple[Topology, HostPlan]:
-    stack, node = request.param
-    return topologies[stack], build_host_plan(topologies[stack], node, secrets, "lab")
 
 
 @pytest.mark.checkers

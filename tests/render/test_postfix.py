@@ -8,22 +8,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from rendertools import NODES, write_tree
 
 from cluster.hostplan import build_host_plan
 from cluster.material import ClusterSecrets
 from cluster.plan import HostPlan
 from cluster.services import postfix
 from cluster.topology import Topology
-
-NODES = [("dc1", "dc1-svr1"), ("dc1", "dc1-svr2"), ("dc2", "dc2-svr1"), ("dc2", "dc2-svr2")]
-
-
-def write_tree(plan: HostPlan, root: Path) -> Path:
-    for spec in plan.files:
-        target = root / spec.path.lstrip("/")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(spec.content)
-    return root
 
 
 def run(*args: str) -> str:

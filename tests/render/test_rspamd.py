@@ -9,22 +9,12 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from rendertools import NODES, write_tree
 
 from cluster.hostplan import build_host_plan
 from cluster.material import ClusterSecrets
-from cluster.plan import HostPlan
 from cluster.services import rspamd
 from cluster.topology import DKIM_SELECTOR, Topology
-
-NODES = [("dc1", "dc1-svr1"), ("dc1", "dc1-svr2"), ("dc2", "dc2-svr1"), ("dc2", "dc2-svr2")]
-
-
-def write_tree(plan: HostPlan, root: Path) -> Path:
-    for spec in plan.files:
-        target = root / spec.path.lstrip("/")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(spec.content)
-    return root
 
 
 def rspamadm(local_confdir: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from rendertools import NODES
 
 from cluster.hostplan import build_host_plan
 from cluster.lab.model import lab_topology
@@ -17,8 +18,6 @@ from cluster.material import PASSWORD_FIELDS, ClusterSecrets
 from cluster.render import render
 from cluster.services import storage, tls
 from cluster.topology import Topology
-
-NODES = [("dc1", "dc1-svr1"), ("dc1", "dc1-svr2"), ("dc2", "dc2-svr1"), ("dc2", "dc2-svr2")]
 
 
 def secret_strings(secrets: ClusterSecrets) -> dict[str, str]:
