@@ -178,6 +178,19 @@ echo "{CHANGED_MARK} installed ${{missing[*]}}"
     return Step(name="packages", script=script)
 
 
+def restart_or_start(service: str) -> str:
+    """Script text: restart ``service`` if it runs (its settings changed), else start it. For
+    daemons without a reload; the caller's step ``watch``es the files that make this needed."""
+    return f"""if service {service} status >/dev/null 2>&1; then
+  service {service} restart >/dev/null
+  echo "{CHANGED_MARK} {service} restarted"
+else
+  service {service} start >/dev/null
+  echo "{CHANGED_MARK} {service} started"
+fi
+"""
+
+
 def script_step(
     name: str,
     script: str,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from cluster.plan import CHANGED_MARK, Step, script_step
+from cluster.plan import Step, restart_or_start, script_step
 
 if TYPE_CHECKING:
     from cluster.hostplan import HostContext
@@ -35,14 +35,7 @@ def steps(ctx: HostContext) -> list[Step]:
         # mailgraph has no reload: restart it when its settings changed, start it when stopped.
         script_step(
             "mailgraph.service",
-            f"""if service mailgraph status >/dev/null 2>&1; then
-  service mailgraph restart >/dev/null
-  echo "{CHANGED_MARK} mailgraph restarted"
-else
-  service mailgraph start >/dev/null
-  echo "{CHANGED_MARK} mailgraph started"
-fi
-""",
+            restart_or_start("mailgraph"),
             watch=(default.name,),
         ),
     ]

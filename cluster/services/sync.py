@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from cluster.plan import CHANGED_MARK, Step, script_step
+from cluster.plan import Step, restart_or_start, script_step
 from cluster.services.heartbeat import ROLE_SCRIPT_STEP
 
 if TYPE_CHECKING:
@@ -42,14 +42,7 @@ def steps(ctx: HostContext) -> list[Step]:
         # /etc/default/rsync needs the init script.
         script_step(
             "sync.rsyncd",
-            f"""if service rsync status >/dev/null 2>&1; then
-  service rsync restart >/dev/null
-  echo "{CHANGED_MARK} rsync daemon restarted"
-else
-  service rsync start >/dev/null
-  echo "{CHANGED_MARK} rsync daemon started"
-fi
-""",
+            restart_or_start("rsync"),
             after=(conf.name, secrets.name),
             watch=(default.name,),
         ),
