@@ -12,6 +12,7 @@ import argparse
 import email.message
 import imaplib
 import json
+import os
 import smtplib
 import ssl
 import sys
@@ -153,6 +154,122 @@ def bulk(a: argparse.Namespace) -> dict[str, Any]:
             "per_second": sent / total, "imap": seen}  # fmt: skip
 
 
+def _submit_one(a: argparse.Namespace, subject: str) -> tuple[bool, int | None, str]:
+    """One message in its own session (a client that reconnects after a failover)."""
+    try:
+        with smtplib.SMTP(a.host, a.port, local_hostname="client.example.net",
+                          timeout=a.session_timeout) as s:  # fmt: skip
+            s.ehlo()
+            s.starttls(context=_ctx(a.ca))
+            s.ehlo()
+            s.login(a.user, a.password)
+            refused = s.send_message(_message(a.user, a.to or a.user, subject), a.user,
+                                     [a.to or a.user])  # fmt: skip
+        return not refused, None, ""
+    except (OSError, smtplib.SMTPException) as e:
+        code = getattr(e, "smtp_code", None)
+        if isinstance(e, smtplib.SMTPRecipientsRefused):
+            code = next(iter(e.recipients.values()))[0]
+        return False, code, f"{type(e).__name__}: {e}"
+
+
+def stream(a: argparse.Namespace) -> dict[str, Any]:
+    """A steady sender over submission: one message every ``1/rate`` s for ``seconds`` s (or
+    until the file ``--stop`` exists), each in its own session. Reports exactly which messages
+    got a 250 (acked) and the SMTP codes of the others."""
+    acked: list[str] = []
+    failed: list[dict[str, Any]] = []
+    t0 = time.monotonic()
+    i = 0
+    while time.monotonic() - t0 < a.seconds:
+        if a.stop and os.path.exists(a.stop):
+            break
+        subject = f"{a.subject} {i:05d}"
+        t = time.monotonic()
+        ok, code, err = _submit_one(a, subject)
+        if ok:
+            acked.append(subject)
+        else:
+            failed.append({"subject": subject, "code": code, "error": err[:200],
+                           "at": round(t - t0, 3)})  # fmt: skip
+        i += 1
+        time.sleep(max(0.0, 1.0 / a.rate - (time.monotonic() - t)))
+    # 5xx would be a message refused for good: a failover may only ever cause retries.
+    permanent = [f for f in failed if isinstance(f["code"], int) and f["code"] >= 500]
+    return {"ok": not permanent, "sent": i, "acked": acked, "failed": failed,
+            "permanent": permanent}  # fmt: skip
+
+
+def subjects(a: argparse.Namespace) -> dict[str, Any]:
+    """The subjects starting with ``subject`` in INBOX, once ``count`` are there (or timeout)."""
+    t0 = time.monotonic()
+    found: set[str] = set()
+    last = ""
+    while True:
+        try:
+            conn = _imap(a)
+            try:
+                found = _subjects(conn, a.subject)
+            finally:
+                conn.logout()
+            if len(found) >= a.count:
+                break
+        except (OSError, imaplib.IMAP4.error) as e:
+            last = f"{type(e).__name__}: {e}"
+        if time.monotonic() - t0 > a.timeout:
+            break
+        time.sleep(a.interval)
+    return {"ok": len(found) >= a.count, "subjects": sorted(found), "error": last,
+            "seconds": time.monotonic() - t0}  # fmt: skip
+
+
+def _banner(host: str, port: int, timeout: float) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            return sock.recv(64).startswith(b"220")
+    except OSError:
+        return False
+
+
+def probe(a: argparse.Namespace) -> dict[str, Any]:
+    """From now on, a new attempt every ``interval`` s (each in its own thread, so one attempt
+    hanging on a dead address does not delay the next): the wall-clock time (time.time(), which
+    the lab's namespaces share with the caller) when the first SMTP 220 banner arrived, and when
+    the first IMAPS login worked."""
+    import threading
+
+    found: dict[str, float] = {}
+    lock = threading.Lock()
+
+    def smtp_try() -> None:
+        if _banner(a.host, a.smtp_port, 2.0):
+            with lock:
+                found.setdefault("smtp", time.time())
+
+    def imap_try() -> None:
+        try:
+            _imap(a).logout()
+        except (OSError, imaplib.IMAP4.error):
+            return
+        with lock:
+            found.setdefault("imap", time.time())
+
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < a.timeout:
+        with lock:
+            if "smtp" in found and ("imap" in found or not a.user):
+                break
+            want = [f for k, f in (("smtp", smtp_try), ("imap", imap_try))
+                    if k not in found and (k == "smtp" or a.user)]  # fmt: skip
+        for f in want:
+            threading.Thread(target=f, daemon=True).start()
+        time.sleep(a.interval)
+    return {"ok": "smtp" in found, "smtp_at": found.get("smtp"), "imap_at": found.get("imap")}
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python3 -m cluster.lab.clientlib")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -199,6 +316,28 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=float, default=300)
     s.add_argument("--interval", type=float, default=0.5)
     s.set_defaults(func=bulk)
+    s = sub.add_parser("stream")
+    common(s, 587)
+    s.add_argument("--to", default="")
+    s.add_argument("--subject", required=True)
+    s.add_argument("--seconds", type=float, default=30)
+    s.add_argument("--rate", type=float, default=5)
+    s.add_argument("--stop", default="")
+    s.add_argument("--session-timeout", type=float, default=10)
+    s.set_defaults(func=stream)
+    s = sub.add_parser("subjects")
+    common(s, 993)
+    s.add_argument("--subject", required=True)
+    s.add_argument("--count", type=int, default=1)
+    s.add_argument("--timeout", type=float, default=30)
+    s.add_argument("--interval", type=float, default=0.5)
+    s.set_defaults(func=subjects)
+    s = sub.add_parser("probe")
+    common(s, 993)
+    s.add_argument("--smtp-port", type=int, default=25)
+    s.add_argument("--timeout", type=float, default=60)
+    s.add_argument("--interval", type=float, default=0.02)
+    s.set_defaults(func=probe)
     return p
 
 

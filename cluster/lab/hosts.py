@@ -78,6 +78,9 @@ echo "=== boot $(date -Is)"
 # rsyslog in bookworm has no SysV script; it provides /dev/log for every daemon.
 rsyslogd || echo "rsyslogd failed"
 cron || echo "cron failed"
+# Local filesystems from /etc/fstab (the mail volume), as systemd mounts them on a Linode: a
+# rebooted host must find its maildirs, not an empty /srv/mail.
+mount -a -t nonfs,nocifs || echo "mount -a failed"
 # Start what packages enabled in runlevel 2, as Debian's boot does, and as apt's postinst
 # scripts have done on a Linode by the time the plan's later steps run (the lab bakes the
 # packages into its base instead of installing them). named goes late: until the plan sets

@@ -40,7 +40,9 @@ SQL_CONF = "/etc/dovecot/dovecot-sql.conf.ext"
 SECRETS_CONF = "/etc/dovecot/mailcluster-secrets.conf.ext"
 DSYNC_SCRIPT = "/usr/local/sbin/mailcluster-dsync"
 DSYNC_CRON = "/etc/cron.d/mailcluster-dsync"
-REPLICATION_SYNC_TIMEOUT = "2s"
+# Whole seconds: the replication plugin parses a plain number ("2s" is rejected at delivery time
+# with "Invalid replication_sync_timeout value", which silently made replication asynchronous).
+REPLICATION_SYNC_TIMEOUT = "2"
 DSYNC_INTERVAL_S = 15
 DSYNC_TIMEOUT_S = 50
 

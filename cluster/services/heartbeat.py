@@ -12,6 +12,11 @@
   nodes that lost each other the one that also lost its uplink gives the resources up. The other
   data centre's shared IP would be a worse ping node: when that data centre is down both nodes
   lose it and ipfail can no longer tell them apart.
+- ipfail only acts while the two nodes talk. For the case it misses (a node lost its peer AND
+  its uplink), Heartbeat respawns ``/usr/local/sbin/mailcluster-guard``, which fences such a node:
+  Heartbeat stopped (shared IP released, demoted, Postfix stopped) until the uplink returns, then
+  started again as the standby. The guard waits ``max(1 s, deadtime)`` after Heartbeat declared
+  the peer dead, so the surviving node has taken over by the time the isolated one lets go.
 - After the IP, Heartbeat runs ``/etc/ha.d/resource.d/mailcluster`` ->
   ``/usr/local/sbin/mailcluster-role promote|demote|status``. Before Heartbeat starts on a node,
   ``/etc/ha.d/resource.d/startstop pre-start`` demotes it, so a rebooted old master never
@@ -33,16 +38,31 @@ from cluster.plan import CHANGED_MARK, STATE_DIR, Step, script_step
 if TYPE_CHECKING:
     from cluster.hostplan import HostContext
 
-PACKAGES: tuple[str, ...] = ("heartbeat", "iproute2", "bsdutils", "util-linux", "curl")
+PACKAGES: tuple[str, ...] = (
+    "heartbeat",
+    "iproute2",
+    "iputils-ping",
+    "bsdutils",
+    "util-linux",
+    "curl",
+)
 
 CLUSTER_CONF = "/etc/mailcluster/cluster.conf"
 ROLE_SCRIPT = "/usr/local/sbin/mailcluster-role"
+GUARD_SCRIPT = "/usr/local/sbin/mailcluster-guard"
 CLUSTER_CONF_STEP = f"file:{CLUSTER_CONF}"
 ROLE_SCRIPT_STEP = f"file:{ROLE_SCRIPT}"
 HOSTNAME_STEP = "heartbeat.hostname"
 START_STEP = "heartbeat.start"
 RECONCILE_STEP = "heartbeat.reconcile"
 HB_MARK = f"{STATE_DIR}/heartbeat-started"
+# A fenced node rejoins once its uplink has answered this many seconds in a row (not at the
+# first echo of a flapping link).
+GUARD_REJOIN_S = 3
+# The master's MariaDB unanswered this long (a crash, or a stop without moving the role first)
+# hands the role to the peer: long enough for a restart by hand to not count, short enough that
+# senders see only a few 4xx.
+GUARD_DB_GRACE_MS = 3000
 BOOT_DROPIN = "/etc/systemd/system/heartbeat.service.d/mailcluster.conf"
 
 # Linode's lelastic release, pinned. The sha256 of lelastic.gz of that release: fill it in (or
@@ -167,6 +187,7 @@ fi
             interface=ctx.topology.dcs[node.dc].interface,
             node_names=sorted([node.name, ctx.peer.name]),
             ping_node=gateway(ctx),
+            guard=GUARD_SCRIPT,
             **_timings(ctx),
         ),
         ctx.file(
@@ -179,6 +200,15 @@ fi
         ),
         ctx.file("/etc/ha.d/resource.d/mailcluster", mode="0755"),
         ctx.file("/etc/ha.d/resource.d/startstop", mode="0755"),
+        ctx.file(
+            GUARD_SCRIPT,
+            mode="0755",
+            after=("packages", CLUSTER_CONF_STEP),
+            ping_node=gateway(ctx),
+            grace_ms=max(1000, ctx.config.heartbeat_deadtime_ms),
+            rejoin_s=GUARD_REJOIN_S,
+            db_grace_ms=GUARD_DB_GRACE_MS,
+        ),
         ctx.file(BOOT_DROPIN),
         # Postfix runs only where mailcluster-role starts it: never by itself at boot, or a
         # rebooted standby would accept mail next to the active node. (systemctl exists only on
@@ -205,6 +235,7 @@ fi
         "file:/etc/ha.d/haresources",
         "file:/etc/ha.d/resource.d/mailcluster",
         "file:/etc/ha.d/resource.d/startstop",
+        f"file:{GUARD_SCRIPT}",
     ]
     if bgp:
         vip = ctx.topology.shared_ip(node.dc)

@@ -58,7 +58,7 @@ def test_doveconf_accepts_config(
     assert "doveadm_password = # hidden" in config
     me = topo.node(node)
     assert f"mail_replica = tcps:{topo.peer(me).private_ipv4}:{dovecot.DOVEADM_PORT}" in config
-    assert "replication_sync_timeout = 2s" in config
+    assert "replication_sync_timeout = 2\n" in config
     assert "mail_location = maildir:/srv/mail/vmail/%d/%n" in config
     assert "ssl = required" in config
     assert doveconf(tmp_path, "-h", "ssl_min_protocol").strip() == "TLSv1.2"
