@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cluster.lab import base, hosts, net
 from cluster.lab.model import lab_topology
-from cluster.lab.paths import CLIENT_NS, DC_NAMES, HOSTS, host_ns, lab_dir
+from cluster.lab.paths import CLIENT_NS, DC_NAMES, HOSTS, ROUTER_NS, host_ns, lab_dir
 from cluster.lab.run import LabError, Progress, run
 from cluster.lab.state import HostRecord, LabState, locked
 
@@ -93,6 +93,21 @@ def cut(target: str, *, heal: bool) -> None:
             state.cut = [c for c in state.cut if c != target]
         elif target not in state.cut:
             state.cut.append(target)
+    if heal:
+        _settle(target)
+
+
+def _settle(target: str) -> None:
+    """A plugged cable carries traffic once both ends re-learnt each other's address (a host
+    that pinged its gateway in vain while cut holds a failed neighbour entry, so the first
+    packet after the heal could be lost): ping across it from the router, briefly."""
+    hosts_ = [h for h in HOSTS if h == target or h.startswith(f"{target}-")]
+    for host in hosts_:
+        public, _ = net.host_addresses(host)
+        for _ in range(3):
+            if run(["ip", "netns", "exec", ROUTER_NS, "ping", "-c", "1", "-W", "1", public],
+                   check=False).returncode == 0:  # fmt: skip
+                break
 
 
 def _check_host(host: str) -> None:

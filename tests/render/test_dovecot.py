@@ -93,7 +93,7 @@ def test_cross_dc_replication_only_from_active_dc(
     standby = build_host_plan(topologies["dc2"], "dc2-svr1", secrets, "lab")
     script = {f.path: f for f in active.files}[dovecot.DSYNC_SCRIPT].content
     for n in topologies["dc1"].dc_nodes("dc2"):
-        assert f"doveadm sync -A tcps:{n.public_ipv4}:{dovecot.DOVEADM_PORT}" in script
+        assert f"doveadm sync -A -T 30 -l 10 tcps:{n.public_ipv4}:{dovecot.DOVEADM_PORT}" in script
     assert topologies["dc1"].shared_ip("dc1") in script
     assert "doveadm sync" not in {f.path: f for f in standby.files}[dovecot.DSYNC_SCRIPT].content
     subprocess.run(["bash", "-n"], input=script, text=True, check=True)

@@ -37,7 +37,12 @@ def test_ha_cf(plan: tuple[Topology, HostPlan]) -> None:
     assert keep <= warn < dead and init >= 2 * dead
     # The ping node is the router of the node's own LAN (the lab router answers at .1).
     assert cf["ping"] == [node.public_ipv4.rsplit(".", 1)[0] + ".1"]
-    assert cf["respawn"] == ["hacluster", "/usr/libexec/heartbeat/ipfail"]
+    respawns = [d[1:] for d in directives(files(hp)["/etc/ha.d/ha.cf"]) if d[0] == "respawn"]
+    assert respawns == [
+        ["hacluster", "/usr/libexec/heartbeat/ipfail"],
+        # the split-brain guard (issue 5): fences a node that lost its peer and its uplink
+        ["root", "/usr/local/sbin/mailcluster-guard"],
+    ]
 
 
 def test_authkeys_secret_and_0600(plan: tuple[Topology, HostPlan], secrets: ClusterSecrets) -> None:
