@@ -50,6 +50,12 @@ def zone_file(domain: str) -> str:
     return f"{ZONE_DIR}/db.{domain}"
 
 
+def secondary_file(domain: str) -> str:
+    """A secondary's transferred copy: its own file, so named's late dump of it can never be
+    mistaken for (or overwrite) the primary zone this node writes when it is promoted."""
+    return f"{ZONE_DIR}/db.{domain}.secondary"
+
+
 def transfer_to(ctx: HostContext) -> list[str]:
     topo = ctx.topology
     addrs = [n.public_ipv4 for n in topo.dns_slaves]
@@ -96,7 +102,7 @@ def steps(ctx: HostContext) -> list[Step]:
         "/etc/bind/named.conf.local",
         group="bind",
         is_master=is_master,
-        zone_file=zfile,
+        zone_file=zfile if is_master else secondary_file(topo.domain),
         notify=[n.public_ipv4 for n in topo.dns_slaves],
         primaries=primaries(ctx),
     )
@@ -121,7 +127,8 @@ fi
             body,
             script_step(
                 "bind.zone",
-                f"{ZONE_SCRIPT} {BODY} {shlex.quote(zfile)} {shlex.quote(topo.domain)}\n",
+                f"{ZONE_SCRIPT} {BODY} {shlex.quote(zfile)} {shlex.quote(topo.domain)} "
+                f"{shlex.quote(secondary_file(topo.domain))}\n",
                 after=("bind.zone-dir", script.name),
                 # The serial script decides on its own whether the body changed; running it
                 # again when only the zone type changed (promotion) bumps the serial.

@@ -1,4 +1,4 @@
-"""HA drills (issue 5): what docs/FAILOVER.md promises, done to the lab and checked from outside.
+"""HA drills (issue 5): what the README ("How it fails over") promises, done to the lab.
 
 Run after the mail tests and before the machinery failures (alphabetical order). Each drill
 leaves the lab as it found it: activeDc=dc1 on both stacks, nothing cut, every host up.

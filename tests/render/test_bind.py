@@ -33,10 +33,12 @@ def zone_script(tmp: Path, plan: HostPlan) -> Path:
     return script
 
 
-def make_zone(script: Path, body: str, zone: Path, origin: str) -> tuple[str, int]:
+def make_zone(
+    script: Path, body: str, zone: Path, origin: str, secondary: Path | None = None
+) -> tuple[str, int]:
     body_file = zone.parent / "zone.body"
     body_file.write_text(body)
-    out = run(str(script), str(body_file), str(zone), origin)
+    out = run(str(script), str(body_file), str(zone), origin, str(secondary or ""))
     serial = int(
         run("named-checkzone", "-D", "-o", "-", origin, str(zone)).split("SOA")[1].split()[2]
     )
@@ -145,6 +147,15 @@ def test_serial_moves_exactly_on_change(
     zone.write_text(far)
     out4, s4 = make_zone(script, changed, zone, topo.domain)
     assert CHANGED_MARK in out4 and s4 == s3 + 41
+    # Failback: this node's primary file is unchanged (same body, its digest matches), but while
+    # it was a secondary it transferred the other data centre's zone with a higher serial. It
+    # must serve a serial above that one, or the new secondaries would never transfer from it.
+    secondary = zone.parent / f"db.{topo.domain}.secondary"
+    secondary.write_text(copy.replace(f" {s3} ", f" {s4 + 7} ", 1))
+    out5, s5 = make_zone(script, changed, zone, topo.domain, secondary)
+    assert CHANGED_MARK in out5 and s5 == s4 + 8
+    out6, s6 = make_zone(script, changed, zone, topo.domain, secondary)
+    assert CHANGED_MARK not in out6 and s6 == s5
     # A broken body is refused and the zone file stays as it was.
     before = zone.read_text()
     (zone.parent / "zone.body").write_text(body.replace("IN MX 10", "IN MX"))

@@ -1,4 +1,4 @@
-"""The README documents every config key and the deploy commands (docs/ until merged)."""
+"""The README documents every config key and the deploy commands (and docs/, if any)."""
 
 from __future__ import annotations
 
