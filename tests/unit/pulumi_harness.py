@@ -19,6 +19,8 @@ from typing import Any
 import pulumi
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from pulumi.runtime import rpc, settings
 from pulumi.runtime.mocks import MockMonitor
 from pulumi.runtime.settings import get_root_resource
@@ -306,8 +308,11 @@ def committed_deployment() -> Deployment:
 
 
 ROOT_PASSWORD = "S3cretRootPw"
+# Made at run time: no key material, not even a throwaway one, is committed.
 SSH_PRIVATE_KEY = (
-    "-----BEGIN OPENSSH PRIVATE KEY-----\nMOCKKEYMATERIAL\n-----END OPENSSH PRIVATE KEY-----"
+    Ed25519PrivateKey.generate()
+    .private_bytes(Encoding.PEM, PrivateFormat.OpenSSH, NoEncryption())
+    .decode()
 )
 VARIANT_CONFIG = {
     "volumeSizeGb": 120,

@@ -92,7 +92,7 @@ def test_raw_config_reads_runtime_keys_and_drops_other_namespaces() -> None:
         {
             "mailcluster:domain": "example.org",
             "mailcluster:config:region": "eu-central",  # the older engine's spelling
-            "mailcluster:sshPrivateKey": "-----BEGIN OPENSSH PRIVATE KEY-----",
+            "mailcluster:sshPrivateKey": "not-a-real-key",
             "linode:token": "abc",
         },
         ["mailcluster:sshPrivateKey", "linode:token"],
