@@ -45,6 +45,24 @@ def _send(lab: Lab, vip: str, *args: str) -> dict[str, Any]:
     return lab.clientlib("send", "--host", vip, "--ca", lab.ca, *args)
 
 
+def _submit(
+    lab: Lab,
+    vip: str,
+    login: tuple[str, str],
+    *,
+    sender: str,
+    to: str,
+    subject: str,
+    starttls: bool = True,
+) -> dict[str, Any]:
+    """A message over submission (587) with AUTH as ``login`` (user, password)."""
+    tls = ["--starttls"] if starttls else []
+    return _send(
+        lab, vip, "--port", "587", *tls, "--user", login[0], "--password", login[1],
+        "--sender", sender, "--to", to, "--subject", subject,
+    )  # fmt: skip
+
+
 def _wait_imap(lab: Lab, vip: str, user: tuple[str, str], subject: str) -> dict[str, Any]:
     return lab.clientlib(
         "wait-imap",
@@ -66,23 +84,7 @@ def _wait_imap(lab: Lab, vip: str, user: tuple[str, str], subject: str) -> dict[
 def test_submission_starttls_auth_then_imaps(
     lab: Lab, vip: str, user: tuple[str, str], unique: str
 ) -> None:
-    sent = _send(
-        lab,
-        vip,
-        "--port",
-        "587",
-        "--starttls",
-        "--user",
-        user[0],
-        "--password",
-        user[1],
-        "--sender",
-        user[0],
-        "--to",
-        user[0],
-        "--subject",
-        unique,
-    )
+    sent = _submit(lab, vip, user, sender=user[0], to=user[0], subject=unique)
     assert sent["ok"], sent
     got = _wait_imap(lab, vip, user, unique)
     assert got["ok"], got
@@ -128,22 +130,8 @@ def test_relaying_without_auth_is_refused(lab: Lab, vip: str, unique: str) -> No
 
 
 def test_wrong_password_is_refused(lab: Lab, vip: str, user: tuple[str, str], unique: str) -> None:
-    sent = _send(
-        lab,
-        vip,
-        "--port",
-        "587",
-        "--starttls",
-        "--user",
-        user[0],
-        "--password",
-        "not-" + user[1],
-        "--sender",
-        user[0],
-        "--to",
-        user[0],
-        "--subject",
-        unique,
+    sent = _submit(
+        lab, vip, (user[0], "not-" + user[1]), sender=user[0], to=user[0], subject=unique
     )
     assert not sent["ok"]
     assert sent["smtp_code"] == 535, sent
@@ -152,22 +140,13 @@ def test_wrong_password_is_refused(lab: Lab, vip: str, user: tuple[str, str], un
 def test_sending_as_another_user_is_refused(
     lab: Lab, vip: str, user: tuple[str, str], unique: str
 ) -> None:
-    sent = _send(
+    sent = _submit(
         lab,
         vip,
-        "--port",
-        "587",
-        "--starttls",
-        "--user",
-        user[0],
-        "--password",
-        user[1],
-        "--sender",
-        f"postmaster@{DOMAIN}",
-        "--to",
-        "friend@example.org",
-        "--subject",
-        unique,
+        user,
+        sender=f"postmaster@{DOMAIN}",
+        to="friend@example.org",
+        subject=unique,
     )
     assert not sent["ok"]
     assert sent["smtp_code"] is not None and 500 <= sent["smtp_code"] < 600, sent
@@ -176,22 +155,7 @@ def test_sending_as_another_user_is_refused(
 def test_submission_requires_tls_before_auth(
     lab: Lab, vip: str, user: tuple[str, str], unique: str
 ) -> None:
-    sent = _send(
-        lab,
-        vip,
-        "--port",
-        "587",
-        "--user",
-        user[0],
-        "--password",
-        user[1],
-        "--sender",
-        user[0],
-        "--to",
-        user[0],
-        "--subject",
-        unique,
-    )
+    sent = _submit(lab, vip, user, sender=user[0], to=user[0], subject=unique, starttls=False)
     assert not sent["ok"], "AUTH was offered without STARTTLS"
 
 
