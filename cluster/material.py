@@ -82,7 +82,8 @@ def _password(length: int = 32) -> str:
     return "".join(secrets.choice(alphabet) for _ in range(length))
 
 
-def _pem_key(key: Any) -> str:
+def pem_key(key: Any) -> str:
+    """A private key as unencrypted PKCS#8 PEM: what Pulumi's tls.PrivateKey also produces."""
     return str(
         key.private_bytes(
             serialization.Encoding.PEM,
@@ -138,12 +139,12 @@ def generate(
         )
         tls[dc] = TlsPair(
             cert_pem=cert.public_bytes(serialization.Encoding.PEM).decode() + ca_pem,
-            key_pem=_pem_key(key),
+            key_pem=pem_key(key),
         )
     dkim = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     return ClusterSecrets(
         **{name: _password(24 if name == "roundcube_des_key" else 32) for name in PASSWORD_FIELDS},
-        dkim_private_key_pem=_pem_key(dkim),
+        dkim_private_key_pem=pem_key(dkim),
         ca_cert_pem=ca_pem,
         tls=tls,
     )

@@ -77,23 +77,11 @@ def _subjects(conn: imaplib.IMAP4_SSL, prefix: str) -> set[str]:
 
 def wait_imap(a: argparse.Namespace) -> dict[str, Any]:
     """Poll IMAPS until ``count`` messages whose subject starts with ``subject`` are there."""
-    t0 = time.monotonic()
-    last_error = ""
-    while True:
-        try:
-            conn = _imap(a)
-            try:
-                found = _subjects(conn, a.subject)
-            finally:
-                conn.logout()
-            if len(found) >= a.count:
-                return {"ok": True, "found": len(found), "seconds": time.monotonic() - t0}
-            last_error = f"{len(found)} of {a.count} found"
-        except (OSError, imaplib.IMAP4.error) as e:
-            last_error = f"{type(e).__name__}: {e}"
-        if time.monotonic() - t0 > a.timeout:
-            return {"ok": False, "error": last_error, "seconds": time.monotonic() - t0}
-        time.sleep(a.interval)
+    got = subjects(a)
+    out = {"ok": got["ok"], "found": len(got["subjects"]), "seconds": got["seconds"]}
+    if not got["ok"]:
+        out["error"] = got["error"] or f"{len(got['subjects'])} of {a.count} found"
+    return out
 
 
 def login(a: argparse.Namespace) -> dict[str, Any]:

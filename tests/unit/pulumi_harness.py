@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pulumi
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
@@ -27,7 +26,7 @@ from pulumi.runtime.settings import get_root_resource
 from pulumi.runtime.stack import wait_for_rpcs
 from pulumi.runtime.sync_await import _sync_await
 
-from cluster.material import ClusterSecrets, generate
+from cluster.material import ClusterSecrets, generate, pem_key
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "mailcluster"
@@ -49,19 +48,10 @@ def _pems() -> dict[str, str]:
 
 @functools.lru_cache(maxsize=1)
 def _make_pems() -> dict[str, str]:
-    def pkcs8(key: Any) -> str:
-        return str(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            ).decode()
-        )
-
     material = generate("example.com", ["dc1"], {"dc1": ["mail.example.com"]})
     return {
-        "rsa": pkcs8(rsa.generate_private_key(public_exponent=65537, key_size=2048)),
-        "ec": pkcs8(ec.generate_private_key(ec.SECP256R1())),
+        "rsa": pem_key(rsa.generate_private_key(public_exponent=65537, key_size=2048)),
+        "ec": pem_key(ec.generate_private_key(ec.SECP256R1())),
         "ca": material.ca_cert_pem,
         "leaf": material.tls["dc1"].cert_pem.split("-----END CERTIFICATE-----")[0]
         + "-----END CERTIFICATE-----\n",
