@@ -77,7 +77,6 @@ class ClusterMocks(pulumi.runtime.Mocks):
         self.stack = stack
         self.peer_outputs = dict(peer_outputs or {})
         self.count = 0
-        self.instances = 0
         self.last: dict[str, Any] = {}
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
@@ -89,8 +88,9 @@ class ClusterMocks(pulumi.runtime.Mocks):
             secret = [k for k in ("clusterSecrets", "clusterCaKey") if k in self.peer_outputs]
             state = {"outputs": self.peer_outputs, "secretOutputNames": secret}
         elif args.typ == "linode:index/instance:Instance":
-            self.instances += 1
-            n = self.instances
+            # From the name, not a counter: resources register concurrently, so a counter can
+            # swap svr1's and svr2's addresses between two runs of the same program.
+            n = int(args.name.rsplit("svr", 1)[1])
             state = {
                 "ipAddress": f"{net}.{10 + n}",
                 "privateIpAddress": f"192.168.{128 + n}.{n}",
