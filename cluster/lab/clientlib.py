@@ -38,10 +38,10 @@ def _message(sender: str, to: str, subject: str) -> email.message.EmailMessage:
     return msg
 
 
-def send(a: argparse.Namespace) -> dict[str, Any]:
-    """One message over SMTP: port 25 as a foreign server, or 587 with STARTTLS and AUTH."""
-    t0 = time.monotonic()
-    with smtplib.SMTP(a.host, a.port, local_hostname="client.example.net", timeout=30) as s:
+def _smtp_session(a: argparse.Namespace, timeout: float) -> smtplib.SMTP:
+    """An SMTP session as a foreign server (port 25) or a user (587: STARTTLS, then AUTH)."""
+    s = smtplib.SMTP(a.host, a.port, local_hostname="client.example.net", timeout=timeout)
+    try:
         s.ehlo()
         if a.starttls:
             # Verified against the address we connected to: the certificate names the shared IP.
@@ -49,6 +49,16 @@ def send(a: argparse.Namespace) -> dict[str, Any]:
             s.ehlo()
         if a.user:
             s.login(a.user, a.password)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def send(a: argparse.Namespace) -> dict[str, Any]:
+    """One message over SMTP: port 25 as a foreign server, or 587 with STARTTLS and AUTH."""
+    t0 = time.monotonic()
+    with _smtp_session(a, timeout=30) as s:
         refused = s.send_message(_message(a.sender, a.to, a.subject), a.sender, [a.to])
     return {"ok": not refused, "refused": {k: list(v) for k, v in refused.items()},
             "seconds": time.monotonic() - t0}  # fmt: skip
@@ -117,13 +127,7 @@ def bulk(a: argparse.Namespace) -> dict[str, Any]:
 
     def session(chunk: list[str]) -> int:
         sent = 0
-        with smtplib.SMTP(a.host, a.port, local_hostname="client.example.net", timeout=60) as s:
-            s.ehlo()
-            if a.starttls:
-                s.starttls(context=_ctx(a.ca))
-                s.ehlo()
-            if a.user:
-                s.login(a.user, a.password)
+        with _smtp_session(a, timeout=60) as s:
             for subject in chunk:
                 s.send_message(_message(a.sender, a.to, subject), a.sender, [a.to])
                 sent += 1
