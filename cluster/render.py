@@ -8,6 +8,8 @@ from typing import Any
 
 import jinja2
 
+from cluster.plan import CHANGED_MARK
+
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
 
@@ -15,7 +17,7 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 def environment() -> jinja2.Environment:
     # StrictUndefined: a variable the caller forgot is an error, never an empty string in a
     # daemon's config. keep_trailing_newline: files end as their templates do.
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES)),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
@@ -23,6 +25,8 @@ def environment() -> jinja2.Environment:
         lstrip_blocks=True,
         autoescape=False,
     )
+    env.globals["changed_mark"] = CHANGED_MARK  # scripts print it for a real change (plan.py)
+    return env
 
 
 def template_for(target_path: str) -> str:
