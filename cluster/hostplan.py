@@ -1,80 +1,19 @@
-"""Build the plan of one host from the topology: every service contributes its files and steps.
+"""Build the plans of hosts from the topology: every service contributes its files and steps.
 
-``build_host_plan`` is the only entry point both appliers use (``cluster/provision.py`` for
-Pulumi, ``cluster/lab`` for the lab).
+``build_host_plan`` builds one host's plan; ``build_stack_plans`` builds those of a stack's own
+nodes and checks the references between them. Both appliers use these (``cluster/provision.py``
+for Pulumi, ``cluster/lab`` for the lab).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Any
 
-from cluster.config import StackConfig
+from cluster.hostcontext import HostContext
 from cluster.material import ClusterSecrets
-from cluster.plan import FileSpec, HostPlan, Step, file_step, packages_step
-from cluster.render import render
+from cluster.plan import PACKAGES_STEP, HostPlan, check_remote_refs, packages_step
 from cluster.services import SERVICES
-from cluster.topology import Node, Topology
-
-
-@dataclass(frozen=True)
-class HostContext:
-    """What a service needs to plan one host."""
-
-    topology: Topology
-    node: Node
-    secrets: ClusterSecrets
-    # "linode" or "lab": only for facts that truly differ (device names, lelastic); the lab
-    # never gets a different *configuration* of a daemon.
-    platform: str = "linode"
-
-    @property
-    def config(self) -> StackConfig:
-        return self.topology.config
-
-    @property
-    def peer(self) -> Node:
-        return self.topology.peer(self.node)
-
-    def common(self) -> dict[str, Any]:
-        """Values every template may use."""
-        return {
-            "node": self.node,
-            "peer": self.peer,
-            "topology": self.topology,
-            "config": self.config,
-            "domain": self.config.domain,
-        }
-
-    def file(
-        self,
-        path: str,
-        *,
-        mode: str = "0644",
-        owner: str = "root",
-        group: str = "root",
-        secret: bool = False,
-        after: tuple[str, ...] = ("packages",),
-        **values: Any,
-    ) -> Step:
-        """Render ``templates/<path>.j2`` and return the step that installs it."""
-        content = render(path, **self.common(), **values)
-        return file_step(FileSpec(path, content, mode, owner, group, secret), after=after)
-
-    def literal_file(
-        self,
-        path: str,
-        content: str,
-        *,
-        mode: str = "0644",
-        owner: str = "root",
-        group: str = "root",
-        secret: bool = False,
-        after: tuple[str, ...] = ("packages",),
-    ) -> Step:
-        """A file whose content is data, not a template (a certificate, a key)."""
-        return file_step(FileSpec(path, content, mode, owner, group, secret), after=after)
+from cluster.topology import Topology
 
 
 def all_packages() -> tuple[str, ...]:
@@ -93,8 +32,20 @@ def build_host_plan(
     plan.add(packages_step(plan.packages))
     for service in SERVICES:
         for step in service.steps(ctx):
-            if step.name != "packages" and not (step.after or step.watch):
-                step = dataclasses.replace(step, after=("packages",))
+            if step.name != PACKAGES_STEP and not (step.after or step.watch):
+                step = dataclasses.replace(step, after=(PACKAGES_STEP,))
             plan.add(step)
     plan.ordered()  # fail early on unknown dependencies or cycles
     return plan
+
+
+def build_stack_plans(
+    topology: Topology, secrets: ClusterSecrets, platform: str = "linode"
+) -> dict[str, HostPlan]:
+    """The plans of the stack's own nodes, by node name, with every step's ``after_remote``
+    checked against them (a reference to another stack's node is checked for the node only)."""
+    plans = {
+        n.name: build_host_plan(topology, n.name, secrets, platform) for n in topology.own_nodes
+    }
+    check_remote_refs(plans, other_hosts={n.name for n in topology.nodes})
+    return plans

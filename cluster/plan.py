@@ -9,20 +9,26 @@ Rules every step keeps:
 - The command text never holds a secret: secrets travel on stdin (``Step.secret`` marks them, and
   the Pulumi layer wraps such stdin in ``Output.secret``).
 - Running a step twice changes nothing the second time. A step that changed something prints a
-  line starting with ``mailcluster: changed`` so appliers and tests can count real changes.
+  line starting with ``CHANGED_MARK`` so appliers and tests can count real changes.
 - A step re-runs only when its digest changes: its command, its stdin, or the digest of a step it
   ``watches`` (a reload watches the files it loads).
+- A step names the steps it waits on by the ``Step`` object, or by a name its owner exports (a
+  service's ``*_STEP`` constant, ``file_step_name(path)``); never by a name typed twice. A name
+  that matches no step fails when the plan is built (``HostPlan.ordered``, ``check_remote_refs``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import shlex
-from collections.abc import Iterable, Sequence
+import textwrap
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 STATE_DIR = "/var/lib/mailcluster"
+# The one spelling of the change line; templates get it as ``changed_mark`` (cluster/render.py).
 CHANGED_MARK = "mailcluster: changed"
+PACKAGES_STEP = "packages"
 
 
 @dataclass(frozen=True)
@@ -121,11 +127,43 @@ class HostPlan:
         return [s.file for s in self.steps if s.file is not None]
 
 
+def check_remote_refs(plans: Mapping[str, HostPlan], other_hosts: Collection[str] = ()) -> None:
+    """Every ``after_remote`` (host, step) of ``plans`` names a step of one of ``plans``, or a host
+    of ``other_hosts`` (another stack's node: its plan is built by its own stack, and appliers
+    leave ordering across stacks to the deploy order). Raises ValueError naming the step and
+    the missing reference."""
+    for plan in plans.values():
+        for step in plan.steps:
+            for host, name in step.after_remote:
+                if host in plans:
+                    if name not in {s.name for s in plans[host].steps}:
+                        raise ValueError(
+                            f"{plan.host}: step {step.name!r} waits on unknown {name!r} of {host}"
+                        )
+                elif host not in other_hosts:
+                    raise ValueError(
+                        f"{plan.host}: step {step.name!r} waits on {name!r} of unknown host "
+                        f"{host!r}"
+                    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Step builders shared by every service.
 
+# How a step names another: the Step itself, or a name its owner exports.
+StepRef = str | Step
 
-def file_step(spec: FileSpec, after: Sequence[str] = ()) -> Step:
+
+def step_names(refs: Iterable[StepRef]) -> tuple[str, ...]:
+    return tuple(r if isinstance(r, str) else r.name for r in refs)
+
+
+def file_step_name(path: str) -> str:
+    """The name of the step that installs ``path``: what a step waiting on that file names."""
+    return f"file:{path}"
+
+
+def file_step(spec: FileSpec, after: Sequence[StepRef] = ()) -> Step:
     """Install one file atomically; report a change only when its bytes, owner or mode differ.
 
     The content arrives on stdin, so a secret file never appears in a command line and the
@@ -148,11 +186,11 @@ trap - EXIT
 echo "{CHANGED_MARK} $f"
 """
     return Step(
-        name=f"file:{spec.path}",
+        name=file_step_name(spec.path),
         script=script,
         stdin=spec.content,
         secret=spec.secret,
-        after=tuple(after),
+        after=step_names(after),
         file=spec,
     )
 
@@ -175,20 +213,47 @@ apt-get install -y -q --no-install-recommends \\
   -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "${{missing[@]}}"
 echo "{CHANGED_MARK} installed ${{missing[*]}}"
 """
-    return Step(name="packages", script=script)
+    return Step(name=PACKAGES_STEP, script=script)
 
 
-def restart_or_start(service: str) -> str:
-    """Script text: restart ``service`` if it runs (its settings changed), else start it. For
-    daemons without a reload; the caller's step ``watch``es the files that make this needed."""
-    return f"""if service {service} status >/dev/null 2>&1; then
-  service {service} restart >/dev/null
-  echo "{CHANGED_MARK} {service} restarted"
-else
+def reload_or_start(
+    service: str,
+    *,
+    check: str = "",
+    running: str = "",
+    reload: str = "",
+    restart: bool = False,
+    start: bool = True,
+) -> str:
+    """Script text: reload ``service`` if it runs (its settings changed), else start it. The
+    caller's step ``watch``es the files that make this needed.
+
+    - ``check``: shell lines run first, the daemon's own checker: a bad configuration fails the
+      step before anything is reloaded (STYLE: "check before reload").
+    - ``running``: a shell test that the daemon runs (default: its init script's ``status``).
+    - ``reload``: the command for a running daemon (default: ``service <service> reload``).
+    - ``restart``: for daemons without a reload: restart a running one instead.
+    - ``start=False``: a stopped daemon stays stopped (something else decides where it runs).
+    """
+    verb = "restart" if restart else "reload"
+    running = running or f"service {service} status >/dev/null 2>&1"
+    reload = reload or f"service {service} {verb} >/dev/null"
+    text = check.rstrip("\n") + "\n" if check else ""
+    text += f"""if {running}; then
+{textwrap.indent(reload, "  ")}
+  echo "{CHANGED_MARK} {service} {verb}ed"
+"""
+    if start:
+        text += f"""else
   service {service} start >/dev/null
   echo "{CHANGED_MARK} {service} started"
-fi
 """
+    return text + "fi\n"
+
+
+def pidfile_alive(pidfile: str) -> str:
+    """A shell test: the process of ``pidfile`` runs (for ``reload_or_start(running=...)``)."""
+    return f'[ -e {pidfile} ] && kill -0 "$(cat {pidfile})" 2>/dev/null'
 
 
 def script_step(
@@ -197,8 +262,8 @@ def script_step(
     *,
     stdin: str = "",
     secret: bool = False,
-    after: Sequence[str] = (),
-    watch: Sequence[str] = (),
+    after: Sequence[StepRef] = (),
+    watch: Sequence[StepRef] = (),
     after_remote: Sequence[tuple[str, str]] = (),
 ) -> Step:
     return Step(
@@ -206,7 +271,7 @@ def script_step(
         script=script,
         stdin=stdin,
         secret=secret,
-        after=tuple(after),
-        watch=tuple(watch),
+        after=step_names(after),
+        watch=step_names(watch),
         after_remote=tuple(after_remote),
     )

@@ -161,6 +161,14 @@ class Topology:
         return self.dc_nodes(self.standby_dc) if self.standby_dc else ()
 
     def is_dns_master(self, node: Node) -> bool:
+        """Whether ``node`` holds the zone as primary (BIND)."""
+        return node.dc == self.active_dc
+
+    def initialises_database(self, node: Node) -> bool:
+        """Whether ``node`` carries the one-time writes to the database (accounts, Postfix
+        Admin's and Roundcube's schemas, the mail domain): the nodes that can be the writable
+        master, those of the active data centre. Each such step still runs only where
+        ``mailcluster-role is-writer`` says so; the others get it all by replication."""
         return node.dc == self.active_dc
 
     @property

@@ -1,6 +1,10 @@
 """The services of a node, in the order their steps are declared.
 
-Each module has ``PACKAGES`` (Debian packages it needs) and ``steps(ctx) -> list[Step]``.
+Each module has ``PACKAGES`` (Debian packages it needs) and ``steps(ctx) -> list[Step]``, and
+exports the names of the steps other modules wait on (``*_STEP`` constants). A plan runs a step's
+dependencies first wherever they are declared and breaks ties by this order, which lists a
+module before the modules that wait on it: the node's identity and role script first, Heartbeat
+(whose reconcile step is the plan's last) at the end.
 """
 
 from __future__ import annotations
@@ -10,13 +14,16 @@ from types import ModuleType
 from cluster.services import (
     apache,
     base,
+    bgp,
     bind,
     dovecot,
     heartbeat,
     mailgraph,
     mariadb,
+    mta_sts,
     postfix,
     postfixadmin,
+    role,
     rspamd,
     storage,
     sync,
@@ -25,6 +32,7 @@ from cluster.services import (
 
 SERVICES: tuple[ModuleType, ...] = (
     base,
+    role,
     storage,
     tls,
     mariadb,
@@ -33,8 +41,10 @@ SERVICES: tuple[ModuleType, ...] = (
     dovecot,
     postfix,
     bind,
+    mta_sts,
     apache,
     mailgraph,
     sync,
+    bgp,
     heartbeat,
 )

@@ -15,13 +15,11 @@
 from __future__ import annotations
 
 import shlex
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from cluster.plan import CHANGED_MARK, Step, script_step
-from cluster.services.apache import mta_sts_id
-
-if TYPE_CHECKING:
-    from cluster.hostplan import HostContext
+from cluster.hostcontext import HostContext
+from cluster.plan import CHANGED_MARK, Step, reload_or_start, script_step
+from cluster.services import mta_sts
 
 PACKAGES: tuple[str, ...] = ("bind9", "bind9-utils", "bind9-dnsutils")
 
@@ -42,6 +40,8 @@ LINODE_AXFR = (
 ZONE_DIR = "/var/lib/bind/mailcluster"
 BODY = "/etc/bind/mailcluster/zone.body"
 ZONE_SCRIPT = "/usr/local/sbin/mailcluster-zone"
+ZONE_DIR_STEP = "bind.zone-dir"
+ZONE_STEP = "bind.zone"
 # SOA timers (RFC 1912 2.2): refresh, retry, expire, negative TTL (capped by dnsTtl).
 REFRESH, RETRY, EXPIRE = 3600, 600, 1209600
 
@@ -84,7 +84,7 @@ def zone_body_values(ctx: HostContext) -> dict[str, Any]:
         "retry": RETRY,
         "expire": EXPIRE,
         "negative_ttl": min(ttl, 3600),
-        "records": topo.dns_records(ctx.secrets.dkim_public_key_b64, mta_sts_id(ctx.config)),
+        "records": topo.dns_records(ctx.secrets.dkim_public_key_b64, mta_sts.policy_id(ctx.config)),
     }
 
 
@@ -107,49 +107,40 @@ def steps(ctx: HostContext) -> list[Step]:
         primaries=primaries(ctx),
     )
     script = ctx.file(ZONE_SCRIPT, mode="0755")
-    out: list[Step] = [
-        options,
-        local,
-        script,
-        script_step(
-            "bind.zone-dir",
-            f"""if [ ! -d {ZONE_DIR} ]; then
+    zone_dir = script_step(
+        ZONE_DIR_STEP,
+        f"""if [ ! -d {ZONE_DIR} ]; then
   install -d -m 0775 -o root -g bind {ZONE_DIR}
   echo "{CHANGED_MARK} {ZONE_DIR}"
 fi
 """,
-        ),
-    ]
-    watch = [options.name, local.name]
+    )
+    out: list[Step] = [options, local, script, zone_dir]
+    watch: list[Step] = [options, local]
     if is_master:
         body = ctx.file(BODY, **zone_body_values(ctx))
-        out += [
-            body,
-            script_step(
-                "bind.zone",
-                f"{ZONE_SCRIPT} {BODY} {shlex.quote(zfile)} {shlex.quote(topo.domain)} "
-                f"{shlex.quote(secondary_file(topo.domain))}\n",
-                after=("bind.zone-dir", script.name),
-                # The serial script decides on its own whether the body changed; running it
-                # again when only the zone type changed (promotion) bumps the serial.
-                watch=(body.name, local.name),
-            ),
-        ]
-        watch.append("bind.zone")
+        zone = script_step(
+            ZONE_STEP,
+            f"{ZONE_SCRIPT} {BODY} {shlex.quote(zfile)} {shlex.quote(topo.domain)} "
+            f"{shlex.quote(secondary_file(topo.domain))}\n",
+            after=(zone_dir, script),
+            # The serial script decides on its own whether the body changed; running it
+            # again when only the zone type changed (promotion) bumps the serial.
+            watch=(body, local),
+        )
+        out += [body, zone]
+        watch.append(zone)
     out.append(
         script_step(
             "bind.reload",
-            f"""named-checkconf -z /etc/bind/named.conf >/dev/null
-if rndc status >/dev/null 2>&1; then
-  rndc reload >/dev/null
-  echo "{CHANGED_MARK} named reloaded"
-else
-  service named start >/dev/null
-  echo "{CHANGED_MARK} named started"
-fi
-""",
-            after=("bind.zone-dir",),
-            watch=tuple(watch),
+            reload_or_start(
+                "named",
+                check="named-checkconf -z /etc/bind/named.conf >/dev/null",
+                running="rndc status >/dev/null 2>&1",
+                reload="rndc reload >/dev/null",
+            ),
+            after=(zone_dir,),
+            watch=watch,
         )
     )
     return out

@@ -23,17 +23,13 @@ cluster CA; every node runs Dovecot so that every node is a replication target.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from cluster.plan import Step, script_step
-from cluster.services import storage, tls
-
-if TYPE_CHECKING:
-    from cluster.hostplan import HostContext
+from cluster.hostcontext import HostContext
+from cluster.plan import Step, pidfile_alive, reload_or_start, script_step
+from cluster.services import mariadb, storage, tls
 
 PACKAGES: tuple[str, ...] = ("dovecot-core", "dovecot-imapd", "dovecot-lmtpd", "dovecot-mysql")
 
-DB_NAME = "postfixadmin"
+# The read-only database user mariadb.py creates for Dovecot.
 DB_USER = "dovecot"
 DOVEADM_PORT = 12345
 SQL_CONF = "/etc/dovecot/dovecot-sql.conf.ext"
@@ -90,39 +86,33 @@ def steps(ctx: HostContext) -> list[Step]:
             SQL_CONF,
             mode="0600",
             secret=True,
-            db_name=DB_NAME,
+            db_name=mariadb.POSTFIXADMIN_DB,
             db_user=DB_USER,
             db_password=ctx.secrets.db_dovecot,
         ),
         ctx.file(SECRETS_CONF, mode="0600", secret=True, doveadm_password=ctx.secrets.doveadm),
     ]
-    dsync = [
-        ctx.file(
-            DSYNC_SCRIPT,
-            mode="0755",
-            is_active_dc=node.dc == topo.active_dc,
-            vip=vip,
-            targets=cross_dc_targets(ctx),
-            interval=DSYNC_INTERVAL_S,
-            rounds=60 // DSYNC_INTERVAL_S,
-            timeout=DSYNC_TIMEOUT_S,
-        ),
-        ctx.file(DSYNC_CRON, after=(f"file:{DSYNC_SCRIPT}",)),
-    ]
-    watched = tuple(f.name for f in files) + tls.public_pair_steps(ctx) + tls.cluster_pair_steps()
+    dsync = ctx.file(
+        DSYNC_SCRIPT,
+        mode="0755",
+        is_active_dc=node.dc == topo.active_dc,
+        vip=vip,
+        targets=cross_dc_targets(ctx),
+        interval=DSYNC_INTERVAL_S,
+        rounds=60 // DSYNC_INTERVAL_S,
+        timeout=DSYNC_TIMEOUT_S,
+    )
+    cron = ctx.file(DSYNC_CRON, after=(dsync,))
     reload = script_step(
         "dovecot.reload",
-        """doveconf -n >/dev/null
-# Dovecot runs on every node (each is a replication target): reload it, or start it.
-if [ -e /run/dovecot/master.pid ] && kill -0 "$(cat /run/dovecot/master.pid)" 2>/dev/null; then
-  doveadm reload
-  echo "mailcluster: changed dovecot reloaded"
-else
-  service dovecot start >/dev/null
-  echo "mailcluster: changed dovecot started"
-fi
-""",
-        watch=watched,
-        after=("storage.vmail",),
+        reload_or_start(
+            "dovecot",
+            check="""doveconf -n >/dev/null
+# Dovecot runs on every node (each is a replication target): reload it, or start it.""",
+            running=pidfile_alive("/run/dovecot/master.pid"),
+            reload="doveadm reload",
+        ),
+        watch=(*files, *tls.public_pair_steps(ctx), *tls.cluster_pair_steps()),
+        after=(storage.VMAIL_STEP,),
     )
-    return [*files, *dsync, reload]
+    return [*files, dsync, cron, reload]

@@ -14,12 +14,8 @@ sync.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from cluster.plan import Step, restart_or_start, script_step
-
-if TYPE_CHECKING:
-    from cluster.hostplan import HostContext
+from cluster.hostcontext import HostContext
+from cluster.plan import PACKAGES_STEP, Step, reload_or_start, script_step
 
 PACKAGES: tuple[str, ...] = ("mailgraph", "rrdtool", "librrds-perl", "perl", "cron")
 
@@ -28,14 +24,15 @@ BINDGRAPH = "/usr/local/sbin/mailcluster-bindgraph"
 
 def steps(ctx: HostContext) -> list[Step]:
     default = ctx.file("/etc/default/mailgraph")
+    bindgraph = ctx.file(BINDGRAPH, mode="0755")
     return [
         default,
-        ctx.file(BINDGRAPH, mode="0755"),
-        ctx.file("/etc/cron.d/mailcluster-bindgraph", after=("packages", f"file:{BINDGRAPH}")),
+        bindgraph,
+        ctx.file("/etc/cron.d/mailcluster-bindgraph", after=(PACKAGES_STEP, bindgraph)),
         # mailgraph has no reload: restart it when its settings changed, start it when stopped.
         script_step(
             "mailgraph.service",
-            restart_or_start("mailgraph"),
-            watch=(default.name,),
+            reload_or_start("mailgraph", restart=True),
+            watch=(default,),
         ),
     ]

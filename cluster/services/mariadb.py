@@ -14,7 +14,7 @@ including the CREATE USER/DATABASE and the schema. This needs no dump, no lock a
 beyond "the master exists", and a rebuilt replica catches up the same way. (If the logs are ever
 purged by hand, seed a new replica with ``mariadb-dump --gtid --master-data`` first.)
 
-Replication itself is configured by ``mailcluster-role`` (see heartbeat.py): the step here runs
+Replication itself is configured by ``mailcluster-role`` (see role.py): the step here runs
 ``mailcluster-role reconcile-db``, which on the master lifts read_only and on the others runs
 ``CHANGE MASTER TO ... MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1`` only when not already
 replicating from the right source. The replication password is read from a 0600 file; every
@@ -23,23 +23,23 @@ other password reaches ``mysql`` on stdin.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from cluster.plan import CHANGED_MARK, Step, script_step
-from cluster.services.heartbeat import CLUSTER_CONF_STEP, ROLE_SCRIPT, ROLE_SCRIPT_STEP
-
-if TYPE_CHECKING:
-    from cluster.hostplan import HostContext
+from cluster.hostcontext import HostContext
+from cluster.plan import CHANGED_MARK, PACKAGES_STEP, Step, reload_or_start, script_step
+from cluster.services.role import CLUSTER_CONF_STEP, ROLE_SCRIPT, ROLE_SCRIPT_STEP
 
 PACKAGES: tuple[str, ...] = ("mariadb-server", "mariadb-client")
 
 CNF = "/etc/mysql/mariadb.conf.d/60-mailcluster.cnf"
-TLS_DIR = "/etc/mysql/mailcluster"
+# MariaDB's own copy of the data centre's certificate, owned by mysql (tls.py's is root's).
+DB_TLS_DIR = "/etc/mysql/mailcluster"
 REPL_SECRET = "/etc/mailcluster/secrets/repl"
 SERVICE_STEP = "mariadb.service"
 USERS_STEP = "mariadb.users"
 ROLE_STEP = "mariadb.role"
 LOCAL_HOSTS = ("127.0.0.1", "localhost")
+# The databases created here: Postfix Admin's (domains, mailboxes, aliases) and Roundcube's.
+POSTFIXADMIN_DB = "postfixadmin"
+ROUNDCUBE_DB = "roundcube"
 
 # Fingerprint of accounts, grants and databases: the users step reports a change only when it
 # differs before and after. authentication_string is a hash, never the password itself.
@@ -66,17 +66,16 @@ def users_sql(ctx: HostContext) -> str:
     for value in (s.db_postfix, s.db_dovecot, s.db_postfixadmin, s.db_roundcube, s.db_replication):
         if not value.isalnum():
             raise ValueError("database passwords must be letters and digits (they land in SQL)")
+    pfa, rc = POSTFIXADMIN_DB, ROUNDCUBE_DB
     sql = [
-        "CREATE DATABASE IF NOT EXISTS postfixadmin"
-        " CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci;\n",
-        "CREATE DATABASE IF NOT EXISTS roundcube"
-        " CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;\n",
+        f"CREATE DATABASE IF NOT EXISTS {pfa} CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci;\n",
+        f"CREATE DATABASE IF NOT EXISTS {rc} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;\n",
     ]
     for host in LOCAL_HOSTS:
-        sql.append(_user("postfix", host, s.db_postfix, "SELECT ON postfixadmin.*"))
-        sql.append(_user("dovecot", host, s.db_dovecot, "SELECT ON postfixadmin.*"))
-        sql.append(_user("postfixadmin", host, s.db_postfixadmin, "ALL ON postfixadmin.*"))
-        sql.append(_user("roundcube", host, s.db_roundcube, "ALL ON roundcube.*"))
+        sql.append(_user("postfix", host, s.db_postfix, f"SELECT ON {pfa}.*"))
+        sql.append(_user("dovecot", host, s.db_dovecot, f"SELECT ON {pfa}.*"))
+        sql.append(_user("postfixadmin", host, s.db_postfixadmin, f"ALL ON {pfa}.*"))
+        sql.append(_user("roundcube", host, s.db_roundcube, f"ALL ON {rc}.*"))
     for addr in ctx.topology.cluster_addresses:
         sql.append(_user("repl", addr, s.db_replication, "REPLICATION SLAVE ON *.*", True))
     return "".join(sql)
@@ -86,47 +85,50 @@ def steps(ctx: HostContext) -> list[Step]:
     topo, node, secrets = ctx.topology, ctx.node, ctx.secrets
     tls = secrets.tls[node.dc]
     tls_files = [
-        ctx.literal_file(f"{TLS_DIR}/cert.pem", tls.cert_pem, owner="mysql", group="mysql"),
+        ctx.literal_file(f"{DB_TLS_DIR}/cert.pem", tls.cert_pem, owner="mysql", group="mysql"),
         ctx.literal_file(
-            f"{TLS_DIR}/key.pem", tls.key_pem, mode="0600", owner="mysql", group="mysql",
+            f"{DB_TLS_DIR}/key.pem", tls.key_pem, mode="0600", owner="mysql", group="mysql",
             secret=True,
         ),
-        ctx.literal_file(f"{TLS_DIR}/ca.pem", secrets.ca_cert_pem, owner="mysql", group="mysql"),
+        ctx.literal_file(f"{DB_TLS_DIR}/ca.pem", secrets.ca_cert_pem, owner="mysql",
+                         group="mysql"),
     ]  # fmt: skip
+    cnf = ctx.file(CNF, after=(PACKAGES_STEP, *tls_files))
+    repl_secret = ctx.literal_file(
+        REPL_SECRET, secrets.db_replication + "\n", mode="0600", secret=True
+    )
     out: list[Step] = [
-        ctx.file(CNF, after=("packages", *(s.name for s in tls_files))),
+        cnf,
         *tls_files,
-        ctx.literal_file(REPL_SECRET, secrets.db_replication + "\n", mode="0600", secret=True),
+        repl_secret,
         # MariaDB cannot reload its configuration: restart, but only when a file it reads changed
         # (a restart is a database outage and brings read_only back until the role step).
         script_step(
             SERVICE_STEP,
             # Binary and relay logs live in /var/log/mysql (Debian's commented default), which
             # the package does not create.
-            f"""if [ ! -d /var/log/mysql ]; then
+            reload_or_start(
+                "mariadb",
+                check="""if [ ! -d /var/log/mysql ]; then
   install -d -o mysql -g adm -m 2750 /var/log/mysql
-fi
-if mysqladmin --protocol=socket -uroot ping >/dev/null 2>&1; then
-  service mariadb restart >/dev/null
-  echo "{CHANGED_MARK} mariadb restarted"
-else
-  service mariadb start >/dev/null
-  echo "{CHANGED_MARK} mariadb started"
-fi
-for _ in $(seq 1 300); do
+fi""",
+                running="mysqladmin --protocol=socket -uroot ping >/dev/null 2>&1",
+                restart=True,
+            )
+            + """for _ in $(seq 1 300); do
   mysqladmin --protocol=socket -uroot ping >/dev/null 2>&1 && exit 0
   sleep 0.1
 done
 echo "mariadb does not answer after 30 s" >&2
 exit 1
 """,
-            watch=(f"file:{CNF}", *(s.name for s in tls_files)),
+            watch=(cnf, *tls_files),
         ),
     ]
     addrs = " ".join(f"'{a}'" for a in topo.cluster_addresses)
-    if topo.is_dns_master(node):
-        # Only nodes of the active data centre can be the master; which one is decided on the
-        # host (the shared-IP holder, or svr1 before Heartbeat ever ran).
+    if topo.initialises_database(node):
+        # Declared on every node that can be the master; which one is decided on the host (the
+        # shared-IP holder, or svr1 before Heartbeat ever ran).
         out.append(
             script_step(
                 USERS_STEP,
@@ -163,7 +165,7 @@ fi
         script_step(
             ROLE_STEP,
             f"{ROLE_SCRIPT} reconcile-db\n",
-            after=(SERVICE_STEP, f"file:{REPL_SECRET}"),
+            after=(SERVICE_STEP, repl_secret),
             watch=(CLUSTER_CONF_STEP, ROLE_SCRIPT_STEP, SERVICE_STEP),
             after_remote=remote,
         )

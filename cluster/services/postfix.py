@@ -7,32 +7,31 @@
   587 (STARTTLS required) and 465 (implicit TLS) take SASL AUTH from Dovecot, and an
   authenticated user may only use the sender addresses Postfix Admin gives them.
 - Not an open relay: ``mynetworks`` is loopback only; relaying needs SASL.
-- Postfix runs only on the node that serves mail: the role script starts and stops it, so the
-  reload step here reloads a running Postfix and never starts one.
+- Postfix runs only on the node that serves mail: the role script (role.py) starts and stops it,
+  so the reload step here reloads a running Postfix and never starts one, and the boot step
+  keeps Postfix from starting by itself at boot (a rebooted standby would otherwise accept mail
+  next to the active node).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from cluster.plan import Step, script_step
+from cluster.hostcontext import HostContext
+from cluster.plan import CHANGED_MARK, Step, reload_or_start, script_step
 from cluster.render import render
-from cluster.services import tls
-
-if TYPE_CHECKING:
-    from cluster.hostplan import HostContext
+from cluster.services import mariadb, tls
 
 PACKAGES: tuple[str, ...] = ("postfix", "postfix-mysql")
 
-# Database names that the mariadb/postfixadmin services create (read-only grants for Postfix).
-DB_NAME = "postfixadmin"
+# The read-only database user mariadb.py creates for Postfix.
 DB_USER = "postfix"
 MAP_DIR = "/etc/postfix/mysql"
 MILTER = "inet:127.0.0.1:11332"
 # Off by default: the lab has no internet, and blocking on someone else's list is a policy
 # decision. Example: ("zen.spamhaus.org*3", "bl.spamcop.net*1").
 DNSBL_SITES: tuple[str, ...] = ()
+BOOT_STEP = "postfix.boot"
 MAIN_FILES = (
     "/etc/postfix/main.cf",
     "/etc/postfix/master.cf",
@@ -131,19 +130,20 @@ def steps(ctx: HostContext) -> list[Step]:
         "virtual_mailbox_maps": map_refs("virtual_mailbox", "virtual_alias_domain_mailbox"),
         "smtpd_sender_login_maps": map_refs("sender_login"),
     }
+    main_cf = ctx.file(
+        "/etc/postfix/main.cf",
+        myhostname=topo.mail_host,
+        mynetworks="127.0.0.0/8",
+        vip=vip,
+        message_size_limit=ctx.config.message_size_limit_mb * 1024 * 1024,
+        maps=maps,
+        tls_key=tls.KEY,
+        tls_chain=tls.CHAIN,
+        tls_ciphers=tls.MOZILLA_INTERMEDIATE_CIPHERS,
+        dnsbl_sites=", ".join(DNSBL_SITES),
+    )
     files = [
-        ctx.file(
-            "/etc/postfix/main.cf",
-            myhostname=topo.mail_host,
-            mynetworks="127.0.0.0/8",
-            vip=vip,
-            message_size_limit=ctx.config.message_size_limit_mb * 1024 * 1024,
-            maps=maps,
-            tls_key=tls.KEY,
-            tls_chain=tls.CHAIN,
-            tls_ciphers=tls.MOZILLA_INTERMEDIATE_CIPHERS,
-            dnsbl_sites=", ".join(DNSBL_SITES),
-        ),
+        main_cf,
         ctx.file(
             "/etc/postfix/master.cf",
             listen_addresses=(vip, "127.0.0.1"),
@@ -158,34 +158,49 @@ def steps(ctx: HostContext) -> list[Step]:
             description=m.description,
             db_user=DB_USER,
             db_password=ctx.secrets.db_postfix,
-            db_name=DB_NAME,
+            db_name=mariadb.POSTFIXADMIN_DB,
             query=m.query,
         )
         # Postfix's proxymap reads maps as root, smtpd (as postfix) may: 0640 root:postfix.
         files.append(ctx.literal_file(m.path, content, mode="0640", group="postfix", secret=True))
-    watched = tuple(f.name for f in files)
-    return [
-        *files,
-        script_step(
-            "postfix.aliases",
-            """if [ ! -e /etc/aliases.db ] || [ /etc/aliases -nt /etc/aliases.db ]; then
+    aliases = script_step(
+        "postfix.aliases",
+        f"""if [ ! -e /etc/aliases.db ] || [ /etc/aliases -nt /etc/aliases.db ]; then
   newaliases
-  echo "mailcluster: changed /etc/aliases.db"
+  echo "{CHANGED_MARK} /etc/aliases.db"
 fi
 """,
-            after=("file:/etc/postfix/main.cf",),
-        ),
-        script_step(
-            "postfix.reload",
-            """postfix check
+        after=(main_cf,),
+    )
+    reload = script_step(
+        "postfix.reload",
+        reload_or_start(
+            "postfix",
+            check="""postfix check
 postconf -n >/dev/null
-# Only the serving node runs Postfix (the role script starts it): never start it here.
-if postfix status >/dev/null 2>&1; then
-  service postfix reload >/dev/null
-  echo "mailcluster: changed postfix reloaded"
+# Only the serving node runs Postfix (the role script starts it): never start it here.""",
+            running="postfix status >/dev/null 2>&1",
+            start=False,
+        ),
+        watch=(*files, *tls.public_pair_steps(ctx)),
+        after=(aliases,),
+    )
+    return [*files, aliases, reload, _boot_step()]
+
+
+def _boot_step() -> Step:
+    """Postfix never starts by itself at boot: only where mailcluster-role starts it. (systemctl
+    exists only on systemd hosts such as Linode's; the lab has none and uses update-rc.d.)"""
+    return script_step(
+        BOOT_STEP,
+        f"""if [ -d /run/systemd/system ]; then
+  if systemctl is-enabled --quiet postfix 2>/dev/null; then
+    systemctl disable --quiet postfix
+    echo "{CHANGED_MARK} postfix not started at boot"
+  fi
+elif ls /etc/rc[2-5].d/S*postfix >/dev/null 2>&1; then
+  update-rc.d postfix disable >/dev/null 2>&1
+  echo "{CHANGED_MARK} postfix not started at boot"
 fi
 """,
-            watch=watched + tls.public_pair_steps(ctx),
-            after=("postfix.aliases",),
-        ),
-    ]
+    )

@@ -20,14 +20,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import shlex
-from typing import TYPE_CHECKING
 
-from cluster.plan import CHANGED_MARK, Step, script_step
-from cluster.services.heartbeat import ROLE_SCRIPT, ROLE_SCRIPT_STEP
-from cluster.services.mariadb import USERS_STEP as DB_USERS_STEP
-
-if TYPE_CHECKING:
-    from cluster.hostplan import HostContext
+from cluster.hostcontext import HostContext
+from cluster.plan import CHANGED_MARK, PACKAGES_STEP, Step, script_step
+from cluster.services import mariadb
+from cluster.services.role import ROLE_SCRIPT, ROLE_SCRIPT_STEP
 
 PACKAGES: tuple[str, ...] = ("postfixadmin", "php-cli", "php-mysql", "util-linux")
 
@@ -100,14 +97,12 @@ def steps(ctx: HostContext) -> list[Step]:
         db_password=ctx.secrets.db_postfixadmin,
         postmaster=ctx.config.postmaster,
     )
-    out: list[Step] = [
-        config,
-        ctx.file(MAILBOX_PHP),
-        ctx.file(MAILBOX_CLI, mode="0755", after=("packages", f"file:{MAILBOX_PHP}")),
-    ]
-    if not ctx.topology.is_dns_master(ctx.node):
+    mailbox_php = ctx.file(MAILBOX_PHP)
+    mailbox_cli = ctx.file(MAILBOX_CLI, mode="0755", after=(PACKAGES_STEP, mailbox_php))
+    out: list[Step] = [config, mailbox_php, mailbox_cli]
+    if not ctx.topology.initialises_database(ctx.node):
         return out
-    version_sql = "SELECT value FROM postfixadmin.config WHERE name='version'"
+    version_sql = f"SELECT value FROM {mariadb.POSTFIXADMIN_DB}.config WHERE name='version'"
     out += [
         script_step(
             SCHEMA_STEP,
@@ -126,15 +121,15 @@ if [ "$before" != "$after" ]; then
   echo "{CHANGED_MARK} postfixadmin schema $before -> $after"
 fi
 """,
-            after=(DB_USERS_STEP, f"file:{CONFIG}", ROLE_SCRIPT_STEP),
-            watch=("packages",),
+            after=(mariadb.USERS_STEP, config, ROLE_SCRIPT_STEP),
+            watch=(PACKAGES_STEP,),
         ),
         script_step(
             DOMAIN_STEP,
             f"""{ROLE_SCRIPT} is-writer || exit 0
 {MAILBOX_CLI} domain-add {shlex.quote(ctx.config.domain)}
 """,
-            after=(SCHEMA_STEP, f"file:{MAILBOX_CLI}", f"file:{MAILBOX_PHP}"),
+            after=(SCHEMA_STEP, mailbox_cli, mailbox_php),
         ),
     ]
     return out

@@ -17,14 +17,10 @@ DNS publishes.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from cluster.plan import Step, script_step
+from cluster.hostcontext import HostContext
+from cluster.plan import Step, pidfile_alive, reload_or_start, script_step
 from cluster.render import render
 from cluster.topology import DKIM_SELECTOR
-
-if TYPE_CHECKING:
-    from cluster.hostplan import HostContext
 
 PACKAGES: tuple[str, ...] = ("rspamd",)
 
@@ -33,6 +29,13 @@ DKIM_DIR = "/var/lib/rspamd/dkim"
 MILTER_BIND = "127.0.0.1:11332"
 REJECT_SCORE = 15
 ADD_HEADER_SCORE = 6
+# The script says why, for whoever reads it on the host.
+RESTART = (
+    "# Restart, not reload: a reload re-binds changed worker sockets while the old workers hold\n"
+    '# them ("Address already in use") and rspamd dies. A restart is no mail outage: Postfix\n'
+    "# accepts without the milter while it is away (milter_default_action = accept).\n"
+    "service rspamd restart >/dev/null"
+)
 DISABLED_MODULES: dict[str, str] = {
     "rbl": "DNS blocklists: internet lookups, none reachable in the lab; a policy choice.",
     "fuzzy_check": "Queries rspamd.com's fuzzy storage over the internet.",
@@ -77,18 +80,13 @@ def steps(ctx: HostContext) -> list[Step]:
         files.append(ctx.literal_file(f"{LOCAL_D}/{module}.conf", content))
     reload = script_step(
         "rspamd.reload",
-        """rspamadm configtest -q
-if [ -e /run/rspamd/rspamd.pid ] && kill -0 "$(cat /run/rspamd/rspamd.pid)" 2>/dev/null; then
-  # Restart, not reload: a reload re-binds changed worker sockets while the old workers hold
-  # them ("Address already in use") and rspamd dies. A restart is no mail outage: Postfix
-  # accepts without the milter while it is away (milter_default_action = accept).
-  service rspamd restart >/dev/null
-  echo "mailcluster: changed rspamd restarted"
-else
-  service rspamd start >/dev/null
-  echo "mailcluster: changed rspamd started"
-fi
-""",
-        watch=tuple(f.name for f in files),
+        reload_or_start(
+            "rspamd",
+            check="rspamadm configtest -q",
+            running=pidfile_alive("/run/rspamd/rspamd.pid"),
+            restart=True,
+            reload=RESTART,
+        ),
+        watch=files,
     )
     return [*files, reload]

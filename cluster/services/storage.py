@@ -14,13 +14,9 @@ have the same owner everywhere.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from cluster.plan import Step, script_step
-
-if TYPE_CHECKING:
-    from cluster.hostplan import HostContext
-    from cluster.topology import Node
+from cluster.hostcontext import HostContext
+from cluster.plan import CHANGED_MARK, Step, script_step
+from cluster.topology import Node
 
 PACKAGES: tuple[str, ...] = ("e2fsprogs", "util-linux", "mount")
 
@@ -30,6 +26,8 @@ VMAIL_USER = "vmail"
 VMAIL_UID = 5000
 VMAIL_GID = 5000
 VOLUME_SCRIPT = "/usr/local/sbin/mailcluster-volume"
+VOLUME_STEP = "storage.volume"
+VMAIL_STEP = "storage.vmail"
 # Linode usually shows the device within seconds of the attach; 5 minutes covers a slow API.
 DEVICE_WAIT_S = 300
 
@@ -44,28 +42,25 @@ def device_path(node: Node) -> str:
 
 
 def steps(ctx: HostContext) -> list[Step]:
-    script_file = f"file:{VOLUME_SCRIPT}"
-    return [
-        ctx.file(VOLUME_SCRIPT, mode="0755"),
-        script_step(
-            "storage.volume",
-            f"{VOLUME_SCRIPT} {device_path(ctx.node)} {MOUNT_POINT} /etc/fstab {DEVICE_WAIT_S}\n",
-            watch=(script_file,),
-        ),
-        script_step("storage.vmail", _vmail_script(), after=("storage.volume",)),
-    ]
+    script = ctx.file(VOLUME_SCRIPT, mode="0755")
+    volume = script_step(
+        VOLUME_STEP,
+        f"{VOLUME_SCRIPT} {device_path(ctx.node)} {MOUNT_POINT} /etc/fstab {DEVICE_WAIT_S}\n",
+        watch=(script,),
+    )
+    return [script, volume, script_step(VMAIL_STEP, _vmail_script(), after=(volume,))]
 
 
 def _vmail_script() -> str:
     u, uid, gid = VMAIL_USER, VMAIL_UID, VMAIL_GID
     return f"""if ! getent group {u} >/dev/null; then
   groupadd --system --gid {gid} {u}
-  echo "mailcluster: changed group {u}"
+  echo "{CHANGED_MARK} group {u}"
 fi
 if ! getent passwd {u} >/dev/null; then
   useradd --system --uid {uid} --gid {gid} --home-dir {VMAIL_DIR} --no-create-home \\
     --shell /usr/sbin/nologin --comment "virtual mail" {u}
-  echo "mailcluster: changed user {u}"
+  echo "{CHANGED_MARK} user {u}"
 fi
 if [ "$(id -u {u}):$(id -g {u})" != "{uid}:{gid}" ]; then
   echo "{u} exists with uid:gid $(id -u {u}):$(id -g {u}), expected {uid}:{gid}" >&2
@@ -75,6 +70,6 @@ fi
 mountpoint -q {MOUNT_POINT}
 if [ "$(stat -c %U:%G:%a {VMAIL_DIR} 2>/dev/null)" != "{u}:{u}:770" ]; then
   install -d -o {u} -g {u} -m 0770 {VMAIL_DIR}
-  echo "mailcluster: changed {VMAIL_DIR}"
+  echo "{CHANGED_MARK} {VMAIL_DIR}"
 fi
 """

@@ -11,13 +11,9 @@ The firewall must admit TCP 873 from cluster addresses.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from cluster.plan import Step, restart_or_start, script_step
-from cluster.services.heartbeat import ROLE_SCRIPT_STEP
-
-if TYPE_CHECKING:
-    from cluster.hostplan import HostContext
+from cluster.hostcontext import HostContext
+from cluster.plan import PACKAGES_STEP, Step, reload_or_start, script_step
+from cluster.services.role import ROLE_SCRIPT_STEP
 
 PACKAGES: tuple[str, ...] = ("rsync", "cron", "util-linux")
 
@@ -31,19 +27,20 @@ def steps(ctx: HostContext) -> list[Step]:
     client = ctx.literal_file(
         "/etc/mailcluster/secrets/rsync", ctx.secrets.rsync + "\n", mode="0600", secret=True
     )
+    websync = ctx.file(WEBSYNC, mode="0755", after=(PACKAGES_STEP, ROLE_SCRIPT_STEP))
     return [
         conf,
         secrets,
         default,
         client,
-        ctx.file(WEBSYNC, mode="0755", after=("packages", ROLE_SCRIPT_STEP)),
-        ctx.file("/etc/cron.d/mailcluster-websync", after=("packages", f"file:{WEBSYNC}")),
+        websync,
+        ctx.file("/etc/cron.d/mailcluster-websync", after=(PACKAGES_STEP, websync)),
         # The daemon rereads rsyncd.conf on every connection: only a stopped daemon or a new
         # /etc/default/rsync needs the init script.
         script_step(
             "sync.rsyncd",
-            restart_or_start("rsync"),
-            after=(conf.name, secrets.name),
-            watch=(default.name,),
+            reload_or_start("rsync", restart=True),
+            after=(conf, secrets),
+            watch=(default,),
         ),
     ]

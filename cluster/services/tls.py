@@ -26,12 +26,9 @@ drop privileges, and nothing else may.
 from __future__ import annotations
 
 import shlex
-from typing import TYPE_CHECKING
 
-from cluster.plan import Step, script_step
-
-if TYPE_CHECKING:
-    from cluster.hostplan import HostContext
+from cluster.hostcontext import HostContext
+from cluster.plan import CHANGED_MARK, Step, file_step_name, script_step
 
 PACKAGES: tuple[str, ...] = ("ssl-cert", "openssl", "certbot")
 
@@ -45,6 +42,7 @@ KEY_GROUP = "ssl-cert"
 ACME_WEBROOT = "/var/www/letsencrypt"
 DEPLOY_HOOK = "/etc/letsencrypt/renewal-hooks/deploy/mailcluster"
 CERTBOT_NAME = "mailcluster"
+BOOTSTRAP_STEP = "tls.bootstrap"
 
 # Mozilla "intermediate" (guideline 5.7): TLS 1.2 with AEAD ciphers and forward secrecy; TLS 1.3
 # suites are OpenSSL's defaults. https://ssl-config.mozilla.org/guidelines/5.7.json
@@ -72,45 +70,45 @@ def public_names(ctx: HostContext) -> list[str]:
 def public_pair_steps(ctx: HostContext) -> tuple[str, ...]:
     """Steps that install the pair users see: a daemon's reload watches them."""
     if ctx.config.tls_mode == "selfsigned":
-        return (f"file:{CHAIN}", f"file:{KEY}")
-    return ("tls.bootstrap",)
+        return (file_step_name(CHAIN), file_step_name(KEY))
+    return (BOOTSTRAP_STEP,)
 
 
 def cluster_pair_steps() -> tuple[str, ...]:
-    return (f"file:{CA}", f"file:{CLUSTER_CHAIN}", f"file:{CLUSTER_KEY}")
+    """Steps that install the cluster CA and this data centre's cluster pair."""
+    return (file_step_name(CA), file_step_name(CLUSTER_CHAIN), file_step_name(CLUSTER_KEY))
 
 
 def steps(ctx: HostContext) -> list[Step]:
     pair = ctx.secrets.tls[ctx.node.dc]
-    out = [
-        ctx.literal_file(CA, ctx.secrets.ca_cert_pem),
-        ctx.literal_file(CLUSTER_CHAIN, pair.cert_pem),
-        _key_file(ctx, CLUSTER_KEY, pair.key_pem),
-    ]
+    cluster_chain = ctx.literal_file(CLUSTER_CHAIN, pair.cert_pem)
+    cluster_key = _key_file(ctx, CLUSTER_KEY, pair.key_pem)
+    out = [ctx.literal_file(CA, ctx.secrets.ca_cert_pem), cluster_chain, cluster_key]
     if ctx.config.tls_mode == "selfsigned":
         out += [
             ctx.literal_file(CHAIN, pair.cert_pem),
             _key_file(ctx, KEY, pair.key_pem),
         ]
         return out
+    deploy_hook = ctx.file(DEPLOY_HOOK, mode="0755", tls_dir=TLS_DIR, chain=CHAIN, key=KEY,
+                           key_group=KEY_GROUP)  # fmt: skip
     out += [
         script_step(
-            "tls.bootstrap",
+            BOOTSTRAP_STEP,
             f"""# Until certbot has a certificate, present the cluster one so daemons can start.
 for pair in {CLUSTER_CHAIN}:{CHAIN} {CLUSTER_KEY}:{KEY}; do
   src=${{pair%%:*}} dst=${{pair#*:}}
   if [ ! -s "$dst" ]; then
     install -m "$(stat -c %a "$src")" -o root -g "$(stat -c %G "$src")" "$src" "$dst"
-    echo "mailcluster: changed $dst (bootstrap copy of the cluster certificate)"
+    echo "{CHANGED_MARK} $dst (bootstrap copy of the cluster certificate)"
   fi
 done
 """,
-            after=(f"file:{CLUSTER_CHAIN}", f"file:{CLUSTER_KEY}"),
+            after=(cluster_chain, cluster_key),
         ),
-        ctx.file(DEPLOY_HOOK, mode="0755", tls_dir=TLS_DIR, chain=CHAIN, key=KEY,
-                 key_group=KEY_GROUP),
-        script_step("tls.certbot", _certbot_script(ctx), after=("tls.bootstrap",),
-                    watch=(f"file:{DEPLOY_HOOK}",)),
+        deploy_hook,
+        script_step("tls.certbot", _certbot_script(ctx), after=(BOOTSTRAP_STEP,),
+                    watch=(deploy_hook,)),
     ]  # fmt: skip
     return out
 
@@ -136,5 +134,5 @@ fi
 certbot certonly --non-interactive --agree-tos -m {shlex.quote(email)} \\
   --cert-name {CERTBOT_NAME} --webroot -w {ACME_WEBROOT} {domains} \\
   --deploy-hook {DEPLOY_HOOK}
-echo "mailcluster: changed obtained Let's Encrypt certificate {CERTBOT_NAME}"
+echo "{CHANGED_MARK} obtained Let's Encrypt certificate {CERTBOT_NAME}"
 """

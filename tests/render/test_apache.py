@@ -14,7 +14,8 @@ from rendertools import files
 
 from cluster.material import ClusterSecrets
 from cluster.plan import HostPlan
-from cluster.services import apache, postfixadmin
+from cluster.services import apache, mta_sts, postfixadmin
+from cluster.services.tls import TLS_DIR
 from cluster.topology import Topology
 
 
@@ -37,7 +38,7 @@ def test_apache2ctl_accepts_rendered_tree(
     dc = topo.node(hp.host).dc
     (tls / "fullchain.pem").write_text(secrets.tls[dc].cert_pem)
     (tls / "privkey.pem").write_text(secrets.tls[dc].key_pem)
-    site = files(hp)[apache.SITE].replace(apache.TLS_DIR, str(tls))
+    site = files(hp)[apache.SITE].replace(TLS_DIR, str(tls))
     (conf / "sites-available/mailcluster.conf").write_text(site)
     env = {**os.environ, "APACHE_CONFDIR": str(conf)}
     enable = hp.step("apache.enable")
@@ -63,23 +64,23 @@ def test_site_rules(plan: tuple[Topology, HostPlan]) -> None:
     assert "Alias /postfixadmin /usr/share/postfixadmin/public" in site
     assert "DocumentRoot /var/lib/roundcube/public_html" in site
     assert "ScriptAlias /graphs/mailgraph.cgi /usr/share/mailgraph/mailgraph.cgi" in site
-    assert f"SSLCertificateFile {apache.TLS_DIR}/fullchain.pem" in site
+    assert f"SSLCertificateFile {TLS_DIR}/fullchain.pem" in site
 
 
 def test_mta_sts_policy(plan: tuple[Topology, HostPlan]) -> None:
     topo, hp = plan
-    policy = files(hp)[apache.MTA_STS_POLICY]
+    policy = files(hp)[mta_sts.POLICY]
     lines = dict(ln.split(": ", 1) for ln in policy.splitlines())
     assert lines == {
         "version": "STSv1",
         "mode": topo.config.mta_sts_mode,
         "mx": topo.mail_host,
-        "max_age": str(apache.MTA_STS_MAX_AGE[topo.config.mta_sts_mode]),
+        "max_age": str(mta_sts.MAX_AGE[topo.config.mta_sts_mode]),
     }
     # The TXT id is tied to the text: another mode, another id.
     other = topo.config.with_values(mta_sts_mode="enforce")
-    assert apache.mta_sts_id(other) != apache.mta_sts_id(topo.config)
-    assert re.fullmatch(r"[0-9a-f]{20}", apache.mta_sts_id(topo.config))
+    assert mta_sts.policy_id(other) != mta_sts.policy_id(topo.config)
+    assert re.fullmatch(r"[0-9a-f]{20}", mta_sts.policy_id(topo.config))
 
 
 @pytest.mark.checkers

@@ -14,7 +14,7 @@ from cluster.hostplan import build_host_plan
 from cluster.lab.model import lab_topology
 from cluster.material import PASSWORD_FIELDS, ClusterSecrets
 from cluster.plan import HostPlan
-from cluster.services import heartbeat
+from cluster.services import bgp, heartbeat, role
 from cluster.topology import Topology
 
 
@@ -72,7 +72,7 @@ def test_haresources_bgp_linode(secrets: ClusterSecrets) -> None:
     assert "-dcid 6 -primary" in lelastic  # us-east is Newark, id 6
     names = [s.name for s in hp.steps]
     assert "heartbeat.lelastic" in names and "heartbeat.shared-ip-on-lo" in names
-    assert heartbeat.LELASTIC_VERSION in hp.step("heartbeat.lelastic").script
+    assert bgp.LELASTIC_VERSION in hp.step("heartbeat.lelastic").script
     # The lab never downloads anything.
     lab = build_host_plan(topo, "dc1-svr2", secrets, "lab")
     assert "heartbeat.lelastic" not in [s.name for s in lab.steps]
@@ -80,13 +80,13 @@ def test_haresources_bgp_linode(secrets: ClusterSecrets) -> None:
 
 def test_bgp_unknown_region_fails_clearly() -> None:
     with pytest.raises(ValueError, match="se-sto"):
-        heartbeat.lelastic_dcid("se-sto")
+        bgp.lelastic_dcid("se-sto")
 
 
 def test_cluster_conf_reads_back_in_a_shell(plan: tuple[Topology, HostPlan]) -> None:
     topo, hp = plan
     node = topo.node(hp.host)
-    conf = files(hp)[heartbeat.CLUSTER_CONF]
+    conf = files(hp)[role.CLUSTER_CONF]
     out = subprocess.run(
         ["bash", "-c", 'set -eu; . /dev/stdin; echo "$NODE|$DC|$ACTIVE_DC|$VIP|$DB_MASTER|'
          '$PEER_PRIVATE_IP|$WEB_SYNC_TARGETS"'],
@@ -104,7 +104,7 @@ def test_last_step_is_reconcile(plan: tuple[Topology, HostPlan]) -> None:
     _, hp = plan
     last = hp.ordered()[-1]
     assert last.name == heartbeat.RECONCILE_STEP
-    assert last.script.strip() == f"{heartbeat.ROLE_SCRIPT} reconcile"
+    assert last.script.strip() == f"{role.ROLE_SCRIPT} reconcile"
 
 
 SCRIPTS_BASH = (

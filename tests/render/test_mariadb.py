@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from rendertools import NODES
 
-from cluster.hostplan import HostContext, build_host_plan
+from cluster.hostcontext import HostContext
+from cluster.hostplan import build_host_plan
 from cluster.material import ClusterSecrets
 from cluster.plan import HostPlan
 from cluster.services import mariadb
@@ -44,7 +45,7 @@ def test_mariadbd_accepts_config(plan: tuple[Topology, HostPlan], tmp_path: Path
     assert values["read-only"] == "TRUE"
     assert values["skip-name-resolve"] == "TRUE"
     assert values["relay-log"] == "/var/log/mysql/mariadb-relay-bin"
-    assert values["ssl-cert"] == f"{mariadb.TLS_DIR}/cert.pem"
+    assert values["ssl-cert"] == f"{mariadb.DB_TLS_DIR}/cert.pem"
     defaults = subprocess.run(
         ["my_print_defaults", f"--defaults-file={cnf}", "mysqld"],
         capture_output=True, text=True, check=True,
@@ -95,7 +96,7 @@ def test_accounts_only_on_master_candidates_and_replicas_after(
     else:
         assert role.after_remote == ()
     assert hp.step(f"file:{mariadb.REPL_SECRET}").file.mode == "0600"  # type: ignore[union-attr]
-    key = hp.step(f"file:{mariadb.TLS_DIR}/key.pem")
+    key = hp.step(f"file:{mariadb.DB_TLS_DIR}/key.pem")
     assert key.secret and key.file is not None and key.file.owner == "mysql"
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from cluster.hostplan import HostContext, build_host_plan
+from cluster.hostcontext import HostContext
+from cluster.hostplan import build_host_plan
 from cluster.material import ClusterSecrets
 from cluster.services import apache, mariadb, postfixadmin
 from cluster.topology import Topology

@@ -117,7 +117,7 @@ def lab(
     tls = tmp_path / "tls"
     tls.mkdir()
     for name in ("cert.pem", "key.pem", "ca.pem"):
-        (tls / name).write_text(files[f"{mariadb.TLS_DIR}/{name}"])
+        (tls / name).write_text(files[f"{mariadb.DB_TLS_DIR}/{name}"])
     stubs = tmp_path / "stubs"
     stubs.mkdir()
     for name, text in STUBS.items():
@@ -203,7 +203,7 @@ def test_first_apply_failover_and_rejoin(
     assert "writable master" in out
     assert s1.sql("SELECT @@global.read_only") == "0"
     # The users step's SQL, plus a repl account for the loopback the test replicates over.
-    from cluster.hostplan import HostContext
+    from cluster.hostcontext import HostContext
 
     ctx = HostContext(topologies["dc1"], topologies["dc1"].node("dc1-svr1"), secrets, "lab")
     sql = mariadb.users_sql(ctx) + mariadb._user(

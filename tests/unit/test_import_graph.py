@@ -130,7 +130,9 @@ def _write(root: Path, files: Mapping[str, str]) -> None:
         ),
     ],
 )
-def test_a_cycle_is_found_and_named(tmp_path: Path, files: dict[str, str], cycle: list[str]) -> None:
+def test_a_cycle_is_found_and_named(
+    tmp_path: Path, files: dict[str, str], cycle: list[str]
+) -> None:
     _write(tmp_path, files)
     assert find_cycle(import_graph(tmp_path, "pkg")) == cycle
 

@@ -4,14 +4,30 @@ from __future__ import annotations
 
 import os
 import subprocess
+import types
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from cluster.hostplan import all_packages, build_host_plan
+from cluster import hostplan, services
+from cluster.hostcontext import HostContext
+from cluster.hostplan import all_packages, build_host_plan, build_stack_plans
 from cluster.material import ClusterSecrets
-from cluster.plan import CHANGED_MARK, FileSpec, HostPlan, file_step, script_step
+from cluster.plan import (
+    CHANGED_MARK,
+    FileSpec,
+    HostPlan,
+    Step,
+    file_step,
+    reload_or_start,
+    script_step,
+)
+from cluster.render import TEMPLATES, environment
+from cluster.services import mariadb
 from cluster.topology import Topology
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(step_command: str, stdin: str) -> str:
@@ -102,3 +118,98 @@ def test_no_secret_in_any_command(topologies: dict[str, Topology], secrets: Clus
                     assert value not in step.command, f"{node.name} {step.name} leaks a secret"
                     if not step.secret:
                         assert value not in step.stdin, f"{node.name} {step.name}: secret stdin"
+
+
+def _add_service(
+    monkeypatch: pytest.MonkeyPatch, steps: Callable[[HostContext], list[Step]]
+) -> None:
+    fake = types.SimpleNamespace(PACKAGES=(), steps=steps)
+    monkeypatch.setattr(hostplan, "SERVICES", (*services.SERVICES, fake))
+
+
+def test_a_dangling_reference_fails_when_the_plan_is_built(
+    monkeypatch: pytest.MonkeyPatch, topologies: dict[str, Topology], secrets: ClusterSecrets
+) -> None:
+    _add_service(
+        monkeypatch, lambda ctx: [script_step("zz.reload", "true\n", watch=("file:/etc/typo",))]
+    )
+    with pytest.raises(
+        ValueError, match=r"dc1-svr1: step 'zz.reload' needs unknown 'file:/etc/typo'"
+    ):
+        build_host_plan(topologies["dc1"], "dc1-svr1", secrets, "lab")
+
+
+@pytest.mark.parametrize(
+    ("ref", "message"),
+    [
+        (
+            ("dc1-svr1", "mariadb.usrs"),
+            r"step 'zz.wait' waits on unknown 'mariadb.usrs' of dc1-svr1",
+        ),
+        (
+            ("dc9-svr1", mariadb.USERS_STEP),
+            r"step 'zz.wait' waits on .* of unknown host 'dc9-svr1'",
+        ),
+    ],
+)
+def test_a_dangling_cross_host_reference_fails_when_the_stack_is_built(
+    monkeypatch: pytest.MonkeyPatch,
+    topologies: dict[str, Topology],
+    secrets: ClusterSecrets,
+    ref: tuple[str, str],
+    message: str,
+) -> None:
+    _add_service(monkeypatch, lambda ctx: [script_step("zz.wait", "true\n", after_remote=(ref,))])
+    with pytest.raises(ValueError, match=message):
+        build_stack_plans(topologies["dc1"], secrets, "lab")
+
+
+@pytest.mark.parametrize("stack", ["dc1", "dc2"])
+def test_stack_plans_hold_their_cross_host_references(
+    stack: str, topologies: dict[str, Topology], secrets: ClusterSecrets
+) -> None:
+    topo = topologies[stack]
+    plans = build_stack_plans(topo, secrets, "lab")
+    assert set(plans) == {n.name for n in topo.own_nodes}
+    refs = {ref for p in plans.values() for s in p.steps for ref in s.after_remote}
+    if stack == topo.active_dc:
+        # The active data centre's replica sets up replication after the master's accounts.
+        assert refs == {(f"{stack}-svr1", mariadb.USERS_STEP)}
+    for host, name in refs:
+        assert host not in plans or plans[host].step(name)
+
+
+def _bash(script: str) -> subprocess.CompletedProcess[str]:
+    # A stand-in for the init scripts: says what it was asked on stderr.
+    shim = 'service() { echo "service $*" >&2; }\n'
+    return subprocess.run(
+        ["bash", "-c", "set -euo pipefail\n" + shim + script], capture_output=True, text=True
+    )
+
+
+def test_reload_or_start_checks_then_reloads_or_starts() -> None:
+    up = _bash(reload_or_start("d", running="true"))
+    assert (up.stdout, up.stderr) == (f"{CHANGED_MARK} d reloaded\n", "service d reload\n")
+    down = _bash(reload_or_start("d", running="false"))
+    assert (down.stdout, down.stderr) == (f"{CHANGED_MARK} d started\n", "service d start\n")
+    again = _bash(reload_or_start("d", running="true", restart=True))
+    assert (again.stdout, again.stderr) == (f"{CHANGED_MARK} d restarted\n", "service d restart\n")
+    custom = _bash(reload_or_start("d", running="true", reload="echo own >&2"))
+    assert (custom.stdout, custom.stderr) == (f"{CHANGED_MARK} d reloaded\n", "own\n")
+    # A failing check stops the step before anything is reloaded.
+    bad = _bash(reload_or_start("d", check="false", running="true"))
+    assert bad.returncode != 0 and bad.stdout == "" and bad.stderr == ""
+    # start=False: a stopped daemon stays stopped, and nothing is reported.
+    never = _bash(reload_or_start("d", running="false", start=False))
+    assert never.returncode == 0 and never.stdout == "" and never.stderr == ""
+
+
+def test_one_spelling_of_the_changed_mark() -> None:
+    """Python says CHANGED_MARK, templates say {{ changed_mark }}: the literal lives in plan.py."""
+    assert environment().globals["changed_mark"] == CHANGED_MARK
+    spelled = [
+        str(path.relative_to(ROOT))
+        for path in [*(ROOT / "cluster").rglob("*.py"), *TEMPLATES.rglob("*.j2")]
+        if CHANGED_MARK in path.read_text()
+    ]
+    assert spelled == ["cluster/plan.py"]

@@ -19,7 +19,7 @@ from pulumi_harness import (
     variant_run,
 )
 
-from cluster import hostplan, services
+from cluster import hostcontext, hostplan, services
 from cluster.config import StackConfig, load_config
 from cluster.plan import HostPlan, script_step
 from cluster.provision import plan_structure, real_plans, resource_name
@@ -165,7 +165,7 @@ def test_secret_steps_get_secret_stdin_and_triggers(
 ) -> None:
     """With a service that feeds a password on stdin (whatever the real services do today)."""
 
-    def steps(ctx: hostplan.HostContext) -> list[Any]:
+    def steps(ctx: hostcontext.HostContext) -> list[Any]:
         return [
             script_step(
                 "zz.secret",
