@@ -1,8 +1,9 @@
 """Build the plans of hosts from the topology: every service contributes its files and steps.
 
-``build_host_plan`` builds one host's plan; ``build_stack_plans`` builds those of a stack's own
-nodes and checks the references between them. Both appliers use these (``cluster/provision.py``
-for Pulumi, ``cluster/lab`` for the lab).
+``build_host_plan`` builds one host's plan and checks its references to its own steps (and that
+a step waiting on another host names a node of the cluster); ``build_stack_plans`` builds those
+of a stack's own nodes and checks the references between them, step by step. The appliers
+(``cluster/provision.py`` for Pulumi, ``cluster/lab`` for the lab) build from these.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def build_host_plan(
                 step = dataclasses.replace(step, after=(PACKAGES_STEP,))
             plan.add(step)
     plan.ordered()  # fail early on unknown dependencies or cycles
+    check_remote_refs({node_name: plan}, other_hosts={n.name for n in topology.nodes})
     return plan
 
 

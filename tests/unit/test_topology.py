@@ -25,6 +25,8 @@ def test_roles_follow_active_dc(stack: str, active: str) -> None:
     assert mx and mx[0].value == f"10 mail.{topo.domain}."
     mail_a = [r.value for r in records if r.name == "mail" and r.type == "A"]
     assert mail_a == [topo.shared_ip(active)], "users always reach the active DC"
+    # The one-time database writes sit where the writable master can be: the active DC.
+    assert {n.dc for n in topo.nodes if topo.initialises_database(n)} == {active}
 
 
 def test_txt_records_split_and_quoted() -> None:
