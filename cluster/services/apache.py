@@ -27,7 +27,7 @@ ROUNDCUBE_CONFIG = "/etc/roundcube/config.inc.php"
 MODULES = ("ssl", "rewrite", "headers", "cgi", "php8.2")
 ROUNDCUBE_SQL = "/usr/share/roundcube/SQL/mysql.initial.sql"
 ENABLE_STEP = "apache.enable"
-SCHEMA_STEP = "roundcube.schema"
+ROUNDCUBE_SCHEMA_STEP = "roundcube.schema"
 
 
 def steps(ctx: HostContext) -> list[Step]:
@@ -85,7 +85,7 @@ apache2ctl -t >/dev/null 2>&1 || { echo "apache2ctl -t failed: not reloading" >&
         db = mariadb.ROUNDCUBE_DB
         out.append(
             script_step(
-                SCHEMA_STEP,
+                ROUNDCUBE_SCHEMA_STEP,
                 f"""{ROLE_SCRIPT} is-writer || exit 0
 has=$(mysql --protocol=socket -uroot -N -B -e "SHOW TABLES FROM {db} LIKE 'system'")
 if [ -z "$has" ]; then
