@@ -213,3 +213,14 @@ def test_one_spelling_of_the_changed_mark() -> None:
         if CHANGED_MARK in path.read_text()
     ]
     assert spelled == ["cluster/plan.py"]
+
+
+def test_every_service_module_is_planned() -> None:
+    """A module under cluster/services with steps that SERVICES forgot would never run."""
+    listed = {m.__name__.rsplit(".", 1)[1] for m in services.SERVICES}
+    found = {
+        p.stem
+        for p in (ROOT / "cluster" / "services").glob("*.py")
+        if "\ndef steps(" in p.read_text()
+    }
+    assert found == listed
