@@ -1,7 +1,7 @@
 """Build the plan of one host from the topology: every service contributes its files and steps.
 
-``build_host_plan`` is the only entry point both appliers use (``cluster/provision.py`` for
-Pulumi, ``cluster/lab`` for the lab).
+``build_host_plan`` is the only entry point both appliers use (``cluster/pulumi/provision.py``
+for Pulumi, ``cluster/lab`` for the lab).
 """
 
 from __future__ import annotations

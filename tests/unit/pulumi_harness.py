@@ -267,7 +267,7 @@ def secrets_of(result: Result) -> ClusterSecrets:
 def full_secrets(result: Result, material: Result) -> dict[str, Any]:
     """The ClusterSecrets dict ``result``'s plans were built with: the shared material from
     the generating stack's output plus this DC's own pair, from the mocked TLS resources."""
-    from cluster.pulumi_material import _pair
+    from cluster.pulumi.material import _pair
 
     dc = result.outputs["dc"]
     shared = material.outputs["clusterSecrets"]

@@ -17,7 +17,7 @@ import pulumi
 import pulumi_linode as linode
 
 from cluster.config import StackConfig
-from cluster.pulumi_peer import PeerStack, addresses_to_dict
+from cluster.pulumi.peer import PeerStack, addresses_to_dict
 from cluster.topology import SLOTS
 
 IMAGE = "linode/debian12"

@@ -23,11 +23,11 @@ import pulumi
 import pulumi_command.remote as remote
 
 from cluster.config import DC_NAMES, StackConfig
-from cluster.datacentre import node_address
 from cluster.hostplan import build_host_plan
 from cluster.material import ClusterSecrets, generate
 from cluster.plan import HostPlan
-from cluster.pulumi_peer import dict_to_addresses
+from cluster.pulumi.datacentre import node_address
+from cluster.pulumi.peer import dict_to_addresses
 from cluster.topology import SLOTS, DcAddresses, NodeAddresses, Topology
 
 PLATFORM = "linode"

@@ -19,7 +19,7 @@ import pulumi_tls as tls
 
 from cluster.config import StackConfig
 from cluster.material import PASSWORD_FIELDS
-from cluster.pulumi_peer import OUT_CA_KEY, OUT_SECRETS, PeerStack, dict_to_addresses
+from cluster.pulumi.peer import OUT_CA_KEY, OUT_SECRETS, PeerStack, dict_to_addresses
 from cluster.topology import Topology
 
 CA_VALIDITY_HOURS = 10 * 365 * 24
