@@ -44,6 +44,6 @@ if config.provision:
     )
 dc.declare_dns(provisioned)
 
-for key, value in stack_outputs(dc, material.exports, topology_dcs).items():
+outputs = stack_outputs(dc, material.exports, topology_dcs, material.certificate.cert_pem)
+for key, value in outputs.items():
     pulumi.export(key, value)
-pulumi.export("tlsCertificate", material.certificate.cert_pem)

@@ -17,7 +17,22 @@ import pulumi
 import pulumi_linode as linode
 
 from cluster.config import StackConfig
-from cluster.pulumi.peer import PeerStack, addresses_to_dict
+from cluster.pulumi.peer import (
+    OUT_ACTIVE_DC,
+    OUT_ADDRESSES,
+    OUT_ADMIN_URL,
+    OUT_DC,
+    OUT_HOSTNAMES,
+    OUT_MAIL_HOST,
+    OUT_NODES,
+    OUT_REGION,
+    OUT_SHARED_IPV4,
+    OUT_TLS_CERTIFICATE,
+    OUT_TOPOLOGY_DCS,
+    OUT_WEBMAIL_URL,
+    PeerStack,
+    addresses_to_dict,
+)
 from cluster.topology import SLOTS
 
 IMAGE = "linode/debian12"
@@ -362,28 +377,33 @@ def node_address(
 
 
 def stack_outputs(
-    dc: DataCentre, secret_exports: dict[str, pulumi.Output[Any]], topology_dcs: Any
+    dc: DataCentre,
+    secret_exports: dict[str, pulumi.Output[Any]],
+    topology_dcs: Any,
+    tls_certificate: pulumi.Input[str],
 ) -> dict[str, Any]:
-    """What the stack exports: for the user and for the peer stack's StackReference."""
+    """Everything the stack exports, for the user and for the peer stack's StackReference,
+    under the output names of ``cluster.pulumi.peer``."""
     cfg = dc.config
     outputs: dict[str, Any] = {
-        "dc": cfg.dc,
-        "activeDc": cfg.active_dc,
-        "region": cfg.region,
-        "addresses": dc.addresses,
-        "sharedIpv4": dc.shared_ip.address,
-        "nodes": {
+        OUT_DC: cfg.dc,
+        OUT_ACTIVE_DC: cfg.active_dc,
+        OUT_REGION: cfg.region,
+        OUT_ADDRESSES: dc.addresses,
+        OUT_SHARED_IPV4: dc.shared_ip.address,
+        OUT_NODES: {
             node: {
                 "hostname": f"{node}.{cfg.domain}",
                 **{key: node_address(dc.addresses, slot, key) for key in NODE_ADDRESS_KEYS},
             }
             for slot, node in dc.node_names.items()
         },
-        "hostnames": [f"{node}.{cfg.domain}" for node in dc.node_names.values()],
-        "mailHost": f"mail.{cfg.domain}",
-        "webmailUrl": f"https://mail.{cfg.domain}/",
-        "adminUrl": f"https://mail.{cfg.domain}/postfixadmin/",
-        "topologyDcs": topology_dcs,
+        OUT_HOSTNAMES: [f"{node}.{cfg.domain}" for node in dc.node_names.values()],
+        OUT_MAIL_HOST: f"mail.{cfg.domain}",
+        OUT_WEBMAIL_URL: f"https://mail.{cfg.domain}/",
+        OUT_ADMIN_URL: f"https://mail.{cfg.domain}/postfixadmin/",
+        OUT_TOPOLOGY_DCS: topology_dcs,
+        OUT_TLS_CERTIFICATE: tls_certificate,
     }
     outputs.update({k: pulumi.Output.secret(v) for k, v in secret_exports.items()})
     return outputs

@@ -15,12 +15,23 @@ import pulumi
 from cluster.config import StackConfig
 from cluster.topology import DcAddresses, NodeAddresses
 
-# Output names: the contract between the two stacks.
+# Stack output names, every one declared here once. These the peer stack reads: the contract
+# between the two stacks (renaming one breaks a deployed peer).
 OUT_ADDRESSES = "addresses"
 OUT_SECRETS = "clusterSecrets"
 OUT_CA_KEY = "clusterCaKey"
 OUT_ACTIVE_DC = "activeDc"
 OUT_TOPOLOGY_DCS = "topologyDcs"
+# These are for the user (`pulumi stack output`) and the README.
+OUT_DC = "dc"
+OUT_REGION = "region"
+OUT_SHARED_IPV4 = "sharedIpv4"
+OUT_NODES = "nodes"
+OUT_HOSTNAMES = "hostnames"
+OUT_MAIL_HOST = "mailHost"
+OUT_WEBMAIL_URL = "webmailUrl"
+OUT_ADMIN_URL = "adminUrl"
+OUT_TLS_CERTIFICATE = "tlsCertificate"
 
 
 def addresses_to_dict(
