@@ -21,7 +21,7 @@ from pulumi_harness import (
 )
 
 from cluster.config import DEFAULT_REGIONS
-from cluster.material import PASSWORD_FIELDS
+from cluster.material import PASSWORD_FIELDS, PASSWORD_LENGTHS, generate
 from cluster.stackfiles import read_stack_config
 
 INTERNAL_PORTS = {22, 3306, 694, 12345, 873}
@@ -211,6 +211,19 @@ def test_cluster_secrets_output_is_a_pulumi_secret(deployment: Deployment) -> No
     signed = deployment.dc2.one_named("tls:index/locallySignedCert:LocallySignedCert", "dc2-tls")
     assert is_wrapped_secret(signed.inputs["caPrivateKeyPem"])
     assert unwrap(signed.inputs["caPrivateKeyPem"]) == deployment.dc1.outputs["clusterCaKey"]
+
+
+def test_both_appliers_make_passwords_from_one_table(deployment: Deployment) -> None:
+    """pulumi-random (Linode) and ``generate`` (the lab) give each field the same length."""
+    assert PASSWORD_LENGTHS["roundcube_des_key"] == 24  # Roundcube's 3DES key: exactly 24
+    randoms = {r.name: r.inputs for r in deployment.dc1.of_type("randomPassword:RandomPassword")}
+    for field, length in PASSWORD_LENGTHS.items():
+        inputs = randoms[f"dc1-material-{field.replace('_', '-')}"]
+        assert inputs["length"] == length and inputs["special"] is False
+    lab = generate("example.com", ["dc1"], {"dc1": ["mail.example.com"]})
+    for field, length in PASSWORD_LENGTHS.items():
+        value = getattr(lab, field)
+        assert len(value) == length and value.isalnum(), field
 
 
 @pytest.mark.parametrize("which", ["dc1", "dc2"])
