@@ -33,6 +33,7 @@ from cluster.pulumi.peer import (
     PeerStack,
     addresses_to_dict,
 )
+from cluster.services.storage import volume_label
 from cluster.topology import SLOTS
 
 IMAGE = "linode/debian12"
@@ -168,11 +169,10 @@ class DataCentre(pulumi.ComponentResource):
                 opts=child,
             )
             self.instances[slot] = inst
-            # The label fixes the device path the storage step mounts:
-            # /dev/disk/by-id/scsi-0Linode_Volume_<node>-mail
+            # The label fixes the device path the storage step mounts (storage.device_path).
             self.volumes[slot] = linode.Volume(
                 f"{name}-{slot}-mail",
-                label=f"{node}-mail",
+                label=volume_label(node),
                 region=config.region,
                 size=config.volume_size_gb,
                 linode_id=inst.id.apply(int),

@@ -109,6 +109,16 @@ def test_every_node_has_its_own_attached_volume(stack: tuple[str, Result]) -> No
         assert vol.inputs["region"] == read_stack_config(dc).get("region", DEFAULT_REGIONS[dc])
 
 
+def test_storage_step_mounts_the_volume_linode_attaches(deployment: Deployment) -> None:
+    """The device Linode names after the volume label is the one the storage step waits for."""
+    result = deployment.dc1
+    steps = {c.name: unwrap(c.inputs["create"]) for c in _commands(result)}
+    for vol in result.of_type("volume:Volume"):
+        node = vol.inputs["label"].removesuffix("-mail")
+        device = f"/dev/disk/by-id/scsi-0Linode_Volume_{vol.inputs['label']}"
+        assert device in steps[f"{node}-storage.volume"].split()
+
+
 def test_volume_size_and_instance_type_follow_config() -> None:
     result = variant_run()
     assert {v.inputs["size"] for v in result.of_type("volume:Volume")} == {120}
