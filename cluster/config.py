@@ -15,7 +15,7 @@ import ipaddress
 import json
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 DC_NAMES = ("dc1", "dc2")
@@ -81,7 +81,6 @@ class StackConfig:
     heartbeat_keepalive_ms: int
     heartbeat_deadtime_ms: int
     provision: bool
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def peer_dc(self) -> str:

@@ -254,7 +254,6 @@ class DataCentre(pulumi.ComponentResource):
 
         self.rdns: list[linode.Rdns] = []
         self.secondary_dns: linode.Domain | None = None
-        self.rdns_declared: pulumi.Output[int] = pulumi.Output.from_input(0)
         self.register_outputs(
             {
                 "addresses": self.addresses,
@@ -297,19 +296,22 @@ class DataCentre(pulumi.ComponentResource):
         cfg = self.config
         if not cfg.provision or cfg.is_active:
             self._declare_rdns(provisioned)
-            self.rdns_declared = pulumi.Output.from_input(len(self.rdns))
         else:
             ready = pulumi.Output.all(self.peer.topology_dcs, self.peer.active_dc).apply(
                 lambda v: bool(v[0]) and cfg.dc in v[0] and v[1] == cfg.active_dc
             )
+
+            def declare_when_ready(ok: bool) -> None:
+                if ok:
+                    self._declare_rdns(provisioned)
+
             # Declared inside apply: the condition comes from the peer's stack outputs, which
-            # Pulumi reads during preview too, so preview shows these records.
-            self.rdns_declared = ready.apply(
-                lambda ok: len(self._declare_rdns(provisioned)) if ok else 0
-            )
+            # Pulumi reads during preview too, so preview shows these records. The runtime
+            # awaits every apply before the program ends, so the Output need not be kept.
+            ready.apply(declare_when_ready)
         self._declare_secondary_dns(provisioned)
 
-    def _declare_rdns(self, provisioned: Sequence[pulumi.Resource]) -> list[linode.Rdns]:
+    def _declare_rdns(self, provisioned: Sequence[pulumi.Resource]) -> None:
         opts = pulumi.ResourceOptions(parent=self, depends_on=list(provisioned))
         for index, (address, name) in enumerate(self.ptr_names()):
             self.rdns.append(
@@ -323,7 +325,6 @@ class DataCentre(pulumi.ComponentResource):
                     opts=opts,
                 )
             )
-        return self.rdns
 
     def _declare_secondary_dns(self, provisioned: Sequence[pulumi.Resource]) -> None:
         cfg = self.config
