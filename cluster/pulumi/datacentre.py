@@ -16,7 +16,7 @@ from typing import Any
 import pulumi
 import pulumi_linode as linode
 
-from cluster.config import StackConfig
+from cluster.config import StackConfig, other_dc
 from cluster.pulumi.peer import (
     OUT_ACTIVE_DC,
     OUT_ADDRESSES,
@@ -34,7 +34,7 @@ from cluster.pulumi.peer import (
     addresses_to_dict,
 )
 from cluster.services.storage import volume_label
-from cluster.topology import SLOTS
+from cluster.topology import SLOTS, node_name
 
 IMAGE = "linode/debian12"
 # Linode's strict anti-affinity: the two nodes never share a physical host, and Linode refuses
@@ -147,7 +147,7 @@ class DataCentre(pulumi.ComponentResource):
             placement_group_policy=PLACEMENT_POLICY,
             opts=child,
         )
-        self.node_names = {slot: f"{config.dc}-{slot}" for slot in SLOTS}
+        self.node_names = {slot: node_name(config.dc, slot) for slot in SLOTS}
         self.instances: dict[str, linode.Instance] = {}
         self.volumes: dict[str, linode.Volume] = {}
         for slot, node in self.node_names.items():
@@ -357,7 +357,7 @@ def bind_servers(
     Linode keeps following the zone after a failover that never touches dc1's stack."""
     by_dc = {config.dc: own, config.peer_dc: peer}
     out: list[str] = []
-    for dc in (config.active_dc, "dc2" if config.active_dc == "dc1" else "dc1"):
+    for dc in (config.active_dc, other_dc(config.active_dc)):
         data = by_dc.get(dc)
         if data:
             out.append(data["sharedIpv4"])
