@@ -18,6 +18,7 @@ import pulumi_linode as linode
 
 from cluster.config import StackConfig, other_dc
 from cluster.pulumi.peer import (
+    NODE_ADDRESS_KEYS,
     OUT_ACTIVE_DC,
     OUT_ADDRESSES,
     OUT_ADMIN_URL,
@@ -32,6 +33,8 @@ from cluster.pulumi.peer import (
     OUT_WEBMAIL_URL,
     PeerStack,
     addresses_to_dict,
+    dict_to_addresses,
+    node_address,
 )
 from cluster.services.storage import volume_label
 from cluster.topology import SLOTS, node_name
@@ -96,14 +99,15 @@ def cluster_cidrs(own: dict[str, Any], peer: dict[str, Any] | None) -> tuple[lis
     """Every address a cluster peer may come from, both data centres, as host CIDRs."""
     v4: list[str] = []
     v6: list[str] = []
-    for dc in (own, peer):
-        if not dc:
+    for data in (own, peer):
+        if not data:
             continue
-        v4.append(_host_cidr(dc["sharedIpv4"]))
-        for node in dc["nodes"].values():
-            v4 += [_host_cidr(node["publicIpv4"]), _host_cidr(node["privateIpv4"])]
-            if node.get("publicIpv6"):
-                v6.append(_host_cidr(node["publicIpv6"]))
+        dc = dict_to_addresses(data)
+        v4.append(_host_cidr(dc.shared_ipv4))
+        for node in dc.nodes.values():
+            v4 += [_host_cidr(node.public_ipv4), _host_cidr(node.private_ipv4)]
+            if node.public_ipv6:
+                v6.append(_host_cidr(node.public_ipv6))
     return list(dict.fromkeys(v4)), list(dict.fromkeys(v6))
 
 
@@ -360,21 +364,10 @@ def bind_servers(
     for dc in (config.active_dc, other_dc(config.active_dc)):
         data = by_dc.get(dc)
         if data:
-            out.append(data["sharedIpv4"])
-            out += [data["nodes"][slot]["publicIpv4"] for slot in SLOTS]
+            addresses = dict_to_addresses(data)
+            out.append(addresses.shared_ipv4)
+            out += [addresses.nodes[slot].public_ipv4 for slot in SLOTS]
     return list(dict.fromkeys(out))
-
-
-NODE_ADDRESS_KEYS = ("publicIpv4", "privateIpv4", "publicIpv6")
-
-
-def node_address(
-    addresses: pulumi.Output[dict[str, Any]], slot: str, key: str
-) -> pulumi.Output[Any]:
-    def pick(a: dict[str, Any]) -> Any:
-        return a["nodes"][slot][key]
-
-    return addresses.apply(pick)
 
 
 def stack_outputs(

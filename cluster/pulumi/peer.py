@@ -48,6 +48,10 @@ def addresses_to_dict(
     }
 
 
+# The keys of one node in that shape (also of each node's entry in the ``nodes`` output).
+NODE_ADDRESS_KEYS = ("publicIpv4", "privateIpv4", "publicIpv6")
+
+
 def dict_to_addresses(data: dict[str, Any]) -> DcAddresses:
     return DcAddresses(
         shared_ipv4=str(data["sharedIpv4"]),
@@ -60,6 +64,17 @@ def dict_to_addresses(data: dict[str, Any]) -> DcAddresses:
             for slot, node in data["nodes"].items()
         },
     )
+
+
+def node_address(
+    addresses: pulumi.Output[dict[str, Any]], slot: str, key: str
+) -> pulumi.Output[Any]:
+    """One address (``key``, one of ``NODE_ADDRESS_KEYS``) of the node in ``slot``."""
+
+    def pick(a: dict[str, Any]) -> Any:
+        return a["nodes"][slot][key]
+
+    return addresses.apply(pick)
 
 
 class PeerStack:

@@ -26,8 +26,7 @@ from cluster.config import DC_NAMES, StackConfig
 from cluster.hostplan import build_host_plan
 from cluster.material import ClusterSecrets, generate
 from cluster.plan import HostPlan
-from cluster.pulumi.datacentre import node_address
-from cluster.pulumi.peer import dict_to_addresses
+from cluster.pulumi.peer import dict_to_addresses, node_address
 from cluster.topology import SLOTS, DcAddresses, NodeAddresses, Topology, node_name
 
 PLATFORM = "linode"
