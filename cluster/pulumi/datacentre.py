@@ -40,6 +40,9 @@ from cluster.services.storage import volume_label
 from cluster.topology import SLOTS, node_name
 
 IMAGE = "linode/debian12"
+# Every Linode resource carries this tag; the account-wide ones (placement group, firewall) are
+# labelled "<TAG>-<dc>" (Linode labels are unique per account).
+TAG = "mailcluster"
 # Linode's strict anti-affinity: the two nodes never share a physical host, and Linode refuses
 # a placement that would break that rather than quietly co-locating them.
 PLACEMENT_TYPE = "anti_affinity:local"
@@ -141,11 +144,12 @@ class DataCentre(pulumi.ComponentResource):
         self.config = config = args.config
         self.peer = args.peer
         child = pulumi.ResourceOptions(parent=self)
-        tags = ["mailcluster", config.dc, *args.tags]
+        tags = [TAG, config.dc, *args.tags]
+        account_label = f"{TAG}-{config.dc}"
 
         self.placement_group = linode.PlacementGroup(
             f"{name}-pg",
-            label=f"mailcluster-{config.dc}",
+            label=account_label,
             region=config.region,
             placement_group_type=PLACEMENT_TYPE,
             placement_group_policy=PLACEMENT_POLICY,
@@ -247,7 +251,7 @@ class DataCentre(pulumi.ComponentResource):
             )
         self.firewall = linode.Firewall(
             f"{name}-fw",
-            label=f"mailcluster-{config.dc}",
+            label=account_label,
             inbound_policy="DROP",
             outbound_policy="ACCEPT",
             inbounds=inbounds,
@@ -348,7 +352,7 @@ class DataCentre(pulumi.ComponentResource):
             type="slave",
             master_ips=masters,
             ttl_sec=cfg.dns_ttl,
-            tags=["mailcluster"],
+            tags=[TAG],
             opts=pulumi.ResourceOptions(parent=self, depends_on=list(provisioned)),
         )
 
