@@ -6,11 +6,11 @@ Order of a first deployment: ``pulumi up -s dc1``, ``pulumi up -s dc2``, ``pulum
 
 import pulumi
 
-from cluster import pulumi_config
-from cluster.datacentre import DataCentre, DataCentreArgs, stack_outputs
-from cluster.provision import Provisioning, ProvisioningArgs
-from cluster.pulumi_material import cluster_material
-from cluster.pulumi_peer import PeerStack
+from cluster.pulumi import config as pulumi_config
+from cluster.pulumi.datacentre import DataCentre, DataCentreArgs, stack_outputs
+from cluster.pulumi.material import cluster_material
+from cluster.pulumi.peer import PeerStack
+from cluster.pulumi.provision import Provisioning, ProvisioningArgs
 
 config = pulumi_config.load()  # raises ConfigError naming every bad key, before any resource
 stack_secrets = pulumi_config.load_secrets()
@@ -44,6 +44,6 @@ if config.provision:
     )
 dc.declare_dns(provisioned)
 
-for key, value in stack_outputs(dc, material.exports, topology_dcs).items():
+outputs = stack_outputs(dc, material.exports, topology_dcs, material.certificate.cert_pem)
+for key, value in outputs.items():
     pulumi.export(key, value)
-pulumi.export("tlsCertificate", material.certificate.cert_pem)

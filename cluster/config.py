@@ -15,7 +15,7 @@ import ipaddress
 import json
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 DC_NAMES = ("dc1", "dc2")
@@ -51,6 +51,11 @@ _STACK_REF_RE = re.compile(r"^([A-Za-z0-9_.-]+/){0,2}[A-Za-z0-9_.-]+$")
 _INSTANCE_TYPE_RE = re.compile(r"^g[0-9]+-[a-z0-9-]+$")
 
 
+def other_dc(dc: str) -> str:
+    """The data centre that is not ``dc`` (there are two)."""
+    return DC_NAMES[1] if dc == DC_NAMES[0] else DC_NAMES[0]
+
+
 class ConfigError(ValueError):
     """One or more config keys are wrong; the message names each key and what is allowed."""
 
@@ -81,11 +86,10 @@ class StackConfig:
     heartbeat_keepalive_ms: int
     heartbeat_deadtime_ms: int
     provision: bool
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def peer_dc(self) -> str:
-        return "dc2" if self.dc == "dc1" else "dc1"
+        return other_dc(self.dc)
 
     @property
     def is_active(self) -> bool:

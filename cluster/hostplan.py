@@ -3,7 +3,7 @@
 ``build_host_plan`` builds one host's plan and checks its references to its own steps (and that
 a step waiting on another host names a node of the cluster); ``build_stack_plans`` builds those
 of a stack's own nodes and checks the references between them, step by step. The appliers
-(``cluster/provision.py`` for Pulumi, ``cluster/lab`` for the lab) build from these.
+(``cluster/pulumi/provision.py`` for Pulumi, ``cluster/lab`` for the lab) build from these.
 """
 
 from __future__ import annotations

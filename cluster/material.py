@@ -22,18 +22,23 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-PASSWORD_FIELDS = (
-    "db_postfix",
-    "db_dovecot",
-    "db_postfixadmin",
-    "db_roundcube",
-    "db_replication",
-    "postfixadmin_setup",
-    "roundcube_des_key",
-    "heartbeat_authkey",
-    "doveadm",
-    "rsync",
-)
+# Every generated password by field, with its length; both appliers make them from this table
+# (the lab with ``generate``, Pulumi with pulumi-random), letters and digits only.
+PASSWORD_LENGTHS: dict[str, int] = {
+    "db_postfix": 32,
+    "db_dovecot": 32,
+    "db_postfixadmin": 32,
+    "db_roundcube": 32,
+    "db_replication": 32,
+    "postfixadmin_setup": 32,
+    # Roundcube's des_key must be exactly 24 characters for its default cipher (3DES);
+    # see des_key in Roundcube's config/defaults.inc.php.
+    "roundcube_des_key": 24,
+    "heartbeat_authkey": 32,
+    "doveadm": 32,
+    "rsync": 32,
+}
+PASSWORD_FIELDS = tuple(PASSWORD_LENGTHS)
 
 
 @dataclass(frozen=True)
@@ -76,7 +81,7 @@ class ClusterSecrets:
         return cls(**{**data, "tls": tls})
 
 
-def _password(length: int = 32) -> str:
+def _password(length: int) -> str:
     # Letters and digits only: these land in SQL, Dovecot and Postfix map files unquoted.
     alphabet = string.ascii_letters + string.digits
     return "".join(secrets.choice(alphabet) for _ in range(length))
@@ -143,7 +148,7 @@ def generate(
         )
     dkim = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     return ClusterSecrets(
-        **{name: _password(24 if name == "roundcube_des_key" else 32) for name in PASSWORD_FIELDS},
+        **{name: _password(length) for name, length in PASSWORD_LENGTHS.items()},
         dkim_private_key_pem=pem_key(dkim),
         ca_cert_pem=ca_pem,
         tls=tls,

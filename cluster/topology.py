@@ -16,10 +16,15 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-from cluster.config import DC_NAMES, StackConfig
+from cluster.config import DC_NAMES, StackConfig, other_dc
 
 SLOTS = ("svr1", "svr2")
 DKIM_SELECTOR = "mail"
+
+
+def node_name(dc: str, slot: str) -> str:
+    """``dc1-svr1``: a node's name, also its Linode label and the lab's host name."""
+    return f"{dc}-{slot}"
 
 
 @dataclass(frozen=True)
@@ -88,7 +93,7 @@ class Topology:
                 continue
             for index, slot in enumerate(SLOTS):
                 addr = self.dcs[dc].nodes[slot]
-                name = f"{dc}-{slot}"
+                name = node_name(dc, slot)
                 nodes.append(
                     Node(
                         name=name,
@@ -99,7 +104,7 @@ class Topology:
                         private_ipv4=addr.private_ipv4,
                         public_ipv6=addr.public_ipv6,
                         server_id=DC_NAMES.index(dc) * 2 + index + 1,
-                        peer_name=f"{dc}-{SLOTS[1 - index]}",
+                        peer_name=node_name(dc, SLOTS[1 - index]),
                     )
                 )
         object.__setattr__(self, "nodes", tuple(nodes))
@@ -120,7 +125,7 @@ class Topology:
 
     @property
     def standby_dc(self) -> str | None:
-        other = "dc2" if self.active_dc == "dc1" else "dc1"
+        other = other_dc(self.active_dc)
         return other if other in self.dcs else None
 
     def node(self, name: str) -> Node:

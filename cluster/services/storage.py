@@ -32,13 +32,15 @@ VMAIL_STEP = "storage.vmail"
 DEVICE_WAIT_S = 300
 
 
-def volume_label(node: Node) -> str:
-    """The Linode volume label; the Pulumi layer creates the volume with exactly this label."""
-    return f"{node.name}-mail"
+def volume_label(node_name: str) -> str:
+    """The Linode volume label of node ``node_name`` (``dc1-svr1``); the Pulumi layer creates
+    the volume with exactly this label. A name, not a ``Node``: Linode resources are declared
+    before the addresses a ``Node`` needs exist."""
+    return f"{node_name}-mail"
 
 
 def device_path(node: Node) -> str:
-    return f"/dev/disk/by-id/scsi-0Linode_Volume_{volume_label(node)}"
+    return f"/dev/disk/by-id/scsi-0Linode_Volume_{volume_label(node.name)}"
 
 
 def steps(ctx: HostContext) -> list[Step]:

@@ -27,6 +27,7 @@ from pulumi.runtime.stack import wait_for_rpcs
 from pulumi.runtime.sync_await import _sync_await
 
 from cluster.material import ClusterSecrets, generate, pem_key
+from cluster.pulumi.peer import OUT_CA_KEY, OUT_SECRETS
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "mailcluster"
@@ -85,7 +86,7 @@ class ClusterMocks(pulumi.runtime.Mocks):
         state: dict[str, Any] = {}
         net = MOCK_NETS.get(self.stack, "192.0.2")
         if args.typ == "pulumi:pulumi:StackReference":
-            secret = [k for k in ("clusterSecrets", "clusterCaKey") if k in self.peer_outputs]
+            secret = [k for k in (OUT_SECRETS, OUT_CA_KEY) if k in self.peer_outputs]
             state = {"outputs": self.peer_outputs, "secretOutputNames": secret}
         elif args.typ == "linode:index/instance:Instance":
             # From the name, not a counter: resources register concurrently, so a counter can
@@ -267,7 +268,7 @@ def secrets_of(result: Result) -> ClusterSecrets:
 def full_secrets(result: Result, material: Result) -> dict[str, Any]:
     """The ClusterSecrets dict ``result``'s plans were built with: the shared material from
     the generating stack's output plus this DC's own pair, from the mocked TLS resources."""
-    from cluster.pulumi_material import _pair
+    from cluster.pulumi.material import _pair
 
     dc = result.outputs["dc"]
     shared = material.outputs["clusterSecrets"]

@@ -7,8 +7,8 @@ from typing import Any
 import pulumi
 import pytest
 
-from cluster import pulumi_config
 from cluster.config import ConfigError, StackConfig
+from cluster.pulumi import config as pulumi_config
 from cluster.stackfiles import read_stack_config
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHm2X0Y5mC1n0Xh3bq3wG5c6l4Qh0dC9GmN8m4b2m5Xy a@b"

@@ -21,7 +21,7 @@ from pulumi_harness import (
 )
 
 from cluster.config import DEFAULT_REGIONS
-from cluster.material import PASSWORD_FIELDS
+from cluster.material import PASSWORD_FIELDS, PASSWORD_LENGTHS, generate
 from cluster.stackfiles import read_stack_config
 
 INTERNAL_PORTS = {22, 3306, 694, 12345, 873}
@@ -107,6 +107,16 @@ def test_every_node_has_its_own_attached_volume(stack: tuple[str, Result]) -> No
         assert _id(vol.inputs["linodeId"]) == ids[label.removesuffix("-mail")]
         assert vol.inputs["size"] == 80  # the seed's data disk, the default
         assert vol.inputs["region"] == read_stack_config(dc).get("region", DEFAULT_REGIONS[dc])
+
+
+def test_storage_step_mounts_the_volume_linode_attaches(deployment: Deployment) -> None:
+    """The device Linode names after the volume label is the one the storage step waits for."""
+    result = deployment.dc1
+    steps = {c.name: unwrap(c.inputs["create"]) for c in _commands(result)}
+    for vol in result.of_type("volume:Volume"):
+        node = vol.inputs["label"].removesuffix("-mail")
+        device = f"/dev/disk/by-id/scsi-0Linode_Volume_{vol.inputs['label']}"
+        assert device in steps[f"{node}-storage.volume"].split()
 
 
 def test_volume_size_and_instance_type_follow_config() -> None:
@@ -211,6 +221,19 @@ def test_cluster_secrets_output_is_a_pulumi_secret(deployment: Deployment) -> No
     signed = deployment.dc2.one_named("tls:index/locallySignedCert:LocallySignedCert", "dc2-tls")
     assert is_wrapped_secret(signed.inputs["caPrivateKeyPem"])
     assert unwrap(signed.inputs["caPrivateKeyPem"]) == deployment.dc1.outputs["clusterCaKey"]
+
+
+def test_both_appliers_make_passwords_from_one_table(deployment: Deployment) -> None:
+    """pulumi-random (Linode) and ``generate`` (the lab) give each field the same length."""
+    assert PASSWORD_LENGTHS["roundcube_des_key"] == 24  # Roundcube's 3DES key: exactly 24
+    randoms = {r.name: r.inputs for r in deployment.dc1.of_type("randomPassword:RandomPassword")}
+    for field, length in PASSWORD_LENGTHS.items():
+        inputs = randoms[f"dc1-material-{field.replace('_', '-')}"]
+        assert inputs["length"] == length and inputs["special"] is False
+    lab = generate("example.com", ["dc1"], {"dc1": ["mail.example.com"]})
+    for field, length in PASSWORD_LENGTHS.items():
+        value = getattr(lab, field)
+        assert len(value) == length and value.isalnum(), field
 
 
 @pytest.mark.parametrize("which", ["dc1", "dc2"])

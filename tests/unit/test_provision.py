@@ -22,7 +22,7 @@ from pulumi_harness import (
 from cluster import hostcontext, hostplan, services
 from cluster.config import StackConfig, load_config
 from cluster.plan import HostPlan, script_step
-from cluster.provision import plan_structure, real_plans, resource_name
+from cluster.pulumi.provision import plan_structure, real_plans, resource_name
 from cluster.stackfiles import read_stack_config
 
 

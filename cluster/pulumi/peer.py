@@ -15,12 +15,23 @@ import pulumi
 from cluster.config import StackConfig
 from cluster.topology import DcAddresses, NodeAddresses
 
-# Output names: the contract between the two stacks.
+# Stack output names, every one declared here once. These the peer stack reads: the contract
+# between the two stacks (renaming one breaks a deployed peer).
 OUT_ADDRESSES = "addresses"
 OUT_SECRETS = "clusterSecrets"
 OUT_CA_KEY = "clusterCaKey"
 OUT_ACTIVE_DC = "activeDc"
 OUT_TOPOLOGY_DCS = "topologyDcs"
+# These are for the user (`pulumi stack output`) and the README.
+OUT_DC = "dc"
+OUT_REGION = "region"
+OUT_SHARED_IPV4 = "sharedIpv4"
+OUT_NODES = "nodes"
+OUT_HOSTNAMES = "hostnames"
+OUT_MAIL_HOST = "mailHost"
+OUT_WEBMAIL_URL = "webmailUrl"
+OUT_ADMIN_URL = "adminUrl"
+OUT_TLS_CERTIFICATE = "tlsCertificate"
 
 
 def addresses_to_dict(
@@ -37,6 +48,10 @@ def addresses_to_dict(
     }
 
 
+# The keys of one node in that shape (also of each node's entry in the ``nodes`` output).
+NODE_ADDRESS_KEYS = ("publicIpv4", "privateIpv4", "publicIpv6")
+
+
 def dict_to_addresses(data: dict[str, Any]) -> DcAddresses:
     return DcAddresses(
         shared_ipv4=str(data["sharedIpv4"]),
@@ -49,6 +64,17 @@ def dict_to_addresses(data: dict[str, Any]) -> DcAddresses:
             for slot, node in data["nodes"].items()
         },
     )
+
+
+def node_address(
+    addresses: pulumi.Output[dict[str, Any]], slot: str, key: str
+) -> pulumi.Output[Any]:
+    """One address (``key``, one of ``NODE_ADDRESS_KEYS``) of the node in ``slot``."""
+
+    def pick(a: dict[str, Any]) -> Any:
+        return a["nodes"][slot][key]
+
+    return addresses.apply(pick)
 
 
 class PeerStack:

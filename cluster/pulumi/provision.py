@@ -23,12 +23,11 @@ import pulumi
 import pulumi_command.remote as remote
 
 from cluster.config import DC_NAMES, StackConfig
-from cluster.datacentre import node_address
 from cluster.hostplan import build_host_plan
 from cluster.material import ClusterSecrets, generate
 from cluster.plan import HostPlan
-from cluster.pulumi_peer import dict_to_addresses
-from cluster.topology import SLOTS, DcAddresses, NodeAddresses, Topology
+from cluster.pulumi.peer import dict_to_addresses, node_address
+from cluster.topology import SLOTS, DcAddresses, NodeAddresses, Topology, node_name
 
 PLATFORM = "linode"
 # A fresh Linode takes a minute or so to boot sshd; the provider retries failed dials.
@@ -84,7 +83,7 @@ def _placeholder_plans(config: StackConfig) -> list[dict[str, HostPlan]]:
 
 def plan_structure(config: StackConfig) -> list[StepShape]:
     """Every step of every node of this stack, in an order where dependencies come first."""
-    own = {f"{config.dc}-{slot}" for slot in SLOTS}
+    own = {node_name(config.dc, slot) for slot in SLOTS}
     shapes: dict[tuple[str, str], StepShape] = {}
     for plans in _placeholder_plans(config):
         for node, plan in plans.items():
@@ -207,6 +206,7 @@ class Provisioning(pulumi.ComponentResource):
         super().__init__("mailcluster:index:Provisioning", name, None, opts)
         config = args.config
         self.shapes = plan_structure(config)
+        slots = {node_name(config.dc, slot): slot for slot in SLOTS}
         cache: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}
 
         def render(values: list[Any]) -> dict[tuple[str, str], dict[str, Any]]:
@@ -227,7 +227,7 @@ class Provisioning(pulumi.ComponentResource):
         )
         self.commands: dict[tuple[str, str], remote.Command] = {}
         for shape in self.shapes:
-            slot = shape.node.split("-", 1)[1]
+            slot = slots[shape.node]
             connection = remote.ConnectionArgs(
                 host=node_address(args.own_addresses, slot, "publicIpv4"),
                 user="root",

@@ -18,8 +18,8 @@ import pulumi_random as random
 import pulumi_tls as tls
 
 from cluster.config import StackConfig
-from cluster.material import PASSWORD_FIELDS
-from cluster.pulumi_peer import OUT_CA_KEY, OUT_SECRETS, PeerStack, dict_to_addresses
+from cluster.material import PASSWORD_LENGTHS
+from cluster.pulumi.peer import OUT_CA_KEY, OUT_SECRETS, PeerStack, dict_to_addresses
 from cluster.topology import Topology
 
 CA_VALIDITY_HOURS = 10 * 365 * 24
@@ -65,9 +65,8 @@ class ClusterMaterial(pulumi.ComponentResource):
         super().__init__("mailcluster:index:ClusterMaterial", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         passwords: dict[str, pulumi.Output[str]] = {}
-        for field in PASSWORD_FIELDS:
+        for field, length in PASSWORD_LENGTHS.items():
             # Letters and digits only: the values land unquoted in SQL and map files.
-            length = 24 if field == "roundcube_des_key" else 32
             pw = random.RandomPassword(
                 f"{name}-{field.replace('_', '-')}", length=length, special=False, opts=child
             )

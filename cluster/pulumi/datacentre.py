@@ -16,11 +16,33 @@ from typing import Any
 import pulumi
 import pulumi_linode as linode
 
-from cluster.config import StackConfig
-from cluster.pulumi_peer import PeerStack, addresses_to_dict
-from cluster.topology import SLOTS
+from cluster.config import StackConfig, other_dc
+from cluster.pulumi.peer import (
+    NODE_ADDRESS_KEYS,
+    OUT_ACTIVE_DC,
+    OUT_ADDRESSES,
+    OUT_ADMIN_URL,
+    OUT_DC,
+    OUT_HOSTNAMES,
+    OUT_MAIL_HOST,
+    OUT_NODES,
+    OUT_REGION,
+    OUT_SHARED_IPV4,
+    OUT_TLS_CERTIFICATE,
+    OUT_TOPOLOGY_DCS,
+    OUT_WEBMAIL_URL,
+    PeerStack,
+    addresses_to_dict,
+    dict_to_addresses,
+    node_address,
+)
+from cluster.services.storage import volume_label
+from cluster.topology import SLOTS, node_name
 
 IMAGE = "linode/debian12"
+# Every Linode resource carries this tag; the account-wide ones (placement group, firewall) are
+# labelled "<TAG>-<dc>" (Linode labels are unique per account).
+TAG = "mailcluster"
 # Linode's strict anti-affinity: the two nodes never share a physical host, and Linode refuses
 # a placement that would break that rather than quietly co-locating them.
 PLACEMENT_TYPE = "anti_affinity:local"
@@ -80,14 +102,15 @@ def cluster_cidrs(own: dict[str, Any], peer: dict[str, Any] | None) -> tuple[lis
     """Every address a cluster peer may come from, both data centres, as host CIDRs."""
     v4: list[str] = []
     v6: list[str] = []
-    for dc in (own, peer):
-        if not dc:
+    for data in (own, peer):
+        if not data:
             continue
-        v4.append(_host_cidr(dc["sharedIpv4"]))
-        for node in dc["nodes"].values():
-            v4 += [_host_cidr(node["publicIpv4"]), _host_cidr(node["privateIpv4"])]
-            if node.get("publicIpv6"):
-                v6.append(_host_cidr(node["publicIpv6"]))
+        dc = dict_to_addresses(data)
+        v4.append(_host_cidr(dc.shared_ipv4))
+        for node in dc.nodes.values():
+            v4 += [_host_cidr(node.public_ipv4), _host_cidr(node.private_ipv4)]
+            if node.public_ipv6:
+                v6.append(_host_cidr(node.public_ipv6))
     return list(dict.fromkeys(v4)), list(dict.fromkeys(v6))
 
 
@@ -121,17 +144,18 @@ class DataCentre(pulumi.ComponentResource):
         self.config = config = args.config
         self.peer = args.peer
         child = pulumi.ResourceOptions(parent=self)
-        tags = ["mailcluster", config.dc, *args.tags]
+        tags = [TAG, config.dc, *args.tags]
+        account_label = f"{TAG}-{config.dc}"
 
         self.placement_group = linode.PlacementGroup(
             f"{name}-pg",
-            label=f"mailcluster-{config.dc}",
+            label=account_label,
             region=config.region,
             placement_group_type=PLACEMENT_TYPE,
             placement_group_policy=PLACEMENT_POLICY,
             opts=child,
         )
-        self.node_names = {slot: f"{config.dc}-{slot}" for slot in SLOTS}
+        self.node_names = {slot: node_name(config.dc, slot) for slot in SLOTS}
         self.instances: dict[str, linode.Instance] = {}
         self.volumes: dict[str, linode.Volume] = {}
         for slot, node in self.node_names.items():
@@ -153,11 +177,10 @@ class DataCentre(pulumi.ComponentResource):
                 opts=child,
             )
             self.instances[slot] = inst
-            # The label fixes the device path the storage step mounts:
-            # /dev/disk/by-id/scsi-0Linode_Volume_<node>-mail
+            # The label fixes the device path the storage step mounts (storage.device_path).
             self.volumes[slot] = linode.Volume(
                 f"{name}-{slot}-mail",
-                label=f"{node}-mail",
+                label=volume_label(node),
                 region=config.region,
                 size=config.volume_size_gb,
                 linode_id=inst.id.apply(int),
@@ -228,7 +251,7 @@ class DataCentre(pulumi.ComponentResource):
             )
         self.firewall = linode.Firewall(
             f"{name}-fw",
-            label=f"mailcluster-{config.dc}",
+            label=account_label,
             inbound_policy="DROP",
             outbound_policy="ACCEPT",
             inbounds=inbounds,
@@ -239,7 +262,6 @@ class DataCentre(pulumi.ComponentResource):
 
         self.rdns: list[linode.Rdns] = []
         self.secondary_dns: linode.Domain | None = None
-        self.rdns_declared: pulumi.Output[int] = pulumi.Output.from_input(0)
         self.register_outputs(
             {
                 "addresses": self.addresses,
@@ -282,19 +304,22 @@ class DataCentre(pulumi.ComponentResource):
         cfg = self.config
         if not cfg.provision or cfg.is_active:
             self._declare_rdns(provisioned)
-            self.rdns_declared = pulumi.Output.from_input(len(self.rdns))
         else:
             ready = pulumi.Output.all(self.peer.topology_dcs, self.peer.active_dc).apply(
                 lambda v: bool(v[0]) and cfg.dc in v[0] and v[1] == cfg.active_dc
             )
+
+            def declare_when_ready(ok: bool) -> None:
+                if ok:
+                    self._declare_rdns(provisioned)
+
             # Declared inside apply: the condition comes from the peer's stack outputs, which
-            # Pulumi reads during preview too, so preview shows these records.
-            self.rdns_declared = ready.apply(
-                lambda ok: len(self._declare_rdns(provisioned)) if ok else 0
-            )
+            # Pulumi reads during preview too, so preview shows these records. The runtime
+            # awaits every apply before the program ends, so the Output need not be kept.
+            ready.apply(declare_when_ready)
         self._declare_secondary_dns(provisioned)
 
-    def _declare_rdns(self, provisioned: Sequence[pulumi.Resource]) -> list[linode.Rdns]:
+    def _declare_rdns(self, provisioned: Sequence[pulumi.Resource]) -> None:
         opts = pulumi.ResourceOptions(parent=self, depends_on=list(provisioned))
         for index, (address, name) in enumerate(self.ptr_names()):
             self.rdns.append(
@@ -308,7 +333,6 @@ class DataCentre(pulumi.ComponentResource):
                     opts=opts,
                 )
             )
-        return self.rdns
 
     def _declare_secondary_dns(self, provisioned: Sequence[pulumi.Resource]) -> None:
         cfg = self.config
@@ -328,7 +352,7 @@ class DataCentre(pulumi.ComponentResource):
             type="slave",
             master_ips=masters,
             ttl_sec=cfg.dns_ttl,
-            tags=["mailcluster"],
+            tags=[TAG],
             opts=pulumi.ResourceOptions(parent=self, depends_on=list(provisioned)),
         )
 
@@ -341,49 +365,43 @@ def bind_servers(
     Linode keeps following the zone after a failover that never touches dc1's stack."""
     by_dc = {config.dc: own, config.peer_dc: peer}
     out: list[str] = []
-    for dc in (config.active_dc, "dc2" if config.active_dc == "dc1" else "dc1"):
+    for dc in (config.active_dc, other_dc(config.active_dc)):
         data = by_dc.get(dc)
         if data:
-            out.append(data["sharedIpv4"])
-            out += [data["nodes"][slot]["publicIpv4"] for slot in SLOTS]
+            addresses = dict_to_addresses(data)
+            out.append(addresses.shared_ipv4)
+            out += [addresses.nodes[slot].public_ipv4 for slot in SLOTS]
     return list(dict.fromkeys(out))
 
 
-NODE_ADDRESS_KEYS = ("publicIpv4", "privateIpv4", "publicIpv6")
-
-
-def node_address(
-    addresses: pulumi.Output[dict[str, Any]], slot: str, key: str
-) -> pulumi.Output[Any]:
-    def pick(a: dict[str, Any]) -> Any:
-        return a["nodes"][slot][key]
-
-    return addresses.apply(pick)
-
-
 def stack_outputs(
-    dc: DataCentre, secret_exports: dict[str, pulumi.Output[Any]], topology_dcs: Any
+    dc: DataCentre,
+    secret_exports: dict[str, pulumi.Output[Any]],
+    topology_dcs: Any,
+    tls_certificate: pulumi.Input[str],
 ) -> dict[str, Any]:
-    """What the stack exports: for the user and for the peer stack's StackReference."""
+    """Everything the stack exports, for the user and for the peer stack's StackReference,
+    under the output names of ``cluster.pulumi.peer``."""
     cfg = dc.config
     outputs: dict[str, Any] = {
-        "dc": cfg.dc,
-        "activeDc": cfg.active_dc,
-        "region": cfg.region,
-        "addresses": dc.addresses,
-        "sharedIpv4": dc.shared_ip.address,
-        "nodes": {
+        OUT_DC: cfg.dc,
+        OUT_ACTIVE_DC: cfg.active_dc,
+        OUT_REGION: cfg.region,
+        OUT_ADDRESSES: dc.addresses,
+        OUT_SHARED_IPV4: dc.shared_ip.address,
+        OUT_NODES: {
             node: {
                 "hostname": f"{node}.{cfg.domain}",
                 **{key: node_address(dc.addresses, slot, key) for key in NODE_ADDRESS_KEYS},
             }
             for slot, node in dc.node_names.items()
         },
-        "hostnames": [f"{node}.{cfg.domain}" for node in dc.node_names.values()],
-        "mailHost": f"mail.{cfg.domain}",
-        "webmailUrl": f"https://mail.{cfg.domain}/",
-        "adminUrl": f"https://mail.{cfg.domain}/postfixadmin/",
-        "topologyDcs": topology_dcs,
+        OUT_HOSTNAMES: [f"{node}.{cfg.domain}" for node in dc.node_names.values()],
+        OUT_MAIL_HOST: f"mail.{cfg.domain}",
+        OUT_WEBMAIL_URL: f"https://mail.{cfg.domain}/",
+        OUT_ADMIN_URL: f"https://mail.{cfg.domain}/postfixadmin/",
+        OUT_TOPOLOGY_DCS: topology_dcs,
+        OUT_TLS_CERTIFICATE: tls_certificate,
     }
     outputs.update({k: pulumi.Output.secret(v) for k, v in secret_exports.items()})
     return outputs

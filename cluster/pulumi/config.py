@@ -15,8 +15,7 @@ import pulumi
 from pulumi.runtime import config as runtime_config
 
 from cluster.config import SECRET_KEYS, ConfigError, StackConfig, load_config
-
-NAMESPACE = "mailcluster"
+from cluster.stackfiles import NAMESPACE
 
 
 def raw_config() -> dict[str, Any]:
