@@ -23,7 +23,7 @@ import pulumi
 import pulumi_command.remote as remote
 
 from cluster.config import DC_NAMES, StackConfig
-from cluster.hostplan import build_host_plan
+from cluster.hostplan import build_stack_plans
 from cluster.material import ClusterSecrets, generate
 from cluster.plan import HostPlan
 from cluster.pulumi.peer import dict_to_addresses, node_address
@@ -75,9 +75,7 @@ def _placeholder_plans(config: StackConfig) -> list[dict[str, HostPlan]]:
     out = []
     for dcs in variants:
         topo = Topology(config, dcs)
-        out.append(
-            {n.name: build_host_plan(topo, n.name, secrets, PLATFORM) for n in topo.own_nodes}
-        )
+        out.append(build_stack_plans(topo, secrets, PLATFORM))
     return out
 
 
@@ -147,7 +145,7 @@ def real_plans(
         )
     topo = Topology(config, dcs)
     cs = ClusterSecrets.from_dict(secrets)
-    return {n.name: build_host_plan(topo, n.name, cs, PLATFORM) for n in topo.own_nodes}
+    return build_stack_plans(topo, cs, PLATFORM)
 
 
 def rendered_steps(
