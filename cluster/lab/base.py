@@ -122,6 +122,11 @@ def _archive(key: str) -> Path:
     return cache_dir() / f"base-{key}.tar.zst"
 
 
+def archive_path(key: str) -> Path:
+    """The cached archive of base ``key`` (the checkers unpack their own copy from it)."""
+    return _archive(key)
+
+
 def cached(key: str) -> bool:
     return _archive(key).exists()
 
