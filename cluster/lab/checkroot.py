@@ -24,7 +24,9 @@ root run of ``python -m cluster.lab base`` cached.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -74,6 +76,39 @@ def rootless() -> bool:
     return os.geteuid() != 0
 
 
+def _subids(path: str) -> tuple[int, int] | None:
+    """This user's first block of subordinate ids in /etc/subuid or /etc/subgid: (start, count)."""
+    me = {str(os.geteuid()), pwd.getpwuid(os.geteuid()).pw_name}
+    with contextlib.suppress(OSError):
+        for line in Path(path).read_text().splitlines():
+            parts = line.strip().split(":")
+            if len(parts) == 3 and parts[0] in me and parts[1].isdigit() and parts[2].isdigit():
+                return int(parts[1]), int(parts[2])
+    return None
+
+
+@functools.cache
+def user_ns() -> tuple[str, ...]:
+    """``unshare`` options that make this user root in a user namespace. With subordinate ids
+    (/etc/subuid and /etc/subgid, and newuidmap from Debian's ``uidmap``, as rootless containers
+    use them) the base's other owners (postfix, mysql, _rspamd, ...) are mapped too, so its files
+    keep their owners and ``postfix check`` finds its queue as a node has it. Without them only
+    root is mapped, and the files of the other owners become root's."""
+    ns: tuple[str, ...] = ("--user", "--map-root-user")
+    users, groups = _subids("/etc/subuid"), _subids("/etc/subgid")
+    if users and groups and shutil.which("newuidmap") and shutil.which("newgidmap"):
+        ns += (f"--map-users={users[0]},1,{min(users[1], 65535)}",
+               f"--map-groups={groups[0]},1,{min(groups[1], 65535)}")  # fmt: skip
+    return ns
+
+
+def _ownership() -> str:
+    """How the files of an unpacked base are owned; a copy unpacked otherwise is unpacked again."""
+    if not rootless():
+        return "root"
+    return "subids" if len(user_ns()) > 2 else "user"
+
+
 def default_dir() -> Path:
     """Where the checkers' copy of the base lives: never the lab's own base (a lab that is up
     uses that one, and ``down`` removes the lab's directory)."""
@@ -112,7 +147,7 @@ class CheckRoot:
 
     @property
     def key(self) -> str:
-        return (self.root / STAMP).read_text().strip()
+        return (self.root / STAMP).read_text().split()[0]
 
     def path(self, target: str) -> Path:
         """A file of the base as this machine sees it (to read, never to write)."""
@@ -123,7 +158,7 @@ class CheckRoot:
     ) -> list[str]:
         ns = ["--mount", "--pid", "--fork", "--kill-child", "--propagation", "private"]
         if rootless():
-            ns = ["--user", "--map-root-user", *ns]
+            ns = [*user_ns(), *ns]
         inner = {**DEFAULT_ENV, **(env or {})}
         return [
             "setpriv", "--pdeathsig", "KILL", "unshare", *ns,
@@ -183,12 +218,17 @@ def _unpack(key: str, root: Path, progress: Progress) -> None:
     _wipe(tmp)
     tmp.mkdir(parents=True)
     t0 = time.monotonic()
-    # A user without root cannot make device nodes or give files away: the base's /dev is
-    # replaced by this machine's anyway, and inside a user namespace the user's files are root's.
-    owner = ["--no-same-owner", "--exclude=./dev/*"] if rootless() else ["--numeric-owner"]
-    run(["tar", *owner, "--xattrs", "--acls", "-I", "zstd -T0", "-C", str(tmp), "-xf",
-         str(archive)], timeout=600)  # fmt: skip
-    (tmp / STAMP).write_text(key + "\n")
+    # Without root, tar runs in the user namespace the checkers use. It cannot make device nodes
+    # there (the base's /dev is replaced by this machine's anyway); with only root mapped, it
+    # cannot give files away either, and every file becomes the user's (root inside).
+    tar = ["tar", "--numeric-owner"]
+    if rootless():
+        keep = _ownership() == "subids"
+        tar = ["unshare", *user_ns(), "tar", "--numeric-owner" if keep else "--no-same-owner",
+               "--exclude=./dev/*"]  # fmt: skip
+    run([*tar, "--xattrs", "--acls", "-I", "zstd -T0", "-C", str(tmp), "-xf", str(archive)],
+        timeout=600)  # fmt: skip
+    (tmp / STAMP).write_text(f"{key}\n{_ownership()}\n")
     _wipe(root)
     tmp.rename(root)
     progress(f"checkroot: base {key} unpacked at {root} in {time.monotonic() - t0:.1f}s")
@@ -197,10 +237,11 @@ def _unpack(key: str, root: Path, progress: Progress) -> None:
 def _wipe(path: Path) -> None:
     if path.exists():
         if rootless():
-            # Directories the base ships without write permission (e.g. mode 0555) cannot be
-            # emptied by their owner until made writable again.
-            run(["chmod", "-R", "u+w", str(path)], check=False)
-        shutil.rmtree(path)
+            # Files of the mapped owners, and directories the base ships without write permission
+            # (mode 0555), are removable only by root of the user namespace.
+            run(["unshare", *user_ns(), "rm", "-rf", "--one-file-system", str(path)], timeout=600)
+        else:
+            shutil.rmtree(path)
 
 
 def ensure(progress: Progress, home: Path | None = None) -> CheckRoot:
@@ -211,7 +252,7 @@ def ensure(progress: Progress, home: Path | None = None) -> CheckRoot:
     (home / "mnt").mkdir(parents=True, exist_ok=True)
     s = base.spec()
     stamp = root / STAMP
-    if stamp.exists() and stamp.read_text().strip() == s.key:
+    if stamp.exists() and stamp.read_text().split() == [s.key, _ownership()]:
         return CheckRoot(home)
     if not base.cached(s.key):
         if rootless():
