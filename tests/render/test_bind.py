@@ -48,7 +48,9 @@ def make_zone(
 def test_named_checkconf_and_checkzone(plan: tuple[Topology, HostPlan], tmp_path: Path) -> None:
     topo, hp = plan
     root = tmp_path / "root"
-    shutil.copytree(base().path("/etc/bind"), root / "etc/bind")
+    # Copied inside the base: rndc.key is readable only by root and group bind.
+    (root / "etc").mkdir(parents=True)
+    assert in_base("cp", "-a", "/etc/bind", str(root / "etc")).returncode == 0
     for path, content in files(hp).items():
         if path.startswith("/etc/bind/"):
             (root / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
