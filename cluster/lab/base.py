@@ -32,6 +32,12 @@ SUITE = "bookworm"
 LAB_PACKAGES = ("rsyslog", "iproute2", "iputils-ping", "procps")
 RECIPE_VERSION = "4"
 SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
+# A machine whose apt has no Debian mirror (an Ubuntu CI runner): deb.debian.org, or these.
+MIRROR_ENV = "MAILCLUSTER_DEBIAN_MIRROR"
+SECURITY_ENV = "MAILCLUSTER_DEBIAN_SECURITY_MIRROR"
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
+KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 
 DPKG_EXCLUDES = """\
 # lab base: no documentation, manual pages or translations (smaller, faster to copy)
@@ -104,7 +110,12 @@ def _sha(*parts: str) -> str:
 
 
 def apt_mirror(sources: Path = SOURCES) -> str:
-    """The Debian mirror this machine's apt uses for bookworm (deb822 sources)."""
+    """The Debian mirror for bookworm: ``$MAILCLUSTER_DEBIAN_MIRROR``, else the one this
+    machine's apt uses (deb822 sources), else deb.debian.org when this machine has none."""
+    if os.environ.get(MIRROR_ENV):
+        return os.environ[MIRROR_ENV]
+    if not sources.exists():
+        return DEFAULT_MIRROR
     text = sources.read_text()
     for stanza in re.split(r"\n\s*\n", text):
         uris = re.search(r"^URIs:\s*(\S+)", stanza, re.M)
@@ -120,6 +131,11 @@ def spec() -> BaseSpec:
 
 def _archive(key: str) -> Path:
     return cache_dir() / f"base-{key}.tar.zst"
+
+
+def archive_path(key: str) -> Path:
+    """The cached archive of base ``key`` (the checkers unpack their own copy from it)."""
+    return _archive(key)
 
 
 def cached(key: str) -> bool:
@@ -147,11 +163,27 @@ def ensure_host_tools() -> None:
         run(["apt-get", "install", "-y", "-q", *missing], timeout=600)
 
 
-def _install(root: Path, packages: tuple[str, ...]) -> None:
+def debian_sources(mirror: str) -> str:
+    """The chroot's apt sources when this machine has none to copy: bookworm, its updates and
+    its security updates, as a Debian 12 installation has them."""
+    security = os.environ.get(SECURITY_ENV) or DEFAULT_SECURITY_MIRROR
+    return (
+        f"Types: deb\nURIs: {mirror}\nSuites: {SUITE} {SUITE}-updates\nComponents: main\n"
+        f"Signed-By: {KEYRING}\n\n"
+        f"Types: deb\nURIs: {security}\nSuites: {SUITE}-security\nComponents: main\n"
+        f"Signed-By: {KEYRING}\n"
+    )
+
+
+def _install(root: Path, packages: tuple[str, ...], mirror: str = DEFAULT_MIRROR) -> None:
     (root / "tmp" / "preseed").write_text(PRESEED)
     dpkg_cfg = root / "etc" / "dpkg" / "dpkg.cfg.d" / "01-mailcluster-lab-nodoc"
     dpkg_cfg.write_text(DPKG_EXCLUDES)
-    shutil.copy(SOURCES, root / "etc" / "apt" / "sources.list.d" / "debian.sources")
+    target = root / "etc" / "apt" / "sources.list.d" / "debian.sources"
+    if SOURCES.exists() and not os.environ.get(MIRROR_ENV):
+        shutil.copy(SOURCES, target)
+    else:
+        target.write_text(debian_sources(mirror))
     legacy = root / "etc" / "apt" / "sources.list"
     if legacy.exists():
         legacy.unlink()  # the deb822 file above says the same, plus security updates
@@ -221,7 +253,7 @@ def build(s: BaseSpec, progress: Progress) -> float:
             progress(f"base: debootstrap {SUITE} minbase from {s.mirror}")
             run(["debootstrap", "--variant=minbase", SUITE, str(work), s.mirror], timeout=1800)
         progress(f"base: installing {len(s.packages)} packages in the chroot")
-        _install(work, s.packages)
+        _install(work, s.packages, s.mirror)
         _save(work, s, progress)
     finally:
         _wipe(work)

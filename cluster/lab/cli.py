@@ -90,8 +90,11 @@ def summary(data: dict[str, Any]) -> str:
 def cmd_base(args: argparse.Namespace) -> int:
     from cluster.lab import base
 
-    progress = Progress(args.quiet)
     s = base.spec()
+    if args.print_key:
+        print(s.key)  # CI caches the archive under this key
+        return 0
+    progress = Progress(args.quiet)
     if args.rebuild or not base.cached(s.key):
         secs = base.build(s, progress)
         print(f"base {s.key}: built in {secs:.1f}s")
@@ -212,6 +215,8 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("down").set_defaults(func=cmd_down)
     s = sub.add_parser("base", help="build and cache the base root filesystem only")
     s.add_argument("--rebuild", action="store_true", help="even when it is cached")
+    s.add_argument("--print-key", action="store_true", help="print the base's key (recipe and "
+                   "package list), build nothing")  # fmt: skip
     s.set_defaults(func=cmd_base)
     s = sub.add_parser("status")
     s.add_argument("--json", action="store_true")

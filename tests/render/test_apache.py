@@ -3,14 +3,12 @@ tree (modules enabled by the plan's own step), php -l on every PHP file, the pol
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
-from rendertools import files
+from rendertools import base, files, in_base
 
 from cluster.material import ClusterSecrets
 from cluster.plan import HostPlan
@@ -20,7 +18,7 @@ from cluster.topology import Topology
 
 
 def run(*args: str, env: dict[str, str] | None = None, stdin: str | None = None) -> str:
-    proc = subprocess.run(args, capture_output=True, text=True, check=False, env=env, input=stdin)
+    proc = in_base(*args, env=env, input=stdin)
     assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout}{proc.stderr}"
     return proc.stdout + proc.stderr
 
@@ -31,7 +29,7 @@ def test_apache2ctl_accepts_rendered_tree(
 ) -> None:
     topo, hp = plan
     conf = tmp_path / "apache2"
-    shutil.copytree("/etc/apache2", conf, symlinks=True)
+    shutil.copytree(base().path("/etc/apache2"), conf, symlinks=True)
     # The certificate paths point into the test directory (same files the tls service installs).
     tls = tmp_path / "tls"
     tls.mkdir()
@@ -40,7 +38,7 @@ def test_apache2ctl_accepts_rendered_tree(
     (tls / "privkey.pem").write_text(secrets.tls[dc].key_pem)
     site = files(hp)[apache.SITE].replace(TLS_DIR, str(tls))
     (conf / "sites-available/mailcluster.conf").write_text(site)
-    env = {**os.environ, "APACHE_CONFDIR": str(conf)}
+    env = {"APACHE_CONFDIR": str(conf)}
     enable = hp.step("apache.enable")
     first = run("bash", "-c", enable.script, env=env)
     assert "mailcluster: changed" in first

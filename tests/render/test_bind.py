@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
-from rendertools import files
+from rendertools import base, files, in_base
 
 from cluster.hostplan import build_host_plan
 from cluster.lab.model import lab_topology
@@ -21,7 +20,7 @@ from cluster.topology import Topology
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> str:
-    proc = subprocess.run(args, capture_output=True, text=True, check=False, env=env)
+    proc = in_base(*args, env=env)
     assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout}{proc.stderr}"
     return proc.stdout
 
@@ -49,14 +48,16 @@ def make_zone(
 def test_named_checkconf_and_checkzone(plan: tuple[Topology, HostPlan], tmp_path: Path) -> None:
     topo, hp = plan
     root = tmp_path / "root"
-    shutil.copytree("/etc/bind", root / "etc/bind")
+    # Copied inside the base: rndc.key is readable only by root and group bind.
+    (root / "etc").mkdir(parents=True)
+    assert in_base("cp", "-a", "/etc/bind", str(root / "etc")).returncode == 0
     for path, content in files(hp).items():
         if path.startswith("/etc/bind/"):
             (root / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
             (root / path.lstrip("/")).write_text(content)
     # What the packages put outside /etc/bind: the working directory and the root hints.
     (root / "var/cache/bind").mkdir(parents=True)
-    shutil.copytree("/usr/share/dns", root / "usr/share/dns")
+    shutil.copytree(base().path("/usr/share/dns"), root / "usr/share/dns")
     zone = root / bind.zone_file(topo.domain).lstrip("/")
     zone.parent.mkdir(parents=True)
     node = topo.node(hp.host)
@@ -159,10 +160,7 @@ def test_serial_moves_exactly_on_change(
     # A broken body is refused and the zone file stays as it was.
     before = zone.read_text()
     (zone.parent / "zone.body").write_text(body.replace("IN MX 10", "IN MX"))
-    bad = subprocess.run(
-        [str(script), str(zone.parent / "zone.body"), str(zone), topo.domain],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+    bad = in_base(str(script), str(zone.parent / "zone.body"), str(zone), topo.domain)
     assert bad.returncode != 0 and zone.read_text() == before
 
 

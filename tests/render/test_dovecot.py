@@ -3,11 +3,10 @@ only (143 only when asked), SQL auth from Postfix Admin, quotas, and dsync repli
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
-from rendertools import NODES, write_tree
+from rendertools import NODES, in_base, write_tree
 
 from cluster.hostplan import build_host_plan
 from cluster.lab.model import lab_topology
@@ -18,9 +17,7 @@ from cluster.topology import Topology
 
 def doveconf(root: Path, *args: str) -> str:
     conf = root / "etc/dovecot/dovecot.conf"
-    proc = subprocess.run(
-        ["doveconf", "-c", str(conf), *args], capture_output=True, text=True, check=False
-    )
+    proc = in_base("doveconf", "-c", str(conf), *args)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == "", proc.stderr  # a warning is a failure too
     return proc.stdout
@@ -86,6 +83,7 @@ def test_sql_conf_is_secret_and_matches_postfixadmin(
     assert secrets.doveadm not in files["/etc/dovecot/dovecot.conf"].content
 
 
+@pytest.mark.checkers
 def test_cross_dc_replication_only_from_active_dc(
     topologies: dict[str, Topology], secrets: ClusterSecrets
 ) -> None:
@@ -96,4 +94,5 @@ def test_cross_dc_replication_only_from_active_dc(
         assert f"doveadm sync -A -T 30 -l 10 tcps:{n.public_ipv4}:{dovecot.DOVEADM_PORT}" in script
     assert topologies["dc1"].shared_ip("dc1") in script
     assert "doveadm sync" not in {f.path: f for f in standby.files}[dovecot.DSYNC_SCRIPT].content
-    subprocess.run(["bash", "-n"], input=script, text=True, check=True)
+    parsed = in_base("bash", "-n", input=script)
+    assert parsed.returncode == 0, parsed.stderr

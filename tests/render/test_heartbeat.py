@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from rendertools import files
+from rendertools import files, in_base
 
 from cluster.hostplan import build_host_plan
 from cluster.lab.model import lab_topology
@@ -129,14 +129,14 @@ def test_scripts_parse(plan: tuple[Topology, HostPlan], tmp_path: Path) -> None:
         shell = "bash" if path in SCRIPTS_BASH else "sh"
         script = tmp_path / path.rsplit("/", 1)[1]
         script.write_text(rendered[path])
-        proc = subprocess.run([shell, "-n", str(script)], capture_output=True, text=True)
+        proc = in_base(shell, "-n", str(script))
         assert proc.returncode == 0, f"{path}: {proc.stderr}"
     for step in hp.steps:  # every step's own script, as both appliers run it
-        proc = subprocess.run(["bash", "-n"], input=step.script, capture_output=True, text=True)
+        proc = in_base("bash", "-n", input=step.script)
         assert proc.returncode == 0, f"{step.name}: {proc.stderr}"
     bindgraph = tmp_path / "mailcluster-bindgraph"
     bindgraph.write_text(rendered["/usr/local/sbin/mailcluster-bindgraph"])
-    proc = subprocess.run(["perl", "-wc", str(bindgraph)], capture_output=True, text=True)
+    proc = in_base("perl", "-wc", str(bindgraph))
     assert proc.returncode == 0 and proc.stderr.strip().endswith("syntax OK"), proc.stderr
     assert proc.stderr.count("\n") == 1, proc.stderr  # no warnings
 

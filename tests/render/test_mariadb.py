@@ -4,11 +4,10 @@ orders replicas after the master."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
-from rendertools import NODES
+from rendertools import NODES, in_base
 
 from cluster.hostcontext import HostContext
 from cluster.hostplan import build_host_plan
@@ -28,10 +27,7 @@ def test_mariadbd_accepts_config(plan: tuple[Topology, HostPlan], tmp_path: Path
     cnf = tmp_path / "my.cnf"
     cnf.write_text(cnf_of(hp))
     # An unknown or malformed option makes mariadbd --help --verbose fail.
-    proc = subprocess.run(
-        ["mariadbd", f"--defaults-file={cnf}", "--help", "--verbose"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+    proc = in_base("mariadbd", f"--defaults-file={cnf}", "--help", "--verbose")
     assert proc.returncode == 0, proc.stderr
     values = dict(
         ln.split(None, 1) for ln in proc.stdout.splitlines() if len(ln.split(None, 1)) == 2
@@ -46,10 +42,9 @@ def test_mariadbd_accepts_config(plan: tuple[Topology, HostPlan], tmp_path: Path
     assert values["skip-name-resolve"] == "TRUE"
     assert values["relay-log"] == "/var/log/mysql/mariadb-relay-bin"
     assert values["ssl-cert"] == f"{mariadb.DB_TLS_DIR}/cert.pem"
-    defaults = subprocess.run(
-        ["my_print_defaults", f"--defaults-file={cnf}", "mysqld"],
-        capture_output=True, text=True, check=True,
-    ).stdout.split()  # fmt: skip
+    printed = in_base("my_print_defaults", f"--defaults-file={cnf}", "mysqld")
+    assert printed.returncode == 0, printed.stderr
+    defaults = printed.stdout.split()
     assert "--log_bin=/var/log/mysql/mariadb-bin" in defaults
 
 

@@ -4,11 +4,10 @@ that keeps the rules (submission with SASL, no spoofing, no open relay, TLS 1.2+
 from __future__ import annotations
 
 import stat
-import subprocess
 from pathlib import Path
 
 import pytest
-from rendertools import NODES, write_tree
+from rendertools import NODES, in_base, write_tree
 
 from cluster.hostplan import build_host_plan
 from cluster.material import ClusterSecrets
@@ -19,7 +18,7 @@ from cluster.topology import Topology
 
 def run(*args: str) -> str:
     """Run a checker; any failure or warning fails the test."""
-    proc = subprocess.run(args, capture_output=True, text=True, check=False)
+    proc = in_base(*args)
     assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout}{proc.stderr}"
     assert proc.stderr == "", f"{' '.join(args)} warned:\n{proc.stderr}"
     return proc.stdout

@@ -14,30 +14,29 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from rendertools import in_base
 
 from cluster.hostcontext import HostContext
 from cluster.hostplan import build_host_plan
+from cluster.lab.checkroot import CheckRoot, terminate
 from cluster.material import ClusterSecrets
 from cluster.services import apache, mariadb, postfixadmin
 from cluster.topology import Topology
 
-pytestmark = [
-    pytest.mark.checkers,
-    pytest.mark.skipif(shutil.which("mariadbd") is None, reason="mariadb-server not installed"),
-]
+pytestmark = pytest.mark.checkers
 
 PORT = 24306 + os.getpid() % 500
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Path]:
+def db(checkroot: CheckRoot, tmp_path: Path) -> Iterator[Path]:
     data, sock = tmp_path / "data", tmp_path / "sock"
-    subprocess.run(
-        ["mariadb-install-db", "--no-defaults", f"--datadir={data}", "--user=root",
-         "--auth-root-authentication-method=socket"],
-        capture_output=True, check=True,
+    installed = in_base(
+        "mariadb-install-db", "--no-defaults", f"--datadir={data}", "--user=root",
+        "--auth-root-authentication-method=socket",
     )  # fmt: skip
-    proc = subprocess.Popen(
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    proc = checkroot.popen(
         ["mariadbd", "--no-defaults", "--user=root", f"--datadir={data}", f"--socket={sock}",
          f"--port={PORT}", "--bind-address=127.0.0.1", "--skip-name-resolve",
          "--log-bin=binlog", "--server-id=1", "--binlog-format=ROW",
@@ -46,25 +45,28 @@ def db(tmp_path: Path) -> Iterator[Path]:
     )  # fmt: skip
     try:
         for _ in range(300):
-            if subprocess.run(["mysqladmin", f"--socket={sock}", "ping"], capture_output=True)\
-                    .returncode == 0:  # fmt: skip
+            if in_base("mysqladmin", f"--socket={sock}", "ping").returncode == 0:
                 break
             time.sleep(0.1)
         yield sock
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+        terminate(proc)
 
 
 def sql(sock: Path, query: str = "", stdin: str | None = None) -> str:
     args = ["mysql", f"--socket={sock}", "-uroot", "-N", "-B"] + (["-e", query] if query else [])
-    return subprocess.run(
-        args, input=stdin, capture_output=True, text=True, check=True
-    ).stdout.strip()
+    proc = in_base(*args, input=stdin)
+    if proc.returncode != 0:
+        raise subprocess.CalledProcessError(proc.returncode, args, proc.stdout, proc.stderr)
+    return proc.stdout.strip()
 
 
 def test_schema_domain_and_mailbox(
-    db: Path, topologies: dict[str, Topology], secrets: ClusterSecrets, tmp_path: Path
+    db: Path,
+    checkroot: CheckRoot,
+    topologies: dict[str, Topology],
+    secrets: ClusterSecrets,
+    tmp_path: Path,
 ) -> None:
     topo = topologies["dc1"]
     ctx = HostContext(topo, topo.node("dc1-svr1"), secrets, "lab")
@@ -72,12 +74,16 @@ def test_schema_domain_and_mailbox(
     plan = build_host_plan(topo, "dc1-svr1", secrets, "lab")
     rendered = {f.path: f.content for f in plan.files}
 
-    # A private copy of Debian's Postfix Admin with the rendered config.local.php; only the
-    # port differs (the test's server is not on 3306).
+    # A private copy of the base's Postfix Admin with the rendered config.local.php; only the
+    # port differs (the test's server is not on 3306). Its absolute links point into the base's
+    # /etc and /var: the copy gets the files themselves instead (never this machine's).
     root = tmp_path / "postfixadmin"
-    shutil.copytree("/usr/share/postfixadmin", root, symlinks=False, ignore_dangling_symlinks=True)
-    shutil.copy("/etc/postfixadmin/config.inc.php", root / "config.inc.php")
-    shutil.copy("/etc/postfixadmin/dbconfig.inc.php", root / "dbconfig.inc.php")
+    shutil.copytree(checkroot.path("/usr/share/postfixadmin"), root, symlinks=True)
+    for link in [p for p in root.rglob("*") if p.is_symlink()]:
+        if Path(os.readlink(link)).is_absolute():
+            link.unlink()
+    shutil.copy(checkroot.path("/etc/postfixadmin/config.inc.php"), root / "config.inc.php")
+    shutil.copy(checkroot.path("/etc/postfixadmin/dbconfig.inc.php"), root / "dbconfig.inc.php")
     (root / "templates_c").mkdir(exist_ok=True)
     local = rendered[postfixadmin.CONFIG].replace(
         "$CONF['database_port'] = '3306';", f"$CONF['database_port'] = '{PORT}';"
@@ -85,9 +91,8 @@ def test_schema_domain_and_mailbox(
     assert f"'{PORT}'" in local
     (root / "config.local.php").write_text(local)
 
-    upgrade = subprocess.run(
-        ["php", "upgrade.php"], cwd=root / "public", capture_output=True, text=True, check=True
-    )
+    upgrade = in_base("php", "upgrade.php", cwd=root / "public")
+    assert upgrade.returncode == 0, upgrade.stdout[-2000:] + upgrade.stderr
     version = sql(db, "SELECT value FROM postfixadmin.config WHERE name='version'")
     assert version.isdigit() and int(version) >= 1800, upgrade.stdout[-2000:]
     tables = sql(db, "SHOW TABLES FROM postfixadmin").split()
@@ -95,13 +100,10 @@ def test_schema_domain_and_mailbox(
 
     helper = tmp_path / "pfa-mailbox.php"
     helper.write_text(rendered[postfixadmin.MAILBOX_PHP])
-    env = {**os.environ, "PFA_ROOT": str(root)}
+    env = {"PFA_ROOT": str(root)}
 
     def pfa(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["php", str(helper), *args], cwd=root / "public", env=env, input=stdin,
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
+        return in_base("php", str(helper), *args, cwd=root / "public", env=env, input=stdin)
 
     first = pfa("domain-add", topo.domain)
     assert first.returncode == 0 and "mailcluster: changed" in first.stdout, first.stderr
@@ -117,13 +119,11 @@ def test_schema_domain_and_mailbox(
     assert maildir == f"{topo.domain}/alice/"
     assert quota == str(100 * 1048576)
     assert password not in row
-    verify = subprocess.run(
-        ["doveadm", "pw", "-t", hashed, "-p", password], capture_output=True, text=True
-    )
+    verify = in_base("doveadm", "pw", "-t", hashed, "-p", password)
     assert verify.returncode == 0 and "(verified)" in verify.stdout + verify.stderr
     assert pfa("add", f"alice@{topo.domain}", "0", "", stdin=password).returncode != 0
     assert pfa("add", f"bob@{topo.domain}", "0", "", stdin="short").returncode != 0
 
     # Roundcube's schema from Debian's own file, as the roundcube.schema step loads it.
-    sql(db, "", stdin="USE roundcube;\n" + Path(apache.ROUNDCUBE_SQL).read_text())
+    sql(db, "", stdin="USE roundcube;\n" + checkroot.path(apache.ROUNDCUBE_SQL).read_text())
     assert sql(db, "SHOW TABLES FROM roundcube LIKE 'system'") == "system"

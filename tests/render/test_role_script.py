@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -21,8 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from rendertools import base, in_base
 
 from cluster.hostplan import build_host_plan
+from cluster.lab.checkroot import NsPopen, terminate
 from cluster.material import ClusterSecrets
 from cluster.plan import CHANGED_MARK
 from cluster.render import render
@@ -53,31 +54,35 @@ class Server:
     name: str
     port: int
     dir: Path
-    proc: subprocess.Popen[bytes] | None = None
+    proc: NsPopen | None = None
 
     @property
     def socket(self) -> Path:
         return self.dir / "sock"
 
     def sql(self, query: str) -> str:
-        out = subprocess.run(
-            ["mysql", f"--socket={self.socket}", "-uroot", "-N", "-B", "-e", query],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
-        return out.stdout.strip()
+        return mysql(self, "-N", "-B", "-e", query).strip()
+
+
+def mysql(server: Server, *args: str, stdin: str | None = None) -> str:
+    argv = ("mysql", f"--socket={server.socket}", "-uroot", *args)
+    out = in_base(*argv, input=stdin)
+    if out.returncode != 0:
+        raise subprocess.CalledProcessError(out.returncode, argv, out.stdout, out.stderr)
+    return out.stdout
 
 
 def start(server: Server, cnf: Path, server_id: int) -> None:
     data = server.dir / "data"
     if not data.exists():
-        subprocess.run(
-            ["mariadb-install-db", "--no-defaults", f"--datadir={data}", "--user=root",
-             "--auth-root-authentication-method=socket"],
-            capture_output=True, check=True,
+        installed = in_base(
+            "mariadb-install-db", "--no-defaults", f"--datadir={data}", "--user=root",
+            "--auth-root-authentication-method=socket",
         )  # fmt: skip
+        assert installed.returncode == 0, installed.stdout + installed.stderr
     # The rendered config first; the command line moves its paths into the test directory.
     tls = server.dir.parent / "tls"
-    server.proc = subprocess.Popen(
+    server.proc = base().popen(
         ["mariadbd", f"--defaults-file={cnf}", "--user=root", f"--datadir={data}",
          f"--socket={server.socket}", f"--port={server.port}", "--bind-address=127.0.0.1",
          f"--server-id={server_id}", f"--pid-file={server.dir}/pid",
@@ -89,9 +94,7 @@ def start(server: Server, cnf: Path, server_id: int) -> None:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     for _ in range(300):
-        probe = subprocess.run(
-            ["mysqladmin", f"--socket={server.socket}", "-uroot", "ping"], capture_output=True
-        )
+        probe = in_base("mysqladmin", f"--socket={server.socket}", "-uroot", "ping")
         if probe.returncode == 0:
             return
         time.sleep(0.1)
@@ -137,8 +140,7 @@ def lab(
     finally:
         for s in servers.values():
             if s.proc is not None:
-                s.proc.terminate()
-                s.proc.wait(timeout=60)
+                terminate(s.proc)
 
 
 def write_conf(lab: dict[str, object], me: Server, peer: Server, slot: str) -> Path:
@@ -164,9 +166,7 @@ def role(lab: dict[str, object], me: Server, conf: Path, *args: str) -> str:
         "MAILCLUSTER_CONF": str(conf),
         "STUB_DIR": str(me.dir),
     }
-    proc = subprocess.run(
-        [str(lab["role"]), *args], capture_output=True, text=True, env=env, check=False
-    )
+    proc = in_base(str(lab["role"]), *args, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
 
@@ -181,7 +181,6 @@ def wait_for(check: object, what: str, timeout: float = 20.0) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-@pytest.mark.skipif(shutil.which("mariadbd") is None, reason="mariadb-server not installed")
 def test_first_apply_failover_and_rejoin(
     lab: dict[str, object], topologies: dict[str, Topology], secrets: ClusterSecrets
 ) -> None:
@@ -209,7 +208,7 @@ def test_first_apply_failover_and_rejoin(
     sql = mariadb.users_sql(ctx) + mariadb._user(
         "repl", "127.0.0.1", secrets.db_replication, "REPLICATION SLAVE ON *.*", True
     )
-    subprocess.run(["mysql", f"--socket={s1.socket}", "-uroot"], input=sql, text=True, check=True)
+    mysql(s1, stdin=sql)
 
     out = role(lab, s2, conf2, "reconcile")
     assert "replica of 127.0.0.1" in out
@@ -222,10 +221,7 @@ def test_first_apply_failover_and_rejoin(
     assert status["replication"]["io_running"] == "Yes"
     assert status["postfix_running"] is False
     # Replication runs over TLS (repl REQUIRE SSL would refuse it otherwise).
-    assert "Master_SSL_Allowed: Yes" in subprocess.run(
-        ["mysql", f"--socket={s2.socket}", "-uroot", "-e", "SHOW SLAVE STATUS\\G"],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+    assert "Master_SSL_Allowed: Yes" in mysql(s2, "-e", "SHOW SLAVE STATUS\\G")
     grants = s2.sql("SHOW GRANTS FOR 'postfix'@'127.0.0.1'")
     assert "GRANT SELECT ON `postfixadmin`.* TO `postfix`@`127.0.0.1`" in grants
 

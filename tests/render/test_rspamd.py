@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from rendertools import NODES, write_tree
+from rendertools import NODES, in_base, write_tree
 
 from cluster.hostplan import build_host_plan
 from cluster.material import ClusterSecrets
@@ -19,12 +19,7 @@ from cluster.topology import DKIM_SELECTOR, Topology
 
 def rspamadm(local_confdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     # The stock /etc/rspamd/rspamd.conf with our rendered local.d in place of /etc/rspamd's.
-    return subprocess.run(
-        ["rspamadm", f"--var=LOCAL_CONFDIR={local_confdir}", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    return in_base("rspamadm", f"--var=LOCAL_CONFDIR={local_confdir}", *args)
 
 
 @pytest.mark.checkers

@@ -31,9 +31,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(step_command: str, stdin: str) -> str:
-    done = subprocess.run(
-        step_command, shell=True, input=stdin, capture_output=True, text=True, check=True
-    )
+    # A node runs the step as root (it chowns to root:root). This layer needs no root: without
+    # it, a user namespace makes this user root over its own files.
+    argv = ["sh", "-c", step_command]
+    if os.geteuid() != 0:
+        argv = ["unshare", "--user", "--map-root-user", *argv]
+    done = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=True)
     return done.stdout
 
 
