@@ -9,16 +9,26 @@ import pulumi
 from cluster import pulumi_config
 from cluster.datacentre import DataCentre, DataCentreArgs, stack_outputs
 from cluster.provision import Provisioning, ProvisioningArgs
-from cluster.pulumi_material import cluster_material
+from cluster.pulumi.deployed import read_deployed, refuse_unsafe_changes
+from cluster.pulumi_material import cluster_material, plan_secrets
 from cluster.pulumi_peer import PeerStack
 
 config = pulumi_config.load()  # raises ConfigError naming every bad key, before any resource
+deployed = read_deployed()
+refuse_unsafe_changes(config, deployed)  # region, domain, dc: refused before any resource
 stack_secrets = pulumi_config.load_secrets()
 peer = PeerStack(config)
 
 dc = DataCentre(
     config.dc,
-    DataCentreArgs(config=config, peer=peer, root_password=stack_secrets.root_password),
+    DataCentreArgs(
+        config=config,
+        peer=peer,
+        root_password=stack_secrets.root_password,
+        deployed_addresses=deployed.addresses,
+        handover=config.provision,
+        ssh_private_key=stack_secrets.ssh_private_key,
+    ),
 )
 material = cluster_material(config, peer, dc.addresses)
 
@@ -31,7 +41,7 @@ if config.provision:
             config=config,
             own_addresses=dc.addresses,
             peer_addresses=peer.addresses,
-            secrets=material.secrets,
+            secrets=plan_secrets(material, stack_secrets.root_password),
             ssh_private_key=stack_secrets.ssh_private_key,
             infrastructure=dc.infrastructure,
         ),

@@ -27,12 +27,30 @@ from cluster.datacentre import node_address
 from cluster.hostplan import build_host_plan
 from cluster.material import ClusterSecrets, generate
 from cluster.plan import HostPlan
+from cluster.pulumi import ssh
 from cluster.pulumi_peer import dict_to_addresses
 from cluster.topology import SLOTS, DcAddresses, NodeAddresses, Topology
 
 PLATFORM = "linode"
-# A fresh Linode takes a minute or so to boot sshd; the provider retries failed dials.
-DIAL_ERROR_LIMIT = 60
+# Commands of one node in flight at once, at most: each holds an SSH connection, and sshd's
+# default `MaxStartups 10:30:100` starts refusing unauthenticated connections beyond 10. Four
+# leaves room for an operator's own sessions and for the handshakes of the next commands.
+LANES = 4
+
+# Steps whose effect outlives them: when a later config drops the step (sharedIpMethod bgp ->
+# arp), Pulumi deletes its Command and runs this. Guarded by the node's current cluster.conf, so
+# a Command deleted for any other reason (provision: false, a destroy) leaves a bgp node alone.
+SHARED_IP_UNDO = """conf=/etc/mailcluster/cluster.conf
+if [ -r "$conf" ] && . "$conf" && [ "${SHARED_IP_METHOD:-}" = bgp ]; then exit 0; fi
+for a in $(ip -o -4 addr show dev lo scope global | awk '{print $4}'); do
+  ip addr del "$a" dev lo
+done
+rm -f /etc/network/interfaces.d/mailcluster-shared-ip
+"""
+UNDO = {
+    "heartbeat.shared-ip-on-lo": SHARED_IP_UNDO,
+    "file:/etc/network/interfaces.d/mailcluster-shared-ip": SHARED_IP_UNDO,
+}
 ABSENT: dict[str, Any] = {"command": "true", "stdin": "", "digest": "absent", "secret": False}
 
 
@@ -124,6 +142,36 @@ def _ordered(shapes: dict[tuple[str, str], StepShape]) -> list[StepShape]:
     for key in shapes:
         visit(key, ())
     return done
+
+
+def applied_command(node: str, step: str, secret: bool, command: str) -> str:
+    """What a Command runs for a step. A secret step's output is dropped and a failure says
+    only which step failed: the provider puts a failed command's output into its error message,
+    which Pulumi prints and CI logs keep, and such output might echo what the step was fed."""
+    if not secret:
+        return command
+    return (
+        f"{command} >/dev/null 2>&1 || {{ rc=$?; echo 'mailcluster: step {step} failed "
+        f"(exit '$rc'); its output is withheld because the step handles a secret: run it by "
+        f"hand on {node} to see why' >&2; exit $rc; }}"
+    )
+
+
+def lanes(shapes: Sequence[StepShape]) -> dict[tuple[str, str], tuple[str, str]]:
+    """The step each step waits for besides its own dependencies: a node's steps, in dependency
+    order, dealt round-robin into ``LANES`` chains. Each chain runs one command at a time, so a
+    node never has more than ``LANES`` commands (SSH sessions) in flight; the order is a
+    topological one, so the extra edges cannot make a cycle."""
+    last: dict[tuple[str, int], tuple[str, str]] = {}
+    count: dict[str, int] = {}
+    out: dict[tuple[str, str], tuple[str, str]] = {}
+    for shape in shapes:
+        lane = count.get(shape.node, 0) % LANES
+        count[shape.node] = count.get(shape.node, 0) + 1
+        if (shape.node, lane) in last:
+            out[(shape.node, shape.name)] = last[(shape.node, lane)]
+        last[(shape.node, lane)] = (shape.node, shape.name)
+    return out
 
 
 def resource_name(node: str, step: str) -> str:
@@ -226,14 +274,11 @@ class Provisioning(pulumi.ComponentResource):
             lambda r: {f"{n}/{s}": v["digest"] for (n, s), v in r.items()}
         )
         self.commands: dict[tuple[str, str], remote.Command] = {}
+        self.lane_after = lanes(self.shapes)
         for shape in self.shapes:
             slot = shape.node.split("-", 1)[1]
-            connection = remote.ConnectionArgs(
-                host=node_address(args.own_addresses, slot, "publicIpv4"),
-                user="root",
-                # Without a key in config the provider uses the SSH agent (SSH_AUTH_SOCK).
-                private_key=args.ssh_private_key,
-                dial_error_limit=DIAL_ERROR_LIMIT,
+            connection = ssh.connection(
+                node_address(args.own_addresses, slot, "publicIpv4"), args.ssh_private_key
             )
             self.commands[(shape.node, shape.name)] = self._command(
                 shape, rendered, connection, args.infrastructure
@@ -260,6 +305,8 @@ class Provisioning(pulumi.ComponentResource):
         deps: list[pulumi.Resource] = [*infrastructure]
         deps += [self.commands[(shape.node, d)] for d in shape.deps]
         deps += [self.commands[d] for d in shape.remote_deps]
+        if key in self.lane_after:
+            deps.append(self.commands[self.lane_after[key]])
         opts = pulumi.ResourceOptions(
             parent=self,
             depends_on=deps,
@@ -269,12 +316,16 @@ class Provisioning(pulumi.ComponentResource):
         return remote.Command(
             resource_name(shape.node, shape.name),
             connection=connection,
-            create=part("command", False),
+            create=part("command", False).apply(
+                lambda c: applied_command(shape.node, shape.name, shape.secret, c)
+            ),
             stdin=part("stdin", shape.secret),
             # The digest covers the command, stdin and the steps it watches: a step re-runs
             # exactly when one of those changes. A secret step's digest stays secret too.
             triggers=[part("digest", shape.secret)],
+            delete=UNDO.get(shape.name),
             add_previous_output_in_env=False,
-            logging=remote.Logging.STDERR if shape.secret else remote.Logging.STDOUT_AND_STDERR,
+            # A secret step logs nothing (applied_command keeps its output out of errors too).
+            logging=remote.Logging.NONE if shape.secret else remote.Logging.STDOUT_AND_STDERR,
             opts=opts,
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 from types import ModuleType
 
 from cluster.services import (
+    access,
     apache,
     base,
     bind,
@@ -25,6 +26,7 @@ from cluster.services import (
 
 SERVICES: tuple[ModuleType, ...] = (
     base,
+    access,
     storage,
     tls,
     mariadb,

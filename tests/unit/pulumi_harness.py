@@ -67,15 +67,50 @@ class Registered:
     state: dict[str, Any]
     id: str = ""
     dependencies: list[str] = field(default_factory=list)
+    options: Options = field(default_factory=lambda: Options())
+
+
+@dataclass(frozen=True)
+class Options:
+    """The resource options the engine would act on, as the RegisterResource request carries
+    them (input names as the engine sees them: camelCase)."""
+
+    protect: bool = False
+    retain_on_delete: bool = False
+    delete_before_replace: bool = False
+    ignore_changes: tuple[str, ...] = ()
+    replace_on_changes: tuple[str, ...] = ()
+    # Explicit ``depends_on`` only: ``dependencies`` minus those any input already carries.
+    depends_on: tuple[str, ...] = ()
+
+    @staticmethod
+    def of(request: Any) -> Options:
+        via_inputs = {u for deps in request.propertyDependencies.values() for u in deps.urns}
+        return Options(
+            protect=bool(request.protect),
+            retain_on_delete=bool(request.retainOnDelete),
+            delete_before_replace=bool(request.deleteBeforeReplace),
+            ignore_changes=tuple(request.ignoreChanges),
+            replace_on_changes=tuple(request.replaceOnChanges),
+            depends_on=tuple(u for u in request.dependencies if u not in via_inputs),
+        )
 
 
 class ClusterMocks(pulumi.runtime.Mocks):
     """Deterministic fake providers: numeric ids, addresses from the stack's mock net, real
     PEMs where the program parses them, and the given peer outputs for StackReferences."""
 
-    def __init__(self, stack: str, peer_outputs: Mapping[str, Any] | None) -> None:
+    def __init__(
+        self,
+        stack: str,
+        peer_outputs: Mapping[str, Any] | None,
+        previous_outputs: Mapping[str, Any] | None = None,
+    ) -> None:
         self.stack = stack
         self.peer_outputs = dict(peer_outputs or {})
+        # This stack's own outputs from its last `up` (None: never deployed), as the engine's
+        # builtin `pulumi:pulumi:readStackOutputs` would return them.
+        self.previous_outputs = dict(previous_outputs) if previous_outputs is not None else None
         self.count = 0
         self.last: dict[str, Any] = {}
 
@@ -112,8 +147,14 @@ class ClusterMocks(pulumi.runtime.Mocks):
             state = {"certRequestPem": "-----BEGIN CERTIFICATE REQUEST-----\n"}
         return rid, {**args.inputs, **state}
 
-    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], None]:
-        return {}, None
+    def call(
+        self, args: pulumi.runtime.MockCallArgs
+    ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+        if args.token == "pulumi:pulumi:readStackOutputs":
+            # A stack that exists but was never deployed has no outputs.
+            outputs = self.previous_outputs or {}
+            return {"name": args.args.get("name"), "outputs": outputs}, []
+        return {}, []
 
 
 class RecordingMonitor(MockMonitor):
@@ -131,7 +172,7 @@ class RecordingMonitor(MockMonitor):
             self.registered.append(
                 Registered(
                     request.type, request.name, response.urn, inputs, dict(registration.state),
-                    str(registration.id or ""), list(request.dependencies),
+                    str(registration.id or ""), list(request.dependencies), Options.of(request),
                 )
             )  # fmt: skip
         return response
@@ -203,8 +244,11 @@ def run_stack(
     config: Mapping[str, Any],
     peer_outputs: Mapping[str, Any] | None = None,
     secret_config: Mapping[str, str] | None = None,
+    previous: Result | None = None,
 ) -> Result:
-    mocks = ClusterMocks(stack, peer_outputs)
+    """Run the program for ``stack``; ``previous``: this stack's last run (its outputs are what
+    the program reads back as the deployed state), ``None`` for a first deployment."""
+    mocks = ClusterMocks(stack, peer_outputs, previous.outputs if previous else None)
     monitor = RecordingMonitor(mocks)
     # set_mocks keeps an existing root Stack; a fresh run needs a fresh one for its outputs.
     settings.ROOT.set(None)
@@ -280,11 +324,13 @@ def full_secrets(result: Result, material: Result) -> dict[str, Any]:
 @dataclass(frozen=True)
 class Deployment:
     """The README's first deployment, under mocks, with the committed stack files:
-    ``up -s dc1`` (dc2 not deployed yet), ``up -s dc2``, ``up -s dc1`` again."""
+    ``up -s dc1`` (dc2 not deployed yet), ``up -s dc2``, ``up -s dc1`` again, ``up -s dc2``
+    again (each stack's second `up` knows its own nodes' addresses and the peer's)."""
 
     dc1_first: Result
-    dc2: Result
+    dc2_first: Result
     dc1: Result
+    dc2: Result
 
 
 @functools.lru_cache(maxsize=1)
@@ -292,9 +338,10 @@ def committed_deployment() -> Deployment:
     from cluster.stackfiles import read_stack_config
 
     dc1_first = run_stack("dc1", read_stack_config("dc1"))
-    dc2 = run_stack("dc2", read_stack_config("dc2"), dc1_first.peer_view())
-    dc1 = run_stack("dc1", read_stack_config("dc1"), dc2.peer_view())
-    return Deployment(dc1_first, dc2, dc1)
+    dc2_first = run_stack("dc2", read_stack_config("dc2"), dc1_first.peer_view())
+    dc1 = run_stack("dc1", read_stack_config("dc1"), dc2_first.peer_view(), previous=dc1_first)
+    dc2 = run_stack("dc2", read_stack_config("dc2"), dc1.peer_view(), previous=dc2_first)
+    return Deployment(dc1_first, dc2_first, dc1, dc2)
 
 
 ROOT_PASSWORD = "S3cretRootPw"
@@ -318,9 +365,11 @@ def variant_run() -> Result:
     several tests: the mocks run costs more than the asserts)."""
     from cluster.stackfiles import read_stack_config
 
+    deployment = committed_deployment()
     return run_stack(
         "dc1",
         {**read_stack_config("dc1"), **VARIANT_CONFIG},
-        committed_deployment().dc2.peer_view(),
+        deployment.dc2.peer_view(),
         secret_config={"rootPassword": ROOT_PASSWORD, "sshPrivateKey": SSH_PRIVATE_KEY},
+        previous=deployment.dc1,
     )

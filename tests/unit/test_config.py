@@ -73,7 +73,7 @@ def test_standby_without_peer_stack_names_peer_stack() -> None:
 def test_good_config_loads_with_defaults() -> None:
     cfg = pulumi_config.load(good(), "dc2")
     assert isinstance(cfg, StackConfig)
-    assert (cfg.dc, cfg.region, cfg.volume_size_gb, cfg.active_dc) == ("dc2", "us-central", 80,
+    assert (cfg.dc, cfg.region, cfg.volume_size_gb, cfg.active_dc) == ("dc2", "us-ord", 80,
                                                                        "dc1")  # fmt: skip
 
 

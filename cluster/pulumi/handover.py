@@ -1,0 +1,64 @@
+"""The handover before svr1 goes down: svr2 takes the shared IP and the mail role over.
+
+A ``remote.Command`` on svr2 whose ``triggers`` are the inputs whose change takes a node down
+(today the Linode plan: a resize). svr1's Instance depends on it (``DataCentre._instance_order``),
+so a rolling update is: svr2 updated (and back), handover, svr1 updated. Heartbeat runs with
+``auto_failback off``: svr2 stays the holder afterwards, as after any failover.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+import pulumi
+import pulumi_command.remote as remote
+import pulumi_linode as linode
+
+from cluster.config import StackConfig
+from cluster.pulumi.ssh import connection
+
+ROLE = "/usr/local/sbin/mailcluster-role"
+HB_TAKEOVER = "/usr/share/heartbeat/hb_takeover"
+WAIT_TENTHS = 600
+
+# Not provisioned yet (a first `up`): nothing holds anything, nothing to hand over. If svr2
+# cannot take over, the command fails and svr1 is left running, not taken down.
+SCRIPT = f"""set -euo pipefail
+if [ ! -x {ROLE} ] || ! cl_status hbstatus >/dev/null 2>&1; then
+  exit 0
+fi
+{ROLE} is-holder && exit 0
+{HB_TAKEOVER} all >/dev/null 2>&1 || true
+for _ in $(seq 1 {WAIT_TENTHS}); do
+  if {ROLE} is-holder; then
+    echo "mailcluster: changed $(hostname) took the shared IP and the role over"
+    exit 0
+  fi
+  sleep 0.1
+done
+echo "$(hostname) did not take the shared IP over within {WAIT_TENTHS // 10} s: svr1 is left up" >&2
+exit 1
+"""
+
+
+def disruptive_inputs(config: StackConfig) -> list[str]:
+    """The config behind the Instance inputs change_rules.RULES calls disruptive and the
+    program sets (root_pass is create-time only: the plan sets the password)."""
+    return [config.instance_type]
+
+
+def handover_command(
+    name: str,
+    config: StackConfig,
+    svr2: linode.Instance,
+    ssh_private_key: pulumi.Input[str] | None,
+    parent: pulumi.Resource,
+) -> remote.Command:
+    return remote.Command(
+        name,
+        connection=connection(pulumi.get(svr2, "ip_address"), ssh_private_key),
+        create="bash -c " + shlex.quote(SCRIPT),
+        triggers=disruptive_inputs(config),
+        add_previous_output_in_env=False,
+        opts=pulumi.ResourceOptions(parent=parent),
+    )
