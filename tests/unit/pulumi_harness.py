@@ -11,6 +11,7 @@ import functools
 import json
 import runpy
 import threading
+import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,7 +117,9 @@ class ClusterMocks(pulumi.runtime.Mocks):
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
         self.count += 1
-        rid = str(1000 + self.count)
+        # Stable per resource, as a deployed resource's id is from one `up` to the next: a
+        # counter would change ids with the registration order and fake diffs between runs.
+        rid = str(100000 + zlib.crc32(f"{args.typ}::{args.name}".encode()) % 900000)
         state: dict[str, Any] = {}
         net = MOCK_NETS.get(self.stack, "192.0.2")
         if args.typ == "pulumi:pulumi:StackReference":
@@ -215,6 +218,11 @@ class Result:
         return {k: v for k, v in self.outputs.items() if v is not None}
 
 
+# The monitor of the latest run_stack, kept when the program fails: a test can check what had
+# been declared by then.
+last_monitor: RecordingMonitor | None = None
+
+
 def _config_value(value: Any) -> str:
     # The engine hands structured and scalar config to the program as text (lists as JSON).
     if isinstance(value, str):
@@ -248,8 +256,9 @@ def run_stack(
 ) -> Result:
     """Run the program for ``stack``; ``previous``: this stack's last run (its outputs are what
     the program reads back as the deployed state), ``None`` for a first deployment."""
+    global last_monitor
     mocks = ClusterMocks(stack, peer_outputs, previous.outputs if previous else None)
-    monitor = RecordingMonitor(mocks)
+    monitor = last_monitor = RecordingMonitor(mocks)
     # set_mocks keeps an existing root Stack; a fresh run needs a fresh one for its outputs.
     settings.ROOT.set(None)
     settings.SETTINGS.rpc_manager.clear()
