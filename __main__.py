@@ -9,7 +9,7 @@ import pulumi
 from cluster import pulumi_config
 from cluster.datacentre import DataCentre, DataCentreArgs, stack_outputs
 from cluster.provision import Provisioning, ProvisioningArgs
-from cluster.pulumi.deployed import read_deployed, refuse_unsafe_changes
+from cluster.pulumi.deployed import OUT_REVERSE_DNS, read_deployed, refuse_unsafe_changes
 from cluster.pulumi_material import cluster_material, plan_secrets
 from cluster.pulumi_peer import PeerStack
 
@@ -26,6 +26,7 @@ dc = DataCentre(
         peer=peer,
         root_password=stack_secrets.root_password,
         deployed_addresses=deployed.addresses,
+        deployed_ptrs=deployed.ptr_addresses,
         handover=config.provision,
         ssh_private_key=stack_secrets.ssh_private_key,
     ),
@@ -57,3 +58,4 @@ dc.declare_dns(provisioned)
 for key, value in stack_outputs(dc, material.exports, topology_dcs).items():
     pulumi.export(key, value)
 pulumi.export("tlsCertificate", material.certificate.cert_pem)
+pulumi.export(OUT_REVERSE_DNS, dc.reverse_dns)

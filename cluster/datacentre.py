@@ -18,6 +18,7 @@ import pulumi_command.remote as remote
 import pulumi_linode as linode
 
 from cluster.config import StackConfig
+from cluster.pulumi import forward_dns
 from cluster.pulumi.handover import handover_command
 from cluster.pulumi_peer import PeerStack, addresses_to_dict
 from cluster.topology import SLOTS
@@ -137,6 +138,8 @@ class DataCentreArgs:
     # only with provisioning).
     handover: bool = False
     ssh_private_key: pulumi.Input[str] | None = None
+    # Addresses whose PTR the last `up` declared (its reverseDns output).
+    deployed_ptrs: Sequence[str] = ()
 
 
 class DataCentre(pulumi.ComponentResource):
@@ -271,6 +274,10 @@ class DataCentre(pulumi.ComponentResource):
         self.rdns: list[linode.Rdns] = []
         self.secondary_dns: linode.Domain | None = None
         self.rdns_declared: pulumi.Output[int] = pulumi.Output.from_input(0)
+        # Addresses whose PTR this stack declared: exported, so a later `up` keeps them
+        # declared even if a lookup fails then (``deployed_ptrs``).
+        self.reverse_dns: pulumi.Output[list[str]] = pulumi.Output.from_input([])
+        self.deployed_ptrs = set(args.deployed_ptrs)
         self.register_outputs(
             {
                 "addresses": self.addresses,
@@ -360,34 +367,55 @@ class DataCentre(pulumi.ComponentResource):
         standby's PTRs wait (a later ``up`` of this stack declares them)."""
         cfg = self.config
         if not cfg.provision or cfg.is_active:
-            self._declare_rdns(provisioned)
-            self.rdns_declared = pulumi.Output.from_input(len(self.rdns))
+            self.reverse_dns = self._declare_rdns(provisioned)
         else:
             ready = pulumi.Output.all(self.peer.topology_dcs, self.peer.active_dc).apply(
                 lambda v: bool(v[0]) and cfg.dc in v[0] and v[1] == cfg.active_dc
             )
             # Declared inside apply: the condition comes from the peer's stack outputs, which
             # Pulumi reads during preview too, so preview shows these records.
-            self.rdns_declared = ready.apply(
-                lambda ok: len(self._declare_rdns(provisioned)) if ok else 0
-            )
+            self.reverse_dns = ready.apply(lambda ok: self._declare_rdns(provisioned) if ok else [])
+        self.rdns_declared = self.reverse_dns.apply(len)
         self._declare_secondary_dns(provisioned)
 
-    def _declare_rdns(self, provisioned: Sequence[pulumi.Resource]) -> list[linode.Rdns]:
+    def _declare_rdns(self, provisioned: Sequence[pulumi.Resource]) -> pulumi.Output[list[str]]:
+        """The PTRs whose forward name already resolves to the address (Linode refuses the
+        others, after retrying for 15 minutes); a warning names the glue records that make the
+        rest resolve, for the next `up`. A PTR this stack declared before stays declared."""
         opts = pulumi.ResourceOptions(parent=self, depends_on=list(provisioned))
-        for index, (address, name) in enumerate(self.ptr_names()):
-            self.rdns.append(
-                linode.Rdns(
-                    f"{self.prefix}-rdns-{index}",
-                    address=address,
-                    rdns=name,
-                    # Linode refuses a PTR whose forward name does not resolve yet; retry
-                    # within the timeout while BIND's zone propagates.
-                    wait_for_available=True,
-                    opts=opts,
+        pairs = self.ptr_names()
+        vips = pulumi.Output.all(self.shared_ip.address, self.peer.addresses)
+
+        def declare(values: list[Any]) -> list[str]:
+            *addresses, own_vip, peer = values
+            missing = []
+            for index, (address, (_, name)) in enumerate(zip(addresses, pairs, strict=True)):
+                if not (forward_dns.resolves(name, address) or address in self.deployed_ptrs):
+                    missing.append(f"{name} -> {address}")
+                    continue
+                self.rdns.append(
+                    linode.Rdns(
+                        f"{self.prefix}-rdns-{index}",
+                        address=address,
+                        rdns=name,
+                        # Resolving here need not mean resolving at Linode's resolver yet.
+                        wait_for_available=True,
+                        opts=opts,
+                    )
                 )
-            )
-        return self.rdns
+            if missing:
+                pulumi.log.warn(
+                    f"reverse DNS not set yet for {', '.join(missing)}: the names do not "
+                    f"resolve. Point the domain at the cluster at your registrar (glue: "
+                    f"{glue_records(self.config, own_vip, peer)}), then run `pulumi up` again",
+                    self,
+                )
+            return [str(r) for r, (_, n) in zip(addresses, pairs, strict=True)
+                    if f"{n} -> {r}" not in missing]  # fmt: skip
+
+        return pulumi.Output.all(*(a for a, _ in pairs), vips).apply(
+            lambda v: declare([*v[:-1], *v[-1]])
+        )
 
     def _declare_secondary_dns(self, provisioned: Sequence[pulumi.Resource]) -> None:
         cfg = self.config
@@ -410,6 +438,17 @@ class DataCentre(pulumi.ComponentResource):
             tags=["mailcluster"],
             opts=pulumi.ResourceOptions(parent=self, depends_on=list(provisioned)),
         )
+
+
+def glue_records(config: StackConfig, own_vip: str, peer: dict[str, Any] | None) -> str:
+    """``ns1.<domain>`` is dc1's shared IP, ``ns2`` dc2's (README, "Deploy to Linode")."""
+    vips = {config.dc: own_vip}
+    if peer:
+        vips[config.peer_dc] = peer["sharedIpv4"]
+    return ", ".join(
+        f"ns{i}.{config.domain} -> {vips.get(dc, f'the {dc} stack output sharedIpv4')}"
+        for i, dc in enumerate(("dc1", "dc2"), start=1)
+    )
 
 
 def bind_servers(

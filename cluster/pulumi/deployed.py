@@ -21,6 +21,8 @@ from cluster.config import ConfigError, StackConfig
 from cluster.pulumi.change_rules import KEY_CHANGES, REFUSED_KEYS
 
 READ_STACK_OUTPUTS = "pulumi:pulumi:readStackOutputs"
+# The addresses whose PTR this stack declared (see DataCentre.declare_dns).
+OUT_REVERSE_DNS = "reverseDns"
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,10 @@ class Deployed:
     def addresses(self) -> dict[str, Any] | None:
         value = self.outputs.get("addresses")
         return value if isinstance(value, dict) and value.get("nodes") else None
+
+    @property
+    def ptr_addresses(self) -> list[str]:
+        return [str(a) for a in self.outputs.get(OUT_REVERSE_DNS) or []]
 
     def value(self, key: str) -> str | None:
         """The deployed value of a refused config key, when the outputs tell it."""

@@ -12,7 +12,7 @@ import json
 import runpy
 import threading
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from pulumi.runtime.stack import wait_for_rpcs
 from pulumi.runtime.sync_await import _sync_await
 
 from cluster.material import ClusterSecrets, generate, pem_key
+from cluster.pulumi import forward_dns
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "mailcluster"
@@ -218,6 +219,11 @@ class Result:
         return {k: v for k, v in self.outputs.items() if v is not None}
 
 
+def _glue_in_place(name: str, address: str) -> bool:
+    """Every forward name resolves to its address: the registrar's glue is in place."""
+    return True
+
+
 # The monitor of the latest run_stack, kept when the program fails: a test can check what had
 # been declared by then.
 last_monitor: RecordingMonitor | None = None
@@ -253,10 +259,13 @@ def run_stack(
     peer_outputs: Mapping[str, Any] | None = None,
     secret_config: Mapping[str, str] | None = None,
     previous: Result | None = None,
+    resolves: Callable[[str, str], bool] | None = None,
 ) -> Result:
     """Run the program for ``stack``; ``previous``: this stack's last run (its outputs are what
-    the program reads back as the deployed state), ``None`` for a first deployment."""
+    the program reads back as the deployed state), ``None`` for a first deployment;
+    ``resolves``: the world's DNS (default: every name resolves, the glue is in place)."""
     global last_monitor
+    forward_dns.resolves = resolves or _glue_in_place
     mocks = ClusterMocks(stack, peer_outputs, previous.outputs if previous else None)
     monitor = last_monitor = RecordingMonitor(mocks)
     # set_mocks keeps an existing root Stack; a fresh run needs a fresh one for its outputs.

@@ -349,3 +349,25 @@ def test_failover_is_a_config_change_of_dc2_alone(deployment: Deployment) -> Non
     back = run_stack("dc1", {**read_stack_config("dc1"), "activeDc": "dc2"}, result.peer_view())
     assert back.outputs["activeDc"] == "dc2" and _commands(back)
     assert "clusterSecrets" in back.outputs  # dc1 keeps owning the material
+
+
+def test_ptrs_wait_for_the_glue_without_blocking_the_up(
+    deployment: Deployment, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A first `up`: nothing resolves until the registrar's glue points at the shared IPs this
+    # run creates. No PTR is declared (Linode would retry for 15 minutes, then fail); a
+    # warning names the glue records.
+    raw = read_stack_config("dc1")
+    first = run_stack("dc1", raw, resolves=lambda name, address: False)
+    assert _rdns(first) == {}
+    vip = first.outputs["sharedIpv4"]
+    assert f"ns1.example.com -> {vip}" in caplog.text
+    assert first.outputs["reverseDns"] == []
+    # Once declared, a PTR stays declared even when a later lookup fails (a resolver hiccup
+    # must not delete it).
+    assert set(deployment.dc1.outputs["reverseDns"]) == set(_rdns(deployment.dc1))
+    later = run_stack(
+        "dc1", raw, deployment.dc2.peer_view(), previous=deployment.dc1,
+        resolves=lambda name, address: False,
+    )  # fmt: skip
+    assert _rdns(later) == _rdns(deployment.dc1)
