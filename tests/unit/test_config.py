@@ -8,7 +8,7 @@ import pulumi
 import pytest
 
 from cluster import pulumi_config
-from cluster.config import ConfigError, StackConfig
+from cluster.config import IP_SHARING, ConfigError, StackConfig
 from cluster.stackfiles import read_stack_config
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHm2X0Y5mC1n0Xh3bq3wG5c6l4Qh0dC9GmN8m4b2m5Xy a@b"
@@ -130,3 +130,34 @@ def test_json_text_lists_from_the_engine_are_accepted() -> None:
         _with_runtime_config({})
     assert cfg.admin_cidrs == ("203.0.113.0/24", "2001:db8::/32")
     assert cfg.volume_size_gb == 120 and cfg.imap_plaintext is True
+
+
+@pytest.mark.parametrize(
+    ("region", "method"),
+    [
+        ("us-east", "arp"),  # Newark is BGP-only
+        ("eu-central", "arp"),
+        ("us-southeast", "bgp"),  # Atlanta: no documented IP sharing
+        ("ap-northeast", "arp"),  # Tokyo: "undergoing network upgrades" (was ARP-legacy)
+        ("se-sto", "bgp"),  # newer region, not in Linode's table
+    ],
+)
+def test_shared_ip_method_must_be_what_the_region_supports(region: str, method: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        pulumi_config.load(good(region=region, sharedIpMethod=method), "dc1")
+    message = str(err.value)
+    assert "mailcluster:sharedIpMethod:" in message and region in message
+    assert "us-east (bgp)" in message  # says what is allowed
+
+
+def test_default_regions_share_ips_by_bgp() -> None:
+    for dc in ("dc1", "dc2"):
+        cfg = pulumi_config.load(good(), dc)
+        assert IP_SHARING[cfg.region] == cfg.shared_ip_method == "bgp"
+
+
+def test_the_lab_override_stays_valid() -> None:
+    # The lab is not a Linode region: its arp override is checked by load_config only.
+    from cluster.lab.model import lab_config
+
+    assert lab_config("dc1").shared_ip_method == "arp"
