@@ -205,8 +205,10 @@ class DataCentre(pulumi.ComponentResource):
                 opts=pulumi.ResourceOptions(
                     parent=self,
                     # A deliberate rebuild stays possible: `pulumi state unprotect`, then
-                    # `pulumi up --replace <urn>`, one node at a time (README).
+                    # `pulumi up --replace <urn>`, one node at a time (README). Labels are
+                    # unique per account: the old node must go before its successor exists.
                     protect=True,
+                    delete_before_replace=True,
                     ignore_changes=INSTANCE_CREATE_ONLY,
                     depends_on=self._instance_order(slot, args),
                 ),

@@ -18,7 +18,6 @@ import pulumi_harness as harness
 import pytest
 from pulumi_harness import (
     ROOT,
-    SSH_PRIVATE_KEY,
     Deployment,
     Registered,
     Result,
@@ -28,7 +27,7 @@ from pulumi_harness import (
 )
 
 from cluster.config import ConfigError, load_config
-from cluster.provision import LANES, plan_structure, resource_name
+from cluster.provision import LANES, plan_structure, real_plans, resource_name
 from cluster.pulumi import change_rules
 from cluster.pulumi.change_rules import (
     INSTANCE,
@@ -166,28 +165,40 @@ def test_removing_an_ssh_key_replaces_nothing() -> None:
     assert changes.effects == {}
 
 
-def test_adding_an_ssh_key_rewrites_authorized_keys_only(deployment: Deployment) -> None:
-    after = _after(deployment, "dc1", INFRA_CHANGES["sshKeys"])
-    d = diff(deployment.dc1, after)
-    assert_safe(d)
-    assert d.outcome is Outcome.IN_PLACE
-    for node in ("dc1-svr1", "dc1-svr2"):
-        name = resource_name(node, "access.authorized-keys")
-        assert d.effect(name) is Effect.REPLACE  # the step re-runs: a Command's way to apply
-        assert NEW_KEY in unwrap(after.one_named("command:remote:Command", name).inputs["stdin"])
-    assert {d.types[n] for n in d.effects} == {"command:remote:Command"}
+def _digests(changes: Mapping[str, Any], root_password: str = "") -> dict[str, str]:
+    """Each step's digest (the Command's trigger) on dc1's nodes, from the pure plan: a step
+    whose digest changes is the Command an `up` re-runs, and only that one."""
+    d = committed_deployment()
+    config = load_config({**read_stack_config("dc1"), **changes}, "dc1")
+    secrets = {**harness.full_secrets(d.dc1, d.dc1), "root_password": root_password}
+    plans = real_plans(config, d.dc1.outputs["addresses"], d.dc2.outputs["addresses"], secrets)
+    return {f"{node}/{name}": v for node, p in plans.items() for name, v in p.digests().items()}
+
+
+def _rerun(changes: Mapping[str, Any], root_password: str = "") -> set[str]:
+    before, after = _digests({}), _digests(changes, root_password)
+    return {step for step in after if before.get(step) != after[step]}
+
+
+def test_adding_an_ssh_key_rewrites_authorized_keys_only() -> None:
+    # The Instances ignore authorized_keys (test_infrastructure_change_is_safe_and_as_documented);
+    # the plan rewrites root's file on both nodes, and nothing else re-runs.
+    assert _rerun(INFRA_CHANGES["sshKeys"]) == {
+        "dc1-svr1/access.authorized-keys", "dc1-svr2/access.authorized-keys"
+    }  # fmt: skip
 
 
 def test_root_password_is_set_by_provisioning_not_by_a_reboot(deployment: Deployment) -> None:
-    secret = {"rootPassword": "N3wRootPw", "sshPrivateKey": SSH_PRIVATE_KEY}
-    before = _after(deployment, "dc1", {}, {"sshPrivateKey": SSH_PRIVATE_KEY})
-    after = _after(deployment, "dc1", {}, secret, before=before)
-    d = diff(before, after)
+    raw = {**read_stack_config("dc1"), "provision": False}
+    after = run_stack("dc1", raw, deployment.dc2.peer_view(), previous=deployment.dc1,
+                      secret_config={"rootPassword": "N3wRootPw"})  # fmt: skip
+    d = diff(_unprovisioned(), after)
     assert_safe(d)
-    assert not any(d.types[n] == INSTANCE for n in d.effects)  # root_pass is create-time only
-    changed = {n for n in d.effects if d.types[n] == "command:remote:Command"}
-    assert changed == {resource_name(n, "access.root-password") for n in ("dc1-svr1", "dc1-svr2")}
+    assert d.effects == {}  # root_pass is create-time only: no shutdown, no reset
     assert d.outcome is KEY_CHANGES["rootPassword"].outcome
+    assert _rerun({}, "N3wRootPw") == {
+        "dc1-svr1/access.root-password", "dc1-svr2/access.root-password"
+    }  # fmt: skip
 
 
 # -- rolling updates --------------------------------------------------------------------------
@@ -244,8 +255,12 @@ def test_disruptive_updates_never_reach_both_nodes_at_once(deployment: Deploymen
 # -- failover, refused changes -----------------------------------------------------------------
 @pytest.mark.parametrize("dc", ["dc1", "dc2"])
 def test_active_dc_change_is_in_place(deployment: Deployment, dc: str) -> None:
-    before = deployment.dc1 if dc == "dc1" else deployment.dc2
-    after = _after(deployment, dc, {"activeDc": "dc2"})
+    if dc == "dc2":  # the failover itself, provisioned
+        before = deployment.dc2
+        after = _after(deployment, dc, {"activeDc": "dc2"})
+    else:  # dc1 rejoining as the standby: its infrastructure (fast, unprovisioned)
+        before = _unprovisioned()
+        after = _after(deployment, dc, {"activeDc": "dc2", "provision": False})
     d = diff(before, after)
     assert_safe(d)
     assert d.outcome is KEY_CHANGES["activeDc"].outcome is Outcome.IN_PLACE
@@ -284,6 +299,7 @@ def test_data_and_the_shared_ip_are_protected(deployment: Deployment) -> None:
                     "authorizedKeys", "rootPass", "image", "firewallId", "networkHelper"
                 }  # fmt: skip
                 assert res.inputs["networkHelper"] is False
+                assert res.options.delete_before_replace  # fixed, account-unique labels
 
 
 def test_the_rules_table_covers_every_input_we_set(deployment: Deployment) -> None:
@@ -314,8 +330,17 @@ def test_readme_table_is_generated_from_the_rules() -> None:
 def _width(nodes: list[Registered], result: Result) -> int:
     """The most commands that could run at once: the largest antichain of the dependency
     order (Dilworth: commands minus a maximum matching of the comparability graph)."""
+    by_urn = {r.urn: r for r in result.resources}
+    memo: dict[str, frozenset[str]] = {}
+
+    def below(urn: str) -> frozenset[str]:
+        if urn not in memo:
+            deps = by_urn[urn].dependencies if urn in by_urn else []
+            memo[urn] = frozenset(deps).union(*(below(d) for d in deps))
+        return memo[urn]
+
     urns = [n.urn for n in nodes]
-    reach = {u: {v for v in urns if v != u and _reaches(result, u, v)} for u in urns}
+    reach = {u: below(u) & set(urns) for u in urns}
     match: dict[str, str] = {}
 
     def augment(u: str, seen: set[str]) -> bool:
