@@ -21,23 +21,35 @@ ROLE = "/usr/local/sbin/mailcluster-role"
 HB_TAKEOVER = "/usr/share/heartbeat/hb_takeover"
 WAIT_TENTHS = 600
 
-# Not provisioned yet (a first `up`): nothing holds anything, nothing to hand over. If svr2
-# cannot take over, the command fails and svr1 is left running, not taken down.
-SCRIPT = f"""set -euo pipefail
-if [ ! -x {ROLE} ] || ! cl_status hbstatus >/dev/null 2>&1; then
+STATE = "/var/lib/mailcluster/handover-for"
+
+
+def script(pending: str) -> str:
+    """Take over when the disruptive inputs differ from those of the last run (a change is
+    pending), never when this Command is merely new: a first `up` (nothing provisioned yet) or
+    the first `up` of a running cluster with this program. If svr2 cannot take over, the
+    command fails, the stamp keeps the old value (a retry takes over again) and svr1 is left
+    running, not taken down."""
+    want = shlex.quote(pending)
+    return f"""set -euo pipefail
+want={want}
+prev=$(cat {STATE} 2>/dev/null || true)
+stamp() {{ install -d -m 0700 "$(dirname {STATE})"; printf '%s\\n' "$want" > {STATE}; }}
+if [ -z "$prev" ] || [ "$prev" = "$want" ] \\
+   || [ ! -x {ROLE} ] || ! cl_status hbstatus >/dev/null 2>&1; then
+  stamp
   exit 0
 fi
-{ROLE} is-holder && exit 0
-{HB_TAKEOVER} all >/dev/null 2>&1 || true
-for _ in $(seq 1 {WAIT_TENTHS}); do
-  if {ROLE} is-holder; then
-    echo "mailcluster: changed $(hostname) took the shared IP and the role over"
-    exit 0
+if ! {ROLE} is-holder; then
+  {HB_TAKEOVER} all >/dev/null 2>&1 || true
+  for _ in $(seq 1 {WAIT_TENTHS}); do {ROLE} is-holder && break; sleep 0.1; done
+  if ! {ROLE} is-holder; then
+    echo "$(hostname) did not take the shared IP over in {WAIT_TENTHS // 10} s: svr1 left up" >&2
+    exit 1
   fi
-  sleep 0.1
-done
-echo "$(hostname) did not take the shared IP over within {WAIT_TENTHS // 10} s: svr1 is left up" >&2
-exit 1
+  echo "mailcluster: changed $(hostname) took the shared IP and the role over"
+fi
+stamp
 """
 
 
@@ -57,7 +69,7 @@ def handover_command(
     return remote.Command(
         name,
         connection=connection(pulumi.get(svr2, "ip_address"), ssh_private_key),
-        create="bash -c " + shlex.quote(SCRIPT),
+        create="bash -c " + shlex.quote(script(" ".join(disruptive_inputs(config)))),
         triggers=disruptive_inputs(config),
         add_previous_output_in_env=False,
         opts=pulumi.ResourceOptions(parent=parent),

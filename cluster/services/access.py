@@ -66,12 +66,12 @@ def _authorized_keys(ctx: HostContext) -> str:
 
 def _private_address_script(address: str) -> str:
     """Add the private IPv4 now and at boot. Nodes created before Network Helper was turned
-    off still have it: when its generated /etc/network/interfaces already carries the address,
-    our stanza would add it twice at boot, so the step then only makes sure ours is absent."""
+    off have it configured by Network Helper: an address already on eth0 while our stanza
+    does not exist is someone else's, and a stanza of ours would add it twice at boot."""
     cidr = shlex.quote(f"{address}/{PRIVATE_PREFIXLEN}")
+    has = f"ip -o -4 addr show dev eth0 | grep -qF ' inet {address}/'"
     return f"""conf={PRIVATE_IF}
-if grep -qsF {shlex.quote(address)} /etc/network/interfaces; then
-  if [ -e "$conf" ]; then rm -f "$conf"; echo "{CHANGED_MARK} $conf removed"; fi
+if [ ! -e "$conf" ] && {has}; then
   exit 0
 fi
 want="# managed by mailcluster; edits are overwritten
@@ -83,7 +83,7 @@ if [ "$(cat "$conf" 2>/dev/null)" != "$want" ]; then
   printf '%s\\n' "$want" > "$conf"
   echo "{CHANGED_MARK} $conf"
 fi
-if ! ip -o -4 addr show dev eth0 | grep -qF " inet {address}/"; then
+if ! {has}; then
   ip addr add {cidr} dev eth0
   echo "{CHANGED_MARK} {address} on eth0"
 fi
