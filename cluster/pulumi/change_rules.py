@@ -236,8 +236,9 @@ KEY_CHANGES: dict[str, KeyChange] = {
     "activeDc": KeyChange(Outcome.IN_PLACE,
                           "a failover or failback: DNS, database roles and PTRs follow"),
     "sharedIpMethod": KeyChange(Outcome.IN_PLACE,
-                                f"{_RE}; switching bgp to arp removes the shared IP from lo "
-                                "(the removed steps' delete)"),
+                                "only to a method the region supports (checked); "
+                                f"{_RE}; leaving bgp removes the shared IP from lo (the "
+                                "removed steps' delete)"),
     "peerStack": KeyChange(Outcome.IN_PLACE, f"reads the other stack; {_RE}"),
     "linodeSecondaryDns": KeyChange(Outcome.IN_PLACE,
                                     "adds or removes the Linode secondary zone (dc1)"),
