@@ -158,19 +158,33 @@ def applied_command(node: str, step: str, secret: bool, command: str) -> str:
 
 
 def lanes(shapes: Sequence[StepShape]) -> dict[tuple[str, str], tuple[str, str]]:
-    """The step each step waits for besides its own dependencies: a node's steps, in dependency
-    order, dealt round-robin into ``LANES`` chains. Each chain runs one command at a time, so a
-    node never has more than ``LANES`` commands (SSH sessions) in flight; the order is a
-    topological one, so the extra edges cannot make a cycle."""
-    last: dict[tuple[str, int], tuple[str, str]] = {}
-    count: dict[str, int] = {}
+    """The step each step must wait for besides its own dependencies, so that a node's steps
+    form at most ``LANES`` chains: a chain runs one command at a time, so a node never has more
+    than ``LANES`` commands (SSH sessions) in flight. In dependency order, a step joins a chain
+    whose last step it already waits for (most do: no extra edge), else the chain with the
+    oldest last step, which it then waits for. Edges only point to earlier steps: no cycle."""
+    ancestors: dict[tuple[str, str], frozenset[tuple[str, str]]] = {}
+    position: dict[tuple[str, str], int] = {}
+    tails: dict[str, list[tuple[str, str] | None]] = {}
     out: dict[tuple[str, str], tuple[str, str]] = {}
-    for shape in shapes:
-        lane = count.get(shape.node, 0) % LANES
-        count[shape.node] = count.get(shape.node, 0) + 1
-        if (shape.node, lane) in last:
-            out[(shape.node, shape.name)] = last[(shape.node, lane)]
-        last[(shape.node, lane)] = (shape.node, shape.name)
+    for index, shape in enumerate(shapes):
+        key = (shape.node, shape.name)
+        found: set[tuple[str, str]] = set()
+        for dep in (*((shape.node, d) for d in shape.deps), *shape.remote_deps):
+            found |= ancestors[dep] | {dep}
+        chains = tails.setdefault(shape.node, [None] * LANES)
+        free = [i for i, tail in enumerate(chains) if tail is None or tail in found]
+        if free:
+            lane = free[0]
+        else:
+            lane = min(range(LANES), key=lambda i: position[chains[i]])  # type: ignore[index]
+            tail = chains[lane]
+            assert tail is not None
+            out[key] = tail
+            found |= ancestors[tail] | {tail}
+        chains[lane] = key
+        ancestors[key] = frozenset(found)
+        position[key] = index
     return out
 
 
