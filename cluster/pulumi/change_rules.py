@@ -48,11 +48,11 @@ TF = "linode/terraform-provider-linode"
 TF_INSTANCE = f"{TF} linode/instance/schema_resource.go"
 TF_INSTANCE_UPDATE = f"{TF} linode/instance/resource.go + helpers.go (update paths)"
 PY_INSTANCE = "pulumi_linode 6.8 instance.py docstring"
-TF_VOLUME = f"{TF} linode/volume/framework_resource_schema.go"
-TF_IP = f"{TF} linode/instanceip/framework_resource_schema.go"
+TF_VOLUME = f"{TF} linode/volume/framework_schema_resource.go"
+TF_IP = f"{TF} linode/instanceip/framework_schema.go"
 TF_SHARED = f"{TF} linode/instancesharedips/framework_resource_schema.go"
-TF_PG = f"{TF} linode/placementgroup/framework_resource_schema.go"
-TF_FW = f"{TF} linode/firewall/framework_resource_schema.go"
+TF_PG = f"{TF} linode/placementgroup/framework_schema_resource.go"
+TF_FW = f"{TF} linode/firewall/framework_schema_resource.go"
 TF_RDNS = f"{TF} linode/rdns/framework_resource_schema.go"
 TF_DOMAIN = f"{TF} linode/domain/framework_resource_schema.go"
 CMD = "pulumi/pulumi-command docs, remote.Command (triggers, create, stdin re-run the command)"
@@ -111,19 +111,21 @@ RULES: dict[str, dict[str, Rule]] = {
         "tags": Rule(_IN, f"{TF_VOLUME}: tags updatable"),
     },
     INSTANCE_IP: {
-        "linodeId": Rule(_REP, f"{TF_IP}: linode_id RequiresReplace"),
-        "public": Rule(_REP, f"{TF_IP}: public RequiresReplace"),
+        "linodeId": Rule(_REP, f"{FACTS} ({TF_IP}): linode_id replaces"),
+        "public": Rule(_REP, f"{FACTS} ({TF_IP}): public replaces"),
         "applyImmediately": Rule(_IN, f"{TF_IP}: apply_immediately acts on create only"),
         "rdns": Rule(_IN, f"{TF_IP}: rdns updatable"),
     },
     "linode:index/instanceSharedIps:InstanceSharedIps": {
-        "linodeId": Rule(_REP, f"{TF_SHARED}: linode_id RequiresReplace"),
+        # Older schemas update it in place; LINODE-FACTS (provider head) says replace: the
+        # stricter rule.
+        "linodeId": Rule(_REP, f"{FACTS} ({TF_SHARED}): linode_id replaces"),
         "addresses": Rule(_IN, f"{TF_SHARED}: addresses updatable"),
     },
     "linode:index/placementGroup:PlacementGroup": {
         "region": Rule(_REP, f"{TF_PG}: region RequiresReplace"),
         "placementGroupType": Rule(_REP, f"{TF_PG}: placement_group_type RequiresReplace"),
-        "placementGroupPolicy": Rule(_REP, f"{TF_PG}: not updatable (API PUT takes only label)"),
+        "placementGroupPolicy": Rule(_REP, f"{TF_PG}: is_strict/policy RequiresReplace"),
         "label": Rule(_IN, f"{TF_PG}: label updatable"),
     },
     "linode:index/firewall:Firewall": {
