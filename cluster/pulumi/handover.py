@@ -15,6 +15,7 @@ import pulumi_command.remote as remote
 import pulumi_linode as linode
 
 from cluster.config import StackConfig
+from cluster.plan import CHANGED_MARK, STATE_DIR
 from cluster.pulumi.ssh import connection
 from cluster.services.role import ROLE_SCRIPT
 
@@ -22,7 +23,7 @@ ROLE = ROLE_SCRIPT
 HB_TAKEOVER = "/usr/share/heartbeat/hb_takeover"
 WAIT_TENTHS = 600
 
-STATE = "/var/lib/mailcluster/handover-for"
+STATE = f"{STATE_DIR}/handover-for"
 
 
 def script(pending: str) -> str:
@@ -48,7 +49,7 @@ if ! {ROLE} is-holder; then
     echo "$(hostname) did not take the shared IP over in {WAIT_TENTHS // 10} s: svr1 left up" >&2
     exit 1
   fi
-  echo "mailcluster: changed $(hostname) took the shared IP and the role over"
+  echo "{CHANGED_MARK} $(hostname) took the shared IP and the role over"
 fi
 stamp
 """
