@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -252,24 +251,6 @@ def ensure(progress: Progress, *, rebuild: bool = False) -> BaseSpec:
     tmp.rename(root)
     progress(f"base: {s.key} restored in {time.monotonic() - t0:.1f}s")
     return s
-
-
-def in_use_by_hosts() -> bool:
-    """Whether a running host has the base mounted (then it must not be replaced)."""
-    return any(
-        str(base_dir()) in line
-        for line in subprocess.run(
-            ["sh", "-c", "cat /proc/*/mountinfo 2>/dev/null | grep -F lowerdir= || true"],
-            capture_output=True, text=True, check=False,
-        ).stdout.splitlines()
-    )  # fmt: skip
-
-
-def cached_keys() -> list[str]:
-    return sorted(
-        p.name.removeprefix("base-").removesuffix(".tar.zst")
-        for p in cache_dir().glob("base-*.tar.zst")
-    )
 
 
 def environment_ok() -> bool:
