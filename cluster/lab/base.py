@@ -133,9 +133,11 @@ def _stamp() -> Path:
     return base_dir() / ".mailcluster-lab-base"
 
 
-# What the lab runs on this machine, by the package that provides it.
+# What the lab runs on this machine, by the package that provides it. The client ("the
+# internet") runs this machine's own tools: the tests ping and dig from it.
 HOST_TOOLS = {"debootstrap": "debootstrap", "zstd": "zstd", "ip": "iproute2",
-              "unshare": "util-linux", "nsenter": "util-linux", "losetup": "mount"}  # fmt: skip
+              "unshare": "util-linux", "nsenter": "util-linux", "losetup": "mount",
+              "ping": "iputils-ping", "dig": "bind9-dnsutils"}  # fmt: skip
 
 
 def ensure_host_tools() -> None:
