@@ -1,7 +1,8 @@
 """mailcluster: one Linode data centre per stack (dc1, dc2), provisioned from the per-host plan.
 
-Order of a first deployment: ``pulumi up -s dc1``, ``pulumi up -s dc2``, ``pulumi up -s dc1``
-(so dc1 learns dc2's addresses). See README.md, "Deploy to Linode".
+A stack's first ``up`` builds the infrastructure only; provisioning starts with its second. Order
+of a first deployment: dc1 twice, dc2 twice, then dc1 and dc2 once more (each learns the other).
+See README.md, "Deploy to Linode".
 """
 
 import pulumi
@@ -17,6 +18,17 @@ config = pulumi_config.load()  # raises ConfigError naming every bad key, before
 deployed = read_deployed()
 refuse_unsafe_changes(config, deployed)  # region, domain, dc: refused before any resource
 stack_secrets = pulumi_config.load_secrets()
+# A stack's first `up` only builds the infrastructure: each node gets its firewall at creation,
+# and a firewall's rules can name this stack's own nodes only once they exist (the addresses
+# this run exports). Provisioning then would run with svr1 and svr2 unable to reach each other's
+# internal ports: Heartbeat would see no peer and both nodes would take the shared IP.
+provision = config.provision and deployed.addresses is not None
+if config.provision and not provision:
+    pulumi.log.warn(
+        f"first `up` of stack {config.dc}: the nodes are created behind their firewall; run "
+        f"`pulumi up -s {pulumi.get_stack()}` again to provision them (the firewall then lets "
+        "them reach each other)"
+    )
 peer = PeerStack(config)
 
 dc = DataCentre(
@@ -27,7 +39,7 @@ dc = DataCentre(
         root_password=stack_secrets.root_password,
         deployed_addresses=deployed.addresses,
         deployed_ptrs=deployed.ptr_addresses,
-        handover=config.provision,
+        handover=provision,
         ssh_private_key=stack_secrets.ssh_private_key,
     ),
 )
@@ -35,7 +47,7 @@ material = cluster_material(config, peer, dc.addresses)
 
 provisioned: list[pulumi.Resource] = []
 topology_dcs: pulumi.Input[list[str]] = []
-if config.provision:
+if provision:
     provisioning = Provisioning(
         f"{config.dc}-provision",
         ProvisioningArgs(

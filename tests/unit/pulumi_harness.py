@@ -343,13 +343,16 @@ def full_secrets(result: Result, material: Result) -> dict[str, Any]:
 @dataclass(frozen=True)
 class Deployment:
     """The README's first deployment, under mocks, with the committed stack files:
-    ``up -s dc1`` (dc2 not deployed yet), ``up -s dc2``, ``up -s dc1`` again, ``up -s dc2``
-    again (each stack's second `up` knows its own nodes' addresses and the peer's)."""
+    ``up -s dc1`` (infrastructure only: a stack's first `up` never provisions), ``up -s dc1``
+    again (provisioned; dc2 not deployed yet), ``up -s dc2`` (infrastructure), ``up -s dc2``
+    again, ``up -s dc1`` once more (it learns dc2). Each provisioned `up` knows its own nodes'
+    addresses from the one before, so the firewall lets the nodes reach each other."""
 
     dc1_first: Result
+    dc1_alone: Result
     dc2_first: Result
-    dc1: Result
     dc2: Result
+    dc1: Result
 
 
 @functools.lru_cache(maxsize=1)
@@ -357,10 +360,11 @@ def committed_deployment() -> Deployment:
     from cluster.stackfiles import read_stack_config
 
     dc1_first = run_stack("dc1", read_stack_config("dc1"))
-    dc2_first = run_stack("dc2", read_stack_config("dc2"), dc1_first.peer_view())
-    dc1 = run_stack("dc1", read_stack_config("dc1"), dc2_first.peer_view(), previous=dc1_first)
-    dc2 = run_stack("dc2", read_stack_config("dc2"), dc1.peer_view(), previous=dc2_first)
-    return Deployment(dc1_first, dc2_first, dc1, dc2)
+    dc1_alone = run_stack("dc1", read_stack_config("dc1"), previous=dc1_first)
+    dc2_first = run_stack("dc2", read_stack_config("dc2"), dc1_alone.peer_view())
+    dc2 = run_stack("dc2", read_stack_config("dc2"), dc1_alone.peer_view(), previous=dc2_first)
+    dc1 = run_stack("dc1", read_stack_config("dc1"), dc2.peer_view(), previous=dc1_alone)
+    return Deployment(dc1_first, dc1_alone, dc2_first, dc2, dc1)
 
 
 ROOT_PASSWORD = "S3cretRootPw"

@@ -287,9 +287,9 @@ def test_dc2_without_dc1_outputs_fails_clearly() -> None:
         run_stack("dc2", read_stack_config("dc2"), {})
 
 
-def test_stack_without_peer_declares_no_reference() -> None:
+def test_stack_without_peer_declares_no_reference(deployment: Deployment) -> None:
     raw = {**read_stack_config("dc1"), "peerStack": ""}
-    result = run_stack("dc1", raw)
+    result = run_stack("dc1", raw, previous=deployment.dc1_first)
     assert not result.of_type("pulumi:pulumi:StackReference")
     assert result.outputs["topologyDcs"] == ["dc1"]
 
@@ -338,10 +338,14 @@ def test_rdns_matches_forward_names_after_provisioning(deployment: Deployment) -
 
 def test_standby_rdns_waits_until_the_active_dc_serves_its_names(deployment: Deployment) -> None:
     # dc2's first up: dc1's outputs show it rendered only dc1, so no PTR can resolve yet.
-    assert deployment.dc1_first.outputs["topologyDcs"] == ["dc1"]
+    assert deployment.dc1_alone.outputs["topologyDcs"] == ["dc1"]
     assert _rdns(deployment.dc2_first) == {}
-    # After dc1's second up dc1 serves dc2's names: dc2's next up sets its PTRs.
-    again = deployment.dc2
+    # Nor on dc2's first provisioned up: dc1 has not rendered dc2's names yet.
+    assert _rdns(deployment.dc2) == {}
+    # After dc1's next up dc1 serves dc2's names: dc2's next up sets its PTRs.
+    again = run_stack(
+        "dc2", read_stack_config("dc2"), deployment.dc1.peer_view(), previous=deployment.dc2
+    )
     names = _rdns(again)
     assert names[again.outputs["sharedIpv4"]] == "dc2.example.com"
     assert len(names) == 5
@@ -363,13 +367,18 @@ def test_linode_secondary_zone_follows_the_bind_servers(deployment: Deployment) 
 
 def test_failover_is_a_config_change_of_dc2_alone(deployment: Deployment) -> None:
     raw = {**read_stack_config("dc2"), "activeDc": "dc2"}
-    result = run_stack("dc2", raw, deployment.dc1.peer_view())
+    result = run_stack("dc2", raw, deployment.dc1.peer_view(), previous=deployment.dc2)
     assert result.outputs["activeDc"] == "dc2"
     # dc2 now serves mail and its own names: its PTRs follow at once, its VIP is mail.<domain>.
     assert _rdns(result)[result.outputs["sharedIpv4"]] == "mail.example.com"
     assert _commands(result)
     # dc1 rejoins as the standby from dc2's outputs.
-    back = run_stack("dc1", {**read_stack_config("dc1"), "activeDc": "dc2"}, result.peer_view())
+    back = run_stack(
+        "dc1",
+        {**read_stack_config("dc1"), "activeDc": "dc2"},
+        result.peer_view(),
+        previous=deployment.dc1,
+    )
     assert back.outputs["activeDc"] == "dc2" and _commands(back)
     assert "clusterSecrets" in back.outputs  # dc1 keeps owning the material
 

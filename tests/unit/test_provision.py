@@ -108,8 +108,17 @@ def test_dependencies_follow_the_plan(deployment: Deployment) -> None:
     assert checked > 0
 
 
-def test_first_dc1_up_without_peer_still_provisions(deployment: Deployment) -> None:
-    result = deployment.dc1_first
+def test_first_up_of_a_stack_builds_only_the_infrastructure(deployment: Deployment) -> None:
+    # The nodes get their firewall at creation, and it can name them only once they exist: a
+    # first `up` provisioning them would leave svr1 and svr2 unable to reach each other.
+    for first in (deployment.dc1_first, deployment.dc2_first):
+        assert not first.of_type("remote:Command")
+        assert first.of_type("instance:Instance")
+    assert deployment.dc1_alone.of_type("remote:Command")
+
+
+def test_dc1_without_peer_still_provisions(deployment: Deployment) -> None:
+    result = deployment.dc1_alone
     plans = _plans(result, None, result, "dc1")
     commands = _commands(result)
     for node, plan in plans.items():
@@ -138,7 +147,9 @@ def test_structure_does_not_depend_on_addresses(deployment: Deployment, dc: str)
 
 
 def test_building_twice_gives_the_same_digests(deployment: Deployment) -> None:
-    again = run_stack("dc1", read_stack_config("dc1"), deployment.dc2.peer_view())
+    again = run_stack(
+        "dc1", read_stack_config("dc1"), deployment.dc2.peer_view(), previous=deployment.dc1
+    )
     first = {n: unwrap(c.inputs["triggers"]) for n, c in _commands(deployment.dc1).items()}
     second = {n: unwrap(c.inputs["triggers"]) for n, c in _commands(again).items()}
     assert first == second
@@ -186,7 +197,9 @@ def test_secret_steps_get_secret_stdin_and_triggers(
 
     fake = types.SimpleNamespace(PACKAGES=(), steps=steps)
     monkeypatch.setattr(hostplan, "SERVICES", (*services.SERVICES, fake))
-    result = run_stack("dc1", read_stack_config("dc1"), deployment.dc2.peer_view())
+    result = run_stack(
+        "dc1", read_stack_config("dc1"), deployment.dc2.peer_view(), previous=deployment.dc1
+    )
     commands = _commands(result)
     password = result.outputs["clusterSecrets"]["db_replication"]
     for node in ("dc1-svr1", "dc1-svr2"):
