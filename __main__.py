@@ -8,17 +8,28 @@ import pulumi
 
 from cluster.pulumi import config as pulumi_config
 from cluster.pulumi.datacentre import DataCentre, DataCentreArgs, stack_outputs
-from cluster.pulumi.material import cluster_material
+from cluster.pulumi.deployed import read_deployed, refuse_unsafe_changes
+from cluster.pulumi.material import cluster_material, plan_secrets
 from cluster.pulumi.peer import PeerStack
 from cluster.pulumi.provision import Provisioning, ProvisioningArgs
 
 config = pulumi_config.load()  # raises ConfigError naming every bad key, before any resource
+deployed = read_deployed()
+refuse_unsafe_changes(config, deployed)  # region, domain, dc: refused before any resource
 stack_secrets = pulumi_config.load_secrets()
 peer = PeerStack(config)
 
 dc = DataCentre(
     config.dc,
-    DataCentreArgs(config=config, peer=peer, root_password=stack_secrets.root_password),
+    DataCentreArgs(
+        config=config,
+        peer=peer,
+        root_password=stack_secrets.root_password,
+        deployed_addresses=deployed.addresses,
+        deployed_ptrs=deployed.ptr_addresses,
+        handover=config.provision,
+        ssh_private_key=stack_secrets.ssh_private_key,
+    ),
 )
 material = cluster_material(config, peer, dc.addresses)
 
@@ -31,7 +42,7 @@ if config.provision:
             config=config,
             own_addresses=dc.addresses,
             peer_addresses=peer.addresses,
-            secrets=material.secrets,
+            secrets=plan_secrets(material, stack_secrets.root_password),
             ssh_private_key=stack_secrets.ssh_private_key,
             infrastructure=dc.infrastructure,
         ),

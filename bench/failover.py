@@ -16,67 +16,27 @@ which the lab is put back (heal, rejoin, failback).
 from __future__ import annotations
 
 import argparse
-import json
 import secrets
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cluster.lab import addresses as A  # noqa: E402
-from cluster.lab import lifecycle  # noqa: E402
+from cluster.lab.driver import Lab, shared_ip  # noqa: E402
+from cluster.lab.run import LabError  # noqa: E402
 
-CA = "/var/lib/mailcluster-lab/ca.pem"
-VIP1 = A.lab_dc_addresses("dc1").shared_ipv4
-VIP2 = A.lab_dc_addresses("dc2").shared_ipv4
+VIP1 = shared_ip("dc1")
+VIP2 = shared_ip("dc2")
 DC1 = ("dc1-svr1", "dc1-svr2")
-
-
-def lab(*args: str, input: str | None = None, check: bool = True) -> str:
-    proc = subprocess.run([sys.executable, "-m", "cluster.lab", "-q", *args], cwd=REPO,
-                          input=input, capture_output=True, text=True, check=False)  # fmt: skip
-    if check and proc.returncode != 0:
-        raise SystemExit(f"lab {' '.join(args)}: {proc.stdout}{proc.stderr}")
-    return proc.stdout
-
-
-def role(host: str) -> dict[str, Any]:
-    out = lab("exec", host, "--", "mailcluster-role", "status", "--json", check=False)
-    try:
-        data: dict[str, Any] = json.loads(out)
-    except ValueError:
-        return {}
-    return data
-
-
-def client(*args: str) -> subprocess.Popen[str]:
-    argv = lifecycle.client_argv([sys.executable, "-m", "cluster.lab.clientlib", *args])
-    return subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, text=True)
-
-
-def result(p: subprocess.Popen[str], timeout: float = 300) -> dict[str, Any]:
-    out, _ = p.communicate(timeout=timeout)
-    data: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-    return data
-
-
-def wait(what: str, probe: Any, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if probe():
-            return
-        time.sleep(0.5)
-    raise SystemExit(f"timed out waiting for {what}")
+LAB = Lab()
 
 
 def rejoined(host: str) -> bool:
-    r = role(host)
+    r = LAB.role(host, check=False)
     rep = r.get("replication", {})
     return bool(r.get("heartbeat_running") and not r.get("vip_held")
                 and rep.get("io_running") == "Yes" and rep.get("sql_running") == "Yes")  # fmt: skip
@@ -107,17 +67,14 @@ done
 
 
 def lag_round(master: str, replicas: list[str], writes: int) -> list[float]:
-    lab("exec", master, "--", "mysql", "-uroot", "-e",
-        "CREATE DATABASE IF NOT EXISTS mcbench; CREATE TABLE IF NOT EXISTS mcbench.lag "
-        "(id BIGINT PRIMARY KEY, at_us BIGINT)")  # fmt: skip
+    LAB.sql(master, "CREATE DATABASE IF NOT EXISTS mcbench; CREATE TABLE IF NOT EXISTS "
+            "mcbench.lag (id BIGINT PRIMARY KEY, at_us BIGINT)")  # fmt: skip
     time.sleep(1)
     secs = int(writes * 0.15) + 5
-    argv = [sys.executable, "-m", "cluster.lab", "-q", "exec"]
-    readers = {h: subprocess.Popen([*argv, h, "--", "bash", "-c", LAG_READER, "r", str(secs)],
-                                   cwd=REPO, stdout=subprocess.PIPE, text=True)
+    readers = {h: LAB.spawn("exec", h, "--", "bash", "-c", LAG_READER, "r", str(secs))
                for h in replicas}  # fmt: skip
     time.sleep(1)
-    lab("exec", master, "--", "bash", "-c", LAG_WRITER, "w", str(writes))
+    LAB.exec(master, "bash", "-c", LAG_WRITER, "w", str(writes))
     lags = []
     for p in readers.values():
         out, _ = p.communicate(timeout=secs + 30)
@@ -138,19 +95,21 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=5)
     ap.add_argument("--skip-dc", action="store_true")
     a = ap.parse_args()
-    user = f"b{secrets.token_hex(4)}@example.com"
-    password = "P" + secrets.token_hex(12)
-    lab("mailbox", "add", user, password)
+    try:
+        return run(a)
+    except LabError as e:
+        raise SystemExit(str(e)) from None
+
+
+def run(a: argparse.Namespace) -> int:
+    user, password = LAB.new_mailbox("example.com", "b")
     prefix = f"bench-{secrets.token_hex(4)}"
-    stop = Path(tempfile.mkdtemp()) / "stop"
-    sender = client("stream", "--host", VIP1, "--ca", CA, "--user", user, "--password", password,
-                    "--subject", prefix, "--seconds", "100000", "--rate", str(a.rate),
-                    "--stop", str(stop))  # fmt: skip
+    sender = LAB.stream(VIP1, (user, password), prefix, seconds=100000, rate=a.rate)
     banner: list[float] = []
     imap: list[float] = []
     lags: list[float] = []
     for n in range(a.rounds):
-        active = next((h for h in DC1 if role(h).get("vip_held")), None)
+        active = next((h for h in DC1 if LAB.role(h, check=False).get("vip_held")), None)
         if active is None:
             raise SystemExit("nobody holds dc1's shared IP")
         standby = DC1[1] if active == DC1[0] else DC1[0]
@@ -158,10 +117,10 @@ def main() -> int:
             lags += lag_round(active, [standby, "dc2-svr1", "dc2-svr2"], 100)
         time.sleep(2)
         t0 = time.time()
-        lifecycle.crash(active)
-        probe = client("probe", "--host", VIP1, "--ca", CA, "--user", user, "--password",
-                       password, "--timeout", "60")  # fmt: skip
-        got = result(probe)
+        LAB.crash_now(active)
+        probe = LAB.start_clientlib("probe", "--host", VIP1, "--ca", LAB.ca, "--user", user,
+                                    "--password", password, "--timeout", "60")  # fmt: skip
+        got = probe.result()
         if not got["ok"]:
             raise SystemExit(f"round {n}: no banner within 60 s: {got}")
         banner.append(got["smtp_at"] - t0)
@@ -169,15 +128,11 @@ def main() -> int:
             imap.append(got["imap_at"] - t0)
         print(f"round {n + 1}: crashed {active}: SMTP banner {banner[-1]:.3f}s, IMAP login "
               f"{(got.get('imap_at') or float('nan')) - t0:.3f}s", flush=True)  # fmt: skip
-        lab("boot", active)
-        wait(f"{active} to rejoin", lambda h=active: rejoined(h))
-    stop.touch()
-    sent = result(sender)
+        LAB.run("boot", active)
+        LAB.wait_for(f"{active} to rejoin", partial(rejoined, active), timeout=120)
+    sent = sender.result()
     acked = set(sent["acked"])
-    seen = result(client("subjects", "--host", VIP1, "--ca", CA, "--user", user, "--password",
-                         password, "--subject", prefix, "--count", str(len(acked)),
-                         "--timeout", "120"))  # fmt: skip
-    lost = acked - set(seen["subjects"])
+    lost = acked - LAB.subjects(VIP1, (user, password), prefix, len(acked), timeout=120)
     print()
     print(f"crashes: {len(banner)} (keepalive/deadtime from the stack config)")
     print(f"crash -> SMTP 220 on the shared IP: median {statistics.median(banner):.3f}s, "
@@ -197,14 +152,12 @@ def main() -> int:
 
 
 def dc_failover(user: str, password: str) -> None:
-    lab("cut", "dc1")
+    LAB.run("cut", "dc1")
     t0 = time.monotonic()
-    lab("apply", "--stack", "dc2", "--set", "activeDc=dc2")
+    LAB.run("apply", "--stack", "dc2", "--set", "activeDc=dc2")
     t_apply = time.monotonic() - t0
     while True:
-        got = result(client("send", "--host", VIP2, "--port", "587", "--starttls", "--ca", CA,
-                            "--user", user, "--password", password, "--sender", user,
-                            "--to", user, "--subject", "bench-dc"))  # fmt: skip
+        got = LAB.send(VIP2, (user, password), "bench-dc")
         if got["ok"]:
             break
         if time.monotonic() - t0 > 300:
@@ -213,10 +166,10 @@ def dc_failover(user: str, password: str) -> None:
     total = time.monotonic() - t0
     print(f"data-centre failover: apply {t_apply:.1f}s, mail accepted on dc2 {total:.1f}s after "
           "the config change (+ the DNS TTL for clients that cached dc1)")  # fmt: skip
-    lab("heal", "dc1")
-    lab("apply", "--stack", "dc1", "--set", "activeDc=dc2")
-    lab("apply", "--stack", "dc2", "--set", "activeDc=dc1")
-    lab("apply", "--stack", "dc1", "--set", "activeDc=dc1")
+    LAB.run("heal", "dc1")
+    LAB.run("apply", "--stack", "dc1", "--set", "activeDc=dc2")
+    LAB.run("apply", "--stack", "dc2", "--set", "activeDc=dc1")
+    LAB.run("apply", "--stack", "dc1", "--set", "activeDc=dc1")
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ from typing import Any
 
 DC_NAMES = ("dc1", "dc2")
 
-# Linode core compute regions (GET /v4/regions, 2026). Both IP-sharing methods are possible in
-# all of them; "bgp" (lelastic) is Linode's current method, "arp" is for VLANs and the lab.
+# Linode core compute regions (GET /v4/regions, 2026). Which IP-sharing method each supports is
+# ``IP_SHARING`` below; the lab (not a Linode region) uses "arp" whatever the region says.
 LINODE_REGIONS = frozenset(
     {
         "ap-northeast", "ap-south", "ap-southeast", "ap-west", "au-mel", "br-gru",
@@ -32,7 +32,31 @@ LINODE_REGIONS = frozenset(
     }
 )  # fmt: skip
 
-DEFAULT_REGIONS = {"dc1": "us-east", "dc2": "us-central"}
+# Both defaults do BGP-based IP sharing in every revision of Linode's table below (Newark since
+# 2022, Chicago since it opened in 2023).
+DEFAULT_REGIONS = {"dc1": "us-east", "dc2": "us-ord"}
+
+# How a shared IP can fail over in each region, from Linode's "Configure Failover on a Compute
+# Instance" guide, table "IP Sharing Availability" (linode/docs,
+# docs/products/compute/compute-instances/guides/failover/index.md). The revision of 2022-12-01
+# (commit 0515cae1) lists BGP: Newark, Frankfurt, London, Mumbai, Singapore, Sydney; ARP-legacy:
+# Dallas, Fremont, Tokyo; none: Atlanta, Toronto. The revision of 2023-07-05 (the newest stored)
+# moves Dallas to BGP, adds Chicago (18), Washington (17) and Paris (19) as BGP, and marks
+# Atlanta, Fremont, Tokyo and Toronto "undergoing network upgrades" (sharing may not be
+# enabled; it returns as BGP). The newest revision wins; a region it does not list, or lists as
+# upgrading, is unknown and refused rather than deployed with an address nobody can route.
+IP_SHARING: dict[str, str] = {
+    "us-east": "bgp",  # Newark, id 6
+    "us-central": "bgp",  # Dallas, id 2 (ARP-legacy until the 2023-07 revision)
+    "us-ord": "bgp",  # Chicago, id 18
+    "us-iad": "bgp",  # Washington, id 17
+    "eu-central": "bgp",  # Frankfurt, id 10
+    "eu-west": "bgp",  # London, id 7
+    "fr-par": "bgp",  # Paris, id 19
+    "ap-west": "bgp",  # Mumbai, id 14
+    "ap-south": "bgp",  # Singapore, id 9
+    "ap-southeast": "bgp",  # Sydney, id 16
+}
 SHARED_IP_METHODS = ("bgp", "arp")
 TLS_MODES = ("selfsigned", "letsencrypt")
 DMARC_POLICIES = ("none", "quarantine", "reject")
@@ -254,6 +278,27 @@ KEYS: dict[str, Key] = {
 
 # Keys that exist but are read as secrets where they are used, never into StackConfig.
 SECRET_KEYS = {"rootPassword", "sshPrivateKey"}
+
+
+def check_ip_sharing(config: StackConfig) -> None:
+    """Refuse a ``sharedIpMethod`` the stack's Linode region cannot route (``IP_SHARING``).
+
+    Only for a deployment to Linode: the lab is not a Linode region and drills both methods."""
+    known = IP_SHARING.get(config.region)
+    if known == config.shared_ip_method:
+        return
+    where = ", ".join(f"{r} ({m})" for r, m in sorted(IP_SHARING.items()))
+    if known is None:
+        why = (
+            f"Linode documents no IP sharing method for region {config.region!r} (not listed, "
+            "or undergoing network upgrades), so a shared IP there may never be routed"
+        )
+    else:
+        why = f"region {config.region!r} shares IPs by {known}, not {config.shared_ip_method}"
+    raise ConfigError(
+        f"invalid stack config:\n  mailcluster:sharedIpMethod: {why}; choose a region and "
+        f"method Linode documents (mailcluster:region / mailcluster:sharedIpMethod): {where}"
+    )
 
 
 def load_config(raw: Mapping[str, Any], stack: str) -> StackConfig:

@@ -62,6 +62,9 @@ class ClusterSecrets:
     dkim_private_key_pem: str
     ca_cert_pem: str
     tls: dict[str, TlsPair] = field(default_factory=dict)  # by data centre
+    # This stack's rootPassword (a config secret, per stack, never exported to the peer);
+    # empty: Linode's random one stays.
+    root_password: str = ""
 
     @property
     def dkim_public_key_b64(self) -> str:

@@ -36,10 +36,11 @@ if [ -f "$old" ] && grep -qF 'mailcluster: never start daemons on the build mach
 fi
 
 # 1. Debian packages: Python for the venv, and what the lab and the checkers' runner use on this
-# machine. None of them starts a daemon, so no policy-rc.d is needed.
+# machine (every package of cluster/lab/base.py's HOST_TOOLS is here: a unit test checks it).
+# None of them starts a daemon, so no policy-rc.d is needed.
 debs=(python3 python3-venv python3-pip
       debootstrap debian-archive-keyring zstd tar iproute2 util-linux mount e2fsprogs
-      bind9-dnsutils psmisc procps swaks)
+      bind9-dnsutils iputils-ping psmisc procps swaks)
 mapfile -t need < <(missing_debs "${debs[@]}")
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -q

@@ -1,6 +1,6 @@
 """The lab's applier: the very plan the Pulumi program sends to Linode, run in the lab's hosts.
 
-For each stack (dc1, then dc2) every own node's plan is built with ``build_host_plan`` and its
+For one stack, every own node's plan is built with ``build_host_plan`` and its
 steps run in one global dependency order across the stack's hosts (``after``/``watch`` inside a
 host, ``after_remote`` across hosts). Each step is ``step.command`` run by ``sh -c`` inside the
 host with ``step.stdin`` on stdin, as ``remote.Command`` runs it over SSH. A step whose digest
@@ -10,25 +10,18 @@ whose ``triggers`` did not change.
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
-from cluster.config import ConfigError
 from cluster.hostplan import build_host_plan
 from cluster.lab.hosts import exec_in, run_step
-from cluster.lab.model import lab_topology
-from cluster.lab.paths import lab_dir
 from cluster.lab.run import LabError
-from cluster.lab.state import HostRecord, LabState, secrets_file
-from cluster.material import ClusterSecrets, generate
+from cluster.lab.state import HostRecord, LabState
+from cluster.material import ClusterSecrets
 from cluster.plan import CHANGED_MARK, STATE_DIR, HostPlan, Step
 from cluster.topology import Topology
 
@@ -50,57 +43,6 @@ class ApplyReport:
 def marker_name(step_name: str) -> str:
     """A file name for a step's digest record (step names hold '/' and ':')."""
     return re.sub(r"[^A-Za-z0-9._-]", "_", step_name)
-
-
-def parse_sets(pairs: list[str]) -> dict[str, Any]:
-    """``key=value`` pairs; a value that parses as JSON (a number, true, a list) is taken as
-    such, as `pulumi config set --path` would; anything else is a string."""
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise LabError(f"--set wants key=value, got {pair!r}")
-        try:
-            out[key] = json.loads(raw)
-        except ValueError:
-            out[key] = raw
-    return out
-
-
-def sans(topo: Topology, dc: str) -> list[str]:
-    """The same names and addresses the Pulumi program puts in a data centre's certificate."""
-    return topo.certificate_names(dc)
-
-
-def ca_file() -> Path:
-    """The cluster CA certificate (public), for clients that verify the lab's TLS."""
-    return lab_dir() / "ca.pem"
-
-
-def load_secrets() -> ClusterSecrets:
-    """Generated once for the lab's life and kept 0600, as Pulumi keeps them in its state."""
-    path = secrets_file()
-    if path.exists():
-        secrets = ClusterSecrets.from_dict(json.loads(path.read_text()))
-        if not ca_file().exists():
-            ca_file().write_text(secrets.ca_cert_pem)
-        return secrets
-    topo = lab_topology("dc1")
-    secrets = generate(topo.domain, ("dc1", "dc2"), {dc: sans(topo, dc) for dc in ("dc1", "dc2")})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(secrets.to_dict(), f)
-    os.replace(path.with_suffix(".tmp"), path)
-    ca_file().write_text(secrets.ca_cert_pem)
-    return secrets
-
-
-def stack_topology(state: LabState, stack: str) -> Topology:
-    try:
-        return lab_topology(stack, state.sets.get(stack, {}))
-    except ConfigError as e:
-        raise LabError(f"stack {stack}: {e}") from e
 
 
 def global_order(plans: Mapping[str, HostPlan]) -> list[tuple[str, Step]]:
@@ -172,13 +114,14 @@ def _record(host: str, rec: HostRecord, step: Step, digest: str) -> None:
 
 def apply_stack(
     state: LabState,
-    stack: str,
+    topo: Topology,
+    secrets: ClusterSecrets,
     log: Callable[[str], None],
     *,
     force: bool = False,
 ) -> ApplyReport:
-    topo = stack_topology(state, stack)
-    secrets = load_secrets()
+    """Apply the plans of ``topo``'s own nodes (one stack) to the running hosts."""
+    stack = topo.config.dc
     plans = {n.name: build_host_plan(topo, n.name, secrets, platform="lab") for n in topo.own_nodes}
     for host in plans:
         if not state.hosts.get(host) or not state.hosts[host].pid:

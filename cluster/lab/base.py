@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,9 +149,11 @@ def _stamp() -> Path:
     return base_dir() / ".mailcluster-lab-base"
 
 
-# What the lab runs on this machine, by the package that provides it.
+# What the lab runs on this machine, by the package that provides it. The client ("the
+# internet") runs this machine's own tools: the tests ping and dig from it.
 HOST_TOOLS = {"debootstrap": "debootstrap", "zstd": "zstd", "ip": "iproute2",
-              "unshare": "util-linux", "nsenter": "util-linux", "losetup": "mount"}  # fmt: skip
+              "unshare": "util-linux", "nsenter": "util-linux", "losetup": "mount",
+              "ping": "iputils-ping", "dig": "bind9-dnsutils"}  # fmt: skip
 
 
 def ensure_host_tools() -> None:
@@ -284,24 +285,6 @@ def ensure(progress: Progress, *, rebuild: bool = False) -> BaseSpec:
     tmp.rename(root)
     progress(f"base: {s.key} restored in {time.monotonic() - t0:.1f}s")
     return s
-
-
-def in_use_by_hosts() -> bool:
-    """Whether a running host has the base mounted (then it must not be replaced)."""
-    return any(
-        str(base_dir()) in line
-        for line in subprocess.run(
-            ["sh", "-c", "cat /proc/*/mountinfo 2>/dev/null | grep -F lowerdir= || true"],
-            capture_output=True, text=True, check=False,
-        ).stdout.splitlines()
-    )  # fmt: skip
-
-
-def cached_keys() -> list[str]:
-    return sorted(
-        p.name.removeprefix("base-").removesuffix(".tar.zst")
-        for p in cache_dir().glob("base-*.tar.zst")
-    )
 
 
 def environment_ok() -> bool:

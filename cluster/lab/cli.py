@@ -20,11 +20,14 @@ import sys
 import time
 from typing import Any
 
+from cluster.config import DC_NAMES
 from cluster.lab import addresses as A
 from cluster.lab import hosts, lifecycle, net
-from cluster.lab.apply import ApplyReport, apply_stack, parse_sets, stack_topology
-from cluster.lab.paths import CLIENT_NS, DC_NAMES, HOSTS
+from cluster.lab.apply import ApplyReport, apply_stack
+from cluster.lab.paths import CLIENT_NS, HOSTS
 from cluster.lab.run import LabError, Progress
+from cluster.lab.secrets import load_secrets
+from cluster.lab.stacks import keep_sets, parse_sets, stack_topology
 from cluster.lab.state import HostRecord, LabState, locked
 from cluster.lab.status import collect, render_text, vip_holder
 
@@ -51,8 +54,9 @@ def do_apply(state: LabState, stacks: list[str], progress: Progress) -> list[App
     reports = []
     for stack in stacks:
         progress(f"apply: stack {stack}")
-        report = apply_stack(state, stack, lambda m: progress("  " + m))
-        state.active_dc = stack_topology(state, stack).active_dc
+        topo = stack_topology(state, stack)
+        report = apply_stack(state, topo, load_secrets(), lambda m: progress("  " + m))
+        state.active_dc = topo.active_dc
         state.save()
         _print_report(report)
         reports.append(report)
@@ -148,17 +152,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         if sets:
             if not args.stack:
                 raise LabError("--set needs --stack (each stack has its own config)")
-            merged = {**state.sets.get(args.stack, {}), **sets}
-            previous = state.sets.get(args.stack)
-            state.sets[args.stack] = merged
-            try:
-                stack_topology(state, args.stack)  # a bad value fails before anything runs
-            except LabError:
-                if previous is None:
-                    state.sets.pop(args.stack)
-                else:
-                    state.sets[args.stack] = previous
-                raise
+            keep_sets(state, args.stack, sets)  # a bad value fails before anything runs
         reports = do_apply(state, stacks, progress)
     total = sum(r.run for r in reports)
     print(f"apply: {total} steps run, {sum(r.changed for r in reports)} changes")

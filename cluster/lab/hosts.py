@@ -18,12 +18,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from cluster.lab.paths import VOLUME_PATH, VOLUME_SIZE, base_dir, host_dir, host_ns
+from cluster.lab import cgroups
+from cluster.lab.paths import VOLUME_SIZE, base_dir, host_dir, host_ns
 from cluster.lab.run import LabError, run
 from cluster.lab.state import HostRecord
 
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-INIT = "/usr/local/sbin/mailcluster-lab-init"
 BOOTED = "/run/mailcluster-lab-booted"
 
 BOOT_SCRIPT = r"""
@@ -50,12 +50,12 @@ mknod -m 666 "$d/null" c 1 3; mknod -m 666 "$d/zero" c 1 5; mknod -m 666 "$d/ful
 mknod -m 666 "$d/random" c 1 8; mknod -m 666 "$d/urandom" c 1 9; mknod -m 666 "$d/tty" c 5 0
 ln -s /proc/self/fd "$d/fd"; ln -s /proc/self/fd/0 "$d/stdin"
 ln -s /proc/self/fd/1 "$d/stdout"; ln -s /proc/self/fd/2 "$d/stderr"
-mkdir -p "$d/pts" "$d/shm" "$d/disk/by-id"
+mkdir -p "$d/pts" "$d/shm" "$root${volume%/*}"
 # This machine's /dev/pts has ptmxmode=000: a private instance gives the host working ptys.
 mount -t devpts -o newinstance,ptmxmode=0666,mode=0620,gid=5 devpts "$d/pts"
 ln -s pts/ptmx "$d/ptmx"
 mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs "$d/shm"
-mknod -m 660 "$d/disk/by-id/$volume" b "$vol_major" "$vol_minor"
+mknod -m 660 "$root$volume" b "$vol_major" "$vol_minor"
 # A Debian system has /etc/mtab -> /proc/self/mounts (debootstrap's minbase leaves it out).
 [ -e "$root/etc/mtab" ] || ln -s ../proc/self/mounts "$root/etc/mtab"
 hostname "$host"
@@ -155,8 +155,9 @@ def attach_volume(host: str, rec: HostRecord) -> tuple[int, int]:
     return os.major(st.st_rdev), os.minor(st.st_rdev)
 
 
-def boot(host: str, rec: HostRecord, fqdn: str, public: str) -> None:
-    """Start the host's PID 1 and record it. The caller has prepared its network."""
+def boot(host: str, rec: HostRecord, fqdn: str, public: str, volume: str) -> None:
+    """Start the host's PID 1 and record it; ``volume`` is the path of its data volume's device
+    node. The caller has prepared its network."""
     if alive(rec):
         return
     major, minor = attach_volume(host, rec)
@@ -168,11 +169,15 @@ def boot(host: str, rec: HostRecord, fqdn: str, public: str) -> None:
         "ip", "netns", "exec", host_ns(host),
         "unshare", "--mount", "--uts", "--ipc", "--pid", "--fork", "--propagation", "private",
         "bash", "-c", BOOT_SCRIPT, "boot", host, str(base_dir()), str(d),
-        VOLUME_PATH.format(host=host).rsplit("/", 1)[1], str(major), str(minor), fqdn, public,
+        volume, str(major), str(minor), fqdn, public,
     ]  # fmt: skip
     # setsid --fork: the host outlives this process and belongs to no terminal or session of
-    # ours; the wrapper records its pid (the `unshare`) before becoming it.
+    # ours; the wrapper joins the host's cgroup (all the host forks inherits it) and records its
+    # pid (the `unshare`) before becoming it.
+    rec.cgroup = cgroups.ensure(host)
     wrapper = f"echo $$ > {shlex.quote(str(pidfile))}; exec {shlex.join(boot_argv)}"
+    if rec.cgroup:
+        wrapper = f"echo $$ > {shlex.quote(rec.cgroup + '/cgroup.procs')} && {wrapper}"
     with open(d / "console.log", "ab") as console:
         subprocess.run(
             ["setsid", "--fork", "sh", "-c", wrapper],
@@ -214,15 +219,13 @@ def kill(rec: HostRecord, timeout: float = 10) -> None:
     rec.pid, rec.start_ticks = 0, ""
 
 
-def detach_volume(rec: HostRecord) -> None:
-    if rec.loop:
-        run(["losetup", "-d", rec.loop], check=False)
-        rec.loop = ""
-
-
 def nsenter_argv(rec: HostRecord, argv: Sequence[str]) -> list[str]:
-    """Run ``argv`` as a process of the host: all its namespaces, its root, a clean env."""
+    """Run ``argv`` as a process of the host: its cgroup, all its namespaces, its root, a clean
+    env. The cgroup matters beyond accounting: a daemon that a command starts (``service X
+    start``) would otherwise run, and be counted, outside the host."""
+    join = ["sh", "-c", 'echo $$ > "$0" && exec "$@"', f"{rec.cgroup}/cgroup.procs"]
     return [
+        *(join if rec.cgroup else []),
         "nsenter", "-t", str(rec.pid), "-m", "-u", "-i", "-n", "-p", "-r", "-w", "--",
         "env", "-i", f"PATH={HOST_PATH}", "HOME=/root", "LANG=C.UTF-8", "USER=root",
         "LOGNAME=root", *argv,

@@ -10,15 +10,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from cluster.lab import base, hosts, net
-from cluster.lab.model import lab_topology
-from cluster.lab.paths import CLIENT_NS, DC_NAMES, HOSTS, ROUTER_NS, host_ns, lab_dir
+from cluster.lab import base, cgroups, hosts, net
+from cluster.lab.model import lab_topology, volume_path
+from cluster.lab.paths import CLIENT_NS, HOSTS, ROUTER_NS, lab_dir
 from cluster.lab.run import LabError, Progress, run
 from cluster.lab.state import HostRecord, LabState, locked
-
-
-def _fqdn(host: str) -> str:
-    return lab_topology("dc1").node(host).fqdn
 
 
 def start_host(state: LabState, host: str) -> bool:
@@ -30,7 +26,8 @@ def start_host(state: LabState, host: str) -> bool:
     net.ensure_host_net(host, cut=[host, *state.cut])
     state.save()  # the loop device and pid are recorded before anything else can fail
     public, _ = net.host_addresses(host)
-    hosts.boot(host, rec, _fqdn(host), public)
+    node = lab_topology("dc1").node(host)
+    hosts.boot(host, rec, node.fqdn, public, volume_path(host))
     state.save()
     if host not in state.cut:
         net.cut_target(host, up=True)
@@ -145,6 +142,7 @@ def down(progress: Progress) -> list[str]:
         undone.append(f"loop {loop}")
     for ns in net.delete_all():
         undone.append(f"netns {ns}")
+    undone += [f"cgroup {path}" for path in cgroups.remove_all()]
     if root.exists():
         _unmount_under(root)
         shutil.rmtree(root)
@@ -183,24 +181,8 @@ def _unmount_under(root: Path) -> None:
         run(["umount", "-l", point], check=False)
 
 
-def host_status(state: LabState) -> dict[str, bool]:
-    return {h: hosts.alive(state.hosts.get(h, HostRecord())) for h in HOSTS}
-
-
 def client_argv(argv: list[str]) -> list[str]:
     """A command in the client ("the internet") with this machine's own python3 and the
     project importable, for `python3 -m cluster.lab.clientlib`."""
     repo = Path(__file__).resolve().parents[2]
     return ["ip", "netns", "exec", CLIENT_NS, "env", f"PYTHONPATH={repo}", *argv]
-
-
-def lab_exists() -> bool:
-    return bool(net.lab_namespaces()) or (lab_dir() / "state.json").exists()
-
-
-def dcs() -> tuple[str, ...]:
-    return DC_NAMES
-
-
-def host_netns(host: str) -> str:
-    return host_ns(host)

@@ -7,6 +7,7 @@ from typing import Any
 
 from cluster.config import DC_NAMES, StackConfig, load_config
 from cluster.lab.addresses import lab_dc_addresses
+from cluster.services.storage import device_path
 from cluster.stackfiles import read_stack_config
 from cluster.topology import Topology
 
@@ -23,3 +24,9 @@ def lab_topology(stack: str, sets: Mapping[str, Any] | None = None) -> Topology:
     return Topology(
         config=lab_config(stack, sets), dcs={dc: lab_dc_addresses(dc) for dc in DC_NAMES}
     )
+
+
+def volume_path(host: str) -> str:
+    """Where a host finds its data volume: the path the plan's storage step waits for on a
+    Linode, which the lab makes point at the host's loop device."""
+    return device_path(lab_topology("dc1").node(host))

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cluster.config import DC_NAMES
 from cluster.lab import addresses as A
 from cluster.lab.paths import (
     CLIENT_NS,
-    DC_NAMES,
     HOSTS,
     INTERNET_BRIDGE,
     NS_PREFIX,

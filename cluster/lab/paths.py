@@ -1,8 +1,9 @@
 """Where the lab keeps things, and the names of what it creates on this machine.
 
-Every name the lab gives a kernel object starts with ``mclab`` (network namespaces) or lives
-under the lab directory (files, loop device backing images), so ``down`` can find and undo
-everything it made even when the state file was lost with a crashed lab process.
+Every name the lab gives a kernel object starts with ``mclab`` (network namespaces), is
+``CGROUP_NAME`` (cgroups) or lives under the lab directory (files, loop device backing images),
+so ``down`` can find and undo everything it made even when the state file was lost with a
+crashed lab process.
 """
 
 from __future__ import annotations
@@ -10,17 +11,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from cluster.config import DC_NAMES
 from cluster.topology import SLOTS
 
-DC_NAMES = ("dc1", "dc2")
 HOSTS = tuple(f"{dc}-{slot}" for dc in DC_NAMES for slot in SLOTS)
 NS_PREFIX = "mclab-"
 SWITCH_NS = f"{NS_PREFIX}switch"
 ROUTER_NS = f"{NS_PREFIX}router"
 CLIENT_NS = f"{NS_PREFIX}client"
+CGROUP_NAME = "mailcluster-lab"  # one cgroup per host under it, to count CPU
 INTERNET_BRIDGE = "inet"  # the client side of the router ("the internet")
 VOLUME_SIZE = 2 * 1024**3  # a sparse image: costs only what the host writes
-VOLUME_PATH = "/dev/disk/by-id/scsi-0Linode_Volume_{host}-mail"  # as on Linode
 
 
 def host_ns(host: str) -> str:

@@ -22,16 +22,13 @@ def state_file() -> Path:
     return lab_dir() / "state.json"
 
 
-def secrets_file() -> Path:
-    return lab_dir() / "secrets.json"
-
-
 @dataclass
 class HostRecord:
     launcher_pid: int = 0  # the `unshare` process on this machine's side
     pid: int = 0  # the host's PID 1, as this machine sees it
     start_ticks: str = ""  # /proc/<pid>/stat starttime: tells a reused pid from ours
     loop: str = ""  # the loop device of the data volume
+    cgroup: str = ""  # the host's cgroup directory (CPU accounting), "" without cgroup v2
 
 
 @dataclass

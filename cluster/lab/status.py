@@ -6,12 +6,13 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from cluster.config import DC_NAMES
 from cluster.lab import addresses as A
 from cluster.lab import hosts
-from cluster.lab.apply import stack_topology
 from cluster.lab.net import host_addresses
-from cluster.lab.paths import DC_NAMES, HOSTS, host_ns
+from cluster.lab.paths import HOSTS, host_ns
 from cluster.lab.run import run
+from cluster.lab.stacks import stack_topology
 from cluster.lab.state import HostRecord, LabState
 
 # Process names (pgrep -x) of the daemons a node may run, by the name users know them by.
@@ -25,8 +26,6 @@ SERVICES = {
     "rspamd": "rspamd",
     "cron": "cron",
     "rsyslog": "rsyslogd",
-    "lsyncd": "lsyncd",
-    "opendkim": "opendkim",
     "mailgraph": "mailgraph",
 }
 ROLE_TOOL = "/usr/local/sbin/mailcluster-role"

@@ -1,4 +1,6 @@
-"""The Pulumi applier: every module that imports pulumi or a Pulumi provider lives here.
+"""The Pulumi applier: Linode resources, provisioning, and what a change to them does.
+
+Every module that imports pulumi or a Pulumi provider lives here.
 
 The pure core (``cluster.config``, ``cluster.topology``, ``cluster.plan``, ``cluster.services``,
 ``cluster.material``) never imports Pulumi, so the lab applies the very same plan without it;

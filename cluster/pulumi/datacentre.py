@@ -14,9 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
+import pulumi_command.remote as remote
 import pulumi_linode as linode
 
 from cluster.config import StackConfig, other_dc
+from cluster.pulumi import forward_dns
+from cluster.pulumi.handover import handover_command
 from cluster.pulumi.peer import (
     NODE_ADDRESS_KEYS,
     OUT_ACTIVE_DC,
@@ -27,6 +30,7 @@ from cluster.pulumi.peer import (
     OUT_MAIL_HOST,
     OUT_NODES,
     OUT_REGION,
+    OUT_REVERSE_DNS,
     OUT_SHARED_IPV4,
     OUT_TLS_CERTIFICATE,
     OUT_TOPOLOGY_DCS,
@@ -60,6 +64,12 @@ CLUSTER_TCP = {3306: "mariadb", 12345: "doveadm", 873: "rsync"}
 # Heartbeat's ucast keepalives.
 CLUSTER_UDP = {694: "heartbeat"}
 
+# Inputs Linode acts on only when it creates a Linode; a change to any of them would replace
+# the node (change_rules.RULES). After creation the plan manages what they stood for: root's
+# authorized_keys and password (services/access.py), the node's networking (Network Helper
+# off), the firewall (the Firewall resource's own rules).
+INSTANCE_CREATE_ONLY = ["image", "authorizedKeys", "rootPass", "firewallId", "networkHelper"]
+
 
 @dataclass(frozen=True)
 class RuleSpec:
@@ -87,6 +97,29 @@ def inbound_rules(config: StackConfig) -> list[RuleSpec]:
     ]
 
 
+def _inbounds(
+    config: StackConfig, sources: dict[str, tuple[list[str], list[str]]]
+) -> list[linode.FirewallInboundArgs]:
+    """Linode refuses an ACCEPT rule without addresses: with no cluster address known yet (a
+    first `up` without a deployed peer), the internal ports have no rule at all (dropped)."""
+    out = []
+    for rule in inbound_rules(config):
+        v4, v6 = sources[rule.source]
+        if not (v4 or v6):
+            continue
+        out.append(
+            linode.FirewallInboundArgs(
+                label=rule.label,
+                action="ACCEPT",
+                protocol=rule.protocol,
+                ports=",".join(str(p) for p in rule.ports) or None,
+                ipv4s=v4 or None,
+                ipv6s=v6 or None,
+            )
+        )
+    return out
+
+
 def _split_cidrs(cidrs: Sequence[str]) -> tuple[list[str], list[str]]:
     v4 = [c for c in cidrs if ":" not in c]
     v6 = [c for c in cidrs if ":" in c]
@@ -98,7 +131,9 @@ def _host_cidr(address: str) -> str:
     return f"{address}/128" if ":" in address else f"{address}/32"
 
 
-def cluster_cidrs(own: dict[str, Any], peer: dict[str, Any] | None) -> tuple[list[str], list[str]]:
+def cluster_cidrs(
+    own: dict[str, Any] | None, peer: dict[str, Any] | None
+) -> tuple[list[str], list[str]]:
     """Every address a cluster peer may come from, both data centres, as host CIDRs."""
     v4: list[str] = []
     v6: list[str] = []
@@ -120,6 +155,15 @@ class DataCentreArgs:
     peer: PeerStack
     root_password: pulumi.Input[str] | None = None
     tags: list[str] = field(default_factory=list)
+    # This DC's addresses as its last `up` exported them (None before the first): the
+    # firewall's cluster rule lists them, see _firewall.
+    deployed_addresses: dict[str, Any] | None = None
+    # Rolling disruptive updates hand the shared IP to svr2 before svr1 goes down (needs SSH:
+    # only with provisioning).
+    handover: bool = False
+    ssh_private_key: pulumi.Input[str] | None = None
+    # Addresses whose PTR the last `up` declared (its reverseDns output).
+    deployed_ptrs: Sequence[str] = ()
 
 
 class DataCentre(pulumi.ComponentResource):
@@ -156,9 +200,13 @@ class DataCentre(pulumi.ComponentResource):
             opts=child,
         )
         self.node_names = {slot: node_name(config.dc, slot) for slot in SLOTS}
+        self.firewall = self._firewall(args, tags)
         self.instances: dict[str, linode.Instance] = {}
         self.volumes: dict[str, linode.Volume] = {}
-        for slot, node in self.node_names.items():
+        self.handover: remote.Command | None = None
+        # svr2 first, svr1 last: see _instance_order.
+        for slot in reversed(SLOTS):
+            node = self.node_names[slot]
             inst = linode.Instance(
                 f"{name}-{slot}",
                 label=node,
@@ -170,11 +218,25 @@ class DataCentre(pulumi.ComponentResource):
                 # are the only way in, which is what we want unless the user asks otherwise.
                 root_pass=args.root_password,
                 private_ip=True,
+                # Linode's failover guide: Network Helper off on both nodes, or it rewrites the
+                # networking at boot; the plan configures the node's addresses itself.
+                network_helper=False,
+                # Filtered from its first boot, not from when a later step attaches it.
+                firewall_id=self.firewall.id.apply(int),
                 placement_group=linode.InstancePlacementGroupArgs(
                     id=self.placement_group.id.apply(int)
                 ),
                 tags=tags,
-                opts=child,
+                opts=pulumi.ResourceOptions(
+                    parent=self,
+                    # A deliberate rebuild stays possible: `pulumi state unprotect`, then
+                    # `pulumi up --replace <urn>`, one node at a time (README). Labels are
+                    # unique per account: the old node must go before its successor exists.
+                    protect=True,
+                    delete_before_replace=True,
+                    ignore_changes=INSTANCE_CREATE_ONLY,
+                    depends_on=self._instance_order(slot, args),
+                ),
             )
             self.instances[slot] = inst
             # The label fixes the device path the storage step mounts (storage.device_path).
@@ -185,8 +247,15 @@ class DataCentre(pulumi.ComponentResource):
                 size=config.volume_size_gb,
                 linode_id=inst.id.apply(int),
                 tags=tags,
-                opts=child,
+                # The mail data: neither a routine change nor `pulumi destroy` may delete it.
+                opts=pulumi.ResourceOptions(parent=self, protect=True, retain_on_delete=True),
             )
+            if slot == "svr2" and args.handover:
+                self.handover = handover_command(
+                    f"{name}-svr2-handover", config, inst, args.ssh_private_key, self
+                )
+        self.instances = {slot: self.instances[slot] for slot in SLOTS}
+        self.volumes = {slot: self.volumes[slot] for slot in SLOTS}
 
         svr1, svr2 = self.instances["svr1"], self.instances["svr2"]
         # No reboot: in BGP mode the VIP lives on lo and lelastic announces it; in ARP mode
@@ -196,7 +265,8 @@ class DataCentre(pulumi.ComponentResource):
             linode_id=svr1.id.apply(int),
             public=True,
             apply_immediately=False,
-            opts=child,
+            # The MX target and the registrar's glue: a new address breaks mail delivery.
+            opts=pulumi.ResourceOptions(parent=self, protect=True),
         )
         self.shared_ips = linode.InstanceSharedIps(
             f"{name}-share-svr2",
@@ -227,47 +297,66 @@ class DataCentre(pulumi.ComponentResource):
             )
         )
 
-        cidrs = pulumi.Output.all(self.addresses, args.peer.addresses).apply(
-            lambda v: cluster_cidrs(v[0], v[1])
-        )
-        admin_v4, admin_v6 = _split_cidrs(config.admin_cidrs)
-        sources: dict[str, tuple[pulumi.Input[list[str]], pulumi.Input[list[str]]]] = {
-            "world": (WORLD_V4, WORLD_V6),
-            "admin": (admin_v4, admin_v6),
-            "cluster": (cidrs.apply(lambda c: c[0]), cidrs.apply(lambda c: c[1])),
-        }
-        inbounds = []
-        for rule in inbound_rules(config):
-            v4, v6 = sources[rule.source]
-            inbounds.append(
-                linode.FirewallInboundArgs(
-                    label=rule.label,
-                    action="ACCEPT",
-                    protocol=rule.protocol,
-                    ports=",".join(str(p) for p in rule.ports) or None,
-                    ipv4s=v4 or None,
-                    ipv6s=v6 or None,
-                )
-            )
-        self.firewall = linode.Firewall(
-            f"{name}-fw",
-            label=account_label,
-            inbound_policy="DROP",
-            outbound_policy="ACCEPT",
-            inbounds=inbounds,
-            linodes=[inst.id.apply(int) for inst in self.instances.values()],
-            tags=tags,
-            opts=child,
-        )
-
         self.rdns: list[linode.Rdns] = []
         self.secondary_dns: linode.Domain | None = None
+        # Addresses whose PTR this stack declared: exported, so a later `up` keeps them
+        # declared even if a lookup fails then (``deployed_ptrs``).
+        self.reverse_dns: pulumi.Output[list[str]] = pulumi.Output.from_input([])
+        self.deployed_ptrs = set(args.deployed_ptrs)
         self.register_outputs(
             {
                 "addresses": self.addresses,
                 "placementGroup": self.placement_group.id,
                 "firewall": self.firewall.id,
             }
+        )
+
+    def _instance_order(self, slot: str, args: DataCentreArgs) -> list[pulumi.Resource]:
+        """What a node's Instance waits for. The engine updates independent resources in
+        parallel, so a resize (or any update that reboots) would take both nodes down at once.
+        svr1, the usual holder of the shared IP, depends on svr2 and on the handover on svr2:
+        an update that takes nodes down reaches svr2 first, then svr2 takes the shared IP and
+        the role over, and only then svr1 goes down. (Only this direction: svr2 depending on
+        svr1 as well would be a cycle.)"""
+        if slot != "svr1":
+            return []
+        return [r for r in (self.instances["svr2"], self.handover) if r is not None]
+
+    def _firewall(self, args: DataCentreArgs, tags: list[str]) -> linode.Firewall:
+        """The cloud firewall, declared before the nodes so each gets it at creation.
+
+        A Linode has one enabled firewall at a time (Linode API, POST /networking/firewalls), and
+        a rule can list only addresses, which Linode assigns when it creates the nodes. A rule
+        naming this DC's nodes from their Instances would make the firewall depend on them while
+        they depend on it (firewall_id): a cycle. So the cluster rule lists the peer DC's
+        addresses (its stack outputs) and this DC's as its last `up` exported them
+        (``deployed_addresses``). Never wider: no internal port is ever open beyond the
+        cluster's nodes. The limit: on a stack's first `up` (and after a node is rebuilt with
+        new addresses) the rule does not name this DC's own new nodes yet, so svr1 and svr2
+        cannot reach each other's internal ports until the stack's next `up` (README, "Deploy
+        to Linode"). VPC and VLAN addresses could be chosen in advance, but they change the
+        nodes' interfaces (a reboot) and the services' addresses; reserved IPs cover only the
+        public IPv4.
+        """
+        config = args.config
+        admin = _split_cidrs(config.admin_cidrs)
+
+        def rules(peer: dict[str, Any] | None) -> list[linode.FirewallInboundArgs]:
+            cluster = cluster_cidrs(args.deployed_addresses, peer)
+            return _inbounds(config, {"world": (WORLD_V4, WORLD_V6), "admin": admin,
+                                      "cluster": cluster})  # fmt: skip
+
+        inbounds = args.peer.addresses.apply(rules)
+        return linode.Firewall(
+            f"{self.prefix}-fw",
+            label=f"{TAG}-{config.dc}",
+            inbound_policy="DROP",
+            outbound_policy="ACCEPT",
+            inbounds=inbounds,
+            tags=tags,
+            # The nodes join at creation (firewall_id). `linodes` was how they joined before:
+            # ignoring it keeps an existing attachment instead of detaching it.
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["linodes"]),
         )
 
     @property
@@ -303,36 +392,55 @@ class DataCentre(pulumi.ComponentResource):
         standby's PTRs wait (a later ``up`` of this stack declares them)."""
         cfg = self.config
         if not cfg.provision or cfg.is_active:
-            self._declare_rdns(provisioned)
+            self.reverse_dns = self._declare_rdns(provisioned)
         else:
             ready = pulumi.Output.all(self.peer.topology_dcs, self.peer.active_dc).apply(
                 lambda v: bool(v[0]) and cfg.dc in v[0] and v[1] == cfg.active_dc
             )
 
-            def declare_when_ready(ok: bool) -> None:
-                if ok:
-                    self._declare_rdns(provisioned)
-
             # Declared inside apply: the condition comes from the peer's stack outputs, which
-            # Pulumi reads during preview too, so preview shows these records. The runtime
-            # awaits every apply before the program ends, so the Output need not be kept.
-            ready.apply(declare_when_ready)
+            # Pulumi reads during preview too, so preview shows these records.
+            self.reverse_dns = ready.apply(lambda ok: self._declare_rdns(provisioned) if ok else [])
         self._declare_secondary_dns(provisioned)
 
-    def _declare_rdns(self, provisioned: Sequence[pulumi.Resource]) -> None:
+    def _declare_rdns(self, provisioned: Sequence[pulumi.Resource]) -> pulumi.Output[list[str]]:
+        """The PTRs whose forward name already resolves to the address (Linode refuses the
+        others, after retrying for 15 minutes); a warning names the glue records that make the
+        rest resolve, for the next `up`. A PTR this stack declared before stays declared."""
         opts = pulumi.ResourceOptions(parent=self, depends_on=list(provisioned))
-        for index, (address, name) in enumerate(self.ptr_names()):
-            self.rdns.append(
-                linode.Rdns(
-                    f"{self.prefix}-rdns-{index}",
-                    address=address,
-                    rdns=name,
-                    # Linode refuses a PTR whose forward name does not resolve yet; retry
-                    # within the timeout while BIND's zone propagates.
-                    wait_for_available=True,
-                    opts=opts,
+        pairs = self.ptr_names()
+        vips = pulumi.Output.all(self.shared_ip.address, self.peer.addresses)
+
+        def declare(values: list[Any]) -> list[str]:
+            *addresses, own_vip, peer = values
+            missing = []
+            for index, (address, (_, name)) in enumerate(zip(addresses, pairs, strict=True)):
+                if not (forward_dns.resolves(name, address) or address in self.deployed_ptrs):
+                    missing.append(f"{name} -> {address}")
+                    continue
+                self.rdns.append(
+                    linode.Rdns(
+                        f"{self.prefix}-rdns-{index}",
+                        address=address,
+                        rdns=name,
+                        # Resolving here need not mean resolving at Linode's resolver yet.
+                        wait_for_available=True,
+                        opts=opts,
+                    )
                 )
-            )
+            if missing:
+                pulumi.log.warn(
+                    f"reverse DNS not set yet for {', '.join(missing)}: the names do not "
+                    f"resolve. Point the domain at the cluster at your registrar (glue: "
+                    f"{glue_records(self.config, own_vip, peer)}), then run `pulumi up` again",
+                    self,
+                )
+            return [str(r) for r, (_, n) in zip(addresses, pairs, strict=True)
+                    if f"{n} -> {r}" not in missing]  # fmt: skip
+
+        return pulumi.Output.all(*(a for a, _ in pairs), vips).apply(
+            lambda v: declare([*v[:-1], *v[-1]])
+        )
 
     def _declare_secondary_dns(self, provisioned: Sequence[pulumi.Resource]) -> None:
         cfg = self.config
@@ -355,6 +463,17 @@ class DataCentre(pulumi.ComponentResource):
             tags=[TAG],
             opts=pulumi.ResourceOptions(parent=self, depends_on=list(provisioned)),
         )
+
+
+def glue_records(config: StackConfig, own_vip: str, peer: dict[str, Any] | None) -> str:
+    """``ns1.<domain>`` is dc1's shared IP, ``ns2`` dc2's (README, "Deploy to Linode")."""
+    vips = {config.dc: own_vip}
+    if peer:
+        vips[config.peer_dc] = peer["sharedIpv4"]
+    return ", ".join(
+        f"ns{i}.{config.domain} -> {vips.get(dc, f'the {dc} stack output sharedIpv4')}"
+        for i, dc in enumerate(("dc1", "dc2"), start=1)
+    )
 
 
 def bind_servers(
@@ -402,6 +521,7 @@ def stack_outputs(
         OUT_ADMIN_URL: f"https://mail.{cfg.domain}/postfixadmin/",
         OUT_TOPOLOGY_DCS: topology_dcs,
         OUT_TLS_CERTIFICATE: tls_certificate,
+        OUT_REVERSE_DNS: dc.reverse_dns,
     }
     outputs.update({k: pulumi.Output.secret(v) for k, v in secret_exports.items()})
     return outputs

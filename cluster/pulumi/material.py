@@ -187,3 +187,15 @@ def cluster_material(
     cert = DcCertificate(f"{config.dc}-tls", config, own_addresses, ca_key, ca_cert, opts)
     full = pulumi.Output.all(shared, cert.pair).apply(lambda v: {**v[0], "tls": {config.dc: v[1]}})
     return Material(pulumi.Output.secret(full), cert, exports)
+
+
+def plan_secrets(
+    material: Material, root_password: pulumi.Input[str] | None
+) -> pulumi.Output[dict[str, Any]]:
+    """What the plans are built with: the material plus this stack's own rootPassword, which
+    the access step sets (the peer never sees it: it is not in ``exports``)."""
+    return pulumi.Output.secret(
+        pulumi.Output.all(material.secrets, root_password or "").apply(
+            lambda v: {**v[0], "root_password": v[1]}
+        )
+    )

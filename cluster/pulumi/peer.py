@@ -32,6 +32,8 @@ OUT_MAIL_HOST = "mailHost"
 OUT_WEBMAIL_URL = "webmailUrl"
 OUT_ADMIN_URL = "adminUrl"
 OUT_TLS_CERTIFICATE = "tlsCertificate"
+# The addresses whose PTR this stack declared (see DataCentre.declare_dns).
+OUT_REVERSE_DNS = "reverseDns"
 
 
 def addresses_to_dict(

@@ -25,13 +25,21 @@ import pulumi_command.remote as remote
 from cluster.config import DC_NAMES, StackConfig
 from cluster.hostplan import build_stack_plans
 from cluster.material import ClusterSecrets, generate
-from cluster.plan import HostPlan
+from cluster.plan import HostPlan, file_step_name
+from cluster.pulumi import ssh
 from cluster.pulumi.peer import dict_to_addresses, node_address
+from cluster.services import bgp
 from cluster.topology import SLOTS, DcAddresses, NodeAddresses, Topology, node_name
 
 PLATFORM = "linode"
-# A fresh Linode takes a minute or so to boot sshd; the provider retries failed dials.
-DIAL_ERROR_LIMIT = 60
+# Commands of one node in flight at once, at most: each holds an SSH connection, and sshd's
+# default `MaxStartups 10:30:100` starts refusing unauthenticated connections beyond 10. Four
+# leaves room for an operator's own sessions and for the handshakes of the next commands.
+LANES = 4
+
+# Steps whose effect outlives them: when a later config drops the step (sharedIpMethod bgp ->
+# arp), Pulumi deletes its Command and runs the service's undo script (``bgp.UNDO_SCRIPT``).
+UNDO = {bgp.LO_STEP: bgp.UNDO_SCRIPT, file_step_name(bgp.LO_CONFIG): bgp.UNDO_SCRIPT}
 ABSENT: dict[str, Any] = {"command": "true", "stdin": "", "digest": "absent", "secret": False}
 
 
@@ -121,6 +129,50 @@ def _ordered(shapes: dict[tuple[str, str], StepShape]) -> list[StepShape]:
     for key in shapes:
         visit(key, ())
     return done
+
+
+def applied_command(node: str, step: str, secret: bool, command: str) -> str:
+    """What a Command runs for a step. A secret step's output is dropped and a failure says
+    only which step failed: the provider puts a failed command's output into its error message,
+    which Pulumi prints and CI logs keep, and such output might echo what the step was fed."""
+    if not secret:
+        return command
+    return (
+        f"{command} >/dev/null 2>&1 || {{ rc=$?; echo 'mailcluster: step {step} failed "
+        f"(exit '$rc'); its output is withheld because the step handles a secret: run it by "
+        f"hand on {node} to see why' >&2; exit $rc; }}"
+    )
+
+
+def lanes(shapes: Sequence[StepShape]) -> dict[tuple[str, str], tuple[str, str]]:
+    """The step each step must wait for besides its own dependencies, so that a node's steps
+    form at most ``LANES`` chains: a chain runs one command at a time, so a node never has more
+    than ``LANES`` commands (SSH sessions) in flight. In dependency order, a step joins a chain
+    whose last step it already waits for (most do: no extra edge), else the chain with the
+    oldest last step, which it then waits for. Edges only point to earlier steps: no cycle."""
+    ancestors: dict[tuple[str, str], frozenset[tuple[str, str]]] = {}
+    position: dict[tuple[str, str], int] = {}
+    tails: dict[str, list[tuple[str, str] | None]] = {}
+    out: dict[tuple[str, str], tuple[str, str]] = {}
+    for index, shape in enumerate(shapes):
+        key = (shape.node, shape.name)
+        found: set[tuple[str, str]] = set()
+        for dep in (*((shape.node, d) for d in shape.deps), *shape.remote_deps):
+            found |= ancestors[dep] | {dep}
+        chains = tails.setdefault(shape.node, [None] * LANES)
+        free = [i for i, tail in enumerate(chains) if tail is None or tail in found]
+        if free:
+            lane = free[0]
+        else:
+            lane = min(range(LANES), key=lambda i: position[chains[i]])  # type: ignore[index]
+            tail = chains[lane]
+            assert tail is not None
+            out[key] = tail
+            found |= ancestors[tail] | {tail}
+        chains[lane] = key
+        ancestors[key] = frozenset(found)
+        position[key] = index
+    return out
 
 
 def resource_name(node: str, step: str) -> str:
@@ -224,14 +276,11 @@ class Provisioning(pulumi.ComponentResource):
             lambda r: {f"{n}/{s}": v["digest"] for (n, s), v in r.items()}
         )
         self.commands: dict[tuple[str, str], remote.Command] = {}
+        self.lane_after = lanes(self.shapes)
         for shape in self.shapes:
             slot = slots[shape.node]
-            connection = remote.ConnectionArgs(
-                host=node_address(args.own_addresses, slot, "publicIpv4"),
-                user="root",
-                # Without a key in config the provider uses the SSH agent (SSH_AUTH_SOCK).
-                private_key=args.ssh_private_key,
-                dial_error_limit=DIAL_ERROR_LIMIT,
+            connection = ssh.connection(
+                node_address(args.own_addresses, slot, "publicIpv4"), args.ssh_private_key
             )
             self.commands[(shape.node, shape.name)] = self._command(
                 shape, rendered, connection, args.infrastructure
@@ -258,6 +307,8 @@ class Provisioning(pulumi.ComponentResource):
         deps: list[pulumi.Resource] = [*infrastructure]
         deps += [self.commands[(shape.node, d)] for d in shape.deps]
         deps += [self.commands[d] for d in shape.remote_deps]
+        if key in self.lane_after:
+            deps.append(self.commands[self.lane_after[key]])
         opts = pulumi.ResourceOptions(
             parent=self,
             depends_on=deps,
@@ -267,12 +318,16 @@ class Provisioning(pulumi.ComponentResource):
         return remote.Command(
             resource_name(shape.node, shape.name),
             connection=connection,
-            create=part("command", False),
+            create=part("command", False).apply(
+                lambda c: applied_command(shape.node, shape.name, shape.secret, c)
+            ),
             stdin=part("stdin", shape.secret),
             # The digest covers the command, stdin and the steps it watches: a step re-runs
             # exactly when one of those changes. A secret step's digest stays secret too.
             triggers=[part("digest", shape.secret)],
+            delete=UNDO.get(shape.name),
             add_previous_output_in_env=False,
-            logging=remote.Logging.STDERR if shape.secret else remote.Logging.STDOUT_AND_STDERR,
+            # A secret step logs nothing (applied_command keeps its output out of errors too).
+            logging=remote.Logging.NONE if shape.secret else remote.Logging.STDOUT_AND_STDERR,
             opts=opts,
         )

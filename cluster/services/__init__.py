@@ -12,6 +12,7 @@ from __future__ import annotations
 from types import ModuleType
 
 from cluster.services import (
+    access,
     apache,
     base,
     bgp,
@@ -33,6 +34,7 @@ from cluster.services import (
 SERVICES: tuple[ModuleType, ...] = (
     base,
     role,
+    access,
     storage,
     tls,
     mariadb,

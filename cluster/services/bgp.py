@@ -22,6 +22,7 @@ import shlex
 
 from cluster.hostcontext import HostContext
 from cluster.plan import CHANGED_MARK, STATE_DIR, Step, StepRef, script_step, step_names
+from cluster.services.role import CLUSTER_CONF
 
 PACKAGES: tuple[str, ...] = ("iproute2", "curl")
 
@@ -31,6 +32,17 @@ RESOURCE_SCRIPT = f"/etc/ha.d/resource.d/{HA_RESOURCE}"
 LO_CONFIG = "/etc/network/interfaces.d/mailcluster-shared-ip"
 LO_STEP = "heartbeat.shared-ip-on-lo"
 INSTALL_STEP = "heartbeat.lelastic"
+# Undoes LO_STEP and LO_CONFIG when a later config drops them (sharedIpMethod bgp -> arp): the
+# Pulumi applier runs it as those Commands' ``delete``. Guarded by the node's current
+# cluster.conf, so a Command deleted for another reason (provision: false, a destroy) leaves a
+# bgp node alone.
+UNDO_SCRIPT = f"""conf={CLUSTER_CONF}
+if [ -r "$conf" ] && . "$conf" && [ "${{SHARED_IP_METHOD:-}}" = bgp ]; then exit 0; fi
+for a in $(ip -o -4 addr show dev lo scope global | awk '{{print $4}}'); do
+  ip addr del "$a" dev lo
+done
+rm -f {LO_CONFIG}
+"""
 
 # Linode's lelastic release, pinned. The sha256 of lelastic.gz of that release: fill it in (or
 # override it) once fetched from a trusted machine; while empty, the step logs the digest it saw.

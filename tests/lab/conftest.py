@@ -13,7 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from labtools import KEEP, Lab
+
+from cluster.lab.driver import Lab
+
+KEEP = os.environ.get("MAILCLUSTER_LAB_KEEP") == "1"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -34,6 +37,12 @@ def lab() -> Iterator[Lab]:
     yield lab
     if not KEEP:
         lab.run("down", timeout=300)
+
+
+@pytest.fixture(scope="session")
+def keep() -> bool:
+    """MAILCLUSTER_LAB_KEEP=1: the developer wants the lab left up after the tests."""
+    return KEEP
 
 
 @pytest.fixture

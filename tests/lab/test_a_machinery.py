@@ -7,10 +7,10 @@ import re
 import subprocess
 from pathlib import Path
 
-from labtools import Lab
-
 from cluster.lab import addresses as A
-from cluster.lab.paths import HOSTS, VOLUME_PATH
+from cluster.lab.driver import Lab
+from cluster.lab.model import volume_path
+from cluster.lab.paths import HOSTS
 
 LAB_NETS = (*A.PUBLIC_NETS.values(), *A.PRIVATE_NETS.values())
 
@@ -40,7 +40,7 @@ def test_up_is_quick_and_all_hosts_run(lab: Lab) -> None:
 
 def test_hosts_are_named_and_have_their_volume(lab: Lab) -> None:
     for host in HOSTS:
-        script = f"hostname; test -b {VOLUME_PATH.format(host=host)} && echo volume"
+        script = f"hostname; test -b {volume_path(host)} && echo volume"
         out = lab.exec(host, "sh", "-c", script + "; cat /proc/1/comm").stdout.split()
         assert out == [host, "volume", "mailcluster-lab"]
 

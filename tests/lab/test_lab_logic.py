@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from cluster.lab import base
-from cluster.lab.apply import global_order, marker_name, parse_sets
+from cluster.lab.apply import global_order, marker_name
 from cluster.lab.run import LabError
+from cluster.lab.stacks import parse_sets
 from cluster.plan import HostPlan, script_step
 
 

@@ -13,10 +13,10 @@ import time
 from typing import Any
 
 import pytest
-from labtools import Lab
 
-from cluster.lab.apply import load_secrets
+from cluster.lab.driver import Lab
 from cluster.lab.model import lab_topology
+from cluster.lab.secrets import load_secrets
 
 DOMAIN = "example.com"
 
@@ -35,10 +35,7 @@ def vip(lab: Lab) -> str:
 
 @pytest.fixture(scope="session")
 def user(lab: Lab, vip: str) -> tuple[str, str]:
-    address = f"u{secrets.token_hex(4)}@{DOMAIN}"
-    password = "P" + secrets.token_hex(12)
-    lab.run("mailbox", "add", address, password)
-    return address, password
+    return lab.new_mailbox(DOMAIN, "u")
 
 
 def _send(lab: Lab, vip: str, *args: str) -> dict[str, Any]:

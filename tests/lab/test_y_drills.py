@@ -6,94 +6,26 @@ leaves the lab as it found it: activeDc=dc1 on both stacks, nothing cut, every h
 
 from __future__ import annotations
 
-import json
-import secrets
-import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
-from labtools import REPO, Lab
 
-from cluster.lab import addresses as A
-from cluster.lab.lifecycle import client_argv
+from cluster.lab.driver import Lab, private_ip, public_ip, shared_ip
 
 pytestmark = pytest.mark.drill
 
 DOMAIN = "example.com"
-VIP1 = A.lab_dc_addresses("dc1").shared_ipv4
-VIP2 = A.lab_dc_addresses("dc2").shared_ipv4
+VIP1 = shared_ip("dc1")
+VIP2 = shared_ip("dc2")
 DC1 = ("dc1-svr1", "dc1-svr2")
 DC2 = ("dc2-svr1", "dc2-svr2")
 
 
-def private_ip(host: str) -> str:
-    dc, slot = host.split("-")
-    return A.lab_dc_addresses(dc).nodes[slot].private_ipv4
-
-
-def public_ip(host: str) -> str:
-    dc, slot = host.split("-")
-    return A.lab_dc_addresses(dc).nodes[slot].public_ipv4
-
-
-def role(lab: Lab, host: str) -> dict[str, Any]:
-    out = lab.exec(host, "mailcluster-role", "status", "--json").stdout
-    data: dict[str, Any] = json.loads(out)
-    return data
-
-
-def holders(lab: Lab, hosts: tuple[str, ...]) -> list[str]:
-    return [h for h in hosts if role(lab, h)["vip_held"]]
-
-
-def sql(lab: Lab, host: str, query: str) -> str:
-    return lab.exec(host, "mysql", "-uroot", "-N", "-B", "-e", query).stdout.strip()
-
-
 def new_user(lab: Lab) -> tuple[str, str]:
-    address = f"d{secrets.token_hex(4)}@{DOMAIN}"
-    password = "P" + secrets.token_hex(12)
-    lab.run("mailbox", "add", address, password)
-    return address, password
-
-
-def send(lab: Lab, host: str, user: tuple[str, str], subject: str, port: int = 587) -> Any:
-    return lab.clientlib("send", "--host", host, "--port", str(port), "--ca", lab.ca,
-                         "--starttls", "--user", user[0], "--password", user[1],
-                         "--sender", user[0], "--to", user[0], "--subject", subject)  # fmt: skip
-
-
-def readable(lab: Lab, host: str, user: tuple[str, str], prefix: str, count: int,
-             timeout: float = 60) -> set[str]:  # fmt: skip
-    got = lab.clientlib("subjects", "--host", host, "--ca", lab.ca, "--user", user[0],
-                        "--password", user[1], "--subject", prefix, "--count", str(count),
-                        "--timeout", str(timeout))  # fmt: skip
-    return set(got["subjects"])
-
-
-class Stream:
-    """The client's steady sender over 587, in the background (clientlib stream)."""
-
-    def __init__(self, lab: Lab, host: str, user: tuple[str, str], prefix: str,
-                 seconds: float = 120, rate: float = 5) -> None:  # fmt: skip
-        self.stop_file = Path(tempfile.mkdtemp()) / "stop"
-        argv = client_argv([sys.executable, "-m", "cluster.lab.clientlib", "stream",
-                            "--host", host, "--ca", lab.ca, "--user", user[0],
-                            "--password", user[1], "--subject", prefix,
-                            "--seconds", str(seconds), "--rate", str(rate),
-                            "--stop", str(self.stop_file)])  # fmt: skip
-        self.proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, text=True)
-
-    def finish(self) -> dict[str, Any]:
-        self.stop_file.touch()
-        out, _ = self.proc.communicate(timeout=120)
-        result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-        return result
+    return lab.new_mailbox(DOMAIN, "d")
 
 
 def wait_rejoined(
@@ -104,7 +36,7 @@ def wait_rejoined(
 
     def ok() -> dict[str, Any] | None:
         try:
-            r = role(lab, host)
+            r = lab.role(host)
         except AssertionError:
             return None
         rep = r["replication"]
@@ -124,10 +56,10 @@ def wait_rejoined(
 def ensure_holder(lab: Lab, host: str) -> None:
     """Move dc1's shared IP to ``host`` gracefully (hb_standby on the other), if needed."""
     other = DC1[1] if host == DC1[0] else DC1[0]
-    if role(lab, host)["vip_held"]:
+    if lab.role(host)["vip_held"]:
         return
     lab.exec(other, "/usr/share/heartbeat/hb_standby", "all", check=False)
-    lab.wait_for(f"{host} to hold the shared IP", lambda: role(lab, host)["role"] == "active",
+    lab.wait_for(f"{host} to hold the shared IP", lambda: lab.role(host)["role"] == "active",
                  timeout=60, interval=0.5)  # fmt: skip
     wait_rejoined(lab, other, private_ip(host))
 
@@ -158,18 +90,18 @@ def test_drill_standby_never_accepts_mail(lab: Lab) -> None:
 
 def test_drill_replication_lag_is_measured(lab: Lab) -> None:
     """A row written on the master is on every replica within 1 s (the target's p99)."""
-    master = next(h for h in DC1 if role(lab, h)["role"] == "active")
-    sql(lab, master, "CREATE DATABASE IF NOT EXISTS mcdrill; CREATE TABLE IF NOT EXISTS "
+    master = next(h for h in DC1 if lab.role(h)["role"] == "active")
+    lab.sql(master, "CREATE DATABASE IF NOT EXISTS mcdrill; CREATE TABLE IF NOT EXISTS "
         "mcdrill.lag (id BIGINT PRIMARY KEY, at DOUBLE)")  # fmt: skip
     lags = []
     for _ in range(5):
         row = time.time_ns()
-        sql(lab, master, f"INSERT INTO mcdrill.lag VALUES ({row}, {time.time()})")
+        lab.sql(master, f"INSERT INTO mcdrill.lag VALUES ({row}, {time.time()})")
         t0 = time.monotonic()
         for replica in (h for h in (*DC1, *DC2) if h != master):
             query = f"SELECT COUNT(*) FROM mcdrill.lag WHERE id={row}"
             lab.wait_for(f"row on {replica}",
-                         lambda r=replica, q=query: sql(lab, r, q) == "1",
+                         lambda r=replica, q=query: lab.sql(r, q) == "1",
                          timeout=10, interval=0.05)  # fmt: skip
         lags.append(time.monotonic() - t0)
     print(f"replication: row visible on all three replicas within {max(lags):.2f}s (max of 5, "
@@ -180,24 +112,24 @@ def test_drill_replication_lag_is_measured(lab: Lab) -> None:
 def test_drill_1_crash_the_active_node(lab: Lab, unique: str) -> None:
     ensure_holder(lab, "dc1-svr1")
     user = new_user(lab)
-    stream = Stream(lab, VIP1, user, unique)
+    stream = lab.stream(VIP1, user, unique)
     time.sleep(4)
     lab.run("crash", "dc1-svr1")
     t_crash = time.monotonic()
-    lab.wait_for("dc1-svr2 to take over", lambda: role(lab, "dc1-svr2")["role"] == "active",
+    lab.wait_for("dc1-svr2 to take over", lambda: lab.role("dc1-svr2")["role"] == "active",
                  timeout=30, interval=0.2)  # fmt: skip
     print(f"crash: dc1-svr2 active after {time.monotonic() - t_crash:.1f}s (CLI polling)")
     time.sleep(4)
-    result = stream.finish()
+    result = stream.result(timeout=120)
     assert not result["permanent"], result["permanent"]
     acked = set(result["acked"])
     assert len(acked) >= 10, result
     # The shared IP answers SMTP from dc1-svr2 (svr1 is dark; svr2 holds it and runs Postfix).
-    r2 = role(lab, "dc1-svr2")
+    r2 = lab.role("dc1-svr2")
     assert r2["vip_held"] and r2["postfix_running"]
     assert smtp_banner_from(lab, VIP1)
     # Readable now: all but what svr1's Postfix queue held at the crash (see below).
-    early = readable(lab, VIP1, user, unique, len(acked), timeout=15)
+    early = lab.subjects(VIP1, user, unique, len(acked), timeout=15)
     print(f"crash: {len(acked)} acked, {len(acked - early)} waiting for svr1's return")
     # The master moved: svr2 is writable, and a write through Postfix Admin works and is usable.
     assert r2["db"]["read_only"] is False and not r2["replication"]["configured"]
@@ -210,12 +142,12 @@ def test_drill_1_crash_the_active_node(lab: Lab, unique: str) -> None:
     r1 = wait_rejoined(lab, "dc1-svr1", private_ip("dc1-svr2"))
     assert r1["role"] == "standby"
     # Every message that got a 250 is readable (svr1's queue delivered once it is back).
-    got = readable(lab, VIP1, user, unique, len(acked))
+    got = lab.subjects(VIP1, user, unique, len(acked))
     assert acked <= got, sorted(acked - got)
-    lab.wait_for("the new mailbox on svr1", lambda: sql(
-        lab, "dc1-svr1", f"SELECT COUNT(*) FROM postfixadmin.mailbox WHERE username='{fresh[0]}'"
+    lab.wait_for("the new mailbox on svr1", lambda: lab.sql(
+        "dc1-svr1", f"SELECT COUNT(*) FROM postfixadmin.mailbox WHERE username='{fresh[0]}'"
     ) == "1", timeout=20)  # fmt: skip
-    assert role(lab, "dc1-svr2")["vip_held"]
+    assert lab.role("dc1-svr2")["vip_held"]
     # Postfix on the active DC's standby only delivers its own queue (see FAILOVER.md): it
     # listens on the shared IP it does not hold and on 127.0.0.1, never on its own address.
     refused = lab.clientlib("send", "--host", public_ip("dc1-svr1"), "--port", "25", "--sender",
@@ -245,32 +177,32 @@ def test_drill_2_cut_the_active_nodes_link(lab: Lab, unique: str) -> None:
         # The guard fences svr1 (it lost its peer and its uplink): no shared IP, no Postfix.
         lab.wait_for("svr1 fenced", lambda: (lambda r: r["fenced"] and not r["vip_held"]
                      and not r["postfix_running"] and not r["heartbeat_running"])(
-                         role(lab, "dc1-svr1")), timeout=30, interval=0.5)  # fmt: skip
-        lab.wait_for("svr2 active", lambda: role(lab, "dc1-svr2")["role"] == "active",
+                         lab.role("dc1-svr1")), timeout=30, interval=0.5)  # fmt: skip
+        lab.wait_for("svr2 active", lambda: lab.role("dc1-svr2")["role"] == "active",
                      timeout=30, interval=0.5)  # fmt: skip
         print(f"cut: settled after {time.monotonic() - t0:.1f}s")
         # Exactly one node holds the shared IP, seen inside the hosts ...
-        assert holders(lab, DC1) == ["dc1-svr2"]
+        assert lab.holders(DC1) == ["dc1-svr2"]
         # ... and from the client: SMTP on the VIP answers, every time, and mail goes through.
         for _ in range(5):
             assert smtp_banner_from(lab, VIP1)
         user = new_user(lab)
-        assert send(lab, VIP1, user, unique)["ok"]
-        assert readable(lab, VIP1, user, unique, 1) == {unique}
+        assert lab.send(VIP1, user, unique)["ok"]
+        assert lab.subjects(VIP1, user, unique, 1) == {unique}
     finally:
         lab.run("heal", "dc1-svr1")
     # After the heal: within ~30 s svr1 rejoins as the standby; never two holders meanwhile.
     deadline = time.monotonic() + 40
     seen = []
     while time.monotonic() < deadline:
-        h = holders(lab, DC1)
+        h = lab.holders(DC1)
         seen.append(h)
         assert len(h) <= 1, seen
-        r1 = role(lab, "dc1-svr1")
+        r1 = lab.role("dc1-svr1")
         if r1["heartbeat_running"] and not r1["fenced"] and h == ["dc1-svr2"]:
             break
         time.sleep(0.5)
-    assert holders(lab, DC1) == ["dc1-svr2"], seen
+    assert lab.holders(DC1) == ["dc1-svr2"], seen
     wait_rejoined(lab, "dc1-svr1", private_ip("dc1-svr2"), timeout=30)
 
 
@@ -278,33 +210,33 @@ def test_drill_4_database_stop_on_the_master(lab: Lab, unique: str) -> None:
     """MariaDB stopped on the master is a failure of the active node: senders get 4xx (never
     5xx, nothing lost), the guard hands the role to the peer within seconds, and the stopped
     server comes back as a replica."""
-    master = next(h for h in DC1 if role(lab, h)["role"] == "active")
+    master = next(h for h in DC1 if lab.role(h)["role"] == "active")
     peer = DC1[1] if master == DC1[0] else DC1[0]
     user = new_user(lab)
-    stream = Stream(lab, VIP1, user, unique, rate=4)
+    stream = lab.stream(VIP1, user, unique, rate=4)
     time.sleep(3)
     lab.exec(master, "service", "mariadb", "stop")
     t0 = time.monotonic()
     # A submission while the master's database is down: a 4xx or a stalled session (Dovecot
     # auth queues the lookup) — never a 250 nor a 5xx. Sent beside the wait for the takeover.
     with ThreadPoolExecutor(1) as pool:
-        early_f = pool.submit(send, lab, VIP1, user, unique + "-early")
-        lab.wait_for(f"{peer} to take over", lambda: role(lab, peer)["role"] == "active",
+        early_f = pool.submit(lab.send, VIP1, user, unique + "-early")
+        lab.wait_for(f"{peer} to take over", lambda: lab.role(peer)["role"] == "active",
                      timeout=30, interval=0.3)  # fmt: skip
         took = time.monotonic() - t0
         early = early_f.result()
     print(f"db stop: {peer} active {took:.1f}s after the stop; early send: {early}")
     assert took < 15
     time.sleep(3)
-    result = stream.finish()
+    result = stream.result(timeout=120)
     assert not result["permanent"], result["permanent"]
     temp = [f for f in result["failed"] if f["code"] is not None]
     assert all(400 <= int(f["code"]) < 500 for f in temp), temp
     assert early["ok"] or early.get("smtp_code") is None or 400 <= early["smtp_code"] < 500, early
     acked = set(result["acked"]) | ({unique + "-early"} if early["ok"] else set())
-    got = readable(lab, VIP1, user, unique, len(acked))
+    got = lab.subjects(VIP1, user, unique, len(acked))
     assert acked <= got, sorted(acked - got)
-    rp = role(lab, peer)
+    rp = lab.role(peer)
     assert rp["db"]["read_only"] is False
     wait_rejoined(lab, master, private_ip(peer))
 
@@ -314,12 +246,12 @@ def test_drill_3_data_centre_loss_failover_rejoin_failback(lab: Lab, unique: str
     acked: set[str] = set()
     for i in range(3):
         s = f"{unique} dc1-before {i}"
-        assert send(lab, VIP1, user, s)["ok"]
+        assert lab.send(VIP1, user, s)["ok"]
         acked.add(s)
-    assert readable(lab, VIP1, user, unique, len(acked)) == acked
+    assert lab.subjects(VIP1, user, unique, len(acked)) == acked
     # The mailbox must be in dc2's database before dc1 goes (replication, measured: ms).
-    lab.wait_for("the mailbox in dc2", lambda: sql(
-        lab, "dc2-svr1", f"SELECT COUNT(*) FROM postfixadmin.mailbox WHERE username='{user[0]}'"
+    lab.wait_for("the mailbox in dc2", lambda: lab.sql(
+        "dc2-svr1", f"SELECT COUNT(*) FROM postfixadmin.mailbox WHERE username='{user[0]}'"
     ) == "1", timeout=20)  # fmt: skip
     lab.run("cut", "dc1")
     try:
@@ -330,45 +262,45 @@ def test_drill_3_data_centre_loss_failover_rejoin_failback(lab: Lab, unique: str
         mx = lab.client("dig", "+short", f"@{VIP2}", DOMAIN, "MX").stdout.strip()
         assert a == [VIP2], a
         assert mx.endswith(f"mail.{DOMAIN}."), mx
-        holder2 = next(h for h in DC2 if role(lab, h)["vip_held"])
-        r = role(lab, holder2)
+        holder2 = next(h for h in DC2 if lab.role(h)["vip_held"])
+        r = lab.role(holder2)
         assert r["role"] == "active" and r["db"]["read_only"] is False
         dc2_user = new_user(lab)  # Postfix Admin on dc2's master: the database is writable
         for i in range(3):
             s = f"{unique} dc2 {i}"
-            assert send(lab, VIP2, user, s)["ok"]
+            assert lab.send(VIP2, user, s)["ok"]
             acked.add(s)
-        assert send(lab, VIP2, dc2_user, unique + " dc2-new")["ok"]
+        assert lab.send(VIP2, dc2_user, unique + " dc2-new")["ok"]
         print(f"dc failover: mail accepted in dc2 {time.monotonic() - t0:.1f}s after the apply")
-        assert {s for s in acked if " dc2 " in s} <= readable(lab, VIP2, user, f"{unique} dc2", 3)
+        assert {s for s in acked if " dc2 " in s} <= lab.subjects(VIP2, user, f"{unique} dc2", 3)
     finally:
         lab.run("heal", "dc1")
     # Rejoin: dc1 is the standby, its databases replicate from dc2, nothing of dc2's is lost.
     lab.run("apply", "--stack", "dc1", "--set", "activeDc=dc2")
     for h in DC1:
-        r = role(lab, h)
+        r = lab.role(h)
         assert r["role"] == "standby" and not r["postfix_running"], r
         wait_rejoined(lab, h, VIP2, timeout=60, standby_dc=True)
     assert lab.exec("dc1-svr1", "sh", "-c", ". /etc/mailcluster/cluster.conf; echo $DNS_ROLE"
                     ).stdout.strip() == "slave"  # fmt: skip
-    lab.wait_for("dc2's mailbox in dc1", lambda: sql(
-        lab, "dc1-svr1", f"SELECT COUNT(*) FROM postfixadmin.mailbox WHERE username='{dc2_user[0]}'"
+    lab.wait_for("dc2's mailbox in dc1", lambda: lab.sql(
+        "dc1-svr1", f"SELECT COUNT(*) FROM postfixadmin.mailbox WHERE username='{dc2_user[0]}'"
     ) == "1", timeout=30)  # fmt: skip
     # Fail back: the active side steps down first (never two writable masters), then dc1.
     lab.run("apply", "--stack", "dc2", "--set", "activeDc=dc1")
     lab.run("apply", "--stack", "dc1", "--set", "activeDc=dc1")
-    holder1 = next(h for h in DC1 if role(lab, h)["vip_held"])
-    assert role(lab, holder1)["db"]["read_only"] is False
+    holder1 = next(h for h in DC1 if lab.role(h)["vip_held"])
+    assert lab.role(holder1)["db"]["read_only"] is False
     for h in DC2:
         wait_rejoined(lab, h, VIP1, timeout=60, standby_dc=True)
     a = lab.client("dig", "+short", f"@{VIP1}", f"mail.{DOMAIN}", "A").stdout.split()
     assert a == [VIP1], a
     for i in range(3):
         s = f"{unique} dc1-after {i}"
-        assert send(lab, VIP1, user, s)["ok"]
+        assert lab.send(VIP1, user, s)["ok"]
         acked.add(s)
     # Count: every message acknowledged in either data centre is in dc1 now.
-    got = readable(lab, VIP1, user, unique, len(acked), timeout=90)
+    got = lab.subjects(VIP1, user, unique, len(acked), timeout=90)
     assert acked <= got, sorted(acked - got)
-    assert readable(lab, VIP1, dc2_user, unique, 1) == {unique + " dc2-new"}
+    assert lab.subjects(VIP1, dc2_user, unique, 1) == {unique + " dc2-new"}
     assert lab.status()["active_dc"] == "dc1"

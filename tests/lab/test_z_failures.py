@@ -6,7 +6,8 @@ node is never disturbed by these machinery checks; the HA drills exercise the se
 
 from __future__ import annotations
 
-from labtools import Lab
+from cluster.lab.driver import Lab
+from cluster.lab.model import volume_path
 
 HOST = "dc2-svr2"
 ADDR = "203.0.113.12"
@@ -15,7 +16,7 @@ ADDR = "203.0.113.12"
 def test_crash_and_boot_keep_the_disk_and_the_volume(lab: Lab, unique: str) -> None:
     lab.exec(HOST, "sh", "-c", f"echo {unique} > /root/crash-test")
     # The volume keeps what was written to its block device across the power cut.
-    dev = f"/dev/disk/by-id/scsi-0Linode_Volume_{HOST}-mail"
+    dev = volume_path(HOST)
     lab.exec(
         HOST,
         "sh",

@@ -7,14 +7,14 @@ import os
 import subprocess
 from pathlib import Path
 
-from labtools import KEEP, Lab
+from cluster.lab.driver import Lab
 
 
 def _lab_dir() -> Path:
     return Path(os.environ.get("MAILCLUSTER_LAB_DIR", "/var/lib/mailcluster-lab"))
 
 
-def test_down_leaves_nothing(lab: Lab) -> None:
+def test_down_leaves_nothing(lab: Lab, keep: bool) -> None:
     lab.run("down")
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert "mclab-" not in netns
@@ -30,5 +30,5 @@ def test_down_leaves_nothing(lab: Lab) -> None:
     assert procs.stdout.strip() == ""
     # A second `down` finds nothing to do and says so.
     assert "nothing to remove" in lab.run("down").stdout
-    if KEEP:
+    if keep:
         lab.run("up", timeout=1800)

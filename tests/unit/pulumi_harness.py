@@ -11,7 +11,8 @@ import functools
 import json
 import runpy
 import threading
-from collections.abc import Iterator, Mapping
+import zlib
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from pulumi.runtime.stack import wait_for_rpcs
 from pulumi.runtime.sync_await import _sync_await
 
 from cluster.material import ClusterSecrets, generate, pem_key
+from cluster.pulumi import forward_dns
 from cluster.pulumi.peer import OUT_CA_KEY, OUT_SECRETS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,21 +70,58 @@ class Registered:
     state: dict[str, Any]
     id: str = ""
     dependencies: list[str] = field(default_factory=list)
+    options: Options = field(default_factory=lambda: Options())
+
+
+@dataclass(frozen=True)
+class Options:
+    """The resource options the engine would act on, as the RegisterResource request carries
+    them (input names as the engine sees them: camelCase)."""
+
+    protect: bool = False
+    retain_on_delete: bool = False
+    delete_before_replace: bool = False
+    ignore_changes: tuple[str, ...] = ()
+    replace_on_changes: tuple[str, ...] = ()
+    # Explicit ``depends_on`` only: ``dependencies`` minus those any input already carries.
+    depends_on: tuple[str, ...] = ()
+
+    @staticmethod
+    def of(request: Any) -> Options:
+        via_inputs = {u for deps in request.propertyDependencies.values() for u in deps.urns}
+        return Options(
+            protect=bool(request.protect),
+            retain_on_delete=bool(request.retainOnDelete),
+            delete_before_replace=bool(request.deleteBeforeReplace),
+            ignore_changes=tuple(request.ignoreChanges),
+            replace_on_changes=tuple(request.replaceOnChanges),
+            depends_on=tuple(u for u in request.dependencies if u not in via_inputs),
+        )
 
 
 class ClusterMocks(pulumi.runtime.Mocks):
     """Deterministic fake providers: numeric ids, addresses from the stack's mock net, real
     PEMs where the program parses them, and the given peer outputs for StackReferences."""
 
-    def __init__(self, stack: str, peer_outputs: Mapping[str, Any] | None) -> None:
+    def __init__(
+        self,
+        stack: str,
+        peer_outputs: Mapping[str, Any] | None,
+        previous_outputs: Mapping[str, Any] | None = None,
+    ) -> None:
         self.stack = stack
         self.peer_outputs = dict(peer_outputs or {})
+        # This stack's own outputs from its last `up` (None: never deployed), as the engine's
+        # builtin `pulumi:pulumi:readStackOutputs` would return them.
+        self.previous_outputs = dict(previous_outputs) if previous_outputs is not None else None
         self.count = 0
         self.last: dict[str, Any] = {}
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
         self.count += 1
-        rid = str(1000 + self.count)
+        # Stable per resource, as a deployed resource's id is from one `up` to the next: a
+        # counter would change ids with the registration order and fake diffs between runs.
+        rid = str(100000 + zlib.crc32(f"{args.typ}::{args.name}".encode()) % 900000)
         state: dict[str, Any] = {}
         net = MOCK_NETS.get(self.stack, "192.0.2")
         if args.typ == "pulumi:pulumi:StackReference":
@@ -113,8 +152,14 @@ class ClusterMocks(pulumi.runtime.Mocks):
             state = {"certRequestPem": "-----BEGIN CERTIFICATE REQUEST-----\n"}
         return rid, {**args.inputs, **state}
 
-    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], None]:
-        return {}, None
+    def call(
+        self, args: pulumi.runtime.MockCallArgs
+    ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+        if args.token == "pulumi:pulumi:readStackOutputs":
+            # A stack that exists but was never deployed has no outputs.
+            outputs = self.previous_outputs or {}
+            return {"name": args.args.get("name"), "outputs": outputs}, []
+        return {}, []
 
 
 class RecordingMonitor(MockMonitor):
@@ -132,7 +177,7 @@ class RecordingMonitor(MockMonitor):
             self.registered.append(
                 Registered(
                     request.type, request.name, response.urn, inputs, dict(registration.state),
-                    str(registration.id or ""), list(request.dependencies),
+                    str(registration.id or ""), list(request.dependencies), Options.of(request),
                 )
             )  # fmt: skip
         return response
@@ -175,6 +220,16 @@ class Result:
         return {k: v for k, v in self.outputs.items() if v is not None}
 
 
+def _glue_in_place(name: str, address: str) -> bool:
+    """Every forward name resolves to its address: the registrar's glue is in place."""
+    return True
+
+
+# The monitor of the latest run_stack, kept when the program fails: a test can check what had
+# been declared by then.
+last_monitor: RecordingMonitor | None = None
+
+
 def _config_value(value: Any) -> str:
     # The engine hands structured and scalar config to the program as text (lists as JSON).
     if isinstance(value, str):
@@ -204,9 +259,16 @@ def run_stack(
     config: Mapping[str, Any],
     peer_outputs: Mapping[str, Any] | None = None,
     secret_config: Mapping[str, str] | None = None,
+    previous: Result | None = None,
+    resolves: Callable[[str, str], bool] | None = None,
 ) -> Result:
-    mocks = ClusterMocks(stack, peer_outputs)
-    monitor = RecordingMonitor(mocks)
+    """Run the program for ``stack``; ``previous``: this stack's last run (its outputs are what
+    the program reads back as the deployed state), ``None`` for a first deployment;
+    ``resolves``: the world's DNS (default: every name resolves, the glue is in place)."""
+    global last_monitor
+    forward_dns.resolves = resolves or _glue_in_place
+    mocks = ClusterMocks(stack, peer_outputs, previous.outputs if previous else None)
+    monitor = last_monitor = RecordingMonitor(mocks)
     # set_mocks keeps an existing root Stack; a fresh run needs a fresh one for its outputs.
     settings.ROOT.set(None)
     settings.SETTINGS.rpc_manager.clear()
@@ -281,11 +343,13 @@ def full_secrets(result: Result, material: Result) -> dict[str, Any]:
 @dataclass(frozen=True)
 class Deployment:
     """The README's first deployment, under mocks, with the committed stack files:
-    ``up -s dc1`` (dc2 not deployed yet), ``up -s dc2``, ``up -s dc1`` again."""
+    ``up -s dc1`` (dc2 not deployed yet), ``up -s dc2``, ``up -s dc1`` again, ``up -s dc2``
+    again (each stack's second `up` knows its own nodes' addresses and the peer's)."""
 
     dc1_first: Result
-    dc2: Result
+    dc2_first: Result
     dc1: Result
+    dc2: Result
 
 
 @functools.lru_cache(maxsize=1)
@@ -293,9 +357,10 @@ def committed_deployment() -> Deployment:
     from cluster.stackfiles import read_stack_config
 
     dc1_first = run_stack("dc1", read_stack_config("dc1"))
-    dc2 = run_stack("dc2", read_stack_config("dc2"), dc1_first.peer_view())
-    dc1 = run_stack("dc1", read_stack_config("dc1"), dc2.peer_view())
-    return Deployment(dc1_first, dc2, dc1)
+    dc2_first = run_stack("dc2", read_stack_config("dc2"), dc1_first.peer_view())
+    dc1 = run_stack("dc1", read_stack_config("dc1"), dc2_first.peer_view(), previous=dc1_first)
+    dc2 = run_stack("dc2", read_stack_config("dc2"), dc1.peer_view(), previous=dc2_first)
+    return Deployment(dc1_first, dc2_first, dc1, dc2)
 
 
 ROOT_PASSWORD = "S3cretRootPw"
@@ -319,9 +384,11 @@ def variant_run() -> Result:
     several tests: the mocks run costs more than the asserts)."""
     from cluster.stackfiles import read_stack_config
 
+    deployment = committed_deployment()
     return run_stack(
         "dc1",
         {**read_stack_config("dc1"), **VARIANT_CONFIG},
-        committed_deployment().dc2.peer_view(),
+        deployment.dc2.peer_view(),
         secret_config={"rootPassword": ROOT_PASSWORD, "sshPrivateKey": SSH_PRIVATE_KEY},
+        previous=deployment.dc1,
     )

@@ -7,7 +7,7 @@ from typing import Any
 import pulumi
 import pytest
 
-from cluster.config import ConfigError, StackConfig
+from cluster.config import IP_SHARING, ConfigError, StackConfig
 from cluster.pulumi import config as pulumi_config
 from cluster.stackfiles import read_stack_config
 
@@ -73,7 +73,7 @@ def test_standby_without_peer_stack_names_peer_stack() -> None:
 def test_good_config_loads_with_defaults() -> None:
     cfg = pulumi_config.load(good(), "dc2")
     assert isinstance(cfg, StackConfig)
-    assert (cfg.dc, cfg.region, cfg.volume_size_gb, cfg.active_dc) == ("dc2", "us-central", 80,
+    assert (cfg.dc, cfg.region, cfg.volume_size_gb, cfg.active_dc) == ("dc2", "us-ord", 80,
                                                                        "dc1")  # fmt: skip
 
 
@@ -130,3 +130,34 @@ def test_json_text_lists_from_the_engine_are_accepted() -> None:
         _with_runtime_config({})
     assert cfg.admin_cidrs == ("203.0.113.0/24", "2001:db8::/32")
     assert cfg.volume_size_gb == 120 and cfg.imap_plaintext is True
+
+
+@pytest.mark.parametrize(
+    ("region", "method"),
+    [
+        ("us-east", "arp"),  # Newark is BGP-only
+        ("eu-central", "arp"),
+        ("us-southeast", "bgp"),  # Atlanta: no documented IP sharing
+        ("ap-northeast", "arp"),  # Tokyo: "undergoing network upgrades" (was ARP-legacy)
+        ("se-sto", "bgp"),  # newer region, not in Linode's table
+    ],
+)
+def test_shared_ip_method_must_be_what_the_region_supports(region: str, method: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        pulumi_config.load(good(region=region, sharedIpMethod=method), "dc1")
+    message = str(err.value)
+    assert "mailcluster:sharedIpMethod:" in message and region in message
+    assert "us-east (bgp)" in message  # says what is allowed
+
+
+def test_default_regions_share_ips_by_bgp() -> None:
+    for dc in ("dc1", "dc2"):
+        cfg = pulumi_config.load(good(), dc)
+        assert IP_SHARING[cfg.region] == cfg.shared_ip_method == "bgp"
+
+
+def test_the_lab_override_stays_valid() -> None:
+    # The lab is not a Linode region: its arp override is checked by load_config only.
+    from cluster.lab.model import lab_config
+
+    assert lab_config("dc1").shared_ip_method == "arp"

@@ -112,7 +112,7 @@ def test_every_plan_packages_known(
 
 def test_no_secret_in_any_command(topologies: dict[str, Topology], secrets: ClusterSecrets) -> None:
     values = [
-        v for k, v in secrets.to_dict().items() if isinstance(v, str) and k != "ca_cert_pem"
+        v for k, v in secrets.to_dict().items() if isinstance(v, str) and v and k != "ca_cert_pem"
     ] + [pair.key_pem for pair in secrets.tls.values()]
     for topo in topologies.values():
         for node in topo.own_nodes:

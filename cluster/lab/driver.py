@@ -1,0 +1,237 @@
+"""The lab as a program drives it: tests and benchmarks script ``python -m cluster.lab`` through
+this one class, as users and CI script the command line.
+
+Failures raise ``DriverError``, which is also an ``AssertionError``: in a test a lab command that
+fails or a wait that times out is a failed expectation, and pytest reports it as one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from cluster.lab import addresses as A
+from cluster.lab import cgroups, lifecycle
+from cluster.lab.run import LabError
+from cluster.lab.secrets import ca_file
+from cluster.lab.state import LabState
+
+REPO = Path(__file__).resolve().parents[2]
+ROLE_TOOL = "mailcluster-role"
+T = TypeVar("T")
+
+
+class DriverError(LabError, AssertionError):
+    """A lab command failed, or what a caller waited for did not happen in time."""
+
+
+def public_ip(host: str) -> str:
+    dc, slot = host.split("-")
+    return A.lab_dc_addresses(dc).nodes[slot].public_ipv4
+
+
+def private_ip(host: str) -> str:
+    dc, slot = host.split("-")
+    return A.lab_dc_addresses(dc).nodes[slot].private_ipv4
+
+
+def shared_ip(dc: str) -> str:
+    return A.lab_dc_addresses(dc).shared_ipv4
+
+
+def last_json(out: str) -> dict[str, Any]:
+    """The JSON object a clientlib command prints as its last line."""
+    data: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return data
+
+
+class Background:
+    """A clientlib command running in the client while the caller does other things."""
+
+    def __init__(self, argv: list[str], stop_file: Path | None = None) -> None:
+        self.stop_file = stop_file
+        self.proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, text=True)
+
+    def result(self, timeout: float = 300) -> dict[str, Any]:
+        """Ask it to stop (when it takes a stop file), then its JSON result."""
+        if self.stop_file is not None:
+            self.stop_file.touch()
+        out, _ = self.proc.communicate(timeout=timeout)
+        return last_json(out)
+
+
+class Lab:
+    """The lab's command line, plus what every script of it needs on top."""
+
+    def __init__(self) -> None:
+        self.up_seconds = 0.0
+
+    # -- the command line ----------------------------------------------------------------------
+
+    def run(
+        self,
+        *args: str,
+        input: str | None = None,
+        check: bool = True,
+        timeout: float = 900,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """``python -m cluster.lab -q ARGS``; ``env`` adds to this process's environment."""
+        proc = subprocess.run(
+            [sys.executable, "-m", "cluster.lab", "-q", *args],
+            cwd=REPO,
+            input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=None if env is None else {**os.environ, **env},
+            check=False,
+        )
+        if check and proc.returncode != 0:
+            raise DriverError(
+                f"lab {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+            )
+        return proc
+
+    def spawn(self, *args: str) -> subprocess.Popen[str]:
+        """``python -m cluster.lab -q ARGS`` in the background, its stdout piped."""
+        argv = [sys.executable, "-m", "cluster.lab", "-q", *args]
+        return subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, text=True)
+
+    def timed(self, *args: str, **kw: Any) -> tuple[float, subprocess.CompletedProcess[str]]:
+        t0 = time.monotonic()
+        proc = self.run(*args, **kw)
+        return time.monotonic() - t0, proc
+
+    def exec(
+        self, host: str, *cmd: str, check: bool = True, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return self.run("exec", host, "--", *cmd, check=check, input=input)
+
+    def client(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.run("client", "--", *cmd, check=check)
+
+    def status(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.run("status", "--json").stdout)
+        return data
+
+    def add_mailbox(self, address: str, password: str) -> None:
+        self.run("mailbox", "add", address, password)
+
+    def new_mailbox(self, domain: str, prefix: str = "u") -> tuple[str, str]:
+        """A fresh mailbox with a random name and password: (address, password)."""
+        address = f"{prefix}{secrets.token_hex(4)}@{domain}"
+        password = "P" + secrets.token_hex(12)
+        self.add_mailbox(address, password)
+        return address, password
+
+    def crash_now(self, host: str) -> None:
+        """`crash HOST` in this process, so the caller knows the crash instant to the ms."""
+        lifecycle.crash(host)
+
+    # -- the client ("the internet") -----------------------------------------------------------
+
+    @property
+    def ca(self) -> str:
+        """The cluster CA, for clients that verify the lab's TLS."""
+        return str(ca_file())
+
+    def clientlib(self, *args: str) -> dict[str, Any]:
+        """``python3 -m cluster.lab.clientlib ARGS`` in the client: its JSON result."""
+        proc = self.client("python3", "-m", "cluster.lab.clientlib", *args, check=False)
+        try:
+            return last_json(proc.stdout)
+        except (IndexError, ValueError) as e:
+            raise DriverError(f"clientlib {args[0]}: {proc.stdout}\n{proc.stderr}") from e
+
+    def start_clientlib(self, *args: str, stop_file: Path | None = None) -> Background:
+        """A clientlib command in the background (directly in the client namespace: no CLI
+        start-up delay, for probes that must start at once)."""
+        argv = [sys.executable, "-m", "cluster.lab.clientlib", *args]
+        return Background(lifecycle.client_argv(argv), stop_file)
+
+    def send(self, host: str, user: tuple[str, str], subject: str, port: int = 587) -> Any:
+        """A message from ``user`` to itself over submission: STARTTLS, AUTH."""
+        return self.clientlib(
+            "send", "--host", host, "--port", str(port), "--ca", self.ca, "--starttls",
+            "--user", user[0], "--password", user[1], "--sender", user[0], "--to", user[0],
+            "--subject", subject,
+        )  # fmt: skip
+
+    def subjects(
+        self, host: str, user: tuple[str, str], prefix: str, count: int, timeout: float = 60
+    ) -> set[str]:
+        """The subjects starting with ``prefix`` in the user's INBOX over IMAPS, once ``count``
+        are there (or ``timeout`` passed)."""
+        got = self.clientlib("subjects", "--host", host, "--ca", self.ca, "--user", user[0],
+                             "--password", user[1], "--subject", prefix, "--count", str(count),
+                             "--timeout", str(timeout))  # fmt: skip
+        return set(got["subjects"])
+
+    def stream(
+        self, host: str, user: tuple[str, str], prefix: str, seconds: float = 120,
+        rate: float = 5,
+    ) -> Background:  # fmt: skip
+        """The client's steady sender over 587 (clientlib stream) until ``result()``."""
+        stop = Path(tempfile.mkdtemp()) / "stop"
+        return self.start_clientlib("stream", "--host", host, "--ca", self.ca,
+                                    "--user", user[0], "--password", user[1],
+                                    "--subject", prefix, "--seconds", str(seconds),
+                                    "--rate", str(rate), "--stop", str(stop),
+                                    stop_file=stop)  # fmt: skip
+
+    # -- inside the hosts ----------------------------------------------------------------------
+
+    def role(self, host: str, *, check: bool = True) -> dict[str, Any]:
+        """``mailcluster-role status --json`` on the host. With ``check=False`` a host that
+        cannot answer (down, booting) gives ``{}`` instead of an error."""
+        proc = self.exec(host, ROLE_TOOL, "status", "--json", check=check)
+        try:
+            data: dict[str, Any] = json.loads(proc.stdout)
+        except ValueError:
+            if check:
+                raise
+            return {}
+        return data
+
+    def holders(self, hosts: Iterable[str]) -> list[str]:
+        """Which of ``hosts`` hold their data centre's shared IP."""
+        return [h for h in hosts if self.role(h)["vip_held"]]
+
+    def sql(self, host: str, query: str) -> str:
+        return self.exec(host, "mysql", "-uroot", "-N", "-B", "-e", query).stdout.strip()
+
+    def cpu_seconds(self, hosts: Iterable[str]) -> dict[str, float]:
+        """Each host's CPU time (user + system) so far, from its cgroup (see cgroups.py)."""
+        state = LabState.load()
+        out = {}
+        for host in hosts:
+            rec = state.hosts.get(host)
+            if rec is None or not rec.pid:
+                raise DriverError(f"{host} is not running")
+            out[host] = cgroups.cpu_seconds(rec.cgroup)
+        return out
+
+    # -- waiting -------------------------------------------------------------------------------
+
+    def wait_for(
+        self, what: str, probe: Callable[[], T], timeout: float = 60, interval: float = 0.5
+    ) -> T:
+        """Poll ``probe()`` until it returns something truthy; fail naming ``what``."""
+        deadline = time.monotonic() + timeout
+        last: T | None = None
+        while time.monotonic() < deadline:
+            last = probe()
+            if last:
+                return last
+            time.sleep(interval)
+        raise DriverError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last}")

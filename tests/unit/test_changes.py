@@ -1,0 +1,376 @@
+"""Day-2 changes, proven under mocks: the program before and after a config change, every
+changed input classified by the provider's rules (``cluster/pulumi/change_rules.py``).
+
+Rules: no routine change replaces or deletes an instance, a volume or the shared IP; an update
+that takes a node down reaches one node of a data centre at a time, the shared-IP holder last
+and after the handover to its peer; region and domain changes are refused before any resource
+is declared; what an `up` does per key is what the README's table says.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi_harness as harness
+import pytest
+from pulumi_harness import (
+    ROOT,
+    Deployment,
+    Registered,
+    Result,
+    committed_deployment,
+    run_stack,
+    unwrap,
+)
+
+from cluster.config import ConfigError, load_config
+from cluster.pulumi import change_rules
+from cluster.pulumi.change_rules import (
+    INSTANCE,
+    INSTANCE_IP,
+    KEPT_TYPES,
+    KEY_CHANGES,
+    VOLUME,
+    Effect,
+    Outcome,
+)
+from cluster.pulumi.provision import LANES, plan_structure, real_plans, resource_name
+from cluster.stackfiles import read_stack_config
+
+NEW_KEY = (
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB2Jq4vN7xY0a1s2d3f4g5h6j7k8l9z0x1c2v3b4n5m6 new@laptop"
+)
+
+
+@dataclass(frozen=True)
+class Diff:
+    """What an `up` from ``before`` to ``after`` would do, by resource name."""
+
+    before: Result
+    after: Result
+    effects: dict[str, dict[str, Effect]]
+    deleted: list[Registered]
+
+    @property
+    def types(self) -> dict[str, str]:
+        return {r.name: r.typ for r in [*self.before.resources, *self.after.resources]}
+
+    @property
+    def outcome(self) -> Outcome:
+        return change_rules.outcome_of(self.effects, self.types)
+
+    def effect(self, name: str) -> Effect | None:
+        found = self.effects.get(name)
+        return max(found.values(), key=lambda e: e.value) if found else None
+
+
+def diff(before: Result, after: Result) -> Diff:
+    old = {r.urn: r for r in before.resources}
+    new = {r.urn: r for r in after.resources}
+    effects: dict[str, dict[str, Effect]] = {}
+    for urn, res in new.items():
+        if urn in old:
+            # ignore_changes of the new program decides, as the engine does.
+            found = change_rules.classify(
+                res.typ, unwrap(old[urn].inputs), unwrap(res.inputs), res.options.ignore_changes
+            )
+            if found:
+                effects[res.name] = found
+    return Diff(before, after, effects, [r for u, r in old.items() if u not in new])
+
+
+def assert_safe(d: Diff) -> None:
+    """No kept resource replaced or deleted, whatever the change."""
+    for res in d.deleted:
+        assert res.typ not in KEPT_TYPES, f"{res.name} would be deleted"
+    for name, effects in d.effects.items():
+        if d.types[name] in KEPT_TYPES:
+            assert Effect.REPLACE not in effects.values(), f"{name} replaced: {effects}"
+
+
+# -- the runs -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def deployment() -> Deployment:
+    return committed_deployment()
+
+
+def _after(
+    deployment: Deployment,
+    dc: str,
+    changes: Mapping[str, Any],
+    secret: Mapping[str, str] | None = None,
+    before: Result | None = None,
+) -> Result:
+    before = before or (deployment.dc1 if dc == "dc1" else deployment.dc2)
+    peer = deployment.dc2 if dc == "dc1" else deployment.dc1
+    raw = {**read_stack_config(dc), **changes}
+    return run_stack(dc, raw, peer.peer_view(), secret_config=secret, previous=before)
+
+
+@functools.lru_cache(maxsize=1)
+def _unprovisioned() -> Result:
+    """dc1 after its deployment with provision: false: infrastructure only, a fast baseline for
+    the changes that touch no more than infrastructure when provisioning is off."""
+    d = committed_deployment()
+    raw = {**read_stack_config("dc1"), "provision": False}
+    return run_stack("dc1", raw, d.dc2.peer_view(), previous=d.dc1)
+
+
+# Changes whose effect on the infrastructure shows without provisioning (fast runs). The
+# provisioned changes below also prove what the Commands do.
+INFRA_CHANGES: dict[str, dict[str, Any]] = {
+    "volumeSizeGb": {"volumeSizeGb": 160},
+    "adminCidrs": {"adminCidrs": ["192.0.2.0/24", "198.51.100.7/32"]},
+    "heartbeatKeepaliveMs": {"heartbeatKeepaliveMs": 100},
+    "heartbeatDeadtimeMs": {"heartbeatDeadtimeMs": 600},
+    "dnsTtl": {"dnsTtl": 60},
+    "tlsMode": {"tlsMode": "letsencrypt", "letsencryptEmail": "hostmaster@example.com"},
+    "messageSizeLimitMb": {"messageSizeLimitMb": 25},
+    "sshKeys": {"sshKeys": [*read_stack_config("dc1")["sshKeys"], NEW_KEY]},
+}
+
+
+@pytest.mark.parametrize("key", sorted(INFRA_CHANGES))
+def test_infrastructure_change_is_safe_and_as_documented(key: str) -> None:
+    before = _unprovisioned()
+    after = run_stack(
+        "dc1",
+        {**read_stack_config("dc1"), "provision": False, **INFRA_CHANGES[key]},
+        committed_deployment().dc2.peer_view(),
+        previous=committed_deployment().dc1,
+    )
+    d = diff(before, after)
+    assert_safe(d)
+    assert d.outcome is KEY_CHANGES[key].outcome
+    if key == "volumeSizeGb":
+        assert {d.effect(n) for n in ("dc1-svr1-mail", "dc1-svr2-mail")} == {Effect.IN_PLACE}
+    if key == "adminCidrs":
+        assert d.effects == {"dc1-fw": {"inbounds": Effect.IN_PLACE}}
+    if key == "sshKeys":
+        # authorized_keys would replace both nodes: the Instance ignores it after creation.
+        assert not any(d.types[n] == INSTANCE for n in d.effects)
+
+
+def test_removing_an_ssh_key_replaces_nothing() -> None:
+    keys = [*read_stack_config("dc1")["sshKeys"], NEW_KEY]
+    d = committed_deployment()
+    base = {**read_stack_config("dc1"), "provision": False}
+    two = run_stack("dc1", {**base, "sshKeys": keys}, d.dc2.peer_view(), previous=d.dc1)
+    one = run_stack("dc1", {**base, "sshKeys": keys[:1]}, d.dc2.peer_view(), previous=two)
+    changes = diff(two, one)
+    assert_safe(changes)
+    assert changes.effects == {}
+
+
+def _digests(changes: Mapping[str, Any], root_password: str = "") -> dict[str, str]:
+    """Each step's digest (the Command's trigger) on dc1's nodes, from the pure plan: a step
+    whose digest changes is the Command an `up` re-runs, and only that one."""
+    d = committed_deployment()
+    config = load_config({**read_stack_config("dc1"), **changes}, "dc1")
+    secrets = {**harness.full_secrets(d.dc1, d.dc1), "root_password": root_password}
+    plans = real_plans(config, d.dc1.outputs["addresses"], d.dc2.outputs["addresses"], secrets)
+    return {f"{node}/{name}": v for node, p in plans.items() for name, v in p.digests().items()}
+
+
+def _rerun(changes: Mapping[str, Any], root_password: str = "") -> set[str]:
+    before, after = _digests({}), _digests(changes, root_password)
+    return {step for step in after if before.get(step) != after[step]}
+
+
+def test_adding_an_ssh_key_rewrites_authorized_keys_only() -> None:
+    # The Instances ignore authorized_keys (test_infrastructure_change_is_safe_and_as_documented);
+    # the plan rewrites root's file on both nodes, and nothing else re-runs.
+    assert _rerun(INFRA_CHANGES["sshKeys"]) == {
+        "dc1-svr1/access.authorized-keys", "dc1-svr2/access.authorized-keys"
+    }  # fmt: skip
+
+
+def test_root_password_is_set_by_provisioning_not_by_a_reboot(deployment: Deployment) -> None:
+    raw = {**read_stack_config("dc1"), "provision": False}
+    after = run_stack("dc1", raw, deployment.dc2.peer_view(), previous=deployment.dc1,
+                      secret_config={"rootPassword": "N3wRootPw"})  # fmt: skip
+    d = diff(_unprovisioned(), after)
+    assert_safe(d)
+    assert d.effects == {}  # root_pass is create-time only: no shutdown, no reset
+    assert d.outcome is KEY_CHANGES["rootPassword"].outcome
+    assert _rerun({}, "N3wRootPw") == {
+        "dc1-svr1/access.root-password", "dc1-svr2/access.root-password"
+    }  # fmt: skip
+
+
+# -- rolling updates --------------------------------------------------------------------------
+def _reaches(result: Result, start: str, goal: str) -> bool:
+    """Whether ``start`` (a URN) depends on ``goal``, directly or through others."""
+    by_urn = {r.urn: r for r in result.resources}
+    seen, todo = set(), [start]
+    while todo:
+        urn = todo.pop()
+        if urn == goal:
+            return True
+        if urn not in seen and urn in by_urn:
+            seen.add(urn)
+            todo += by_urn[urn].dependencies
+    return False
+
+
+def test_resize_rolls_one_node_at_a_time_holder_last(deployment: Deployment) -> None:
+    after = _after(deployment, "dc1", {"instanceType": "g6-standard-4"})
+    d = diff(deployment.dc1, after)
+    assert_safe(d)
+    assert d.outcome is Outcome.ROLLING is KEY_CHANGES["instanceType"].outcome
+    svr1 = after.one_named(INSTANCE, "dc1-svr1")
+    svr2 = after.one_named(INSTANCE, "dc1-svr2")
+    assert d.effect(svr1.name) is d.effect(svr2.name) is Effect.DISRUPTIVE
+    # The holder of the shared IP is svr1 ...
+    ip = after.one(INSTANCE_IP.rsplit(":", 1)[1])
+    assert str(int(float(unwrap(ip.inputs["linodeId"])))) == svr1.id
+    # ... and goes down last: it waits for svr2's update and for the handover on svr2, which
+    # itself waits for svr2 (so the engine never has both in flight), and no path leads back.
+    handover = after.one_named("command:remote:Command", "dc1-svr2-handover")
+    assert {svr2.urn, handover.urn} <= set(svr1.options.depends_on)
+    assert _reaches(after, handover.urn, svr2.urn)
+    assert not _reaches(after, svr2.urn, svr1.urn)
+    assert unwrap(handover.inputs["connection"])["host"] == svr2.state["ipAddress"]
+    # The handover re-runs because the resize is pending; it takes the IP and the role over.
+    assert d.effect(handover.name) is Effect.REPLACE
+    assert "hb_takeover" in handover.inputs["create"] and "is-holder" in handover.inputs["create"]
+    # Provisioning waits for the instances, so no step runs during the rollout.
+    for cmd in after.of_type("remote:Command"):
+        if cmd.name != handover.name:
+            assert svr1.urn in cmd.dependencies
+
+
+def test_disruptive_updates_never_reach_both_nodes_at_once(deployment: Deployment) -> None:
+    """The rule for every input the table calls disruptive, not just the one we change today:
+    in each stack one instance depends on the other."""
+    for result in (deployment.dc1, deployment.dc2):
+        instances = result.of_type("instance:Instance")
+        a, b = instances
+        assert _reaches(result, a.urn, b.urn) != _reaches(result, b.urn, a.urn)
+
+
+# -- failover, refused changes -----------------------------------------------------------------
+@pytest.mark.parametrize("dc", ["dc1", "dc2"])
+def test_active_dc_change_is_in_place(deployment: Deployment, dc: str) -> None:
+    if dc == "dc2":  # the failover itself, provisioned
+        before = deployment.dc2
+        after = _after(deployment, dc, {"activeDc": "dc2"})
+    else:  # dc1 rejoining as the standby: its infrastructure (fast, unprovisioned)
+        before = _unprovisioned()
+        after = _after(deployment, dc, {"activeDc": "dc2", "provision": False})
+    d = diff(before, after)
+    assert_safe(d)
+    assert d.outcome is KEY_CHANGES["activeDc"].outcome is Outcome.IN_PLACE
+    assert after.outputs["activeDc"] == "dc2"
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("region", "eu-central"), ("domain", "example.org")]
+)  # fmt: skip
+def test_unsafe_change_is_refused_before_any_resource(
+    deployment: Deployment, key: str, value: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        _after(deployment, "dc1", {key: value})
+    message = str(err.value)
+    assert f"mailcluster:{key}:" in message and "Instead:" in message
+    assert KEY_CHANGES[key].outcome is Outcome.REFUSED
+    assert harness.last_monitor is not None and harness.last_monitor.registered == []
+
+
+def test_first_deployment_is_not_refused(deployment: Deployment) -> None:
+    # No previous outputs: any region and domain are fine (the committed deployment ran).
+    assert deployment.dc1_first.outputs["region"] == "us-east"
+
+
+# -- options the engine acts on ---------------------------------------------------------------
+def test_data_and_the_shared_ip_are_protected(deployment: Deployment) -> None:
+    for result in (deployment.dc1, deployment.dc2):
+        for res in result.resources:
+            if res.typ in KEPT_TYPES:
+                assert res.options.protect, res.name
+            if res.typ == VOLUME:
+                assert res.options.retain_on_delete, res.name
+            if res.typ == INSTANCE:
+                assert set(res.options.ignore_changes) >= {
+                    "authorizedKeys", "rootPass", "image", "firewallId", "networkHelper"
+                }  # fmt: skip
+                assert res.inputs["networkHelper"] is False
+                assert res.options.delete_before_replace  # fixed, account-unique labels
+
+
+def test_the_rules_table_covers_every_input_we_set(deployment: Deployment) -> None:
+    for result in (deployment.dc1_first, deployment.dc1, deployment.dc2):
+        for res in result.resources:
+            if res.typ.startswith(change_rules.COMPONENT_PREFIX):
+                continue
+            missing = set(res.inputs) - set(change_rules.RULES[res.typ])
+            assert not missing, f"{res.typ}: no rule for {sorted(missing)}"
+    assert change_rules.rule(INSTANCE, "somethingNew").effect is Effect.REPLACE
+
+
+def test_every_config_key_has_a_documented_outcome() -> None:
+    from cluster.config import KEYS, SECRET_KEYS
+
+    assert set(KEY_CHANGES) == {*KEYS, *SECRET_KEYS, "dc"}
+
+
+def test_readme_table_is_generated_from_the_rules() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert change_rules.markdown() in readme, (
+        "README's 'Changing a running cluster' table is stale: regenerate it with "
+        "`python -m cluster.pulumi.change_rules --markdown`"
+    )
+
+
+# -- SSH sessions --------------------------------------------------------------------------------
+def _width(nodes: list[Registered], result: Result) -> int:
+    """The most commands that could run at once: the largest antichain of the dependency
+    order (Dilworth: commands minus a maximum matching of the comparability graph)."""
+    by_urn = {r.urn: r for r in result.resources}
+    memo: dict[str, frozenset[str]] = {}
+
+    def below(urn: str) -> frozenset[str]:
+        if urn not in memo:
+            deps = by_urn[urn].dependencies if urn in by_urn else []
+            memo[urn] = frozenset(deps).union(*(below(d) for d in deps))
+        return memo[urn]
+
+    urns = [n.urn for n in nodes]
+    reach = {u: below(u) & set(urns) for u in urns}
+    match: dict[str, str] = {}
+
+    def augment(u: str, seen: set[str]) -> bool:
+        for v in reach[u]:
+            if v not in seen:
+                seen.add(v)
+                if v not in match or augment(match[v], seen):
+                    match[v] = u
+                    return True
+        return False
+
+    return len(urns) - sum(augment(u, set()) for u in urns)
+
+
+def test_ssh_sessions_per_node_stay_bounded(deployment: Deployment) -> None:
+    result = deployment.dc1
+    by_host: dict[str, list[Registered]] = {}
+    for cmd in result.of_type("remote:Command"):
+        by_host.setdefault(unwrap(cmd.inputs["connection"])["host"], []).append(cmd)
+    assert len(by_host) == 2
+    for commands in by_host.values():
+        assert _width(commands, result) <= LANES < 10  # sshd: MaxStartups 10:30:100
+
+
+def test_shared_ip_steps_undo_themselves(deployment: Deployment) -> None:
+    """bgp -> arp drops these steps: their Commands' delete removes the VIP from lo."""
+    commands = {c.name: c for c in deployment.dc1.of_type("remote:Command")}
+    for node in ("dc1-svr1", "dc1-svr2"):
+        undo = commands[resource_name(node, "heartbeat.shared-ip-on-lo")].inputs.get("delete")
+        assert undo and "ip addr del" in undo and "SHARED_IP_METHOD" in undo
+    # (No Linode region takes arp today, so the plan, not the program, shows the switch.)
+    arp = load_config({**read_stack_config("dc1"), "sharedIpMethod": "arp"}, "dc1")
+    assert "heartbeat.shared-ip-on-lo" not in {s.name for s in plan_structure(arp)}
