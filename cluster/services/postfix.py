@@ -183,9 +183,10 @@ fi
         services=("postfix", "dovecot"),
         units=("postfix@.service", "dovecot.service"),
         after=(*files, aliases, dovecot.RELOAD_STEP),
-        # Queue file names carry their inode number; a copied queue is renamed to match
-        # (postsuper(1): "necessary after restoring a mail queue").
-        fixup="postsuper -s",
+        # `postfix check` makes the queue's directories a Postfix that never ran lacks; queue
+        # file names carry their inode number, so a copied queue is renamed to match
+        # (postsuper(1) -s: "necessary after restoring a mail queue").
+        fixup="postfix check && postsuper -s",
     )
     reload = script_step(
         "postfix.reload",

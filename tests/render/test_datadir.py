@@ -125,7 +125,9 @@ def lab(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["chattr", "-R", "-i", str(tmp_path)], check=False, capture_output=True)
 
 
-def run_datadir(t: Path, *, mount_volume: bool = True, then: str = "") -> tuple[int, str, str]:
+def run_datadir(
+    t: Path, *, mount_volume: bool = True, then: str = "", fixup: str = "echo fixup"
+) -> tuple[int, str, str]:
     """One boot: the volume (a bind of t/vol onto itself) and the fstab's bind lines mounted, as
     the node's init does, then the script, then ``then`` (assertions' shell, in the same boot)."""
     boot = f"mount --bind {t}/vol {t}/vol\n" if mount_volume else ""
@@ -138,7 +140,7 @@ done
 {boot}
 set +e
 MAILCLUSTER_SERVICE={t}/svc RUN_DIR={t}/run bash {t}/mailcluster-datadir \\
-  --fixup 'echo fixup >> {t}/service.log' {t}/vol {t}/fstab db {spec}
+  --fixup '{fixup} >> {t}/service.log' {t}/vol {t}/fstab db {spec}
 rc=$?
 set -e
 {then}
@@ -238,3 +240,19 @@ def test_without_the_volume_it_refuses_and_nothing_lands_on_the_os_disk(lab: Pat
     rc, _, err = run_datadir(t, mount_volume=False, then=f"! touch {t}/os/data/new 2>/dev/null")
     assert rc != 0 and "is not mounted" in err
     assert not (t / "os/data/new").exists()
+
+
+@pytest.mark.checkers
+@pytest.mark.root
+def test_a_failed_fixup_leaves_the_daemon_stopped_and_the_next_run_starts_it(lab: Path) -> None:
+    t = lab
+    (t / "os/data").mkdir(parents=True)
+    (t / "running.db").touch()
+    rc, _, err = run_datadir(t, fixup="false")
+    assert rc != 0 and "failed" in err
+    assert not (t / "running.db").exists()  # switched, but not started on a half-done move
+    rc, out, err = run_datadir(t)
+    assert rc == 0, err
+    assert "db started" in out and (t / "running.db").exists()
+    rc, out, err = run_datadir(t)
+    assert rc == 0 and CHANGED_MARK not in out, (out, err)
