@@ -7,6 +7,7 @@ exec HOST -- CMD...              run a command in a host
 client -- CMD...                 run a command in the client namespace (this machine's python3)
 apply [--stack S] [--set k=v]    re-apply after a config change (--set persists per stack)
 crash HOST | boot HOST           power cut (disk stays) and power on
+rebuild HOST                     a fresh OS disk (the base), the same volume; boot; apply its stack
 cut HOST|dc1|dc2 | heal ...      pull or plug a host's cable or a data centre's uplink
 mailbox add USER@DOMAIN PASSWORD via Postfix Admin's CLI on the active node
 """
@@ -172,6 +173,27 @@ def cmd_boot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    progress = Progress(args.quiet)
+    t0 = time.monotonic()
+    lifecycle.rebuild(args.host)
+    booted = time.monotonic() - t0
+    progress(f"{args.host}: rebuilt and booted in {booted:.1f}s; applying its stack")
+    stack = stack_of(args.host)
+    with locked() as state:
+        (report,) = do_apply(state, [stack], progress)
+    print(
+        f"{args.host}: rebuilt in {time.monotonic() - t0:.1f}s (boot {booted:.1f}s, apply "
+        f"{report.seconds:.1f}s: {report.run} steps run, {report.changed} changes)"
+    )
+    return 0
+
+
+def stack_of(host: str) -> str:
+    """The stack that owns a host: its data centre (``dc1-svr2`` -> ``dc1``)."""
+    return host.split("-", 1)[0]
+
+
 def cmd_cut(args: argparse.Namespace) -> int:
     lifecycle.cut(args.target, heal=args.command == "heal")
     print(f"{args.target}: {'healed' if args.command == 'heal' else 'cut'}")
@@ -230,6 +252,9 @@ def parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name)
         s.add_argument("host", choices=HOSTS)
         s.set_defaults(func=func)
+    s = sub.add_parser("rebuild", help="a fresh OS disk, the same volume; then apply its stack")
+    s.add_argument("host", choices=HOSTS)
+    s.set_defaults(func=cmd_rebuild)
     for name in ("cut", "heal"):
         s = sub.add_parser(name)
         s.add_argument("target", choices=(*HOSTS, *DC_NAMES))

@@ -276,6 +276,57 @@ def probe(a: argparse.Namespace) -> dict[str, Any]:
     return {"ok": "smtp" in found, "smtp_at": found.get("smtp"), "imap_at": found.get("imap")}
 
 
+def watch(a: argparse.Namespace) -> dict[str, Any]:
+    """A connection attempt every ``interval`` s (each in its own thread, so an attempt hanging
+    on an address nobody answers does not delay the next) until the file ``--stop`` exists: how
+    many went unanswered (refused, timed out, or no 220 banner), the longest outage, from the
+    start of the first failed attempt to the start of the next attempt that got a banner, and the
+    slowest banner (a SYN lost while an address moves is retried by TCP after 1 s: slow, not
+    refused)."""
+    import threading
+
+    results: list[tuple[float, bool]] = []
+    slowest = 0.0
+    lock = threading.Lock()
+
+    def attempt(t: float) -> None:
+        nonlocal slowest
+        t1 = time.monotonic()
+        ok = _banner(a.host, a.port, a.attempt_timeout)
+        with lock:
+            results.append((t, ok))
+            if ok:
+                slowest = max(slowest, time.monotonic() - t1)
+
+    threads = []
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < a.seconds and not (a.stop and os.path.exists(a.stop)):
+        th = threading.Thread(target=attempt, args=(time.monotonic() - t0,), daemon=True)
+        th.start()
+        threads.append(th)
+        time.sleep(a.interval)
+    for th in threads:
+        th.join(a.attempt_timeout + 1)
+    results.sort()
+    longest, start = 0.0, None
+    outages = []
+    for t, ok in results:
+        if not ok and start is None:
+            start = t
+        elif ok and start is not None:
+            outages.append(round(t - start, 3))
+            longest, start = max(longest, t - start), None
+    if start is not None:  # still down at the end
+        end = results[-1][0]
+        outages.append(round(end - start, 3))
+        longest = max(longest, end - start)
+    failed = sum(1 for _, ok in results if not ok)
+    seconds = round(time.monotonic() - t0, 3)
+    return {"ok": True, "attempts": len(results), "failed": failed, "outages": outages,
+            "longest_outage": round(longest, 3), "slowest_banner": round(slowest, 3),
+            "seconds": seconds}  # fmt: skip
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python3 -m cluster.lab.clientlib")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -343,6 +394,14 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=float, default=60)
     s.add_argument("--interval", type=float, default=0.02)
     s.set_defaults(func=probe)
+    s = sub.add_parser("watch")
+    s.add_argument("--host", required=True)
+    s.add_argument("--port", type=int, default=25)
+    s.add_argument("--interval", type=float, default=0.05)
+    s.add_argument("--attempt-timeout", type=float, default=2.0)
+    s.add_argument("--seconds", type=float, default=1800)
+    s.add_argument("--stop", default="")
+    s.set_defaults(func=watch)
     return p
 
 

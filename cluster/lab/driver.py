@@ -134,6 +134,12 @@ class Lab:
         self.add_mailbox(address, password)
         return address, password
 
+    def rebuild(self, host: str) -> tuple[float, str]:
+        """`rebuild HOST`: a fresh OS disk, the same volume, boot, its stack applied. Returns
+        the seconds it took and the command's report line."""
+        seconds, proc = self.timed("rebuild", host, timeout=1800)
+        return seconds, proc.stdout.strip().splitlines()[-1]
+
     def crash_now(self, host: str) -> None:
         """`crash HOST` in this process, so the caller knows the crash instant to the ms."""
         lifecycle.crash(host)
@@ -158,6 +164,14 @@ class Lab:
         start-up delay, for probes that must start at once)."""
         argv = [sys.executable, "-m", "cluster.lab.clientlib", *args]
         return Background(lifecycle.client_argv(argv), stop_file)
+
+    def watch_port(self, host: str, port: int = 25, interval: float = 0.05) -> Background:
+        """Connections to ``host``:``port`` every ``interval`` s from the client until
+        ``result()``: the longest stretch without an answer (clientlib watch)."""
+        stop = Path(tempfile.mkdtemp()) / "stop"
+        return self.start_clientlib("watch", "--host", host, "--port", str(port),
+                                    "--interval", str(interval), "--stop", str(stop),
+                                    stop_file=stop)  # fmt: skip
 
     def send(self, host: str, user: tuple[str, str], subject: str, port: int = 587) -> Any:
         """A message from ``user`` to itself over submission: STARTTLS, AUTH."""

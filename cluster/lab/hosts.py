@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -217,6 +218,15 @@ def kill(rec: HostRecord, timeout: float = 10) -> None:
         while alive(rec) and time.monotonic() < deadline:
             time.sleep(0.02)
     rec.pid, rec.start_ticks = 0, ""
+
+
+def wipe_disk(host: str) -> None:
+    """Throw the host's disk (its overlay's upper layer) away: its next boot starts from the
+    base, as a rebuilt Linode starts from a fresh image. The host must be down. (Immutable
+    directories inside it are fine: overlayfs keeps that flag as an xattr of the upper layer.)"""
+    disk = host_dir(host) / "disk"
+    if disk.exists():
+        shutil.rmtree(disk)
 
 
 def nsenter_argv(rec: HostRecord, argv: Sequence[str]) -> list[str]:

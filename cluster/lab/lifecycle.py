@@ -83,6 +83,22 @@ def boot(host: str) -> None:
         hosts.wait_booted(host, state.hosts[host])
 
 
+def rebuild(host: str) -> None:
+    """A rebuild of the node from a fresh image, as `pulumi up --replace` or Linode's Rebuild
+    does it: power off (the instance goes), its OS disk thrown away (the overlay's upper layer),
+    its volume kept and attached again, and it boots from the base. The caller applies its
+    stack then (the node's plan runs again from the start, as on a new instance)."""
+    _check_host(host)
+    with locked() as state:
+        rec = state.hosts.setdefault(host, HostRecord())
+        net.port_down(host)
+        hosts.kill(rec)
+        hosts.wipe_disk(host)
+        net.flush_host(host)
+        start_host(state, host)
+        hosts.wait_booted(host, state.hosts[host])
+
+
 def cut(target: str, *, heal: bool) -> None:
     with locked() as state:
         net.cut_target(target, up=heal)

@@ -19,7 +19,7 @@ from typing import Any
 
 from cluster.hostcontext import HostContext
 from cluster.plan import CHANGED_MARK, Step, reload_or_start, script_step
-from cluster.services import mta_sts
+from cluster.services import mta_sts, storage
 
 PACKAGES: tuple[str, ...] = ("bind9", "bind9-utils", "bind9-dnsutils")
 
@@ -37,6 +37,11 @@ LINODE_AXFR = (
     "2600:3c03::a",
     "2a01:7e00::a",
 )
+# BIND's dynamic data on the volume: the zone files this plan keeps (the primary's serial lives
+# there: a lost copy would restart it below what the secondaries hold, and they would ignore every
+# change), journals, and a secondary's transferred copy.
+DATA_DIR = storage.DataDir("bind", "/var/lib/bind", "root", "bind", "2775")
+DATA_STEP = "bind.data"
 ZONE_DIR = "/var/lib/bind/mailcluster"
 BODY = "/etc/bind/mailcluster/zone.body"
 ZONE_SCRIPT = "/usr/local/sbin/mailcluster-zone"
@@ -107,6 +112,14 @@ def steps(ctx: HostContext) -> list[Step]:
         primaries=primaries(ctx),
     )
     script = ctx.file(ZONE_SCRIPT, mode="0755")
+    data = storage.data_steps(
+        ctx,
+        DATA_STEP,
+        (DATA_DIR,),
+        services=("named",),
+        units=("named.service",),
+        after=(options, local),
+    )
     zone_dir = script_step(
         ZONE_DIR_STEP,
         f"""if [ ! -d {ZONE_DIR} ]; then
@@ -114,8 +127,9 @@ def steps(ctx: HostContext) -> list[Step]:
   echo "{CHANGED_MARK} {ZONE_DIR}"
 fi
 """,
+        after=(DATA_STEP,),
     )
-    out: list[Step] = [options, local, script, zone_dir]
+    out: list[Step] = [options, local, script, *data, zone_dir]
     watch: list[Step] = [options, local]
     if is_master:
         body = ctx.file(BODY, **zone_body_values(ctx))

@@ -4,6 +4,11 @@ Users and passwords come from Postfix Admin's ``mailbox`` table (SHA512-CRYPT); 
 ``mailbox.quota`` (bytes, 0 = unlimited). Maildirs live on the data volume at
 ``/srv/mail/vmail/<domain>/<user>``.
 
+Indexes and control files (``dovecot.index*``, ``dovecot-uidlist``, ``dovecot-keywords``, the
+subscriptions) are Dovecot's maildir defaults, inside each maildir: ``mail_location`` names no
+``INDEX=`` or ``CONTROL=``, so they are on the volume with the mail (a render test holds this).
+Its sockets for Postfix are in Postfix's queue directory, which postfix.py keeps on the volume.
+
 Replication topology (dsync replicates only between *pairs*, so two mechanisms):
 
 1. Inside a data centre, the replicator pairs each node with its DC peer over the private
@@ -36,6 +41,7 @@ SQL_CONF = "/etc/dovecot/dovecot-sql.conf.ext"
 SECRETS_CONF = "/etc/dovecot/mailcluster-secrets.conf.ext"
 DSYNC_SCRIPT = "/usr/local/sbin/mailcluster-dsync"
 DSYNC_CRON = "/etc/cron.d/mailcluster-dsync"
+RELOAD_STEP = "dovecot.reload"
 # Whole seconds: the replication plugin parses a plain number ("2s" is rejected at delivery time
 # with "Invalid replication_sync_timeout value", which silently made replication asynchronous).
 REPLICATION_SYNC_TIMEOUT = "2"
@@ -104,7 +110,7 @@ def steps(ctx: HostContext) -> list[Step]:
     )
     cron = ctx.file(DSYNC_CRON, after=(dsync,))
     reload = script_step(
-        "dovecot.reload",
+        RELOAD_STEP,
         reload_or_start(
             "dovecot",
             check="""doveconf -n >/dev/null

@@ -32,8 +32,8 @@ import shlex
 from typing import Any
 
 from cluster.hostcontext import HostContext
-from cluster.plan import PACKAGES_STEP, STATE_DIR, Step, reload_or_start, script_step
-from cluster.services import bgp, mariadb, postfix, role
+from cluster.plan import PACKAGES_STEP, Step, reload_or_start, script_step
+from cluster.services import bgp, mariadb, postfix, role, storage
 
 PACKAGES: tuple[str, ...] = ("heartbeat", "iputils-ping", "bsdutils", "util-linux")
 
@@ -42,7 +42,7 @@ BOOT_DROPIN = "/etc/systemd/system/heartbeat.service.d/mailcluster.conf"
 BOOT_STEP = "heartbeat.boot"
 START_STEP = "heartbeat.start"
 RECONCILE_STEP = "heartbeat.reconcile"
-HB_MARK = f"{STATE_DIR}/heartbeat-started"
+HB_MARK = role.HEARTBEAT_MARK
 # A fenced node rejoins once its uplink has answered this many seconds in a row (not at the
 # first echo of a flapping link).
 GUARD_REJOIN_S = 3
@@ -126,13 +126,18 @@ fi
     wait_tenths = (_timings(ctx)["initdead_ms"] + 15000) // 100
     start = script_step(
         START_STEP,
-        "# Reload (heartbeat -r keeps the resources) when running; a restart would move them.\n"
+        f"""first=yes
+[ -e {HB_MARK} ] && first=no
+# Reload (heartbeat -r keeps the resources) when running; a restart would move them.
+"""
         + reload_or_start("heartbeat", running="cl_status hbstatus >/dev/null 2>&1")
         + f"""touch {HB_MARK}
-# svr1, the preferred holder, waits (bounded: initdead and a little) until Heartbeat gave it
-# the resources, so the reconcile step after this one sees the outcome, not the transition.
-# (measured: the first node holds the IP about initdead + 11 s after both started.)
-if [ {shlex.quote(node.slot)} = svr1 ]; then
+# At the cluster's first start, svr1, the preferred holder, waits (bounded: initdead and a
+# little) until Heartbeat gave it the resources, so the reconcile step after this one sees the
+# outcome, not the transition. (measured: the first node holds the IP about initdead + 11 s
+# after both started.) Later (a rebuilt svr1: the mark is on its volume) it rejoins as the
+# standby (auto_failback off), and there is nothing to wait for.
+if [ {shlex.quote(node.slot)} = svr1 ] && [ "$first" = yes ]; then
   for _ in $(seq 1 {wait_tenths}); do
     {role.ROLE_SCRIPT} is-holder && break
     sleep 0.1
@@ -140,7 +145,13 @@ if [ {shlex.quote(node.slot)} = svr1 ]; then
 fi
 """,
         # Postfix must not start at boot by itself on a node Heartbeat may make the standby.
-        after=(role.HOSTNAME_STEP, role.ROLE_SCRIPT_STEP, boot, postfix.BOOT_STEP),
+        after=(
+            role.HOSTNAME_STEP,
+            role.ROLE_SCRIPT_STEP,
+            boot,
+            postfix.BOOT_STEP,
+            storage.NODE_STATE_STEP,
+        ),
         watch=(*files, *bgp.heartbeat_inputs(ctx)),
     )
     reconcile = script_step(

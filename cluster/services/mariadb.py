@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from cluster.hostcontext import HostContext
 from cluster.plan import CHANGED_MARK, PACKAGES_STEP, Step, reload_or_start, script_step
+from cluster.services import storage
 from cluster.services.role import CLUSTER_CONF_STEP, ROLE_SCRIPT, ROLE_SCRIPT_STEP
 
 PACKAGES: tuple[str, ...] = ("mariadb-server", "mariadb-client")
@@ -34,6 +35,16 @@ CNF = "/etc/mysql/mariadb.conf.d/60-mailcluster.cnf"
 DB_TLS_DIR = "/etc/mysql/mailcluster"
 REPL_SECRET = "/etc/mailcluster/secrets/repl"
 SERVICE_STEP = "mariadb.service"
+DATA_STEP = "mariadb.data"
+# On the volume: the datadir, and the binary and relay logs. The binary logs are the GTID history
+# (gtid_binlog_state) that replicas resume from and that a new replica replays from the start;
+# without them a rebuilt master would refuse its replicas' positions (gtid_strict_mode). The
+# replica's own position (mysql.gtid_slave_pos) and connection (master.info) are in the datadir.
+DATA_DIRS = (
+    storage.DataDir("mysql", "/var/lib/mysql", "mysql", "mysql", "0755"),
+    # Debian's commented default for log_bin, which the package does not create.
+    storage.DataDir("mysql-log", "/var/log/mysql", "mysql", "adm", "2750"),
+)
 USERS_STEP = "mariadb.users"
 ROLE_STEP = "mariadb.role"
 LOCAL_HOSTS = ("127.0.0.1", "localhost")
@@ -101,17 +112,21 @@ def steps(ctx: HostContext) -> list[Step]:
         cnf,
         *tls_files,
         repl_secret,
+        # Started again after a switch with this configuration (binary logs on, read-only).
+        *storage.data_steps(
+            ctx,
+            DATA_STEP,
+            DATA_DIRS,
+            services=("mariadb",),
+            units=("mariadb.service",),
+            after=(cnf, *tls_files, repl_secret),
+        ),
         # MariaDB cannot reload its configuration: restart, but only when a file it reads changed
         # (a restart is a database outage and brings read_only back until the role step).
         script_step(
             SERVICE_STEP,
-            # Binary and relay logs live in /var/log/mysql (Debian's commented default), which
-            # the package does not create.
             reload_or_start(
                 "mariadb",
-                check="""if [ ! -d /var/log/mysql ]; then
-  install -d -o mysql -g adm -m 2750 /var/log/mysql
-fi""",
                 running="mysqladmin --protocol=socket -uroot ping >/dev/null 2>&1",
                 restart=True,
             )
@@ -122,6 +137,7 @@ done
 echo "mariadb does not answer after 30 s" >&2
 exit 1
 """,
+            after=(DATA_STEP,),
             watch=(cnf, *tls_files),
         ),
     ]

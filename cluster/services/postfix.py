@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from cluster.hostcontext import HostContext
 from cluster.plan import CHANGED_MARK, Step, reload_or_start, script_step
 from cluster.render import render
-from cluster.services import mariadb, tls
+from cluster.services import dovecot, mariadb, storage, tls
 
 PACKAGES: tuple[str, ...] = ("postfix", "postfix-mysql")
 
@@ -32,6 +32,10 @@ MILTER = "inet:127.0.0.1:11332"
 # decision. Example: ("zen.spamhaus.org*3", "bl.spamcop.net*1").
 DNSBL_SITES: tuple[str, ...] = ()
 BOOT_STEP = "postfix.boot"
+DATA_STEP = "postfix.data"
+# The queue (acknowledged mail not yet delivered) and the chroot Postfix runs in. Dovecot's LMTP
+# and auth sockets live in it too: Dovecot is restarted with Postfix when it moves.
+QUEUE_DIR = storage.DataDir("postfix", "/var/spool/postfix")
 MAIN_FILES = (
     "/etc/postfix/main.cf",
     "/etc/postfix/master.cf",
@@ -172,6 +176,18 @@ fi
 """,
         after=(main_cf,),
     )
+    data = storage.data_steps(
+        ctx,
+        DATA_STEP,
+        (QUEUE_DIR,),
+        services=("postfix", "dovecot"),
+        units=("postfix@.service", "dovecot.service"),
+        after=(*files, aliases, dovecot.RELOAD_STEP),
+        # `postfix check` makes the queue's directories a Postfix that never ran lacks; queue
+        # file names carry their inode number, so a copied queue is renamed to match
+        # (postsuper(1) -s: "necessary after restoring a mail queue").
+        fixup="postfix check && postsuper -s",
+    )
     reload = script_step(
         "postfix.reload",
         reload_or_start(
@@ -183,9 +199,9 @@ postconf -n >/dev/null
             start=False,
         ),
         watch=(*files, *tls.public_pair_steps(ctx)),
-        after=(aliases,),
+        after=(aliases, DATA_STEP),
     )
-    return [*files, aliases, reload, _boot_step()]
+    return [*files, aliases, *data, reload, _boot_step()]
 
 
 def _boot_step() -> Step:

@@ -21,6 +21,7 @@ import shlex
 
 from cluster.hostcontext import HostContext
 from cluster.plan import CHANGED_MARK, PACKAGES_STEP, Step, file_step_name, script_step
+from cluster.services import storage
 
 PACKAGES: tuple[str, ...] = ("bsdutils", "util-linux", "iproute2")
 
@@ -29,6 +30,8 @@ ROLE_SCRIPT = "/usr/local/sbin/mailcluster-role"
 CLUSTER_CONF_STEP = file_step_name(CLUSTER_CONF)
 ROLE_SCRIPT_STEP = file_step_name(ROLE_SCRIPT)
 HOSTNAME_STEP = "heartbeat.hostname"
+# Heartbeat has run on this node (so it is not a new cluster's first holder): on the volume.
+HEARTBEAT_MARK = f"{storage.NODE_STATE_DIR}/heartbeat-started"
 
 
 def cluster_conf(ctx: HostContext) -> dict[str, str]:
@@ -81,5 +84,10 @@ fi
 """,
         ),
         conf,
-        ctx.file(ROLE_SCRIPT, mode="0755", after=(PACKAGES_STEP, conf)),
+        ctx.file(
+            ROLE_SCRIPT,
+            mode="0755",
+            after=(PACKAGES_STEP, conf),
+            node_state_dir=storage.NODE_STATE_DIR,
+        ),
     ]

@@ -10,12 +10,32 @@ is really mounted there, so mail never lands on the OS disk.
 
 ``vmail`` has a fixed uid/gid, so maildirs replicated by dsync and a volume moved between nodes
 have the same owner everywhere.
+
+Everything else that must outlive the OS disk (MariaDB's datadir and binary logs, the Postfix
+queue, BIND's dynamic data) is kept on the volume too, each service asking ``data_steps`` for
+it: ``/srv/mail/<name>`` is bind-mounted onto the Debian default path by
+``/usr/local/sbin/mailcluster-datadir`` (fstab, after the volume's line), which migrates a
+running node's data once and lets the volume win on a rebuilt node (the script's header says
+how). Bind mounts onto the default paths, not config paths: packages, init scripts, Debian's
+AppArmor profiles (named's allows ``/var/lib/bind/**``) and every tool keep their usual paths,
+and one mechanism serves all four daemons. Under systemd (Linode) each daemon's unit gets
+``RequiresMountsFor=`` its paths (a drop-in), so a missing volume stops it with "Dependency
+failed"; everywhere (the lab has no systemd) the OS-disk directory under each bind mount is
+empty and immutable, so a daemon started without the volume fails instead of writing there.
+
+``NODE_STATE_DIR`` on the volume holds what the node must remember across a rebuild (that
+Heartbeat has run here) and the owners of the data directories by name.
 """
 
 from __future__ import annotations
 
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 from cluster.hostcontext import HostContext
-from cluster.plan import CHANGED_MARK, Step, script_step
+from cluster.plan import CHANGED_MARK, Step, StepRef, file_step_name, script_step
+from cluster.render import render
 from cluster.topology import Node
 
 PACKAGES: tuple[str, ...] = ("e2fsprogs", "util-linux", "mount")
@@ -28,6 +48,12 @@ VMAIL_GID = 5000
 VOLUME_SCRIPT = "/usr/local/sbin/mailcluster-volume"
 VOLUME_STEP = "storage.volume"
 VMAIL_STEP = "storage.vmail"
+NODE_STATE_DIR = f"{MOUNT_POINT}/mailcluster"
+NODE_STATE_STEP = "storage.node-state"
+DATADIR_SCRIPT = "/usr/local/sbin/mailcluster-datadir"
+DATADIR_SCRIPT_STEP = file_step_name(DATADIR_SCRIPT)
+# One template for every unit's drop-in (the unit is in the target path, not in the template's).
+DROPIN_TEMPLATE = "/etc/systemd/system/UNIT.d/mailcluster-volume.conf"
 # Linode usually shows the device within seconds of the attach; 5 minutes covers a slow API.
 DEVICE_WAIT_S = 300
 
@@ -43,6 +69,67 @@ def device_path(node: Node) -> str:
     return f"/dev/disk/by-id/scsi-0Linode_Volume_{volume_label(node.name)}"
 
 
+@dataclass(frozen=True)
+class DataDir:
+    """A daemon's directory kept on the volume: ``/srv/mail/<name>`` bound onto ``path``.
+    ``owner``, ``group`` and ``mode`` only make it when neither copy exists yet."""
+
+    name: str
+    path: str
+    owner: str = "root"
+    group: str = "root"
+    mode: str = "0755"
+
+    @property
+    def volume_path(self) -> str:
+        return f"{MOUNT_POINT}/{self.name}"
+
+    @property
+    def arg(self) -> str:
+        return f"{self.name}:{self.path}:{self.owner}:{self.group}:{self.mode}"
+
+
+def dropin_path(unit: str) -> str:
+    return f"/etc/systemd/system/{unit}.d/mailcluster-volume.conf"
+
+
+def data_steps(
+    ctx: HostContext,
+    name: str,
+    dirs: Sequence[DataDir],
+    *,
+    services: Sequence[str],
+    units: Sequence[str],
+    after: Sequence[StepRef] = (),
+    fixup: str = "",
+) -> list[Step]:
+    """The steps that keep a service's ``dirs`` on the volume: a systemd drop-in per unit of
+    ``units`` (``RequiresMountsFor=`` the dirs), and the step ``name`` that runs
+    mailcluster-datadir, stopping ``services`` (init names) for a switch and starting again
+    those that ran. ``after``: what must be in place before a daemon is started again (its
+    configuration). The step comes last in the list."""
+    paths = " ".join(d.path for d in dirs)
+    dropins = [
+        ctx.literal_file(dropin_path(unit), render(DROPIN_TEMPLATE, unit=unit, paths=paths))
+        for unit in units
+    ]
+    args = " ".join(shlex.quote(d.arg) for d in dirs)
+    fix = f"--fixup {shlex.quote(fixup)} " if fixup else ""
+    step = script_step(
+        name,
+        f"""# systemd reads the drop-ins (and fstab's new lines) only after a daemon-reload;
+# the lab has no systemd.
+if [ -d /run/systemd/system ]; then
+  systemctl daemon-reload
+fi
+{DATADIR_SCRIPT} {fix}{MOUNT_POINT} /etc/fstab {shlex.quote(",".join(services))} {args}
+""",
+        after=(VOLUME_STEP, NODE_STATE_STEP, *after),
+        watch=(DATADIR_SCRIPT_STEP, *dropins),
+    )
+    return [*dropins, step]
+
+
 def steps(ctx: HostContext) -> list[Step]:
     script = ctx.file(VOLUME_SCRIPT, mode="0755")
     volume = script_step(
@@ -50,7 +137,23 @@ def steps(ctx: HostContext) -> list[Step]:
         f"{VOLUME_SCRIPT} {device_path(ctx.node)} {MOUNT_POINT} /etc/fstab {DEVICE_WAIT_S}\n",
         watch=(script,),
     )
-    return [script, volume, script_step(VMAIL_STEP, _vmail_script(), after=(volume,))]
+    node_state = script_step(
+        NODE_STATE_STEP,
+        f"""mountpoint -q {MOUNT_POINT}
+if [ ! -d {NODE_STATE_DIR} ]; then
+  install -d -m 0700 {NODE_STATE_DIR}
+  echo "{CHANGED_MARK} {NODE_STATE_DIR}"
+fi
+""",
+        after=(volume,),
+    )
+    return [
+        script,
+        volume,
+        node_state,
+        ctx.file(DATADIR_SCRIPT, mode="0755"),
+        script_step(VMAIL_STEP, _vmail_script(), after=(volume,)),
+    ]
 
 
 def _vmail_script() -> str:

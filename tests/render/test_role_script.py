@@ -27,7 +27,7 @@ from cluster.lab.checkroot import NsPopen, terminate
 from cluster.material import ClusterSecrets
 from cluster.plan import CHANGED_MARK
 from cluster.render import render
-from cluster.services import mariadb
+from cluster.services import mariadb, storage
 from cluster.topology import Topology
 
 pytestmark = pytest.mark.checkers
@@ -127,7 +127,9 @@ def lab(
         (stubs / name).write_text(text)
         (stubs / name).chmod(0o755)
     role = tmp_path / "mailcluster-role"
-    role.write_text(render("/usr/local/sbin/mailcluster-role"))
+    role.write_text(
+        render("/usr/local/sbin/mailcluster-role", node_state_dir=storage.NODE_STATE_DIR)
+    )
     role.chmod(0o755)
     (tmp_path / "repl").write_text(secrets.db_replication + "\n")
     servers = {}
@@ -155,6 +157,7 @@ def write_conf(lab: dict[str, object], me: Server, peer: Server, slot: str) -> P
         f"PEER_PRIVATE_IP=127.0.0.1\nDB_PORT={peer.port}\n"
         f"MYSQL_SOCKET={me.socket}\nMYSQL_CA={tmp}/tls/ca.pem\nREPL_SECRET={tmp}/repl\n"
         f"STATE_DIR={state}\nRUN_DIR={me.dir}/run\nHOOKS={me.dir}/hooks\n"
+        f"NODE_STATE_DIR={me.dir}/node-state\n"
     )
     return conf
 
@@ -241,7 +244,9 @@ def test_first_apply_failover_and_rejoin(
 
     # svr1 crashes; Heartbeat promotes svr2 (resource start), which takes a write.
     crash(s1)
-    (s1.dir / "state" / "heartbeat-started").touch()
+    # Heartbeat has run on svr1: the mark is on its volume (it survives a rebuild).
+    (s1.dir / "node-state").mkdir(exist_ok=True)
+    (s1.dir / "node-state" / "heartbeat-started").touch()
     out = role(lab, s2, conf2, "promote")
     assert "writable master" in out and "postfix started" in out
     s2.sql("INSERT INTO postfixadmin.t VALUES (2)")
