@@ -60,7 +60,9 @@ class HostContext:
     ) -> Step:
         """Render ``templates/<path>.j2`` and return the step that installs it."""
         content = render(path, **self.common(), **values)
-        return file_step(FileSpec(path, content, mode, owner, group, secret), after=after)
+        return self.literal_file(
+            path, content, mode=mode, owner=owner, group=group, secret=secret, after=after
+        )
 
     def literal_file(
         self,
