@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cluster.lab import cgroups
-from cluster.lab.paths import VOLUME_SIZE, base_dir, host_dir, host_ns
+from cluster.lab.paths import INIT_NAME, VOLUME_SIZE, base_dir, host_dir, host_ns
 from cluster.lab.run import LabError, run
 from cluster.lab.state import HostRecord
 
@@ -65,10 +65,10 @@ printf '127.0.0.1\tlocalhost\n%s\t%s %s\n::1\tlocalhost ip6-localhost ip6-loopba
   "$public" "$fqdn" "$host" > "$root/etc/hosts"
 # Each host asks its own BIND, as the plan's resolver setting on Linode would.
 printf 'nameserver 127.0.0.1\n' > "$root/etc/resolv.conf"
-install -m 0755 "$dir/init" "$root/usr/local/sbin/mailcluster-lab-init"
+install -m 0755 "$dir/init" "$root/usr/local/sbin/@INIT@"
 cd "$root"
-exec chroot "$root" /usr/local/sbin/mailcluster-lab-init
-"""
+exec chroot "$root" /usr/local/sbin/@INIT@
+""".replace("@INIT@", INIT_NAME)
 
 # PID 1 inside a host. bash reaps any child it is sent SIGCHLD for, adopted orphans included.
 INIT_SCRIPT = r"""#!/bin/bash

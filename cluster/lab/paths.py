@@ -9,17 +9,33 @@ crashed lab process.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from cluster.config import DC_NAMES
 from cluster.topology import SLOTS
 
 HOSTS = tuple(f"{dc}-{slot}" for dc in DC_NAMES for slot in SLOTS)
-NS_PREFIX = "mclab-"
+
+
+def _lab_name() -> str:
+    """MAILCLUSTER_LAB_NAME: a second lab beside the default one on the same machine (a developer
+    testing two branches at once). It goes into every machine-wide name the lab makes."""
+    name = os.environ.get("MAILCLUSTER_LAB_NAME", "")
+    if not re.fullmatch(r"[a-z0-9]{0,4}", name):
+        raise SystemExit(
+            f"MAILCLUSTER_LAB_NAME={name!r}: use up to 4 lower-case letters or digits (or unset it)"
+        )
+    return name
+
+
+LAB_NAME = _lab_name()
+NS_PREFIX = f"mclab{LAB_NAME}-"
 SWITCH_NS = f"{NS_PREFIX}switch"
 ROUTER_NS = f"{NS_PREFIX}router"
 CLIENT_NS = f"{NS_PREFIX}client"
-CGROUP_NAME = "mailcluster-lab"  # one cgroup per host under it, to count CPU
+CGROUP_NAME = f"mailcluster-lab{LAB_NAME}"  # one cgroup per host under it, to count CPU
+INIT_NAME = f"{CGROUP_NAME}-init"  # the hosts' PID 1 (a name `down` and tests can look for)
 INTERNET_BRIDGE = "inet"  # the client side of the router ("the internet")
 VOLUME_SIZE = 2 * 1024**3  # a sparse image: costs only what the host writes
 
@@ -39,7 +55,8 @@ def router_port(net: str) -> str:
 
 
 def lab_dir() -> Path:
-    return Path(os.environ.get("MAILCLUSTER_LAB_DIR", "/var/lib/mailcluster-lab"))
+    default = f"/var/lib/mailcluster-lab{'-' + LAB_NAME if LAB_NAME else ''}"
+    return Path(os.environ.get("MAILCLUSTER_LAB_DIR", default))
 
 
 def cache_dir() -> Path:

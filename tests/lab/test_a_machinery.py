@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 from cluster.lab import addresses as A
 from cluster.lab.driver import Lab
 from cluster.lab.model import volume_path
-from cluster.lab.paths import HOSTS
+from cluster.lab.paths import CLIENT_NS, HOSTS, INIT_NAME, ROUTER_NS, host_ns, lab_dir
 
 LAB_NETS = (*A.PUBLIC_NETS.values(), *A.PRIVATE_NETS.values())
 
@@ -42,7 +41,7 @@ def test_hosts_are_named_and_have_their_volume(lab: Lab) -> None:
     for host in HOSTS:
         script = f"hostname; test -b {volume_path(host)} && echo volume"
         out = lab.exec(host, "sh", "-c", script + "; cat /proc/1/comm").stdout.split()
-        assert out == [host, "volume", "mailcluster-lab"]
+        assert out == [host, "volume", INIT_NAME[:15]]  # comm: the first 15 bytes
 
 
 def test_exec_passes_stdin_and_exit_code(lab: Lab) -> None:
@@ -84,8 +83,7 @@ def test_nothing_reaches_this_machines_network() -> None:
     for net in LAB_NETS:
         assert net not in routes
     # The hosts' mounts (overlay, /proc, volumes) live in their private mount namespaces.
-    lab_dir = os.environ.get("MAILCLUSTER_LAB_DIR", "/var/lib/mailcluster-lab")
-    assert lab_dir not in Path("/proc/self/mountinfo").read_text()
+    assert str(lab_dir()) not in Path("/proc/self/mountinfo").read_text()
 
 
 def test_lab_namespaces_have_only_their_own_links(lab: Lab) -> None:
@@ -94,13 +92,11 @@ def test_lab_namespaces_have_only_their_own_links(lab: Lab) -> None:
         return {m.split("@")[0] for m in re.findall(r"^\d+: (\S+):", out.stdout, re.M)}
 
     for host in HOSTS:
-        assert links(f"mclab-{host}") == {"lo", "eth0"}
-    assert links("mclab-client") == {"lo", "eth0"}
-    assert links("mclab-router") == {"lo", "dc1", "dc2", "inet"}
+        assert links(host_ns(host)) == {"lo", "eth0"}
+    assert links(CLIENT_NS) == {"lo", "eth0"}
+    assert links(ROUTER_NS) == {"lo", "dc1", "dc2", "inet"}
     # The router forwards between lab networks only: no default route, so nothing leaves.
-    routes = subprocess.run(
-        ["ip", "-n", "mclab-router", "route"], capture_output=True, text=True
-    ).stdout
+    routes = subprocess.run(["ip", "-n", ROUTER_NS, "route"], capture_output=True, text=True).stdout
     assert "default" not in routes
     assert sorted(line.split()[0] for line in routes.splitlines()) == sorted(
         f"{net}.0/24" for net in (*A.PUBLIC_NETS.values(), A.CLIENT_NET)
