@@ -43,6 +43,10 @@ class DcAddresses:
     # The prefix length of the public LAN (for IPaddr2 in arp mode) and its interface.
     public_prefixlen: int = 24
     interface: str = "eth0"
+    # The shared IPv6 address: on Linode an address of the IPv6 routed range (/64) shared by
+    # both nodes of the data centre, moved like the shared IPv4. None: no shared IPv6 yet.
+    shared_ipv6: str | None = None
+    shared_ipv6_prefixlen: int = 64
 
     def __post_init__(self) -> None:
         if set(self.nodes) != set(SLOTS):
@@ -50,7 +54,10 @@ class DcAddresses:
         for addr in [self.shared_ipv4] + [
             a for n in self.nodes.values() for a in (n.public_ipv4, n.private_ipv4)
         ]:
-            ipaddress.ip_address(addr)
+            ipaddress.IPv4Address(addr)
+        for addr6 in [self.shared_ipv6] + [n.public_ipv6 for n in self.nodes.values()]:
+            if addr6 is not None:
+                ipaddress.IPv6Address(addr6)
 
 
 @dataclass(frozen=True)
@@ -147,6 +154,9 @@ class Topology:
 
     def shared_ip(self, dc: str) -> str:
         return self.dcs[dc].shared_ipv4
+
+    def shared_ipv6(self, dc: str) -> str | None:
+        return self.dcs[dc].shared_ipv6
 
     # -- roles --------------------------------------------------------------------------------
     @property

@@ -16,6 +16,7 @@ not routed (no router address on them), as Linode's private network is per data 
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 from cluster.config import DC_NAMES
@@ -49,6 +50,14 @@ def host_addresses(host: str) -> tuple[str, str]:
     dc, slot = host.split("-")
     node = A.lab_dc_addresses(dc).nodes[slot]
     return node.public_ipv4, node.private_ipv4
+
+
+def host_address6(host: str) -> str:
+    """The public IPv6 address of a lab host."""
+    dc, slot = host.split("-")
+    addr = A.lab_dc_addresses(dc).nodes[slot].public_ipv6
+    assert addr is not None  # every lab host is dual stack
+    return addr
 
 
 def _ensure_ns(ns: str) -> None:
@@ -85,16 +94,30 @@ def ensure_fabric(cut: list[str]) -> None:
             run(["ip", "-n", SWITCH_NS, "link", "add", bridge, "type", "bridge",
                  "forward_delay", "0", "stp_state", "0"])  # fmt: skip
         run(["ip", "-n", SWITCH_NS, "link", "set", bridge, "up"])
-    nets = {**A.PUBLIC_NETS, INTERNET_BRIDGE: A.CLIENT_NET}
-    for bridge, net in nets.items():
+    nets = {bridge: (A.PUBLIC_NETS[bridge], A.PUBLIC_NETS6[bridge]) for bridge in DC_NAMES}
+    nets[INTERNET_BRIDGE] = (A.CLIENT_NET, A.CLIENT_NET6)
+    _sysctl(ROUTER_NS, "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+    for bridge, (net, net6) in nets.items():
         _cable(router_port(bridge), bridge, ROUTER_NS, bridge)
-        _set_address(ROUTER_NS, bridge, [f"{A.router_address(net)}/{A.PREFIXLEN}"])
+        _set_address(
+            ROUTER_NS,
+            bridge,
+            [f"{A.router_address(net)}/{A.PREFIXLEN}", f"{A.router_address6(net6)}/{A.PREFIXLEN6}"],
+        )
         _port(router_port(bridge), up=bridge not in cut)
-    _sysctl(ROUTER_NS, "net.ipv4.ip_forward=1")
+    for dc in DC_NAMES:
+        # A DC's shared IPv6 range is on-link on its LAN: whoever holds the address answers
+        # neighbour discovery for it (the arp method's IPv6 half).
+        _route6(ROUTER_NS, A.v6_net(A.SHARED_RANGES6[dc]), f"dev {dc}")
     _cable("p-client", INTERNET_BRIDGE, CLIENT_NS, A.INTERFACE)
     _port("p-client", up=True)
-    _set_address(CLIENT_NS, A.INTERFACE, [f"{A.client_address()}/{A.PREFIXLEN}"])
+    _set_address(
+        CLIENT_NS,
+        A.INTERFACE,
+        [f"{A.client_address()}/{A.PREFIXLEN}", f"{A.client_address6()}/{A.PREFIXLEN6}"],
+    )
     _default_route(CLIENT_NS, A.router_address(A.CLIENT_NET))
+    _default_route(CLIENT_NS, A.router_address6(A.CLIENT_NET6))
     # Commands run in the client with `ip netns exec` see this file as /etc/resolv.conf: the
     # two data centres' shared IPs, where BIND answers for the zone.
     etc = netns_etc(CLIENT_NS)
@@ -114,19 +137,34 @@ def ensure_host_net(host: str, cut: list[str]) -> None:
     dc = host.split("-")[0]
     _cable(switch_port(host), dc, ns, A.INTERFACE)
     public, private = host_addresses(host)
-    _set_address(ns, A.INTERFACE, [f"{public}/{A.PREFIXLEN}", f"{private}/{A.PREFIXLEN}"])
+    public6 = host_address6(host)
+    _set_address(
+        ns,
+        A.INTERFACE,
+        [f"{public}/{A.PREFIXLEN}", f"{private}/{A.PREFIXLEN}", f"{public6}/{A.PREFIXLEN6}"],
+    )
     _default_route(ns, A.router_address(A.PUBLIC_NETS[dc]))
+    _default_route(ns, A.router_address6(A.PUBLIC_NETS6[dc]))
     _port(switch_port(host), up=host not in cut)
 
 
 def _set_address(ns: str, dev: str, cidrs: list[str]) -> None:
-    have = run(["ip", "-n", ns, "-o", "-4", "addr", "show", "dev", dev]).stdout.split()
-    current = {have[i + 1] for i, w in enumerate(have) if w == "inet"}
-    if current != set(cidrs):
-        run(["ip", "-n", ns, "addr", "flush", "dev", dev])
+    """Exactly ``cidrs`` (both families) as the global addresses of ``dev``. IPv6 addresses
+    skip duplicate address detection (``nodad``): the lab plans them, and DAD would hold each
+    one unusable ("tentative") for a second or more after every boot."""
+    have = run(["ip", "-n", ns, "-o", "addr", "show", "dev", dev, "scope", "global"]).stdout
+    words = have.split()
+    current = {words[i + 1] for i, w in enumerate(words) if w in ("inet", "inet6")}
+    if current != {_canonical(c) for c in cidrs}:
+        run(["ip", "-n", ns, "addr", "flush", "dev", dev, "scope", "global"])
         for cidr in cidrs:
-            run(["ip", "-n", ns, "addr", "add", cidr, "dev", dev])
+            extra = ["nodad"] if ":" in cidr else []
+            run(["ip", "-n", ns, "addr", "add", cidr, "dev", dev, *extra])
     run(["ip", "-n", ns, "link", "set", dev, "up"])
+
+
+def _canonical(cidr: str) -> str:
+    return str(ipaddress.ip_interface(cidr))
 
 
 def flush_host(host: str) -> None:
@@ -134,7 +172,12 @@ def flush_host(host: str) -> None:
 
 
 def _default_route(ns: str, via: str) -> None:
-    run(["ip", "-n", ns, "route", "replace", "default", "via", via])
+    family = "-6" if ":" in via else "-4"
+    run(["ip", "-n", ns, family, "route", "replace", "default", "via", via])
+
+
+def _route6(ns: str, prefix: str, target: str) -> None:
+    run(["ip", "-n", ns, "-6", "route", "replace", prefix, *target.split()])
 
 
 def _port(port: str, *, up: bool) -> None:
