@@ -7,3 +7,4 @@ cloud) name the same number.
 from __future__ import annotations
 
 MESH_PORT = 51820  # WireGuard, UDP: only from the cluster's other nodes
+MESH_INTERFACE = "wgmesh"  # the WireGuard interface on every node: internal services live behind it
