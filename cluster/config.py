@@ -109,6 +109,8 @@ class StackConfig:
     postmaster: str
     heartbeat_keepalive_ms: int
     heartbeat_deadtime_ms: int
+    bgp_hold_time_s: int
+    bgp_keepalive_s: int
     provision: bool
 
     @property
@@ -253,7 +255,7 @@ KEYS: dict[str, Key] = {
     "sshKeys": Key("ssh_keys", None, _ssh_keys, "SSH public keys for root"),
     "adminCidrs": Key("admin_cidrs", None, _cidrs, "CIDRs allowed to reach SSH"),
     "sharedIpMethod": Key("shared_ip_method", "bgp", _one_of(SHARED_IP_METHODS),
-                          "how the shared IP moves: bgp (lelastic) or arp (IPaddr2)"),
+                          "how the shared IP moves: bgp (BIRD announces it) or arp (IPaddr2)"),
     "peerStack": Key("peer_stack", "", _stack_ref, "the other data centre's stack"),
     "linodeSecondaryDns": Key("linode_secondary_dns", False, _as_bool,
                               "also serve the zone from Linode's DNS Manager as a secondary"),
@@ -273,6 +275,12 @@ KEYS: dict[str, Key] = {
                                 "Heartbeat keepalive interval"),
     "heartbeatDeadtimeMs": Key("heartbeat_deadtime_ms", 1000, _as_int(200, 60000, " ms"),
                                "Heartbeat deadtime"),
+    # lelastic's values (hold 9 s, keepalive 3 s): what Linode's route servers are known to
+    # accept. A crashed node's route stays until the hold time runs out (see the README).
+    "bgpHoldTimeS": Key("bgp_hold_time_s", 9, _as_int(3, 65535, " s"),
+                        "BGP hold time towards Linode's route servers (RFC 4271: 3 s or more)"),
+    "bgpKeepaliveS": Key("bgp_keepalive_s", 3, _as_int(1, 21845, " s"),
+                         "BGP keepalive interval, at most a third of bgpHoldTimeS"),
     "provision": Key("provision", True, _as_bool, "configure the nodes over SSH"),
 }  # fmt: skip
 
@@ -338,6 +346,12 @@ def load_config(raw: Mapping[str, Any], stack: str) -> StackConfig:
             errors.append(
                 "mailcluster:heartbeatDeadtimeMs: must be at least twice "
                 "heartbeatKeepaliveMs, or one lost packet fails the node over"
+            )
+        if values["bgp_keepalive_s"] > values["bgp_hold_time_s"] // 3:
+            errors.append(
+                f"mailcluster:bgpKeepaliveS: must be at most a third of bgpHoldTimeS "
+                f"({values['bgp_hold_time_s']} s -> at most {values['bgp_hold_time_s'] // 3} s), "
+                f"got {values['bgp_keepalive_s']}: three keepalives must fit in one hold time"
             )
         if values["postmaster"] is None:
             values["postmaster"] = f"postmaster@{values['domain']}"

@@ -25,7 +25,7 @@ class HostContext:
     topology: Topology
     node: Node
     secrets: ClusterSecrets
-    # "linode" or "lab": only for facts that truly differ (device names, lelastic); the lab
+    # "linode" or "lab": only for facts that truly differ (device names, route servers); the lab
     # never gets a different *configuration* of a daemon.
     platform: str = "linode"
 

@@ -47,6 +47,9 @@ class DcAddresses:
     # both nodes of the data centre, moved like the shared IPv4. None: no shared IPv6 yet.
     shared_ipv6: str | None = None
     shared_ipv6_prefixlen: int = 64
+    # The BGP route servers the nodes announce the shared addresses to (sharedIpMethod bgp).
+    # Empty: Linode's four of the region (services/bgp.py); the lab gives its own.
+    route_servers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if set(self.nodes) != set(SLOTS):

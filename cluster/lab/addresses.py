@@ -67,6 +67,7 @@ def lab_dc_addresses(dc: str) -> DcAddresses:
         interface=INTERFACE,
         shared_ipv6=v6(SHARED_RANGES6[dc], SHARED_HOST),
         shared_ipv6_prefixlen=PREFIXLEN6,
+        route_servers=route_servers(dc),
     )
 
 

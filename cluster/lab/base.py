@@ -28,7 +28,7 @@ from cluster.lab.run import LabError, Progress, run
 SUITE = "bookworm"
 # What the lab needs inside a host beyond the plan: a syslog daemon for /dev/log, `ip` and `ping`
 # for status and tests, pgrep for status. The client uses this machine's python3, not the base.
-LAB_PACKAGES = ("rsyslog", "iproute2", "iputils-ping", "procps")
+LAB_PACKAGES = ("rsyslog", "iproute2", "iputils-ping", "procps", "bird2")
 RECIPE_VERSION = "4"
 SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
 # A machine whose apt has no Debian mirror (an Ubuntu CI runner): deb.debian.org, or these.

@@ -23,7 +23,7 @@ from typing import Any
 
 from cluster.config import DC_NAMES
 from cluster.lab import addresses as A
-from cluster.lab import hosts, lifecycle, net
+from cluster.lab import hosts, lifecycle, net, routeservers
 from cluster.lab.apply import ApplyReport, apply_stack
 from cluster.lab.paths import CLIENT_NS, HOSTS
 from cluster.lab.run import LabError, Progress
@@ -57,6 +57,9 @@ def do_apply(state: LabState, stacks: list[str], progress: Progress) -> list[App
         progress(f"apply: stack {stack}")
         topo = stack_topology(state, stack)
         report = apply_stack(state, topo, load_secrets(), lambda m: progress("  " + m))
+        # The data centre routes its shared addresses as the stack's method says (after the
+        # nodes are ready for it: announcing, or holding the address on the LAN).
+        routeservers.route_shared(topo.config.dc, topo.config.shared_ip_method)
         state.active_dc = topo.active_dc
         state.save()
         _print_report(report)

@@ -1,10 +1,13 @@
 """The lab's network: a switch, a router ("the internet") and a client, all in namespaces.
 
-    [dc1-svr1] [dc1-svr2]         [dc2-svr1] [dc2-svr2]
-         \\      /                     \\      /
-       bridge dc1 ---[router]--- bridge dc2        (bridges live in the switch namespace)
-                        |
-                   bridge inet --- [client 192.0.2.100]
+    [dc1-svr1] [dc1-svr2] [rs-dc1]     [dc2-svr1] [dc2-svr2] [rs-dc2]
+         \\      |      /                  \\      |      /
+          bridge dc1 ------[router]------ bridge dc2   (bridges live in the switch namespace)
+                              |
+                         bridge inet --- [client 192.0.2.100]
+
+``rs-<dc>``: the data centre's BGP route servers (routeservers.py); with ``sharedIpMethod: bgp``
+the router sends the shared addresses to them and they forward to the node they prefer.
 
 Every link is a veth pair created *inside* the lab's namespaces (``ip -n``), so nothing ever
 appears in this machine's own network namespace, and there is no route or NAT out: the router
@@ -21,6 +24,7 @@ from pathlib import Path
 
 from cluster.config import DC_NAMES
 from cluster.lab import addresses as A
+from cluster.lab import routeservers
 from cluster.lab.paths import (
     CLIENT_NS,
     HOSTS,
@@ -106,9 +110,10 @@ def ensure_fabric(cut: list[str]) -> None:
         )
         _port(router_port(bridge), up=bridge not in cut)
     for dc in DC_NAMES:
-        # A DC's shared IPv6 range is on-link on its LAN: whoever holds the address answers
-        # neighbour discovery for it (the arp method's IPv6 half).
-        _route6(ROUTER_NS, A.v6_net(A.SHARED_RANGES6[dc]), f"dev {dc}")
+        # Each DC's route servers (routeservers.py), and the router's path to its shared
+        # addresses as it was (a fresh lab: on-link, arp; `apply` sets the stack's method).
+        routeservers.ensure(dc)
+        routeservers.route_shared(dc, routeservers.routed_method(dc))
     _cable("p-client", INTERNET_BRIDGE, CLIENT_NS, A.INTERFACE)
     _port("p-client", up=True)
     _set_address(
@@ -174,10 +179,6 @@ def flush_host(host: str) -> None:
 def _default_route(ns: str, via: str) -> None:
     family = "-6" if ":" in via else "-4"
     run(["ip", "-n", ns, family, "route", "replace", "default", "via", via])
-
-
-def _route6(ns: str, prefix: str, target: str) -> None:
-    run(["ip", "-n", ns, "-6", "route", "replace", prefix, *target.split()])
 
 
 def _port(port: str, *, up: bool) -> None:

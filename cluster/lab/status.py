@@ -8,10 +8,10 @@ from typing import Any
 
 from cluster.config import DC_NAMES
 from cluster.lab import addresses as A
-from cluster.lab import hosts
+from cluster.lab import hosts, routeservers
 from cluster.lab.net import host_addresses
 from cluster.lab.paths import HOSTS, host_ns
-from cluster.lab.run import run
+from cluster.lab.run import LabError, run
 from cluster.lab.stacks import stack_topology
 from cluster.lab.state import HostRecord, LabState
 
@@ -55,8 +55,22 @@ def addresses_on(host: str) -> list[str]:
     return [out[i + 1].split("/")[0] for i, w in enumerate(out) if w == "inet"]
 
 
+def route_servers_prefer(dc: str) -> dict[str, str | None]:
+    """The node the route servers of ``dc`` send each shared address to (None: no route, or
+    the route servers do not run)."""
+    try:
+        return routeservers.preferred(dc)
+    except LabError:
+        return {"ipv4": None, "ipv6": None}
+
+
 def vip_holder(dc: str, state: LabState) -> str | None:
-    """The running host of ``dc`` whose eth0 holds the DC's shared IP."""
+    """The running host of ``dc`` that receives the DC's shared IPv4: with bgp, the one the
+    route servers prefer; with arp, the one whose eth0 holds it."""
+    if stack_topology(state, dc).config.shared_ip_method == "bgp":
+        host = route_servers_prefer(dc)["ipv4"]
+        alive = host is not None and hosts.alive(state.hosts.get(host, HostRecord()))
+        return host if alive else None
     vip = A.lab_dc_addresses(dc).shared_ipv4
     for host in HOSTS:
         rec = state.hosts.get(host, HostRecord())
@@ -110,6 +124,10 @@ def collect(state: LabState) -> dict[str, Any]:
         holder = vip_holder(dc, state)
         dc_info: dict[str, Any] = {
             "shared_ip": vip,
+            "shared_ipv6": A.lab_dc_addresses(dc).shared_ipv6,
+            "shared_ip_method": stack_topology(state, dc).config.shared_ip_method,
+            # Who the route servers route each family to (asked with birdc; bgp only).
+            "route_servers_prefer": route_servers_prefer(dc),
             "active": holder,
             "cut": dc in state.cut,
             "config_active_dc": stack_topology(state, dc).active_dc,
@@ -136,7 +154,8 @@ def render_text(data: dict[str, Any]) -> str:
     for dc, info in data["dcs"].items():
         cut = " (CUT from the router)" if info["cut"] else ""
         lines.append(
-            f"{dc}: shared IP {info['shared_ip']} held by {info['active'] or 'nobody'}{cut}; "
+            f"{dc}: shared IP {info['shared_ip']} / {info['shared_ipv6']} "
+            f"({info['shared_ip_method']}) held by {info['active'] or 'nobody'}{cut}; "
             f"its stack says activeDc={info['config_active_dc']}"
         )
         for host, h in info["hosts"].items():

@@ -239,8 +239,17 @@ KEY_CHANGES: dict[str, KeyChange] = {
                           "a failover or failback: DNS, database roles and PTRs follow"),
     "sharedIpMethod": KeyChange(Outcome.IN_PLACE,
                                 "only to a method the region supports (checked); "
-                                f"{_RE}; leaving bgp removes the shared IP from lo (the "
+                                f"{_RE}; leaving bgp removes the shared IP from lo and "
+                                "BIRD's sessions (the step heartbeat.bgp-leave, and the "
                                 "removed steps' delete)"),
+    **{
+        key: KeyChange(Outcome.IN_PLACE,
+                       "bgp: rewrites BIRD's configuration and reconfigures it; the sessions "
+                       "to the route servers restart with the new timers (the holder's "
+                       "routes are withdrawn and announced again: a second or two without "
+                       "the shared IP)")
+        for key in ("bgpHoldTimeS", "bgpKeepaliveS")
+    },
     "peerStack": KeyChange(Outcome.IN_PLACE, f"reads the other stack; {_RE}"),
     "linodeSecondaryDns": KeyChange(Outcome.IN_PLACE,
                                     "adds or removes the Linode secondary zone (dc1)"),

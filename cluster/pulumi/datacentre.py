@@ -258,7 +258,7 @@ class DataCentre(pulumi.ComponentResource):
         self.volumes = {slot: self.volumes[slot] for slot in SLOTS}
 
         svr1, svr2 = self.instances["svr1"], self.instances["svr2"]
-        # No reboot: in BGP mode the VIP lives on lo and lelastic announces it; in ARP mode
+        # No reboot: in BGP mode the VIP lives on lo and BIRD announces it; in ARP mode
         # Heartbeat's IPaddr2 adds it. Neither needs Linode to reconfigure eth0.
         self.shared_ip = linode.InstanceIp(
             f"{name}-shared-ip",

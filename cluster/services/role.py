@@ -32,6 +32,9 @@ ROLE_SCRIPT_STEP = file_step_name(ROLE_SCRIPT)
 HOSTNAME_STEP = "heartbeat.hostname"
 # Heartbeat has run on this node (so it is not a new cluster's first holder): on the volume.
 HEARTBEAT_MARK = f"{storage.NODE_STATE_DIR}/heartbeat-started"
+# sharedIpMethod bgp: present while this node announces the shared addresses (BIRD includes it;
+# Heartbeat's resource in bgp.py writes and removes it). On /run: gone after a reboot.
+BGP_ANNOUNCE_FILE = "/run/bird/mailcluster-announce.conf"
 
 
 def cluster_conf(ctx: HostContext) -> dict[str, str]:
@@ -89,5 +92,6 @@ fi
             mode="0755",
             after=(PACKAGES_STEP, conf),
             node_state_dir=storage.NODE_STATE_DIR,
+            bgp_announce_file=BGP_ANNOUNCE_FILE,
         ),
     ]

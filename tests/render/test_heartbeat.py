@@ -14,7 +14,7 @@ from cluster.hostplan import build_host_plan
 from cluster.lab.model import lab_topology
 from cluster.material import PASSWORD_FIELDS, ClusterSecrets
 from cluster.plan import HostPlan
-from cluster.services import bgp, heartbeat, role
+from cluster.services import heartbeat, role
 from cluster.topology import Topology
 
 
@@ -55,32 +55,14 @@ def test_authkeys_secret_and_0600(plan: tuple[Topology, HostPlan], secrets: Clus
     ]
 
 
-def test_haresources_arp(plan: tuple[Topology, HostPlan]) -> None:
-    topo, hp = plan
+def test_haresources_arp(plan: tuple[Topology, HostPlan], secrets: ClusterSecrets) -> None:
+    lab_default, default_plan = plan
+    topo = lab_topology(lab_default.config.dc, {"sharedIpMethod": "arp"})
+    hp = build_host_plan(topo, default_plan.host, secrets, "lab")
     node = topo.node(hp.host)
     (line,) = directives(files(hp)["/etc/ha.d/haresources"])
     vip = topo.shared_ip(node.dc)
     assert line == [f"{node.dc}-svr1", f"IPaddr2::{vip}/24/eth0", "mailcluster"]
-
-
-def test_haresources_bgp_linode(secrets: ClusterSecrets) -> None:
-    topo = lab_topology("dc1", {"sharedIpMethod": "bgp"})
-    hp = build_host_plan(topo, "dc1-svr2", secrets, "linode")
-    (line,) = directives(files(hp)["/etc/ha.d/haresources"])
-    assert line == ["dc1-svr1", "lelastic", "mailcluster"]
-    lelastic = files(hp)["/etc/ha.d/resource.d/lelastic"]
-    assert "-dcid 6 -primary" in lelastic  # us-east is Newark, id 6
-    names = [s.name for s in hp.steps]
-    assert "heartbeat.lelastic" in names and "heartbeat.shared-ip-on-lo" in names
-    assert bgp.LELASTIC_VERSION in hp.step("heartbeat.lelastic").script
-    # The lab never downloads anything.
-    lab = build_host_plan(topo, "dc1-svr2", secrets, "lab")
-    assert "heartbeat.lelastic" not in [s.name for s in lab.steps]
-
-
-def test_bgp_unknown_region_fails_clearly() -> None:
-    with pytest.raises(ValueError, match="se-sto"):
-        bgp.lelastic_dcid("se-sto")
 
 
 def test_cluster_conf_reads_back_in_a_shell(plan: tuple[Topology, HostPlan]) -> None:

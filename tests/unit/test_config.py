@@ -157,7 +157,9 @@ def test_default_regions_share_ips_by_bgp() -> None:
 
 
 def test_the_lab_override_stays_valid() -> None:
-    # The lab is not a Linode region: its arp override is checked by load_config only.
+    # The lab is not a Linode region: its overrides are checked by load_config only. It routes
+    # the shared IP by BGP, as Linode does, and takes arp when asked.
     from cluster.lab.model import lab_config
 
-    assert lab_config("dc1").shared_ip_method == "arp"
+    assert lab_config("dc1").shared_ip_method == "bgp"
+    assert lab_config("dc1", {"sharedIpMethod": "arp"}).shared_ip_method == "arp"
