@@ -208,8 +208,10 @@ fi
     )
     bird = script_step(
         BIRD_STEP,
+        # BIRD's include (a glob) needs its directory, which the init script makes at start.
         # A holder announces the routes as they are now (its copy was made at takeover).
-        f"""if [ -e {BGP_ANNOUNCE_FILE} ] && ! cmp -s {SHARED_ROUTES} {BGP_ANNOUNCE_FILE}; then
+        f"""install -d -o bird -g bird -m 0775 {BGP_ANNOUNCE_FILE.rsplit("/", 1)[0]}
+if [ -e {BGP_ANNOUNCE_FILE} ] && ! cmp -s {SHARED_ROUTES} {BGP_ANNOUNCE_FILE}; then
   cp {SHARED_ROUTES} {BGP_ANNOUNCE_FILE}
   echo "{CHANGED_MARK} {BGP_ANNOUNCE_FILE} renewed"
 fi

@@ -32,6 +32,8 @@ def _bird_parse(root: Path, conf: str) -> None:
 def _rooted(hp: HostPlan, root: Path) -> None:
     """The node's files under ``root``, with the include pointing under ``root`` too."""
     write_tree(hp, root)
+    # The include's directory exists wherever BIRD runs (its init script and the plan make it).
+    (root / role.BGP_ANNOUNCE_FILE.lstrip("/")).parent.mkdir(parents=True)
     conf = root / bgp.BIRD_CONF.lstrip("/")
     announce = str(root) + role.BGP_ANNOUNCE_FILE
     conf.write_text(
