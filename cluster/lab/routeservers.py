@@ -1,10 +1,11 @@
 """The lab's BGP route servers: Linode's routing of shared addresses, one namespace per DC.
 
 Each data centre gets a namespace ``<prefix>rs-<dc>`` on its LAN bridge (``.2`` and ``::2``)
-holding the four route-server addresses of ``addresses.route_servers(dc)`` on ``lo`` and one
-BIRD (from the lab base) that speaks for all four: AS 65000, passive, eBGP multihop, one session
-per (node, route server), as Linode's route servers do. It is in the data path of the shared
-addresses when the DC's ``sharedIpMethod`` is bgp:
+holding the four route-server addresses of ``addresses.route_servers(dc)`` on ``lo`` and four
+BIRDs (from the lab base), one per address (``strict bind``; one BIRD cannot hold two sessions
+with the same neighbour): AS 65000, passive, eBGP multihop, a session with each node, as
+Linode's route servers do. They are in the data path of the shared addresses when the DC's
+``sharedIpMethod`` is bgp:
 
     client -> router --(shared /32 and /64 via the rs namespace)--> rs -> the node BIRD chose
 
@@ -17,9 +18,12 @@ addresses when the DC's ``sharedIpMethod`` is bgp:
 - Timers: the route servers propose hold time ``RS_HOLD_TIME_S`` and accept any hold time from
   3 s (``min hold time``), so the node's ``bgpHoldTimeS`` is what the session runs with;
   keepalive is each side's own (the node's ``bgpKeepaliveS``).
-- The best route goes into the namespace's kernel table (next hop: the announcing node's LAN
-  address of the route's family); without one the shared addresses are ``unreachable`` there,
-  as a shared address nobody announces is on Linode.
+- Each route server puts its best route into the namespace's kernel table (next hop: the
+  announcing node's LAN address of the route's family), route server N with metric 31+N: the
+  kernel forwards by route server 1's choice, by 2's when 1 has none, and so on (they agree
+  but for the seconds in which their hold timers of a crashed node run out one after the
+  other). Without any, the shared addresses are ``unreachable`` there, as a shared address
+  nobody announces is on Linode.
 
 In ``arp`` the router sends the shared addresses to the LAN itself (on-link, ARP/ND), as before;
 the route servers keep running, unused.
@@ -56,7 +60,7 @@ mount -t tmpfs -o mode=0755 tmpfs "$base/run"
 mkdir -p "$base@DIR@"
 mount --bind "$dir" "$base@DIR@"
 mount --bind /dev "$base/dev"
-exec chroot "$base" /usr/sbin/bird -f -c @DIR@/bird.conf -s @DIR@/bird.ctl
+exec chroot "$base" /usr/sbin/bird -f -c "@DIR@/$3.conf" -s "@DIR@/$3.ctl"
 """.replace("@DIR@", CONF_DIR_IN_ROOT)
 
 
@@ -109,19 +113,30 @@ def protocol_name(host: str, index: int) -> str:
     return f"{host.replace('-', '_')}_rs{index}"
 
 
-def render_config(dc: str) -> str:
-    """BIRD's configuration for the route servers of ``dc`` (pure: the unit tests read it)."""
+def instance(index: int) -> str:
+    """The name of route server ``index``'s BIRD (its config, socket and log file names)."""
+    return f"rs{index}"
+
+
+def render_config(dc: str, index: int) -> str:
+    """BIRD's configuration for route server ``index`` (1..4) of ``dc`` (pure: the unit tests
+    read it)."""
     v4, v6 = shared_prefixes(dc)
     primary, secondary = bgp.COMMUNITY_PRIMARY, bgp.COMMUNITY_SECONDARY
     rs_as = bgp.ROUTE_SERVER_AS
+    rs = A.route_servers(dc)[index - 1]
+    metric = 31 + index
     lines = [
-        f"# mailcluster lab: the four route servers of {dc} (Linode's model; routeservers.py)",
+        f"# mailcluster lab: route server {index} of {dc}, {rs} (Linode's model; routeservers.py)",
         "log stderr all;",
         f"router id {lan_address(dc)};",
         "protocol device {\n}",
         # The best route of each shared prefix into this namespace's kernel table: the data path.
-        "protocol kernel kernel4 {\n  ipv4 { import none; export all; };\n  metric 32;\n}",
-        "protocol kernel kernel6 {\n  ipv6 { import none; export all; };\n  metric 32;\n}",
+        *(
+            f"protocol kernel kernel{v} {{\n  ipv{v} {{ import none; export all; }};\n"
+            f"  metric {metric};\n}}"
+            for v in (4, 6)
+        ),
     ]
     for peer in peers(dc):
         fn = peer.host.replace("-", "_")
@@ -144,6 +159,8 @@ filter from_{fn} {{
         )
     lines.append(
         f"""template bgp linode_rs {{
+  local {rs} as {rs_as};
+  strict bind on;
   passive on;
   multihop;
   hold time {RS_HOLD_TIME_S};
@@ -155,44 +172,45 @@ filter from_{fn} {{
   ipv6 {{ export none; }};
 }}"""
     )
-    for index, rs in enumerate(A.route_servers(dc), start=1):
-        for peer in peers(dc):
-            fn = peer.host.replace("-", "_")
-            lines.append(
-                f"""protocol bgp {protocol_name(peer.host, index)} from linode_rs {{
-  local {rs} as {rs_as};
+    for peer in peers(dc):
+        fn = peer.host.replace("-", "_")
+        lines.append(
+            f"""protocol bgp {protocol_name(peer.host, index)} from linode_rs {{
   neighbor {peer.ipv6} as {bgp.NODE_AS};
   ipv4 {{ import filter from_{fn}; }};
   ipv6 {{ import filter from_{fn}; }};
 }}"""
-            )
+        )
     return "\n".join(lines) + "\n"
 
 
 # -- the namespace and its BIRD --------------------------------------------------------------
 
 
-def _bird_pid(dc: str) -> int | None:
-    """BIRD's pid (this machine's view), found among the namespace's processes."""
+def _bird_pid(dc: str, index: int) -> int | None:
+    """Route server ``index``'s BIRD pid (this machine's view), found among the namespace's
+    processes by its configuration file."""
     pids = run(["ip", "netns", "pids", namespace(dc)], check=False).stdout.split()
+    want = f"{CONF_DIR_IN_ROOT}/{instance(index)}.conf"
     for pid in pids:
         try:
             comm = Path(f"/proc/{pid}/comm").read_text().strip()
+            argv = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
         except OSError:
             continue
-        if comm == BIRD_NAME:
+        if comm == BIRD_NAME and want in argv:
             return int(pid)
     return None
 
 
-def birdc(dc: str, *args: str, check: bool = True) -> str:
-    """``birdc ARGS`` against the route servers of ``dc`` (inside BIRD's own root)."""
-    pid = _bird_pid(dc)
+def birdc(dc: str, index: int, *args: str, check: bool = True) -> str:
+    """``birdc ARGS`` against route server ``index`` of ``dc`` (inside BIRD's own root)."""
+    pid = _bird_pid(dc, index)
     if pid is None:
-        raise LabError(f"the route servers of {dc} do not run")
+        raise LabError(f"route server {index} of {dc} does not run")
     proc = run(
-        ["nsenter", "-t", str(pid), "-m", "-n", "-r", "-w", "--",
-         "/usr/sbin/birdc", "-s", f"{CONF_DIR_IN_ROOT}/bird.ctl", *args],
+        ["nsenter", "-t", str(pid), "-m", "-n", "-r", "-w", "--", "/usr/sbin/birdc",
+         "-s", f"{CONF_DIR_IN_ROOT}/{instance(index)}.ctl", *args],
         check=check, timeout=10,
     )  # fmt: skip
     return proc.stdout
@@ -232,7 +250,8 @@ def ensure(dc: str) -> None:
     # The nodes reach the route servers through their gateway, the router (multihop).
     run(["ip", "-n", ROUTER_NS, "-6", "route", "replace",
          A.v6_net(A.ROUTE_SERVER_NETS6[dc]), "via", lan_address6(dc)])  # fmt: skip
-    _start_or_reconfigure(dc)
+    for index in range(1, len(A.route_servers(dc)) + 1):
+        _start_or_reconfigure(dc, index)
 
 
 def _address(ns: str, dev: str, cidr: str) -> None:
@@ -242,28 +261,28 @@ def _address(ns: str, dev: str, cidr: str) -> None:
         run(["ip", "-n", ns, "addr", "add", cidr, "dev", dev, *extra])
 
 
-def _start_or_reconfigure(dc: str) -> None:
+def _start_or_reconfigure(dc: str, index: int) -> None:
     d = conf_dir(dc)
     d.mkdir(parents=True, exist_ok=True)
-    conf = render_config(dc)
-    (d / "bird.conf").write_text(conf)
-    if _bird_pid(dc) is not None:
-        out = birdc(dc, "configure")
+    name = instance(index)
+    (d / f"{name}.conf").write_text(render_config(dc, index))
+    if _bird_pid(dc, index) is not None:
+        out = birdc(dc, index, "configure")
         if "Reconfigur" not in out:
-            raise LabError(f"route servers of {dc}: birdc configure: {out.strip()}")
+            raise LabError(f"route server {index} of {dc}: birdc configure: {out.strip()}")
         return
-    with open(d / "bird.log", "ab") as log:
+    with open(d / f"{name}.log", "ab") as log:
         subprocess.Popen(
             in_ns(namespace(dc), "unshare", "--mount", "--pid", "--fork", "--propagation",
-                  "private", "sh", "-c", LAUNCH_SCRIPT, "rs", str(base_dir()), str(d)),
+                  "private", "sh", "-c", LAUNCH_SCRIPT, "rs", str(base_dir()), str(d), name),
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
         )  # fmt: skip
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        if _bird_pid(dc) is not None and (d / "bird.ctl").exists():
+        if _bird_pid(dc, index) is not None and (d / f"{name}.ctl").exists():
             return
         time.sleep(0.05)
-    raise LabError(f"the route servers of {dc} did not start; see {d / 'bird.log'}")
+    raise LabError(f"route server {index} of {dc} did not start; see {d / name}.log")
 
 
 def route_shared(dc: str, method: str) -> None:
@@ -290,18 +309,27 @@ def routed_method(dc: str) -> str:
 _BEST = re.compile(r"^\S+\s+\S+\s+\[(\S+)\s.*\*")
 
 
-def preferred(dc: str) -> dict[str, str | None]:
-    """Which node the route servers' best route of each shared prefix leads to:
-    ``{"ipv4": host or None, "ipv6": host or None}`` (asked with ``birdc show route``)."""
-    out: dict[str, str | None] = {}
+def best_route(dc: str, index: int, prefix: str) -> str | None:
+    """The node route server ``index`` of ``dc`` routes ``prefix`` to (``birdc show route``),
+    or None."""
     names = {p.host.replace("-", "_"): p.host for p in peers(dc)}
+    for line in birdc(dc, index, "show", "route", prefix, check=False).splitlines():
+        m = _BEST.match(line)
+        if m:
+            return names.get(m.group(1).rsplit("_rs", 1)[0])
+    return None
+
+
+def preferred(dc: str) -> dict[str, str | None]:
+    """Which node the route servers send each shared prefix to: ``{"ipv4": host or None,
+    "ipv6": host or None}``, the first route server (in the kernel's metric order) that has a
+    route deciding, as it does for the traffic."""
+    out: dict[str, str | None] = {}
     for family, prefix in zip(("ipv4", "ipv6"), shared_prefixes(dc), strict=True):
-        text = birdc(dc, "show", "route", prefix, check=False)
         out[family] = None
-        for line in text.splitlines():
-            m = _BEST.match(line)
-            if m:
-                proto = m.group(1)
-                out[family] = names.get(proto.rsplit("_rs", 1)[0])
+        for index in range(1, len(A.route_servers(dc)) + 1):
+            host = best_route(dc, index, prefix)
+            if host is not None:
+                out[family] = host
                 break
     return out

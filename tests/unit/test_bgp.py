@@ -88,15 +88,17 @@ def test_bird_values_of_a_lab_node() -> None:
 
 
 def test_route_server_config_prefers_primary_and_older() -> None:
-    conf = routeservers.render_config("dc1")
+    conf = routeservers.render_config("dc1", 1)
     assert "bgp_local_pref = 200" in conf and "bgp_local_pref = 100" in conf
     assert conf.index("(65000, 1)") < conf.index("(65000, 2)")
     assert "prefer older on;" in conf and "min hold time 3;" in conf
-    # One session per (node, route server), from each route-server address.
+    # One BIRD per route-server address, with a session to each node, in metric order.
     for index, rs in enumerate(A.route_servers("dc1"), start=1):
+        conf_i = routeservers.render_config("dc1", index)
         for host in ("dc1-svr1", "dc1-svr2"):
-            assert f"protocol bgp {routeservers.protocol_name(host, index)} from" in conf
-        assert f"local {rs} as 65000;" in conf
+            assert f"protocol bgp {routeservers.protocol_name(host, index)} from" in conf_i
+        assert f"local {rs} as 65000;" in conf_i and "strict bind on;" in conf_i
+        assert f"metric {31 + index};" in conf_i
     # Only the DC's own shared addresses are accepted, sent to the announcing node.
     assert "if net != 198.51.100.10/32 then reject;" in conf
     assert "if net != 2001:db8:1:a::/64 then reject;" in conf

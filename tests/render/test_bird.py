@@ -124,9 +124,10 @@ def test_arp_plan_has_only_the_leave_step(secrets: ClusterSecrets) -> None:
 
 
 @pytest.mark.parametrize("dc", DC_NAMES)
-def test_route_server_conf_parses(dc: str) -> None:
+@pytest.mark.parametrize("index", [1, 4])
+def test_route_server_conf_parses(dc: str, index: int) -> None:
     with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
         conf = Path(tmp) / "bird.conf"
-        conf.write_text(routeservers.render_config(dc))
+        conf.write_text(routeservers.render_config(dc, index))
         proc = in_base("bird", "-p", "-c", str(conf))
         assert proc.returncode == 0, proc.stdout + proc.stderr
