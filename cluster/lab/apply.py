@@ -112,6 +112,17 @@ def _record(host: str, rec: HostRecord, step: Step, digest: str) -> None:
         raise LabError(f"{host}: could not record step {step.name}: {proc.stderr.strip()}")
 
 
+def _forget_dropped(host: str, rec: HostRecord, plan: HostPlan) -> None:
+    """Drop the records of steps the plan no longer has, as Pulumi deletes their Commands: a
+    step that comes back later (sharedIpMethod bgp -> arp -> bgp) runs again."""
+    keep = " ".join(sorted(marker_name(s.name) for s in plan.steps))
+    script = (
+        f"cd {APPLIED_DIR} 2>/dev/null || exit 0; keep=' {keep} '; "
+        'for f in *; do case "$keep" in *" $f "*) ;; *) rm -f -- "$f" ;; esac; done'
+    )
+    exec_in(host, rec, ["sh", "-c", script])
+
+
 def apply_stack(
     state: LabState,
     topo: Topology,
@@ -199,4 +210,6 @@ def apply_stack(
     report.seconds = time.monotonic() - t_stack
     if errors:
         raise LabError("\n".join(errors))
+    for host, plan in plans.items():
+        _forget_dropped(host, state.hosts[host], plan)
     return report

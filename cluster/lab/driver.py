@@ -18,10 +18,12 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from cluster.config import StackConfig
 from cluster.lab import addresses as A
-from cluster.lab import cgroups, lifecycle
+from cluster.lab import cgroups, lifecycle, routeservers
 from cluster.lab.run import LabError
 from cluster.lab.secrets import ca_file
+from cluster.lab.stacks import stack_topology
 from cluster.lab.state import LabState
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,6 +47,13 @@ def private_ip(host: str) -> str:
 
 def shared_ip(dc: str) -> str:
     return A.lab_dc_addresses(dc).shared_ipv4
+
+
+def shared_ip6(dc: str) -> str:
+    """The shared IPv6 of ``dc`` (an address of its shared routed range)."""
+    addr = A.lab_dc_addresses(dc).shared_ipv6
+    assert addr is not None  # the lab is dual stack
+    return addr
 
 
 def last_json(out: str) -> dict[str, Any]:
@@ -234,6 +243,30 @@ class Lab:
                 raise DriverError(f"{host} is not running")
             out[host] = cgroups.cpu_seconds(rec.cgroup)
         return out
+
+    # -- the route servers (sharedIpMethod bgp) ------------------------------------------------
+
+    def stack_config(self, dc: str) -> StackConfig:
+        """The stack's config as the lab applies it (with its kept ``--set`` overrides)."""
+        return stack_topology(LabState.load(), dc).config
+
+    def shared_ip_method(self, dc: str) -> str:
+        """How the router reaches ``dc``'s shared addresses now: "bgp" or "arp"."""
+        return routeservers.routed_method(dc)
+
+    def routed_to(self, dc: str) -> dict[str, str | None]:
+        """The node the route servers of ``dc`` send each family's shared address to."""
+        return routeservers.preferred(dc)
+
+    def wait_routed(self, dc: str, host: str, timeout: float = 60) -> float:
+        """With bgp, until the route servers send both shared addresses of ``dc`` to ``host``
+        (after a crash: the dead node's hold time); with arp, at once. Returns the seconds."""
+        t0 = time.monotonic()
+        if self.shared_ip_method(dc) == "bgp":
+            self.wait_for(f"the route servers of {dc} to route to {host}",
+                          lambda: set(self.routed_to(dc).values()) == {host},
+                          timeout=timeout, interval=0.2)  # fmt: skip
+        return time.monotonic() - t0
 
     # -- waiting -------------------------------------------------------------------------------
 

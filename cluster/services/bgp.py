@@ -25,10 +25,19 @@ every running node).
 from __future__ import annotations
 
 import ipaddress
+import textwrap
 from typing import Any
 
 from cluster.hostcontext import HostContext
-from cluster.plan import CHANGED_MARK, Step, StepRef, reload_or_start, script_step, step_names
+from cluster.plan import (
+    CHANGED_MARK,
+    Step,
+    StepRef,
+    file_step_name,
+    reload_or_start,
+    script_step,
+    step_names,
+)
 from cluster.services.role import BGP_ANNOUNCE_FILE, CLUSTER_CONF
 
 PACKAGES: tuple[str, ...] = ("iproute2", "bird2")
@@ -76,10 +85,32 @@ LINODE_DCID = {
 }
 
 
+# Heartbeat's resources file: on a switch of method, the node that held the shared addresses
+# the old way starts the new way's resources itself (a Heartbeat reload does not).
+HARESOURCES = "/etc/ha.d/haresources"
+
+
+def _start_resources_script(skip: tuple[str, ...]) -> str:
+    """Shell lines that start the resources of HARESOURCES but ``skip``, as Heartbeat would
+    (``name::arg1::arg2`` -> ``resource.d/name arg1 arg2 start``)."""
+    words = "awk '!/^#/ && NF {for (i = 2; i <= NF; i++) print $i}'"
+    return f"""for r in $({words} {HARESOURCES}); do
+  case "${{r%%::*}}" in {"|".join(skip)}) continue ;; esac
+  # shellcheck disable=SC2046
+  set -- $(echo "$r" | sed 's/::/ /g')
+  name=$1; shift
+  /etc/ha.d/resource.d/"$name" "$@" start >/dev/null
+  echo "{CHANGED_MARK} this node held the shared IP: started $r"
+done
+"""
+
+
 def _leave_script() -> str:
     """Shell lines that undo bgp on a node: the shared addresses off lo, the announcement gone,
     BIRD back to the package's default configuration (no sessions). Idempotent."""
-    return f"""for a in $(ip -o -4 addr show dev lo scope global | awk '{{print $4}}') \\
+    return f"""held=no
+[ -e {BGP_ANNOUNCE_FILE} ] && held=yes
+for a in $(ip -o -4 addr show dev lo scope global | awk '{{print $4}}') \\
          $(ip -o -6 addr show dev lo scope global | awk '{{print $4}}'); do
   ip addr del "$a" dev lo
   echo "{CHANGED_MARK} $a off lo"
@@ -97,6 +128,19 @@ if grep -qs 'managed by mailcluster' {BIRD_CONF}; then
   echo "{CHANGED_MARK} BIRD back to the package's configuration (no BGP sessions)"
 fi
 """
+
+
+def _leave_step() -> Step:
+    """arp: undo bgp; the node that announced starts arp's resources (the shared IP on the LAN)
+    before anything else can tell it apart no more."""
+    return script_step(
+        LEAVE_STEP,
+        _leave_script()
+        + f"""if [ "$held" = yes ]; then
+{textwrap.indent(_start_resources_script((HA_RESOURCE, "mailcluster")), "  ")}fi
+""",
+        after=(file_step_name(HARESOURCES),),
+    )
 
 
 # Undoes LO_STEP and LO_CONFIG when a later config drops them (sharedIpMethod bgp -> arp): the
@@ -167,7 +211,7 @@ def bird_values(ctx: HostContext) -> dict[str, Any]:
 def _steps(ctx: HostContext) -> tuple[list[Step], list[StepRef]]:
     """(every step, the ones Heartbeat's start watches)."""
     if not enabled(ctx):
-        return [script_step(LEAVE_STEP, _leave_script())], []
+        return [_leave_step()], []
     vip = ctx.topology.shared_ip(ctx.node.dc)
     vip6 = ctx.topology.shared_ipv6(ctx.node.dc)
     iface = ctx.topology.dcs[ctx.node.dc].interface
@@ -184,28 +228,6 @@ def _steps(ctx: HostContext) -> tuple[list[Step], list[StepRef]]:
     )
     lo_config = ctx.file(LO_CONFIG, vip=vip, vip6=vip6)
     wanted = [f"{vip}/32"] + ([f"{vip6}/128"] if vip6 else [])
-    on_lo = script_step(
-        LO_STEP,
-        "".join(
-            f"""if ! ip -o addr show dev lo | grep -q ' {cidr} '; then
-  ip addr add {cidr} dev lo
-  echo "{CHANGED_MARK} {cidr} on lo"
-fi
-"""
-            for cidr in wanted
-        )
-        # Left on the LAN by arp (IPaddr2/IPv6addr) before a switch to bgp: in bgp nobody may
-        # answer ARP/ND for a shared address; the route servers' next hop carries it.
-        + "".join(
-            f"""if ip -o addr show dev {iface} | grep -q ' {addr}/'; then
-  ip addr del "$(ip -o addr show dev {iface} | awk '$4 ~ "^{addr}/" {{print $4}}')" dev {iface}
-  echo "{CHANGED_MARK} {addr} off {iface}"
-fi
-"""
-            for addr in [vip] + ([vip6] if vip6 else [])
-        ),
-        watch=(lo_config,),
-    )
     bird = script_step(
         BIRD_STEP,
         # BIRD's include (a glob) needs its directory, which the init script makes at start.
@@ -224,6 +246,37 @@ fi
 case "$out" in *Reconfigur*) ;; *) echo "$out" >&2; exit 1 ;; esac""",
         ),
         watch=(bird_conf, shared),
+    )
+    on_lo = script_step(
+        LO_STEP,
+        "".join(
+            f"""if ! ip -o addr show dev lo | grep -q ' {cidr} '; then
+  ip addr add {cidr} dev lo
+  echo "{CHANGED_MARK} {cidr} on lo"
+fi
+"""
+            for cidr in wanted
+        )
+        # Left on the LAN by arp (IPaddr2/IPv6addr) before a switch to bgp: in bgp nobody may
+        # answer ARP/ND for a shared address; the route servers' next hop carries it. The node
+        # that held it that way is the holder: it announces now (a Heartbeat reload would not).
+        + "held=no\n"
+        + "".join(
+            f"""if ip -o addr show dev {iface} | grep -q ' {addr}/'; then
+  ip addr del "$(ip -o addr show dev {iface} | awk '$4 ~ "^{addr}/" {{print $4}}')" dev {iface}
+  echo "{CHANGED_MARK} {addr} off {iface}"
+  held=yes
+fi
+"""
+            for addr in [vip] + ([vip6] if vip6 else [])
+        )
+        + f"""if [ "$held" = yes ]; then
+  {RESOURCE_SCRIPT} start
+  echo "{CHANGED_MARK} this node held the shared IP: announcing it"
+fi
+""",
+        after=(resource, bird),
+        watch=(lo_config,),
     )
     out = [resource, bird_conf, shared, lo_config, on_lo, bird]
     return out, [resource, on_lo, bird]

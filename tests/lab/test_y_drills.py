@@ -13,13 +13,15 @@ from typing import Any
 
 import pytest
 
-from cluster.lab.driver import Lab, private_ip, public_ip, shared_ip
+from cluster.lab.driver import Background, Lab, private_ip, public_ip, shared_ip, shared_ip6
 
 pytestmark = pytest.mark.drill
 
 DOMAIN = "example.com"
 VIP1 = shared_ip("dc1")
 VIP2 = shared_ip("dc2")
+VIP1_6 = shared_ip6("dc1")
+FAMILIES = {"ipv4": VIP1, "ipv6": VIP1_6}
 DC1 = ("dc1-svr1", "dc1-svr2")
 DC2 = ("dc2-svr1", "dc2-svr2")
 
@@ -62,6 +64,35 @@ def ensure_holder(lab: Lab, host: str) -> None:
     lab.wait_for(f"{host} to hold the shared IP", lambda: lab.role(host)["role"] == "active",
                  timeout=60, interval=0.5)  # fmt: skip
     wait_rejoined(lab, other, private_ip(host))
+    lab.wait_routed("dc1", host)
+
+
+def takeover_probes(lab: Lab, user: tuple[str, str]) -> dict[str, Background]:
+    """From now on, per address family: the first SMTP 220 and the first IMAPS login on dc1's
+    shared address (clientlib probe, an attempt every 20 ms)."""
+    args = ("--ca", lab.ca, "--user", user[0], "--password", user[1], "--timeout", "60")
+    return {
+        family: lab.start_clientlib("probe", "--host", addr, *args)
+        for family, addr in FAMILIES.items()
+    }
+
+
+def takeover_figures(
+    probes: dict[str, Background], t_crash: float, limit: float, method: str
+) -> dict[str, dict[str, float | None]]:
+    """Crash -> SMTP 220 and crash -> IMAPS login, seconds, per family; each within ``limit``."""
+    out: dict[str, dict[str, float | None]] = {}
+    for family, probe in probes.items():
+        got = probe.result(timeout=90)
+        out[family] = {k: (None if got[f"{k}_at"] is None else round(got[f"{k}_at"] - t_crash, 2))
+                       for k in ("smtp", "imap")}  # fmt: skip
+    print(f"takeover ({method}): " + "; ".join(
+        f"{fam}: crash -> SMTP 220 {f['smtp']} s, crash -> IMAPS login {f['imap']} s"
+        for fam, f in out.items()))  # fmt: skip
+    for family, f in out.items():
+        for what, secs in f.items():
+            assert secs is not None and secs <= limit, (method, family, what, out)
+    return out
 
 
 def smtp_banner_from(lab: Lab, host: str) -> str:
@@ -110,16 +141,26 @@ def test_drill_replication_lag_is_measured(lab: Lab) -> None:
 
 
 def test_drill_1_crash_the_active_node(lab: Lab, unique: str) -> None:
+    """bgp (the lab's default, as on Linode): the survivor announces at once, but the route
+    servers keep the crashed node's route until its hold time runs out, so SMTP and IMAPS answer
+    on both shared addresses within the hold time + 1 s."""
+    assert lab.shared_ip_method("dc1") == "bgp"
+    hold = lab.stack_config("dc1").bgp_hold_time_s
     ensure_holder(lab, "dc1-svr1")
     user = new_user(lab)
     stream = lab.stream(VIP1, user, unique)
     time.sleep(4)
-    lab.run("crash", "dc1-svr1")
-    t_crash = time.monotonic()
+    t_crash = time.time()
+    lab.crash_now("dc1-svr1")
+    probes = takeover_probes(lab, user)
     lab.wait_for("dc1-svr2 to take over", lambda: lab.role("dc1-svr2")["role"] == "active",
                  timeout=30, interval=0.2)  # fmt: skip
-    print(f"crash: dc1-svr2 active after {time.monotonic() - t_crash:.1f}s (CLI polling)")
-    time.sleep(4)
+    print(f"crash: dc1-svr2 active after {time.time() - t_crash:.1f}s (CLI polling)")
+    routed = lab.wait_routed("dc1", "dc1-svr2", timeout=hold + 10)
+    print(f"crash: the route servers route to dc1-svr2 {time.time() - t_crash:.1f}s after it")
+    del routed
+    takeover_figures(probes, t_crash, hold + 1, "bgp")
+    time.sleep(2)
     result = stream.result(timeout=120)
     assert not result["permanent"], result["permanent"]
     acked = set(result["acked"])
@@ -180,6 +221,8 @@ def test_drill_2_cut_the_active_nodes_link(lab: Lab, unique: str) -> None:
                          lab.role("dc1-svr1")), timeout=30, interval=0.5)  # fmt: skip
         lab.wait_for("svr2 active", lambda: lab.role("dc1-svr2")["role"] == "active",
                      timeout=30, interval=0.5)  # fmt: skip
+        # With bgp the route servers drop the cut node's route when its hold time runs out.
+        lab.wait_routed("dc1", "dc1-svr2")
         print(f"cut: settled after {time.monotonic() - t0:.1f}s")
         # Exactly one node holds the shared IP, seen inside the hosts ...
         assert lab.holders(DC1) == ["dc1-svr2"]
@@ -408,4 +451,64 @@ def test_drill_5_rebuild_both_nodes_of_a_data_centre(lab: Lab, unique: str) -> N
                      lambda h=host: lab.exec(h, "postqueue", "-j").stdout.strip() == "",
                      timeout=60, interval=1)  # fmt: skip
     # Leave the lab as the drills found it: svr1 holds dc1's shared IP.
+    ensure_holder(lab, "dc1-svr1")
+
+
+def test_drill_6_planned_switchover_withdraws_first(lab: Lab) -> None:
+    """hb_standby on the active node: it demotes, withdraws its route, then the peer announces
+    (bgp) and promotes: under 1 s of refused connections on either shared address."""
+    ensure_holder(lab, "dc1-svr1")
+    watches = {fam: lab.watch_port(addr, 25, interval=0.05) for fam, addr in FAMILIES.items()}
+    time.sleep(1)
+    t0 = time.monotonic()
+    lab.exec("dc1-svr1", "/usr/share/heartbeat/hb_standby", "all")
+    lab.wait_for("dc1-svr2 active", lambda: lab.role("dc1-svr2")["role"] == "active",
+                 timeout=60, interval=0.3)  # fmt: skip
+    lab.wait_routed("dc1", "dc1-svr2")
+    took = time.monotonic() - t0
+    time.sleep(2)
+    got = {fam: w.result() for fam, w in watches.items()}
+    print(f"switchover ({lab.shared_ip_method('dc1')}, {took:.1f}s to settle): " + "; ".join(
+        f"{fam}: {g['failed']} of {g['attempts']} probes unanswered, longest refusal "
+        f"{g['longest_outage']:.2f}s, slowest banner {g['slowest_banner']:.2f}s"
+        for fam, g in got.items()))  # fmt: skip
+    for fam, g in got.items():
+        assert g["attempts"] > 20 and g["longest_outage"] < 1.0, (fam, g)
+    wait_rejoined(lab, "dc1-svr1", private_ip("dc1-svr2"))
+    ensure_holder(lab, "dc1-svr1")
+
+
+def test_drill_7_arp_crash(lab: Lab, unique: str) -> None:
+    """The legacy method, focused: dc1 switched to arp on the running cluster (and back), a
+    crash of the active node measured on both shared addresses, nothing acknowledged lost.
+    (IPv6 moves with Heartbeat's IPv6 resource in arp.)"""
+    try:
+        lab.run("apply", "--stack", "dc1", "--set", "sharedIpMethod=arp")
+        assert lab.shared_ip_method("dc1") == "arp"
+        ensure_holder(lab, "dc1-svr1")
+        assert smtp_banner_from(lab, VIP1)
+        deadtime = lab.stack_config("dc1").heartbeat_deadtime_ms / 1000
+        user = new_user(lab)
+        stream = lab.stream(VIP1, user, unique)
+        time.sleep(3)
+        t_crash = time.time()
+        lab.crash_now("dc1-svr1")
+        probes = takeover_probes(lab, user)
+        takeover_figures(probes, t_crash, deadtime + 4, "arp")
+        time.sleep(2)
+        result = stream.result(timeout=120)
+        assert not result["permanent"], result["permanent"]
+        lab.run("boot", "dc1-svr1")
+        wait_rejoined(lab, "dc1-svr1", private_ip("dc1-svr2"))
+        acked = set(result["acked"])
+        got = lab.subjects(VIP1, user, unique, len(acked))
+        assert acked <= got, sorted(acked - got)
+    finally:
+        lab.run("apply", "--stack", "dc1", "--set", "sharedIpMethod=bgp")
+    # Back to bgp on the running cluster: the holder announces, the router follows.
+    assert lab.shared_ip_method("dc1") == "bgp"
+    holder = lab.holders(DC1)
+    assert len(holder) == 1, holder
+    lab.wait_routed("dc1", holder[0], timeout=30)
+    assert smtp_banner_from(lab, VIP1)
     ensure_holder(lab, "dc1-svr1")
