@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 from cluster.lab import addresses as A
+from cluster.lab import routeservers
 from cluster.lab.driver import Lab
 from cluster.lab.model import volume_path
 from cluster.lab.paths import CLIENT_NS, HOSTS, INIT_NAME, ROUTER_NS, host_ns, lab_dir
@@ -98,9 +99,14 @@ def test_lab_namespaces_have_only_their_own_links(lab: Lab) -> None:
     # The router forwards between lab networks only: no default route, so nothing leaves.
     routes = subprocess.run(["ip", "-n", ROUTER_NS, "route"], capture_output=True, text=True).stdout
     assert "default" not in routes
+    # Its own networks, and per DC in bgp the shared IP through the DC's route servers.
+    shared = [A.lab_dc_addresses(dc).shared_ipv4 for dc in A.PUBLIC_NETS
+              if routeservers.routed_method(dc) == "bgp"]  # fmt: skip
     assert sorted(line.split()[0] for line in routes.splitlines()) == sorted(
-        f"{net}.0/24" for net in (*A.PUBLIC_NETS.values(), A.CLIENT_NET)
+        [f"{net}.0/24" for net in (*A.PUBLIC_NETS.values(), A.CLIENT_NET)] + shared
     )
+    for dc in A.PUBLIC_NETS:
+        assert links(routeservers.namespace(dc)) == {"lo", "eth0"}
 
 
 def test_hosts_cannot_change_this_machines_kernel_settings(lab: Lab) -> None:
