@@ -1,12 +1,16 @@
 """Failover benchmark in the lab (issue 5): run for real, as root, with the lab up; not in CI.
 
-    python bench/failover.py [--rounds 10] [--rate 5] [--skip-dc]
+    python bench/failover.py [--rounds 10] [--rate 5] [--methods bgp,arp]
+                             [--families ipv4,ipv6] [--skip-dc]
 
-Per round: a steady sender over 587 runs from the client; the dc1 node holding the shared IP is
-crashed (power cut, in-process so the crash instant is known to the millisecond); a probe in
-the client opens a new SMTP connection to the shared IP every 20 ms and tries an IMAPS login
-every 20 ms. The crashed node is booted and waits to rejoin before the next round, so the
-active node alternates. Then: messages lost (acknowledged, not readable at the end), MariaDB
+For each shared-IP method (dc1 is switched to it on the running lab, and back to bgp at the
+end), per round: a steady sender over 587 runs from the client; the dc1 node holding the shared
+IP is crashed (power cut, in-process so the crash instant is known to the millisecond); per
+address family a probe in the client opens a new SMTP connection to that shared address every
+20 ms and tries an IMAPS login every 20 ms. The crashed node is booted and waits to rejoin
+before the next round, so the active node alternates. Figures are reported per method and
+family: with bgp a crash costs the route servers' hold time, with arp Heartbeat's deadtime.
+Then: messages lost (acknowledged, not readable at the end), MariaDB
 replication lag under the send load (a row with the master's clock, polled on each replica
 every ~5 ms inside the host), and the data-centre failover time (from the start of
 `apply --stack dc2 --set activeDc=dc2` to the first message accepted on dc2's shared IP), after
@@ -26,11 +30,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cluster.lab.driver import Lab, shared_ip  # noqa: E402
+from cluster.lab.driver import Lab, shared_ip, shared_ip6  # noqa: E402
 from cluster.lab.run import LabError  # noqa: E402
 
 VIP1 = shared_ip("dc1")
 VIP2 = shared_ip("dc2")
+FAMILIES = {"ipv4": VIP1, "ipv6": shared_ip6("dc1")}
 DC1 = ("dc1-svr1", "dc1-svr2")
 LAB = Lab()
 
@@ -93,6 +98,8 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--rate", type=float, default=5)
+    ap.add_argument("--methods", default="bgp,arp")
+    ap.add_argument("--families", default="ipv4,ipv6")
     ap.add_argument("--skip-dc", action="store_true")
     a = ap.parse_args()
     try:
@@ -105,40 +112,67 @@ def run(a: argparse.Namespace) -> int:
     user, password = LAB.new_mailbox("example.com", "b")
     prefix = f"bench-{secrets.token_hex(4)}"
     sender = LAB.stream(VIP1, (user, password), prefix, seconds=100000, rate=a.rate)
-    banner: list[float] = []
-    imap: list[float] = []
+    families = a.families.split(",")
+    # (method, family) -> seconds from the crash to the first SMTP 220 / IMAPS login.
+    banner: dict[tuple[str, str], list[float]] = {}
+    imap: dict[tuple[str, str], list[float]] = {}
+    unanswered: dict[tuple[str, str], int] = {}
     lags: list[float] = []
-    for n in range(a.rounds):
-        active = next((h for h in DC1 if LAB.role(h, check=False).get("vip_held")), None)
-        if active is None:
-            raise SystemExit("nobody holds dc1's shared IP")
-        standby = DC1[1] if active == DC1[0] else DC1[0]
-        if n == 0:
-            lags += lag_round(active, [standby, "dc2-svr1", "dc2-svr2"], 100)
-        time.sleep(2)
-        t0 = time.time()
-        LAB.crash_now(active)
-        probe = LAB.start_clientlib("probe", "--host", VIP1, "--ca", LAB.ca, "--user", user,
-                                    "--password", password, "--timeout", "60")  # fmt: skip
-        got = probe.result()
-        if not got["ok"]:
-            raise SystemExit(f"round {n}: no banner within 60 s: {got}")
-        banner.append(got["smtp_at"] - t0)
-        if got.get("imap_at"):
-            imap.append(got["imap_at"] - t0)
-        print(f"round {n + 1}: crashed {active}: SMTP banner {banner[-1]:.3f}s, IMAP login "
-              f"{(got.get('imap_at') or float('nan')) - t0:.3f}s", flush=True)  # fmt: skip
-        LAB.run("boot", active)
-        LAB.wait_for(f"{active} to rejoin", partial(rejoined, active), timeout=120)
+    try:
+        for method in a.methods.split(","):
+            LAB.run("apply", "--stack", "dc1", "--set", f"sharedIpMethod={method}")
+            for n in range(a.rounds):
+                active = next((h for h in DC1 if LAB.role(h, check=False).get("vip_held")), None)
+                if active is None:
+                    raise SystemExit("nobody holds dc1's shared IP")
+                standby = DC1[1] if active == DC1[0] else DC1[0]
+                LAB.wait_routed("dc1", active)
+                if not lags:
+                    lags += lag_round(active, [standby, "dc2-svr1", "dc2-svr2"], 100)
+                time.sleep(2)
+                t0 = time.time()
+                LAB.crash_now(active)
+                args = ("--ca", LAB.ca, "--user", user, "--password", password, "--timeout", "60")
+                probes = {
+                    fam: LAB.start_clientlib("probe", "--host", FAMILIES[fam], *args)
+                    for fam in families
+                }
+                line = []
+                for fam, probe in probes.items():
+                    got = probe.result()
+                    key = (method, fam)
+                    if not got["ok"]:
+                        unanswered[key] = unanswered.get(key, 0) + 1
+                        line.append(f"{fam}: no banner within 60 s")
+                        continue
+                    banner.setdefault(key, []).append(got["smtp_at"] - t0)
+                    if got.get("imap_at"):
+                        imap.setdefault(key, []).append(got["imap_at"] - t0)
+                    line.append(f"{fam}: SMTP banner {got['smtp_at'] - t0:.3f}s, IMAP login "
+                                f"{(got.get('imap_at') or float('nan')) - t0:.3f}s")  # fmt: skip
+                print(f"{method} round {n + 1}: crashed {active}: " + "; ".join(line), flush=True)
+                LAB.run("boot", active)
+                LAB.wait_for(f"{active} to rejoin", partial(rejoined, active), timeout=120)
+    finally:
+        LAB.run("apply", "--stack", "dc1", "--set", "sharedIpMethod=bgp")
     sent = sender.result()
     acked = set(sent["acked"])
     lost = acked - LAB.subjects(VIP1, (user, password), prefix, len(acked), timeout=120)
     print()
-    print(f"crashes: {len(banner)} (keepalive/deadtime from the stack config)")
-    print(f"crash -> SMTP 220 on the shared IP: median {statistics.median(banner):.3f}s, "
-          f"max {max(banner):.3f}s")  # fmt: skip
-    if imap:
-        print(f"crash -> IMAPS login: median {statistics.median(imap):.3f}s, max {max(imap):.3f}s")
+    cfg = LAB.stack_config("dc1")
+    print(f"timers: bgp hold {cfg.bgp_hold_time_s} s / keepalive {cfg.bgp_keepalive_s} s; "
+          f"Heartbeat keepalive {cfg.heartbeat_keepalive_ms} ms / deadtime "
+          f"{cfg.heartbeat_deadtime_ms} ms")  # fmt: skip
+    for (method, fam), values in sorted(banner.items()):
+        print(f"{method} {fam}: {len(values)} crashes; crash -> SMTP 220: median "
+              f"{statistics.median(values):.3f}s, max {max(values):.3f}s", end="")  # fmt: skip
+        got_imap = imap.get((method, fam))
+        if got_imap:
+            print(f"; crash -> IMAPS login: median {statistics.median(got_imap):.3f}s, "
+                  f"max {max(got_imap):.3f}s", end="")  # fmt: skip
+        print()
+    for (method, fam), count in sorted(unanswered.items()):
+        print(f"{method} {fam}: {count} crashes without an SMTP banner within 60 s")
     print(f"messages: {sent['sent']} sent, {len(acked)} acknowledged, {len(lost)} lost, "
           f"{len(sent['permanent'])} refused permanently")  # fmt: skip
     if lags:
@@ -148,7 +182,7 @@ def run(a: argparse.Namespace) -> int:
         )
     if not a.skip_dc:
         dc_failover(user, password)
-    return 1 if lost else 0
+    return 1 if lost or unanswered else 0
 
 
 def dc_failover(user: str, password: str) -> None:
