@@ -156,9 +156,8 @@ def test_drill_1_crash_the_active_node(lab: Lab, unique: str) -> None:
     lab.wait_for("dc1-svr2 to take over", lambda: lab.role("dc1-svr2")["role"] == "active",
                  timeout=30, interval=0.2)  # fmt: skip
     print(f"crash: dc1-svr2 active after {time.time() - t_crash:.1f}s (CLI polling)")
-    routed = lab.wait_routed("dc1", "dc1-svr2", timeout=hold + 10)
+    lab.wait_routed("dc1", "dc1-svr2", timeout=hold + 10)
     print(f"crash: the route servers route to dc1-svr2 {time.time() - t_crash:.1f}s after it")
-    del routed
     takeover_figures(probes, t_crash, hold + 1, "bgp")
     time.sleep(2)
     result = stream.result(timeout=120)
