@@ -105,9 +105,11 @@ done
 """
 
 
-def _leave_script() -> str:
+def _leave_script(*, drop_announce: bool = True) -> str:
     """Shell lines that undo bgp on a node: the shared addresses off lo, the announcement gone,
-    BIRD back to the package's default configuration (no sessions). Idempotent."""
+    BIRD back to the package's default configuration (no sessions). Idempotent. Without
+    ``drop_announce`` the mark of the announcing node stays for LEAVE_STEP to read (Pulumi may
+    run a removed Command's delete before the new step)."""
     return f"""held=no
 [ -e {BGP_ANNOUNCE_FILE} ] && held=yes
 for a in $(ip -o -4 addr show dev lo scope global | awk '{{print $4}}') \\
@@ -119,7 +121,7 @@ if [ -e {LO_CONFIG} ]; then
   rm -f {LO_CONFIG}
   echo "{CHANGED_MARK} {LO_CONFIG} removed"
 fi
-rm -f {BGP_ANNOUNCE_FILE} {SHARED_ROUTES}
+rm -f {BGP_ANNOUNCE_FILE if drop_announce else ""} {SHARED_ROUTES}
 if grep -qs 'managed by mailcluster' {BIRD_CONF}; then
   cp {BIRD_DEFAULT_CONF} {BIRD_CONF}
   if birdc show status >/dev/null 2>&1; then
@@ -149,7 +151,7 @@ def _leave_step() -> Step:
 # bgp node alone. (In arp, LEAVE_STEP runs the same lines as a step of its own.)
 UNDO_SCRIPT = f"""conf={CLUSTER_CONF}
 if [ -r "$conf" ] && . "$conf" && [ "${{SHARED_IP_METHOD:-}}" = bgp ]; then exit 0; fi
-""" + _leave_script()
+""" + _leave_script(drop_announce=False)
 
 
 def enabled(ctx: HostContext) -> bool:
