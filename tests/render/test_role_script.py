@@ -28,6 +28,7 @@ from cluster.material import ClusterSecrets
 from cluster.plan import CHANGED_MARK
 from cluster.render import render
 from cluster.services import mariadb, storage
+from cluster.services.role import BGP_ANNOUNCE_FILE
 from cluster.topology import Topology
 
 pytestmark = pytest.mark.checkers
@@ -128,7 +129,11 @@ def lab(
         (stubs / name).chmod(0o755)
     role = tmp_path / "mailcluster-role"
     role.write_text(
-        render("/usr/local/sbin/mailcluster-role", node_state_dir=storage.NODE_STATE_DIR)
+        render(
+            "/usr/local/sbin/mailcluster-role",
+            node_state_dir=storage.NODE_STATE_DIR,
+            bgp_announce_file=BGP_ANNOUNCE_FILE,
+        )
     )
     role.chmod(0o755)
     (tmp_path / "repl").write_text(secrets.db_replication + "\n")
