@@ -2,7 +2,8 @@
 
 - Heartbeat v3 in haresources mode, ucast over the private network, sha1 authkeys (a cluster
   secret, 0600), ``auto_failback off`` so a returning node stays the standby.
-- ``arp``: ``IPaddr2`` puts the shared IP on the LAN interface of the active node (the lab, VLANs).
+- ``arp``: ``IPaddr2`` puts the shared IPv4 on the LAN interface of the active node (the lab,
+  VLANs), and ``mailcluster-ipv6`` (resource-agents' IPaddr2 agent for IPv6) the shared IPv6.
   ``bgp``: the resource of bgp.py announces the shared IP that sits on ``lo`` of both nodes.
 - Split brain: ``ping`` the data centre's router (the first address of the public LAN, which is
   the default gateway on Linode and the router namespace in the lab) plus ``ipfail``, so of two
@@ -38,6 +39,9 @@ from cluster.services import bgp, mariadb, postfix, role, storage
 PACKAGES: tuple[str, ...] = ("heartbeat", "iputils-ping", "bsdutils", "util-linux")
 
 GUARD_SCRIPT = "/usr/local/sbin/mailcluster-guard"
+# The arp-mode resource of the shared IPv6 (see its template for why not Heartbeat's IPv6addr).
+IPV6_RESOURCE = "mailcluster-ipv6"
+IPV6_RESOURCE_SCRIPT = f"/etc/ha.d/resource.d/{IPV6_RESOURCE}"
 BOOT_DROPIN = "/etc/systemd/system/heartbeat.service.d/mailcluster.conf"
 BOOT_STEP = "heartbeat.boot"
 START_STEP = "heartbeat.start"
@@ -61,11 +65,34 @@ def gateway(ctx: HostContext) -> str:
 
 
 def resources(ctx: HostContext) -> list[str]:
+    """haresources' resources, started left to right and stopped right to left.
+
+    arp: the shared IPv4 (``IPaddr2``: the address on the LAN interface, gratuitous ARP), the
+    mail role, then the shared IPv6 (``IPV6_RESOURCE``: the address on the same interface after
+    duplicate address detection, then unsolicited neighbour advertisements). The IPv6 resource
+    comes last because its start is slow (DAD and the advertisements: about 3 s, measured in
+    the lab): before the role it would hold mail back on both families; after it, IPv4 is
+    served as soon as before and IPv6 a few seconds later. A planned switchover releases it
+    first, so the peer's DAD finds the address free.
+    """
     if bgp.enabled(ctx):
         return [bgp.HA_RESOURCE, "mailcluster"]
     dc_addr = ctx.topology.dcs[ctx.node.dc]
     vip = ctx.topology.shared_ip(ctx.node.dc)
-    return [f"IPaddr2::{vip}/{dc_addr.public_prefixlen}/{dc_addr.interface}", "mailcluster"]
+    out = [f"IPaddr2::{vip}/{dc_addr.public_prefixlen}/{dc_addr.interface}", "mailcluster"]
+    vip6 = ctx.topology.shared_ipv6(ctx.node.dc)
+    if vip6:
+        out.append(f"{IPV6_RESOURCE}::{ipv6_resource_address(vip6)}/"
+                   f"{dc_addr.shared_ipv6_prefixlen}/{dc_addr.interface}")  # fmt: skip
+    return out
+
+
+def ipv6_resource_address(address: str) -> str:
+    """``address`` as haresources can carry it: without "::". Heartbeat's ResourceManager
+    splits a resource's arguments at every "::" (``IPaddr2::addr/24/eth0``), so a compressed
+    IPv6 address would arrive as two arguments; the full form (every group written out, as
+    ``ipaddress`` explodes it) has none, and ``ip`` reads it all the same."""
+    return ipaddress.IPv6Address(address).exploded
 
 
 def _timings(ctx: HostContext) -> dict[str, Any]:
@@ -101,6 +128,7 @@ def steps(ctx: HostContext) -> list[Step]:
             resources=resources(ctx),
         ),
         ctx.file("/etc/ha.d/resource.d/mailcluster", mode="0755"),
+        ctx.file(IPV6_RESOURCE_SCRIPT, mode="0755"),
         ctx.file("/etc/ha.d/resource.d/startstop", mode="0755"),
         ctx.file(
             GUARD_SCRIPT,

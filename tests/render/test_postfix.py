@@ -51,6 +51,8 @@ def test_postfix_checkers_accept_config(rendered: tuple[Topology, HostPlan, Path
 def test_postfix_rules(rendered: tuple[Topology, HostPlan, Path]) -> None:
     topo, plan, confdir = rendered
     vip = topo.shared_ip(topo.node(plan.host).dc)
+    vip6 = topo.shared_ipv6(topo.node(plan.host).dc)
+    assert vip6, "the lab is dual stack"
 
     def param(name: str) -> str:
         return postconf(confdir, "-h", name).strip()
@@ -67,6 +69,9 @@ def test_postfix_rules(rendered: tuple[Topology, HostPlan, Path]) -> None:
     assert int(param("message_size_limit")) == topo.config.message_size_limit_mb * 1024 * 1024
     assert param("myhostname") == f"mail.{topo.domain}"
     assert param("smtp_bind_address") == vip
+    # Dual stack: both families, and mail to IPv6 leaves from the shared IPv6 (SPF ip6:).
+    assert param("inet_protocols") == "all"
+    assert param("smtp_bind_address6") == vip6
     assert param("virtual_transport") == "lmtp:unix:private/dovecot-lmtp"
     assert param("smtpd_sasl_type") == "dovecot"
     assert param("smtpd_milters") == postfix.MILTER
@@ -78,7 +83,11 @@ def test_postfix_rules(rendered: tuple[Topology, HostPlan, Path]) -> None:
             assert ref.strip().startswith("proxy:mysql:"), (name, ref)
 
     services = postconf(confdir, "-M")
-    for address in (vip, "127.0.0.1"):
+    # Every listener on the shared IPv4, the shared IPv6 (bracketed) and loopback; nothing on
+    # a wildcard address.
+    assert f"[{vip6}]:smtp " in services
+    assert not [line for line in services.splitlines() if line.startswith(("smtp ", "*:"))]
+    for address in (vip, f"[{vip6}]", "127.0.0.1"):
         assert f"{address}:smtp " in services and "postscreen" in services
         for svc in ("submission", "submissions"):
             opts = postconf(confdir, "-P", f"{address}:{svc}/inet/smtpd_sasl_auth_enable")
