@@ -33,7 +33,7 @@ import shlex
 from typing import Any
 
 from cluster.hostcontext import HostContext
-from cluster.plan import PACKAGES_STEP, Step, reload_or_start, script_step
+from cluster.plan import CHANGED_MARK, PACKAGES_STEP, Step, reload_or_start, script_step
 from cluster.services import bgp, mariadb, postfix, role, storage
 
 PACKAGES: tuple[str, ...] = ("heartbeat", "iputils-ping", "bsdutils", "util-linux")
@@ -46,6 +46,7 @@ BOOT_DROPIN = "/etc/systemd/system/heartbeat.service.d/mailcluster.conf"
 BOOT_STEP = "heartbeat.boot"
 START_STEP = "heartbeat.start"
 RECONCILE_STEP = "heartbeat.reconcile"
+IPV6_STEP = "heartbeat.shared-ipv6"
 HB_MARK = role.HEARTBEAT_MARK
 # A fenced node rejoins once its uplink has answered this many seconds in a row (not at the
 # first echo of a flapping link).
@@ -182,11 +183,41 @@ fi
         ),
         watch=(*files, *bgp.heartbeat_inputs(ctx)),
     )
+    extra: list[Step] = []
+    v6 = _ipv6_resource_arg(ctx)
+    if v6:
+        extra.append(_ipv6_catch_up_step(v6, start))
     reconcile = script_step(
         RECONCILE_STEP,
         f"{role.ROLE_SCRIPT} reconcile\n",
-        after=(start,),
+        after=(start, *extra),
         # A MariaDB restart brings read_only back: the master must lift it again.
         watch=(role.CLUSTER_CONF_STEP, role.ROLE_SCRIPT_STEP, mariadb.SERVICE_STEP),
     )
-    return [*files, dropin, boot, start, reconcile]
+    return [*files, dropin, boot, start, *extra, reconcile]
+
+
+def _ipv6_resource_arg(ctx: HostContext) -> str | None:
+    """The argument of the shared IPv6's resource in haresources, or None (bgp, no IPv6)."""
+    for resource in resources(ctx):
+        name, _, arg = resource.partition("::")
+        if name == IPV6_RESOURCE:
+            return arg
+    return None
+
+
+def _ipv6_catch_up_step(arg: str, start: Step) -> Step:
+    """A running Heartbeat reloads a changed haresources (the start step) but acquires nothing
+    new: on a cluster that gains its shared IPv6 the holder of the shared IPv4 would serve
+    IPv6 only from the next takeover. It takes the IPv6 now, as Heartbeat would have with the
+    group; a later release (takeover, standby) stops it with the rest of the group."""
+    res = f"{IPV6_RESOURCE_SCRIPT} {shlex.quote(arg)}"
+    return script_step(
+        IPV6_STEP,
+        f"""if {role.ROLE_SCRIPT} is-holder && [ "$({res} status)" != running ]; then
+  {res} start >/dev/null
+  echo "{CHANGED_MARK} shared IPv6 taken beside the shared IPv4"
+fi
+""",
+        after=(start,),
+    )
