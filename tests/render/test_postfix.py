@@ -77,6 +77,9 @@ def test_postfix_rules(rendered: tuple[Topology, HostPlan, Path]) -> None:
     assert param("smtpd_milters") == postfix.MILTER
     assert param("milter_default_action") == "accept"
     assert param("postscreen_dnsbl_sites") == ""
+    # Several postscreen listeners share one cache: through proxymap, never a locked btree.
+    assert param("postscreen_cache_map").startswith("proxy:btree:")
+    assert "$postscreen_cache_map" in param("proxy_write_maps")
     for name in ("virtual_mailbox_domains", "virtual_alias_maps", "virtual_mailbox_maps",
                  "smtpd_sender_login_maps"):  # fmt: skip
         for ref in param(name).split(","):
