@@ -182,6 +182,7 @@ fi
             storage.NODE_STATE_STEP,
         ),
         watch=(*files, *bgp.heartbeat_inputs(ctx)),
+        after_remote=_first_start_order(ctx),
     )
     extra: list[Step] = []
     v6 = _ipv6_resource_arg(ctx)
@@ -195,6 +196,17 @@ fi
         watch=(role.CLUSTER_CONF_STEP, role.ROLE_SCRIPT_STEP, mariadb.SERVICE_STEP),
     )
     return [*files, dropin, boot, start, *extra, reconcile]
+
+
+def _first_start_order(ctx: HostContext) -> tuple[tuple[str, str], ...]:
+    """svr2 starts Heartbeat after svr1's start step, which at a cluster's first start returns
+    once svr1 holds the resources. Started first (a slower svr1, a loaded machine), svr2 would
+    declare svr1 dead after initdead and take the shared IP and the master role while svr1,
+    the first apply's writable master, still held writes svr2 never received: their databases
+    diverge (the lab showed it: "GTID ... not in the master's binlog" on every replica)."""
+    if ctx.node.slot == "svr1":
+        return ()
+    return ((ctx.peer.name, START_STEP),)
 
 
 def _ipv6_resource_arg(ctx: HostContext) -> str | None:
