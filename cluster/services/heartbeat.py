@@ -226,7 +226,12 @@ def _ipv6_catch_up_step(arg: str, start: Step) -> Step:
     res = f"{IPV6_RESOURCE_SCRIPT} {shlex.quote(arg)}"
     return script_step(
         IPV6_STEP,
-        f"""if {role.ROLE_SCRIPT} is-holder && [ "$({res} status)" != running ]; then
+        f"""# Heartbeat may be acquiring the group right now (a first start): let it finish first.
+for _ in $(seq 1 150); do
+  [ "$(cl_status rscstatus 2>/dev/null)" = transition ] || break
+  sleep 0.1
+done
+if {role.ROLE_SCRIPT} is-holder && [ "$({res} status)" != running ]; then
   {res} start >/dev/null
   echo "{CHANGED_MARK} shared IPv6 taken beside the shared IPv4"
 fi
