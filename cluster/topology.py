@@ -213,6 +213,10 @@ class Topology:
         ]
         names += [n.fqdn for n in self.dc_nodes(dc)]
         names.append(self.shared_ip(dc))
+        shared6 = self.shared_ipv6(dc)
+        if shared6:
+            # Clients verify TLS against the address they connected to, in either family.
+            names.append(shared6)
         for n in self.dc_nodes(dc):
             names += [n.public_ipv4, n.private_ipv4]
         return list(dict.fromkeys(names))
@@ -220,31 +224,45 @@ class Topology:
     # -- DNS ----------------------------------------------------------------------------------
     def name_servers(self) -> list[tuple[str, str]]:
         """(name, address) of the zone's name servers: ns1 is the active DC's shared IP."""
-        servers = [(f"ns1.{self.domain}", self.shared_ip(self.active_dc))]
+        return [(name, self.shared_ip(dc)) for name, dc in self._name_server_dcs()]
+
+    def _name_server_dcs(self) -> list[tuple[str, str]]:
+        """(name, data centre) of each name server: ns1 the active DC, ns2 the standby."""
+        servers = [(f"ns1.{self.domain}", self.active_dc)]
         if self.standby_dc:
-            servers.append((f"ns2.{self.domain}", self.shared_ip(self.standby_dc)))
+            servers.append((f"ns2.{self.domain}", self.standby_dc))
         return servers
+
+    def _addresses(self, name: str, dc: str) -> list[DnsRecord]:
+        """The A record of ``dc``'s shared IP for ``name``, and its AAAA when the data centre
+        has a shared IPv6: every name users reach the cluster by answers in both families."""
+        out = [DnsRecord(name, "A", self.shared_ip(dc))]
+        v6 = self.shared_ipv6(dc)
+        if v6:
+            out.append(DnsRecord(name, "AAAA", v6))
+        return out
 
     def dns_records(self, dkim_public_key_b64: str, mta_sts_id: str) -> list[DnsRecord]:
         """Every record of the zone except SOA. Values are zone-file ready."""
         d = self.domain
-        ttl_target = self.shared_ip(self.active_dc)
         records: list[DnsRecord] = []
-        for name, addr in self.name_servers():
+        for name, dc in self._name_server_dcs():
             records.append(DnsRecord("@", "NS", f"{name}."))
-            records.append(DnsRecord(name.removesuffix(f".{d}"), "A", addr))
-        records.append(DnsRecord("@", "A", ttl_target))
-        for label in ("mail", "webmail", "mta-sts", "autoconfig"):
-            records.append(DnsRecord(label, "A", ttl_target))
+            records += self._addresses(name.removesuffix(f".{d}"), dc)
+        for label in ("@", "mail", "webmail", "mta-sts", "autoconfig"):
+            records += self._addresses(label, self.active_dc)
         for dc in DC_NAMES:
             if dc in self.dcs:
-                records.append(DnsRecord(dc, "A", self.shared_ip(dc)))
+                records += self._addresses(dc, dc)
         for n in self.nodes:
             records.append(DnsRecord(n.name, "A", n.public_ipv4))
             if n.public_ipv6:
                 records.append(DnsRecord(n.name, "AAAA", n.public_ipv6))
         records.append(DnsRecord("@", "MX", f"10 {self.mail_host}."))
-        senders = " ".join(f"ip4:{a}" for a in self.outbound_addresses())
+        senders = " ".join(
+            [f"ip4:{a}" for a in self.outbound_addresses()]
+            + [f"ip6:{a}" for a in self.outbound_addresses6()]
+        )
         records.append(DnsRecord("@", "TXT", _txt(f"v=spf1 mx {senders} -all")))
         records.append(
             DnsRecord(f"{DKIM_SELECTOR}._domainkey", "TXT",
@@ -268,6 +286,14 @@ class Topology:
         out = [self.dcs[dc].shared_ipv4 for dc in DC_NAMES if dc in self.dcs]
         out += [n.public_ipv4 for n in self.nodes]
         return tuple(dict.fromkeys(out))
+
+    def outbound_addresses6(self) -> tuple[str, ...]:
+        """The IPv6 addresses mail may leave from (SPF ``ip6:``): every shared IPv6 (Postfix's
+        ``smtp_bind_address6``) and each node's own (a node without a shared IPv6 yet sends
+        from it)."""
+        out = [self.dcs[dc].shared_ipv6 for dc in DC_NAMES if dc in self.dcs]
+        out += [n.public_ipv6 for n in self.nodes]
+        return tuple(dict.fromkeys(a for a in out if a))
 
 
 def _txt(text: str) -> str:

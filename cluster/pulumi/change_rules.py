@@ -51,6 +51,7 @@ PY_INSTANCE = "pulumi_linode 6.8 instance.py docstring"
 TF_VOLUME = f"{TF} linode/volume/framework_schema_resource.go"
 TF_IP = f"{TF} linode/instanceip/framework_schema.go"
 TF_SHARED = f"{TF} linode/instancesharedips/framework_resource_schema.go"
+TF_V6RANGE = f"{TF} linode/ipv6range/framework_schema_resource.go"
 TF_PG = f"{TF} linode/placementgroup/framework_schema_resource.go"
 TF_FW = f"{TF} linode/firewall/framework_schema_resource.go"
 TF_RDNS = f"{TF} linode/rdns/framework_resource_schema.go"
@@ -67,6 +68,7 @@ _REP = Effect.REPLACE
 INSTANCE = "linode:index/instance:Instance"
 VOLUME = "linode:index/volume:Volume"
 INSTANCE_IP = "linode:index/instanceIp:InstanceIp"
+IPV6_RANGE = "linode:index/ipv6Range:Ipv6Range"
 COMMAND = "command:remote:Command"
 
 FIREWALL_INPUTS = ("label", "inboundPolicy", "outboundPolicy", "inbounds", "outbounds",
@@ -116,10 +118,21 @@ RULES: dict[str, dict[str, Rule]] = {
         "applyImmediately": Rule(_IN, f"{TF_IP}: apply_immediately acts on create only"),
         "rdns": Rule(_IN, f"{TF_IP}: rdns updatable"),
     },
+    # The shared IPv6 (DataCentre.shared_ipv6_range). Adding it to a stack deployed without
+    # it is a create: the range is new, and the sharing below only gains an address (an
+    # in-place update of ``addresses``), so no instance, volume or shared IPv4 changes.
+    IPV6_RANGE: {
+        "prefixLength": Rule(_REP, f"{TF_V6RANGE}: prefix_length RequiresReplace"),
+        "routeTarget": Rule(_REP, f"{TF_V6RANGE}: route_target RequiresReplace"),
+        # Reassigning routes the range to another Linode: the address stays.
+        "linodeId": Rule(_IN, f"{TF_V6RANGE}: linode_id updatable (reassigns the range)"),
+    },
     "linode:index/instanceSharedIps:InstanceSharedIps": {
         # Older schemas update it in place; LINODE-FACTS (provider head) says replace: the
         # stricter rule.
         "linodeId": Rule(_REP, f"{FACTS} ({TF_SHARED}): linode_id replaces"),
+        # IPv4 addresses and IPv6 ranges alike (a range as its address, no prefix length:
+        # Linode API POST /networking/ips/share; v4beta for ranges, see datacentre.py).
         "addresses": Rule(_IN, f"{TF_SHARED}: addresses updatable"),
     },
     "linode:index/placementGroup:PlacementGroup": {
@@ -159,7 +172,7 @@ RULES: dict[str, dict[str, Rule]] = {
 
 # Resources whose loss loses data or the cluster's public face: never replaced or deleted by a
 # routine change (and protected, see DataCentre).
-KEPT_TYPES = (INSTANCE, VOLUME, INSTANCE_IP)
+KEPT_TYPES = (INSTANCE, VOLUME, INSTANCE_IP, IPV6_RANGE)
 # Our own ComponentResources have no inputs of their own.
 COMPONENT_PREFIX = "mailcluster:"
 

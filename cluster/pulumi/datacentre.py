@@ -1,14 +1,17 @@
 """The Linode infrastructure of one data centre, as a Pulumi ComponentResource.
 
 Per stack: an anti-affinity placement group; ``svr1`` and ``svr2`` (Debian 12, private IPs,
-IPv6); an extra public IPv4 on svr1 shared with svr2 (the Heartbeat VIP); a block-storage
-volume per node; a cloud firewall; reverse DNS; and, when asked, a Linode DNS Manager secondary
-zone. Reverse DNS and the secondary zone are declared by ``declare_dns`` once provisioning is
-known, because Linode checks that the forward name resolves and our own BIND serves it.
+IPv6); an extra public IPv4 on svr1 and an IPv6 routed /64 range routed to svr1, both shared
+with svr2 (the shared IPs Heartbeat moves); a block-storage volume per node; a cloud firewall;
+reverse DNS; and, when asked, a Linode DNS Manager secondary zone. Reverse DNS and the secondary
+zone are declared by ``declare_dns`` once provisioning is known, because Linode checks that the
+forward name resolves and our own BIND serves it.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +35,8 @@ from cluster.pulumi.peer import (
     OUT_REGION,
     OUT_REVERSE_DNS,
     OUT_SHARED_IPV4,
+    OUT_SHARED_IPV6,
+    OUT_SHARED_IPV6_RANGE,
     OUT_TLS_CERTIFICATE,
     OUT_TOPOLOGY_DCS,
     OUT_WEBMAIL_URL,
@@ -69,6 +74,30 @@ CLUSTER_UDP = {694: "heartbeat"}
 # authorized_keys and password (services/access.py), the node's networking (Network Helper
 # off), the firewall (the Firewall resource's own rules).
 INSTANCE_CREATE_ONLY = ["image", "authorizedKeys", "rootPass", "firewallId", "networkHelper"]
+
+# The shared IPv6: an IPv6 routed range (Linode allows /64 and /56: terraform-provider-linode
+# linode/ipv6range/framework_schema_resource.go, prefix_length OneOf(56, 64)), routed to svr1
+# and shared with svr2 like the shared IPv4 ("IPv4 addresses and IPv6 routed ranges can both be
+# shared", Linode's failover guide). The service address is ``::10`` of the range, the same host
+# part as the lab's (cluster/lab/addresses.py), so a range's first address stays free.
+SHARED_IPV6_PREFIXLEN = 64
+SHARED_IPV6_HOST = 0x10
+# Sharing an IPv6 range is "early access" in the provider: "IPv6 sharing is currently
+# available through early access. To use early access resources, the api_version provider
+# argument must be set to v4beta" (pulumi_linode 6.8, InstanceSharedIps docstring; the same
+# notice in terraform-provider-linode's docs for linode_instance_shared_ips). The Linode API
+# takes a range in the list of shared IPs as its address without the prefix length
+# (techdocs.akamai.com/linode-api/reference/post-share-ips: `--ips 2001:db8:3c4d:15::`), which
+# is what Ipv6Range's ``range`` output holds; the provider's own acceptance test shares
+# ``linode_ipv6_range.foobar.range`` the same way (linode/instancesharedips/tmpl/configs.gotf).
+LINODE_API_VERSION_FOR_V6_SHARING = "v4beta"
+
+
+def shared_ipv6_address(range_: str, prefixlen: int = SHARED_IPV6_PREFIXLEN) -> str:
+    """The shared IPv6 service address in a routed range (``range_`` with or without its
+    prefix length, as Linode reports it)."""
+    net = ipaddress.IPv6Network(f"{range_.split('/')[0]}/{prefixlen}")
+    return str(net[SHARED_IPV6_HOST])
 
 
 @dataclass(frozen=True)
@@ -268,10 +297,23 @@ class DataCentre(pulumi.ComponentResource):
             # The MX target and the registrar's glue: a new address breaks mail delivery.
             opts=pulumi.ResourceOptions(parent=self, protect=True),
         )
+        # Created on an existing stack by its next `up` (change_rules.RULES: a create, and the
+        # sharing below an in-place update of its addresses): nothing is replaced.
+        self.shared_ipv6_range = linode.Ipv6Range(
+            f"{name}-shared-ipv6",
+            prefix_length=SHARED_IPV6_PREFIXLEN,
+            linode_id=svr1.id.apply(int),
+            # The AAAA target of mail.<domain>: a new range breaks IPv6 delivery and PTRs.
+            opts=pulumi.ResourceOptions(parent=self, protect=True),
+        )
+        self.shared_ipv6: pulumi.Output[str] = self.shared_ipv6_range.range.apply(
+            shared_ipv6_address
+        )
+        _warn_unless_v6_sharing_api(self)
         self.shared_ips = linode.InstanceSharedIps(
             f"{name}-share-svr2",
             linode_id=svr2.id.apply(int),
-            addresses=[self.shared_ip.address],
+            addresses=[self.shared_ip.address, self.shared_ipv6_range.range],
             opts=child,
         )
 
@@ -286,14 +328,15 @@ class DataCentre(pulumi.ComponentResource):
             for slot, inst in self.instances.items()
         }
         self.addresses: pulumi.Output[dict[str, Any]] = pulumi.Output.all(
-            self.shared_ip.address, node_addrs["svr1"], node_addrs["svr2"]
+            self.shared_ip.address, self.shared_ipv6, node_addrs["svr1"], node_addrs["svr2"]
         ).apply(
             lambda v: addresses_to_dict(
                 v[0],
                 {
                     slot: (pub, priv, v6.split("/")[0] if v6 else None)
-                    for slot, (pub, priv, v6) in zip(SLOTS, v[1:], strict=True)
+                    for slot, (pub, priv, v6) in zip(SLOTS, v[2:], strict=True)
                 },
+                shared_ipv6=v[1],
             )
         )
 
@@ -366,6 +409,7 @@ class DataCentre(pulumi.ComponentResource):
             *self.instances.values(),
             *self.volumes.values(),
             self.shared_ip,
+            self.shared_ipv6_range,
             self.shared_ips,
             self.firewall,
         ]
@@ -373,8 +417,8 @@ class DataCentre(pulumi.ComponentResource):
     # -- DNS ----------------------------------------------------------------------------------
     def ptr_names(self) -> list[tuple[pulumi.Output[str], str]]:
         """(address, name) of every public address: a node's addresses carry its own name,
-        the VIP of the active DC ``mail.<domain>`` (what mail leaves as), the standby's VIP
-        ``<dc>.<domain>``. Each matches an A/AAAA record of the zone."""
+        the VIPs (IPv4 and IPv6) of the active DC ``mail.<domain>`` (what mail leaves as), the
+        standby's ``<dc>.<domain>``. Each matches an A/AAAA record of the zone."""
         cfg = self.config
         out: list[tuple[pulumi.Output[str], str]] = []
         for slot, inst in self.instances.items():
@@ -383,6 +427,7 @@ class DataCentre(pulumi.ComponentResource):
             out.append((inst.ipv6.apply(lambda v: v.split("/")[0]), fqdn))
         vip_name = f"mail.{cfg.domain}" if cfg.is_active else f"{cfg.dc}.{cfg.domain}"
         out.append((self.shared_ip.address, vip_name))
+        out.append((self.shared_ipv6, vip_name))
         return out
 
     def declare_dns(self, provisioned: Sequence[pulumi.Resource]) -> None:
@@ -465,6 +510,18 @@ class DataCentre(pulumi.ComponentResource):
         )
 
 
+def _warn_unless_v6_sharing_api(resource: pulumi.Resource) -> None:
+    """Linode shares an IPv6 range only through its beta API (LINODE_API_VERSION_FOR_V6_SHARING):
+    say so before the sharing fails at Linode."""
+    version = pulumi.Config("linode").get("apiVersion") or os.environ.get("LINODE_API_VERSION")
+    if version != LINODE_API_VERSION_FOR_V6_SHARING:
+        pulumi.log.warn(
+            "sharing the IPv6 range with svr2 needs Linode's beta API: run `pulumi config set "
+            f'linode:apiVersion {LINODE_API_VERSION_FOR_V6_SHARING}` (README, "Dual stack")',
+            resource,
+        )
+
+
 def glue_records(config: StackConfig, own_vip: str, peer: dict[str, Any] | None) -> str:
     """``ns1.<domain>`` is dc1's shared IP, ``ns2`` dc2's (README, "Deploy to Linode")."""
     vips = {config.dc: own_vip}
@@ -508,6 +565,10 @@ def stack_outputs(
         OUT_REGION: cfg.region,
         OUT_ADDRESSES: dc.addresses,
         OUT_SHARED_IPV4: dc.shared_ip.address,
+        OUT_SHARED_IPV6: dc.shared_ipv6,
+        OUT_SHARED_IPV6_RANGE: dc.shared_ipv6_range.range.apply(
+            lambda r: f"{r.split('/')[0]}/{SHARED_IPV6_PREFIXLEN}"
+        ),
         OUT_NODES: {
             node: {
                 "hostname": f"{node}.{cfg.domain}",

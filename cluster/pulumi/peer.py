@@ -26,6 +26,8 @@ OUT_TOPOLOGY_DCS = "topologyDcs"
 OUT_DC = "dc"
 OUT_REGION = "region"
 OUT_SHARED_IPV4 = "sharedIpv4"
+OUT_SHARED_IPV6 = "sharedIpv6"
+OUT_SHARED_IPV6_RANGE = "sharedIpv6Range"
 OUT_NODES = "nodes"
 OUT_HOSTNAMES = "hostnames"
 OUT_MAIL_HOST = "mailHost"
@@ -37,12 +39,16 @@ OUT_REVERSE_DNS = "reverseDns"
 
 
 def addresses_to_dict(
-    shared_ipv4: str, nodes: dict[str, tuple[str, str, str | None]]
+    shared_ipv4: str,
+    nodes: dict[str, tuple[str, str, str | None]],
+    shared_ipv6: str | None = None,
 ) -> dict[str, Any]:
-    """The exported shape: ``{"sharedIpv4": ..., "nodes": {slot: {publicIpv4, privateIpv4,
-    publicIpv6}}}``."""
+    """The exported shape: ``{"sharedIpv4": ..., "sharedIpv6": ... or None, "nodes": {slot:
+    {publicIpv4, privateIpv4, publicIpv6}}}``. A peer deployed before the shared IPv6 existed
+    exports no ``sharedIpv6``: ``dict_to_addresses`` reads that as None."""
     return {
         "sharedIpv4": shared_ipv4,
+        "sharedIpv6": shared_ipv6,
         "nodes": {
             slot: {"publicIpv4": pub, "privateIpv4": priv, "publicIpv6": v6}
             for slot, (pub, priv, v6) in nodes.items()
@@ -57,6 +63,7 @@ NODE_ADDRESS_KEYS = ("publicIpv4", "privateIpv4", "publicIpv6")
 def dict_to_addresses(data: dict[str, Any]) -> DcAddresses:
     return DcAddresses(
         shared_ipv4=str(data["sharedIpv4"]),
+        shared_ipv6=str(data["sharedIpv6"]) if data.get("sharedIpv6") else None,
         nodes={
             slot: NodeAddresses(
                 public_ipv4=str(node["publicIpv4"]),

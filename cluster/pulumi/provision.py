@@ -60,6 +60,9 @@ def _placeholder_dc(dc: str) -> DcAddresses:
     i = DC_NAMES.index(dc) + 1
     return DcAddresses(
         shared_ipv4=f"192.0.2.{i}0",
+        # Present, as it is on every stack from this version on: a step that only a dual-stack
+        # plan has must be in the structure.
+        shared_ipv6=f"2001:db8:{i}:a::10",
         nodes={
             slot: NodeAddresses(f"192.0.2.{i}{n}", f"192.168.{127 + i}.{n}", f"2001:db8::{i}:{n}")
             for n, slot in enumerate(SLOTS, start=1)

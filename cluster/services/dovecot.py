@@ -64,6 +64,7 @@ def cross_dc_targets(ctx: HostContext) -> list[str]:
 def steps(ctx: HostContext) -> list[Step]:
     topo, node = ctx.topology, ctx.node
     vip = topo.shared_ip(node.dc)
+    vip6 = topo.shared_ipv6(node.dc)
     files = [
         ctx.file(
             "/etc/dovecot/dovecot.conf",
@@ -82,7 +83,9 @@ def steps(ctx: HostContext) -> list[Step]:
             replication_sync_timeout=REPLICATION_SYNC_TIMEOUT,
             doveadm_port=DOVEADM_PORT,
             doveadm_addresses=f"{node.private_ipv4}, {node.public_ipv4}",
-            imap_addresses=f"{vip}, 127.0.0.1",
+            # IMAP for users on the shared IPs of both families (ip_nonlocal_bind: bound before
+            # this node holds them) and loopback (Roundcube).
+            imap_addresses=", ".join(a for a in (vip, vip6, "127.0.0.1") if a),
             imap_port=143 if ctx.config.imap_plaintext else 0,
             postmaster=ctx.config.postmaster,
             # Relative: resolved beside dovecot.conf, so a checker can load a rendered copy.

@@ -123,9 +123,16 @@ SUBMISSION_OPTIONS: tuple[str, ...] = (
 )
 
 
+def listen_addresses(vip: str, vip6: str | None) -> tuple[str, ...]:
+    """master.cf's listener addresses: the shared IPs of both families (an IPv6 address in
+    brackets, as master.cf writes it) and loopback."""
+    return (vip, *((f"[{vip6}]",) if vip6 else ()), "127.0.0.1")
+
+
 def steps(ctx: HostContext) -> list[Step]:
     topo = ctx.topology
     vip = topo.shared_ip(ctx.node.dc)
+    vip6 = topo.shared_ipv6(ctx.node.dc)
     maps = {
         "virtual_mailbox_domains": map_refs("virtual_domains"),
         "virtual_alias_maps": map_refs(
@@ -138,7 +145,9 @@ def steps(ctx: HostContext) -> list[Step]:
         "/etc/postfix/main.cf",
         myhostname=topo.mail_host,
         mynetworks="127.0.0.0/8",
+        inet_protocols="all" if vip6 else "ipv4",
         vip=vip,
+        vip6=vip6 or "",
         message_size_limit=ctx.config.message_size_limit_mb * 1024 * 1024,
         maps=maps,
         tls_key=tls.KEY,
@@ -150,7 +159,7 @@ def steps(ctx: HostContext) -> list[Step]:
         main_cf,
         ctx.file(
             "/etc/postfix/master.cf",
-            listen_addresses=(vip, "127.0.0.1"),
+            listen_addresses=listen_addresses(vip, vip6),
             submission_options=SUBMISSION_OPTIONS,
         ),
         ctx.file("/etc/postfix/postscreen_access.cidr", cluster_addresses=topo.cluster_addresses),

@@ -48,6 +48,12 @@ def test_apache2ctl_accepts_rendered_tree(
     vhosts = run("apache2ctl", "-t", "-D", "DUMP_VHOSTS", env=env)
     assert f"namevhost {topo.mail_host}" in vhosts
     assert f"namevhost mta-sts.{topo.domain}" in vhosts
+    # Dual stack: the vhosts are on every address of both families (the shared IPv6 included),
+    # never on one IPv4 address, and Debian's ports.conf listens on all of them.
+    assert "*:443" in vhosts and "*:80" in vhosts
+    assert not re.search(r"^\s*\d+\.\d+\.\d+\.\d+:443", vhosts, re.M), vhosts
+    ports = (conf / "ports.conf").read_text()
+    assert re.search(r"^\s*Listen 443$", ports, re.M), ports
     assert not (conf / "sites-enabled/000-default.conf").exists()
     modules = run("apache2ctl", "-t", "-D", "DUMP_MODULES", env=env)
     for mod in ("ssl_module", "rewrite_module", "headers_module", "cgi_module", "php_module"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,9 @@ def test_no_recursion_and_restricted_transfers(plan: tuple[Topology, HostPlan]) 
     assert expected <= set(acl)
     assert "104.237.137.10;" not in acl  # linodeSecondaryDns is off in the lab stacks
     assert "inet 127.0.0.1 port 8053 allow { 127.0.0.1; };" in options
+    # Both families on every address; a shared IP arriving later is picked up by itself.
+    assert "listen-on { any; };" in options and "listen-on-v6 { any; };" in options
+    assert "automatic-interface-scan yes;" in options
 
 
 def test_linode_secondary_adds_axfr_servers(secrets: ClusterSecrets) -> None:
@@ -121,6 +125,21 @@ def test_zone_has_every_record(topologies: dict[str, Topology], secrets: Cluster
     assert re.search(r'^_mta-sts IN TXT "v=STSv1; id=[0-9a-f]{20}"$', body, re.M)
     assert re.search(r"^mta-sts IN A ", body, re.M)
     assert re.search(r'^_smtp\._tls IN TXT "v=TLSRPTv1; rua=mailto:', body, re.M)
+    # Dual stack: every name with an A for a shared IP has the AAAA of the same data centre's
+    # shared IPv6; each node its own; SPF lists every IPv6 mail may leave from.
+    active6 = topo.shared_ipv6(topo.active_dc)
+    assert active6
+    for label in ("@", "mail", "webmail", "mta-sts", "autoconfig", "ns1"):
+        assert re.search(rf"^{re.escape(label)} IN AAAA {re.escape(active6)}$", body, re.M), label
+    assert f"\nns2 IN AAAA {topo.shared_ipv6('dc2')}\n" in body
+    for dc in ("dc1", "dc2"):
+        assert f"\n{dc} IN AAAA {topo.shared_ipv6(dc)}\n" in body
+    for n in topo.nodes:
+        assert f"\n{n.name} IN AAAA {n.public_ipv6}\n" in body
+    spf = re.search(r'^@ IN TXT "(v=spf1 [^"]*)"$', body, re.M)
+    assert spf, body
+    for addr in (topo.shared_ipv6("dc1"), topo.shared_ipv6("dc2"), *topo.outbound_addresses6()):
+        assert f" ip6:{addr} " in spf.group(1)
     # A secret never lands in the zone: only the DKIM public key.
     assert secrets.dkim_private_key_pem.splitlines()[1] not in body
 
@@ -138,6 +157,19 @@ def test_serial_moves_exactly_on_change(
     out1, s1 = make_zone(script, body, zone, topo.domain)
     out2, s2 = make_zone(script, body, zone, topo.domain)
     assert CHANGED_MARK in out1 and CHANGED_MARK not in out2 and s2 == s1
+    # A cluster that gains its shared IPv6s: one new serial for the AAAA records, then none.
+    v4_only = Topology(
+        topo.config, {dc: replace(a, shared_ipv6=None) for dc, a in topo.dcs.items()}
+    )
+    body4 = files(build_host_plan(v4_only, "dc1-svr1", secrets, "lab"))[bind.BODY]
+    assert " AAAA " in body and f"AAAA {topo.shared_ipv6('dc1')}" not in body4
+    zone4 = tmp_path / "zones4" / f"db.{topo.domain}"
+    zone4.parent.mkdir()
+    _, serial4 = make_zone(script, body4, zone4, topo.domain)
+    out_v6, serial6 = make_zone(script, body, zone4, topo.domain)
+    out_again, again = make_zone(script, body, zone4, topo.domain)
+    assert CHANGED_MARK in out_v6 and serial6 > serial4
+    assert CHANGED_MARK not in out_again and again == serial6
     changed = body.replace("IN MX 10", "IN MX 20")
     out3, s3 = make_zone(script, changed, zone, topo.domain)
     assert CHANGED_MARK in out3 and s3 == s1 + 1

@@ -54,6 +54,13 @@ def test_doveconf_accepts_config(
     # The include of the secret file resolved: the password is set (doveconf hides its value).
     assert "doveadm_password = # hidden" in config
     me = topo.node(node)
+    # IMAP(S) on the shared IPs of both families and loopback, never on a wildcard.
+    vip6 = topo.shared_ipv6(me.dc)
+    assert vip6
+    imap_address = f"address = {topo.shared_ip(me.dc)}, {vip6}, 127.0.0.1"
+    login = config[config.index("service imap-login {") :]
+    login = login[: login.index("\n}\n")]
+    assert login.count(imap_address) == 2, login
     assert f"mail_replica = tcps:{topo.peer(me).private_ipv4}:{dovecot.DOVEADM_PORT}" in config
     assert "replication_sync_timeout = 2\n" in config
     assert "mail_location = maildir:/srv/mail/vmail/%d/%n" in config

@@ -4,7 +4,9 @@ no secret value anywhere but secret steps."""
 
 from __future__ import annotations
 
+import ipaddress
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -62,7 +64,28 @@ def test_haresources_arp(plan: tuple[Topology, HostPlan], secrets: ClusterSecret
     node = topo.node(hp.host)
     (line,) = directives(files(hp)["/etc/ha.d/haresources"])
     vip = topo.shared_ip(node.dc)
-    assert line == [f"{node.dc}-svr1", f"IPaddr2::{vip}/24/eth0", "mailcluster"]
+    vip6 = topo.shared_ipv6(node.dc)
+    assert vip6
+    # The shared IPv6 moves with the IPv4, before the role (the listeners are bound already),
+    # written out so that Heartbeat's "::" argument separator cannot cut it.
+    v6res = f"mailcluster-ipv6::{ipaddress.IPv6Address(vip6).exploded}/64/eth0"
+    assert line == [f"{node.dc}-svr1", f"IPaddr2::{vip}/24/eth0", v6res, "mailcluster"]
+    script, *args = line[2].split("::")
+    assert script == heartbeat.IPV6_RESOURCE and len(args) == 1
+    address, prefixlen, iface = args[0].split("/")
+    assert ipaddress.IPv6Address(address) == ipaddress.IPv6Address(vip6)
+    assert (prefixlen, iface) == ("64", "eth0")
+
+
+def test_haresources_arp_without_shared_ipv6(secrets: ClusterSecrets) -> None:
+    """A data centre without a shared IPv6 (yet): the IPv4 half alone, as before."""
+    topo = lab_topology("dc1")
+    v4_only = Topology(
+        topo.config, {dc: replace(a, shared_ipv6=None) for dc, a in topo.dcs.items()}
+    )
+    (line,) = directives(files(build_host_plan(v4_only, "dc1-svr1", secrets, "lab"))[
+        "/etc/ha.d/haresources"])  # fmt: skip
+    assert line == ["dc1-svr1", f"IPaddr2::{topo.shared_ip('dc1')}/24/eth0", "mailcluster"]
 
 
 def test_cluster_conf_reads_back_in_a_shell(plan: tuple[Topology, HostPlan]) -> None:
@@ -97,6 +120,7 @@ SCRIPTS_BASH = (
 )
 SCRIPTS_SH = (
     "/etc/ha.d/resource.d/mailcluster",
+    heartbeat.IPV6_RESOURCE_SCRIPT,
     "/etc/ha.d/resource.d/startstop",
 )
 

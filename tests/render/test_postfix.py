@@ -51,6 +51,8 @@ def test_postfix_checkers_accept_config(rendered: tuple[Topology, HostPlan, Path
 def test_postfix_rules(rendered: tuple[Topology, HostPlan, Path]) -> None:
     topo, plan, confdir = rendered
     vip = topo.shared_ip(topo.node(plan.host).dc)
+    vip6 = topo.shared_ipv6(topo.node(plan.host).dc)
+    assert vip6, "the lab is dual stack"
 
     def param(name: str) -> str:
         return postconf(confdir, "-h", name).strip()
@@ -67,18 +69,29 @@ def test_postfix_rules(rendered: tuple[Topology, HostPlan, Path]) -> None:
     assert int(param("message_size_limit")) == topo.config.message_size_limit_mb * 1024 * 1024
     assert param("myhostname") == f"mail.{topo.domain}"
     assert param("smtp_bind_address") == vip
+    # Dual stack: both families, and mail to IPv6 leaves from the shared IPv6 (SPF ip6:).
+    assert param("inet_protocols") == "all"
+    assert param("smtp_bind_address6") == vip6
     assert param("virtual_transport") == "lmtp:unix:private/dovecot-lmtp"
     assert param("smtpd_sasl_type") == "dovecot"
     assert param("smtpd_milters") == postfix.MILTER
     assert param("milter_default_action") == "accept"
     assert param("postscreen_dnsbl_sites") == ""
+    # Several postscreen listeners share one cache: through proxymap, never a locked btree.
+    assert param("postscreen_cache_map").startswith("proxy:btree:")
+    assert "$postscreen_cache_map" in param("proxy_write_maps")
     for name in ("virtual_mailbox_domains", "virtual_alias_maps", "virtual_mailbox_maps",
                  "smtpd_sender_login_maps"):  # fmt: skip
         for ref in param(name).split(","):
             assert ref.strip().startswith("proxy:mysql:"), (name, ref)
 
     services = postconf(confdir, "-M")
-    for address in (vip, "127.0.0.1"):
+    # Every listener on the shared IPv4, the shared IPv6 (bracketed) and loopback; nothing on
+    # a wildcard address.
+    assert f"[{vip6}]:smtp " in services
+    inet = [line.split()[0] for line in services.splitlines() if line.split()[1:2] == ["inet"]]
+    assert inet and all(s.startswith((f"{vip}:", f"[{vip6}]:", "127.0.0.1:")) for s in inet), inet
+    for address in (vip, f"[{vip6}]", "127.0.0.1"):
         assert f"{address}:smtp " in services and "postscreen" in services
         for svc in ("submission", "submissions"):
             opts = postconf(confdir, "-P", f"{address}:{svc}/inet/smtpd_sasl_auth_enable")

@@ -138,6 +138,10 @@ class ClusterMocks(pulumi.runtime.Mocks):
             }
         elif args.typ == "linode:index/instanceIp:InstanceIp":
             state = {"address": f"{net}.99"}
+        elif args.typ == "linode:index/ipv6Range:Ipv6Range":
+            # As Linode reports a routed range: its first address, without the prefix length.
+            state = {"range": f"2001:db8:{self.stack[-1]}:a::", "isBgp": False,
+                     "region": "us-east"}  # fmt: skip
         elif args.typ == "random:index/randomPassword:RandomPassword":
             # Letters and digits, recognisable, unique per resource.
             state = {"result": "MockPw" + "".join(c for c in args.name if c.isalnum())}

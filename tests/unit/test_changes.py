@@ -9,6 +9,7 @@ is declared; what an `up` does per key is what the README's table says.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from pulumi_harness import (
 from cluster.config import ConfigError, load_config
 from cluster.pulumi import change_rules
 from cluster.pulumi.change_rules import (
+    COMMAND,
     INSTANCE,
     INSTANCE_IP,
     KEPT_TYPES,
@@ -284,6 +286,38 @@ def test_unsafe_change_is_refused_before_any_resource(
 def test_first_deployment_is_not_refused(deployment: Deployment) -> None:
     # No previous outputs: any region and domain are fine (the committed deployment ran).
     assert deployment.dc1_first.outputs["region"] == "us-east"
+
+
+def test_adding_the_shared_ipv6_to_a_deployed_stack_replaces_nothing(
+    deployment: Deployment,
+) -> None:
+    """A stack deployed before the shared IPv6 existed: its state is this program's, less the
+    IPv6 range, the range in svr2's sharing and the range's PTR. The next `up` creates the range
+    and its PTR, updates the sharing in place, and touches no instance, volume or shared IPv4."""
+    after = deployment.dc1
+    v6range = after.one("ipv6Range:Ipv6Range")
+    range_addr = v6range.state["range"]
+    shared6 = after.outputs["sharedIpv6"]
+
+    def old(res: Registered) -> Registered | None:
+        if res.urn == v6range.urn:
+            return None
+        if res.typ.endswith("Rdns") and unwrap(res.inputs["address"]) == shared6:
+            return None
+        if res.typ.endswith("instanceSharedIps:InstanceSharedIps"):
+            addresses = [a for a in res.inputs["addresses"] if a != range_addr]
+            return dataclasses.replace(res, inputs={**res.inputs, "addresses": addresses})
+        return res
+
+    kept = [r for r in map(old, after.resources) if r is not None]
+    before = Result(kept, after.outputs, after.secret_outputs)
+    d = diff(before, after)
+    assert_safe(d)
+    created = {r.urn for r in after.resources} - {r.urn for r in before.resources}
+    assert {after.by_urn(u).typ.rsplit(":", 1)[-1] for u in created} == {"Ipv6Range", "Rdns"}
+    infra = {name: e for name, e in d.effects.items() if d.types[name] != COMMAND}
+    assert infra == {"dc1-share-svr2": {"addresses": Effect.IN_PLACE}}, infra
+    assert d.outcome is Outcome.IN_PLACE
 
 
 # -- options the engine acts on ---------------------------------------------------------------

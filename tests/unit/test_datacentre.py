@@ -94,8 +94,65 @@ def test_shared_ip_is_on_svr1_and_shared_with_svr2(stack: tuple[str, Result]) ->
     assert _id(ip.inputs["linodeId"]) == ids[f"{dc}-svr1"]
     share = result.one("instanceSharedIps:InstanceSharedIps")
     assert _id(share.inputs["linodeId"]) == ids[f"{dc}-svr2"]
-    assert share.inputs["addresses"] == [ip.state["address"]]
+    v6range = result.one("ipv6Range:Ipv6Range")
+    # One sharing per instance (the provider's rule): the IPv4 and the IPv6 range, as Linode
+    # takes a range (its address, no prefix length).
+    assert share.inputs["addresses"] == [ip.state["address"], v6range.state["range"]]
     assert result.outputs["sharedIpv4"] == ip.state["address"]
+
+
+def test_shared_ipv6_range_is_routed_to_svr1_and_shared_with_svr2(
+    stack: tuple[str, Result],
+) -> None:
+    dc, result = stack
+    ids = _instance_ids(result)
+    v6range = result.one("ipv6Range:Ipv6Range")
+    assert v6range.inputs["prefixLength"] == 64
+    assert _id(v6range.inputs["linodeId"]) == ids[f"{dc}-svr1"]
+    assert "routeTarget" not in v6range.inputs
+    # The AAAA target and the PTRs' address: protected like the shared IPv4.
+    assert v6range.options.protect
+    share = result.one("instanceSharedIps:InstanceSharedIps")
+    assert v6range.urn in share.dependencies
+    # The service address is ::10 of the range, in the outputs and in the address contract
+    # the peer stack reads (so dc2's zone has dc1's AAAA).
+    net = ipaddress.IPv6Network(f"{v6range.state['range']}/64")
+    shared6 = result.outputs["sharedIpv6"]
+    assert ipaddress.IPv6Address(shared6) == net[0x10]
+    assert result.outputs["sharedIpv6Range"] == str(net)
+    assert result.outputs["addresses"]["sharedIpv6"] == shared6
+
+
+def test_shared_ipv6_flows_to_the_peer_and_into_the_zone(deployment: Deployment) -> None:
+    import pulumi_harness as harness
+
+    from cluster.config import load_config
+    from cluster.pulumi.peer import dict_to_addresses
+    from cluster.pulumi.provision import real_plans
+    from cluster.services import bind
+
+    for peer in (deployment.dc1, deployment.dc2):
+        seen = dict_to_addresses(peer.peer_view()["addresses"])
+        assert seen.shared_ipv6 == peer.outputs["sharedIpv6"]
+    # The active DC's zone, from the addresses dc1 sees: both DCs' shared IPv6s in AAAA
+    # records and in SPF.
+    d = deployment
+    config = load_config(read_stack_config("dc1"), "dc1")
+    plans = real_plans(config, d.dc1.outputs["addresses"], d.dc2.outputs["addresses"],
+                       {**harness.full_secrets(d.dc1, d.dc1), "root_password": ""})  # fmt: skip
+    zone = next(f.content for f in plans["dc1-svr1"].files if f.path == bind.BODY)
+    for result, label in ((d.dc1, "mail"), (d.dc2, "dc2")):
+        assert f"\n{label} IN AAAA {result.outputs['sharedIpv6']}\n" in zone
+        assert f" ip6:{result.outputs['sharedIpv6']} " in zone
+
+
+def test_an_old_peer_without_shared_ipv6_still_reads() -> None:
+    """A peer deployed before the shared IPv6 existed exports no ``sharedIpv6``."""
+    from cluster.pulumi.peer import dict_to_addresses
+
+    node = {"publicIpv4": "192.0.2.1", "privateIpv4": "198.18.0.1", "publicIpv6": None}
+    old = {"sharedIpv4": "192.0.2.9", "nodes": {"svr1": node, "svr2": node}}
+    assert dict_to_addresses(old).shared_ipv6 is None
 
 
 def test_every_node_has_its_own_attached_volume(stack: tuple[str, Result]) -> None:
@@ -324,7 +381,8 @@ def _commands(result: Result) -> list[Registered]:
 def test_rdns_matches_forward_names_after_provisioning(deployment: Deployment) -> None:
     result = deployment.dc1
     out = result.outputs
-    expected = {out["sharedIpv4"]: "mail.example.com"}
+    # The shared IPv6 too: mail leaving over IPv6 has a PTR matching its AAAA.
+    expected = {out["sharedIpv4"]: "mail.example.com", out["sharedIpv6"]: "mail.example.com"}
     for node, addr in out["nodes"].items():
         expected[addr["publicIpv4"]] = f"{node}.example.com"
         expected[addr["publicIpv6"]] = f"{node}.example.com"
@@ -348,7 +406,8 @@ def test_standby_rdns_waits_until_the_active_dc_serves_its_names(deployment: Dep
     )
     names = _rdns(again)
     assert names[again.outputs["sharedIpv4"]] == "dc2.example.com"
-    assert len(names) == 5
+    assert names[again.outputs["sharedIpv6"]] == "dc2.example.com"
+    assert len(names) == 6
 
 
 def test_linode_secondary_zone_follows_the_bind_servers(deployment: Deployment) -> None:
@@ -371,6 +430,7 @@ def test_failover_is_a_config_change_of_dc2_alone(deployment: Deployment) -> Non
     assert result.outputs["activeDc"] == "dc2"
     # dc2 now serves mail and its own names: its PTRs follow at once, its VIP is mail.<domain>.
     assert _rdns(result)[result.outputs["sharedIpv4"]] == "mail.example.com"
+    assert _rdns(result)[result.outputs["sharedIpv6"]] == "mail.example.com"
     assert _commands(result)
     # dc1 rejoins as the standby from dc2's outputs.
     back = run_stack(

@@ -161,8 +161,9 @@ def test_building_twice_gives_the_same_digests(deployment: Deployment) -> None:
 def test_no_commands_when_provision_is_false() -> None:
     result = run_stack("dc1", {**read_stack_config("dc1"), "provision": False})
     assert not result.of_type("remote:Command")
-    # Without our BIND the PTRs do not wait for provisioning.
-    assert len(result.of_type("Rdns")) == 5
+    # Without our BIND the PTRs do not wait for provisioning: two nodes' IPv4 and IPv6, and
+    # the shared IPv4 and IPv6.
+    assert len(result.of_type("Rdns")) == 6
 
 
 def test_ssh_private_key_from_config_stays_secret() -> None:
