@@ -12,7 +12,12 @@ from cluster.stackfiles import read_stack_config
 from cluster.topology import Topology
 
 # ARP takeover (IPaddr2): there is no BGP in the lab. Let's Encrypt cannot reach the lab.
-LAB_OVERRIDES: Mapping[str, Any] = {"sharedIpMethod": "arp", "tlsMode": "selfsigned"}
+# The mesh in RFC 2544 benchmark space, like the rest of the lab (never a real network).
+LAB_OVERRIDES: Mapping[str, Any] = {
+    "sharedIpMethod": "arp",
+    "tlsMode": "selfsigned",
+    "meshCidr": "198.19.10.0/24",
+}
 
 
 def lab_config(stack: str, sets: Mapping[str, Any] | None = None) -> StackConfig:
