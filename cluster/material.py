@@ -22,6 +22,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa, x25519
 from cryptography.x509.oid import NameOID
 
+from cluster.topology import SLOTS, node_name
+
 # Every generated password by field, with its length; both appliers make them from this table
 # (the lab with ``generate``, Pulumi with pulumi-random), letters and digits only.
 PASSWORD_LENGTHS: dict[str, int] = {
@@ -151,13 +153,11 @@ def pem_key(key: Any) -> str:
 
 
 def generate(
-    domain: str,
-    dc_names: Iterable[str],
-    san_by_dc: dict[str, list[str]],
-    node_names: Iterable[str] = (),
+    domain: str, dc_names: Iterable[str], san_by_dc: dict[str, list[str]]
 ) -> ClusterSecrets:
     """Make a fresh set: passwords, DKIM key, a cluster CA and one certificate per DC, a mesh
-    key per node of ``node_names`` and the web-sync key."""
+    key per node of those DCs and the web-sync key."""
+    dc_names = list(dc_names)
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"mailcluster CA {domain}")])
@@ -208,6 +208,6 @@ def generate(
         dkim_private_key_pem=pem_key(dkim),
         ca_cert_pem=ca_pem,
         tls=tls,
-        mesh_keys={node: new_mesh_key() for node in node_names},
+        mesh_keys={node_name(dc, slot): new_mesh_key() for dc in dc_names for slot in SLOTS},
         websync_ssh_key=new_websync_key(),
     )

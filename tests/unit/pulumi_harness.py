@@ -148,7 +148,11 @@ class ClusterMocks(pulumi.runtime.Mocks):
             algorithm = args.inputs.get("algorithm")
             if algorithm == "ED25519":
                 openssh = _pems()["ed25519"]
-                state = {"privateKeyOpenssh": openssh, "privateKeyPem": openssh}
+                state = {
+                    "privateKeyOpenssh": openssh,
+                    "privateKeyPem": openssh,
+                    "privateKeyPemPkcs8": openssh,
+                }
             else:
                 pem = _pems()["rsa" if algorithm == "RSA" else "ec"]
                 state = {"privateKeyPem": pem, "privateKeyPemPkcs8": pem}
