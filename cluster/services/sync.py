@@ -89,6 +89,19 @@ done
 """
 
 
+# sshd receives the pushes. A Linode runs it from its first boot; a host whose image has no host
+# keys yet (the lab's base) gets them here, once, and the daemon started if it is not running.
+SSHD_SCRIPT = f"""if ! ls /etc/ssh/ssh_host_*_key >/dev/null 2>&1; then
+  ssh-keygen -A >/dev/null
+  echo "{CHANGED_MARK} ssh host keys"
+fi
+if ! service ssh status >/dev/null 2>&1; then
+  service ssh start >/dev/null
+  echo "{CHANGED_MARK} sshd started"
+fi
+"""
+
+
 def steps(ctx: HostContext) -> list[Step]:
     user = script_step(USER_STEP, _user_script())
     keys = ctx.literal_file(AUTHORIZED_KEYS, authorized_keys(ctx), after=(user,))
@@ -107,6 +120,7 @@ def steps(ctx: HostContext) -> list[Step]:
     return [
         user,
         keys,
+        script_step("sync.sshd", SSHD_SCRIPT, after=(keys,)),
         client,
         default,
         script_step("sync.retire-rsyncd", _retire_daemon_script(), after=(default,)),
