@@ -34,6 +34,7 @@ from typing import Any
 from cluster.hostcontext import HostContext
 from cluster.plan import PACKAGES_STEP, Step, reload_or_start, script_step
 from cluster.services import bgp, mariadb, postfix, role, storage
+from cluster.topology import node_name
 
 PACKAGES: tuple[str, ...] = ("heartbeat", "iputils-ping", "bsdutils", "util-linux")
 
@@ -153,6 +154,10 @@ fi
             storage.NODE_STATE_STEP,
         ),
         watch=(*files, *bgp.heartbeat_inputs(ctx)),
+        # svr2 starts after svr1 holds the resources: started first (svr1 still busy with the
+        # one-time database writes, which a loaded machine makes slow), it would take them
+        # after initdead while svr1, not yet running Heartbeat, still counts itself the writer.
+        after_remote=((node_name(node.dc, "svr1"), START_STEP),) if node.slot == "svr2" else (),
     )
     reconcile = script_step(
         RECONCILE_STEP,
