@@ -62,6 +62,11 @@ TLS_MODES = ("selfsigned", "letsencrypt")
 DMARC_POLICIES = ("none", "quarantine", "reject")
 MTA_STS_MODES = ("none", "testing", "enforce")
 MIN_VOLUME_GB = 10
+# The WireGuard mesh's inner network (cluster/services/mesh.py). A private range that Linode
+# does not use itself (its private addresses are 192.168.128.0/17; VPCs are whatever the
+# account chose, often 10.0.0.0/8's low end): change it if it collides with a network of yours.
+DEFAULT_MESH_CIDR = "10.199.0.0/24"
+LINODE_PRIVATE_V4 = ipaddress.IPv4Network("192.168.128.0/17")
 MAX_VOLUME_GB = 10240
 
 _LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
@@ -112,6 +117,7 @@ class StackConfig:
     bgp_hold_time_s: int
     bgp_keepalive_s: int
     provision: bool
+    mesh_cidr: str = DEFAULT_MESH_CIDR
 
     @property
     def peer_dc(self) -> str:
@@ -234,6 +240,22 @@ def _stack_ref(value: Any) -> str | None:
     return text
 
 
+def _mesh_cidr(value: Any) -> str:
+    """An IPv4 private network (RFC 1918, or RFC 2544 benchmark space for the lab) from /16 to
+    /29, host bits zero, outside Linode's private range."""
+    allowed = "a private IPv4 network from /16 to /29 like 10.199.0.0/24"
+    try:
+        net = ipaddress.IPv4Network(str(value), strict=True)
+    except ValueError:
+        raise ValueError(f"must be {allowed}; got {value!r}") from None
+    if not 16 <= net.prefixlen <= 29 or not net.is_private or net.overlaps(LINODE_PRIVATE_V4):
+        raise ValueError(
+            f"must be {allowed}, not overlapping Linode's private {LINODE_PRIVATE_V4}; "
+            f"got {value!r}"
+        )
+    return str(net)
+
+
 @dataclass(frozen=True)
 class Key:
     """One config key: its default (``None`` = required) and its validator."""
@@ -282,6 +304,8 @@ KEYS: dict[str, Key] = {
     "bgpKeepaliveS": Key("bgp_keepalive_s", 3, _as_int(1, 21845, " s"),
                          "BGP keepalive interval, at most a third of bgpHoldTimeS"),
     "provision": Key("provision", True, _as_bool, "configure the nodes over SSH"),
+    "meshCidr": Key("mesh_cidr", DEFAULT_MESH_CIDR, _mesh_cidr,
+                    "the WireGuard mesh's inner IPv4 network"),
 }  # fmt: skip
 
 # Keys that exist but are read as secrets where they are used, never into StackConfig.

@@ -19,8 +19,10 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa, x25519
 from cryptography.x509.oid import NameOID
+
+from cluster.topology import SLOTS, node_name
 
 # Every generated password by field, with its length; both appliers make them from this table
 # (the lab with ``generate``, Pulumi with pulumi-random), letters and digits only.
@@ -39,6 +41,8 @@ PASSWORD_LENGTHS: dict[str, int] = {
     "rsync": 32,
 }
 PASSWORD_FIELDS = tuple(PASSWORD_LENGTHS)
+# A WireGuard private key is 32 random bytes (base64); WireGuard clamps them itself.
+MESH_KEY_BYTES = 32
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,12 @@ class ClusterSecrets:
     dkim_private_key_pem: str
     ca_cert_pem: str
     tls: dict[str, TlsPair] = field(default_factory=dict)  # by data centre
+    # WireGuard private keys of the mesh by node name (base64 of 32 random bytes); the public
+    # keys are derived (``mesh_public_key``), so only these are stored.
+    mesh_keys: dict[str, str] = field(default_factory=dict)
+    # The web-sync SSH key (OpenSSH private key, ed25519): the active node pushes the docroots
+    # with it to the unprivileged sync user of the others (services/sync.py).
+    websync_ssh_key: str = ""
     # This stack's rootPassword (a config secret, per stack, never exported to the peer);
     # empty: Linode's random one stays.
     root_password: str = ""
@@ -74,6 +84,26 @@ class ClusterSecrets:
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
         return base64.b64encode(der).decode()
+
+    def mesh_private_key(self, node: str) -> str:
+        try:
+            return self.mesh_keys[node]
+        except KeyError:
+            raise KeyError(f"no WireGuard mesh key for {node} in the cluster secrets") from None
+
+    def mesh_public_key(self, node: str) -> str:
+        """``wg pubkey`` of the node's private key: X25519 of the base point."""
+        return mesh_public_key(self.mesh_private_key(node))
+
+    @property
+    def websync_public_key(self) -> str:
+        """The web-sync key's OpenSSH public line (``ssh-ed25519 AAAA...``)."""
+        key = serialization.load_ssh_private_key(self.websync_ssh_key.encode(), None)
+        return (
+            key.public_key()
+            .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+            .decode()
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,6 +120,27 @@ def _password(length: int) -> str:
     return "".join(secrets.choice(alphabet) for _ in range(length))
 
 
+def mesh_public_key(private_b64: str) -> str:
+    raw = base64.b64decode(private_b64, validate=True)
+    if len(raw) != MESH_KEY_BYTES:
+        raise ValueError(f"a WireGuard key is {MESH_KEY_BYTES} bytes, got {len(raw)}")
+    public = x25519.X25519PrivateKey.from_private_bytes(raw).public_key()
+    return base64.b64encode(public.public_bytes_raw()).decode()
+
+
+def new_mesh_key() -> str:
+    return base64.b64encode(secrets.token_bytes(MESH_KEY_BYTES)).decode()
+
+
+def new_websync_key() -> str:
+    key = ed25519.Ed25519PrivateKey.generate()
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    ).decode()
+
+
 def pem_key(key: Any) -> str:
     """A private key as unencrypted PKCS#8 PEM: what Pulumi's tls.PrivateKey also produces."""
     return str(
@@ -104,7 +155,9 @@ def pem_key(key: Any) -> str:
 def generate(
     domain: str, dc_names: Iterable[str], san_by_dc: dict[str, list[str]]
 ) -> ClusterSecrets:
-    """Make a fresh set: passwords, DKIM key, a cluster CA and one certificate per DC."""
+    """Make a fresh set: passwords, DKIM key, a cluster CA and one certificate per DC, a mesh
+    key per node of those DCs and the web-sync key."""
+    dc_names = list(dc_names)
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"mailcluster CA {domain}")])
@@ -155,4 +208,6 @@ def generate(
         dkim_private_key_pem=pem_key(dkim),
         ca_cert_pem=ca_pem,
         tls=tls,
+        mesh_keys={node_name(dc, slot): new_mesh_key() for dc in dc_names for slot in SLOTS},
+        websync_ssh_key=new_websync_key(),
     )

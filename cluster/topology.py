@@ -5,9 +5,11 @@ stack's outputs) and by the lab (addresses of its namespaces), and everything re
 is a function of it. Roles that move at run time (which node of a data centre holds the shared IP
 and so is the MariaDB master) are not fixed here: the plan's scripts ask the host. What is fixed:
 
-- the active data centre (``activeDc``) serves mail; its shared IP is the MariaDB master's
-  address, the BIND master set, and what MX/mail/webmail resolve to;
-- every other node is a replica of that shared IP (GTID, so following a new master is free);
+- the active data centre (``activeDc``) serves mail: its shared IP is what MX/mail/webmail
+  resolve to, its holder is the MariaDB master, its two nodes are the BIND primaries;
+- every other node is a GTID replica: the active data centre's standby of its peer (private
+  network), the other data centre's nodes of the active data centre's writable node, over the
+  mesh (the role script finds and follows it; GTID makes the move free);
 - Heartbeat pairs svr1 and svr2 of each data centre over the private network.
 """
 
@@ -17,6 +19,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from cluster.config import DC_NAMES, StackConfig, other_dc
+from cluster.ports import MESH_PORT
 
 SLOTS = ("svr1", "svr2")
 DKIM_SELECTOR = "mail"
@@ -118,6 +121,7 @@ class Topology:
                     )
                 )
         object.__setattr__(self, "nodes", tuple(nodes))
+        self._check_mesh()
 
     # -- names --------------------------------------------------------------------------------
     @property
@@ -162,12 +166,6 @@ class Topology:
         return self.dcs[dc].shared_ipv6
 
     # -- roles --------------------------------------------------------------------------------
-    @property
-    def db_master_address(self) -> str:
-        """Replicas follow the active data centre's shared IP, so a takeover inside it needs no
-        change on any replica (GTID positions carry over)."""
-        return self.shared_ip(self.active_dc)
-
     @property
     def dns_masters(self) -> tuple[Node, ...]:
         """Both nodes of the active data centre hold the zone as master (identical files from
@@ -219,7 +217,49 @@ class Topology:
             names.append(shared6)
         for n in self.dc_nodes(dc):
             names += [n.public_ipv4, n.private_ipv4]
+        names += self.mesh_addresses(dc)  # dsync across data centres connects to these
         return list(dict.fromkeys(names))
+
+    # -- the mesh (WireGuard between the four nodes; see cluster/services/mesh.py) -------------
+    # Kept in one block: node-to-node services name these addresses, never public ones.
+    @property
+    def mesh_network(self) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network(self.config.mesh_cidr)
+
+    def mesh_address(self, node: Node) -> str:
+        """A node's inner address: the mesh network's host number ``server_id`` (1..4), fixed by
+        the node's place, so it never changes when Linode gives the node new addresses."""
+        return str(self.mesh_network.network_address + node.server_id)
+
+    def mesh_addresses(self, dc: str) -> tuple[str, ...]:
+        return tuple(self.mesh_address(n) for n in self.dc_nodes(dc))
+
+    @property
+    def all_mesh_addresses(self) -> tuple[str, ...]:
+        return tuple(self.mesh_address(n) for n in self.nodes)
+
+    def mesh_endpoint(self, node: Node, peer: Node) -> str:
+        """Where ``node`` sends ``peer``'s WireGuard packets: the private address inside a data
+        centre (it never leaves Linode's network), the public one across."""
+        addr = peer.private_ipv4 if peer.dc == node.dc else peer.public_ipv4
+        return f"{addr}:{MESH_PORT}"
+
+    def _check_mesh(self) -> None:
+        """The mesh network must hold every node and collide with no address the nodes have:
+        a route for it would capture their traffic."""
+        net = self.mesh_network
+        if net.num_addresses - 2 < len(DC_NAMES) * len(SLOTS):
+            raise ValueError(f"meshCidr {net} is too small for {len(DC_NAMES) * len(SLOTS)} nodes")
+        for dc, addrs in self.dcs.items():
+            used = [addrs.shared_ipv4] + [
+                a for n in addrs.nodes.values() for a in (n.public_ipv4, n.private_ipv4)
+            ]
+            for addr in used:
+                if ipaddress.IPv4Address(addr) in net:
+                    raise ValueError(
+                        f"meshCidr {net} contains {addr}, an address of {dc}: choose a range "
+                        "the nodes do not use"
+                    )
 
     # -- DNS ----------------------------------------------------------------------------------
     def name_servers(self) -> list[tuple[str, str]]:

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from cluster.config import StackConfig
 from cluster.lab import addresses as A
 from cluster.lab import cgroups, lifecycle, routeservers
+from cluster.lab.model import lab_topology
 from cluster.lab.run import LabError
 from cluster.lab.secrets import ca_file
 from cluster.lab.stacks import stack_topology
@@ -43,6 +44,12 @@ def public_ip(host: str) -> str:
 def private_ip(host: str) -> str:
     dc, slot = host.split("-")
     return A.lab_dc_addresses(dc).nodes[slot].private_ipv4
+
+
+def mesh_ip(host: str) -> str:
+    """A host's address on the WireGuard mesh (the lab's meshCidr)."""
+    topo = lab_topology("dc1")
+    return topo.mesh_address(topo.node(host))
 
 
 def shared_ip(dc: str) -> str:

@@ -49,6 +49,9 @@ mount -t tmpfs -o nosuid,mode=0755,size=64m tmpfs "$root/dev"
 d=$root/dev
 mknod -m 666 "$d/null" c 1 3; mknod -m 666 "$d/zero" c 1 5; mknod -m 666 "$d/full" c 1 7
 mknod -m 666 "$d/random" c 1 8; mknod -m 666 "$d/urandom" c 1 9; mknod -m 666 "$d/tty" c 5 0
+# The TUN device: the mesh's userspace WireGuard (wireguard-go) needs it, as this kernel has no
+# WireGuard module. Its interfaces live in the host's own network namespace.
+mkdir -p "$d/net"; mknod -m 666 "$d/net/tun" c 10 200
 ln -s /proc/self/fd "$d/fd"; ln -s /proc/self/fd/0 "$d/stdin"
 ln -s /proc/self/fd/1 "$d/stdout"; ln -s /proc/self/fd/2 "$d/stderr"
 mkdir -p "$d/pts" "$d/shm" "$root${volume%/*}"

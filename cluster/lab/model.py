@@ -13,7 +13,12 @@ from cluster.topology import Topology
 
 # The shared IP moves by BGP, as on Linode (the lab's route servers: routeservers.py); `apply
 # --set sharedIpMethod=arp` drills the legacy method. Let's Encrypt cannot reach the lab.
-LAB_OVERRIDES: Mapping[str, Any] = {"sharedIpMethod": "bgp", "tlsMode": "selfsigned"}
+# The mesh in RFC 2544 benchmark space, like the rest of the lab (never a real network).
+LAB_OVERRIDES: Mapping[str, Any] = {
+    "sharedIpMethod": "bgp",
+    "tlsMode": "selfsigned",
+    "meshCidr": "198.19.10.0/24",
+}
 
 
 def lab_config(stack: str, sets: Mapping[str, Any] | None = None) -> StackConfig:

@@ -75,6 +75,7 @@ FIREWALL_INPUTS = ("label", "inboundPolicy", "outboundPolicy", "inbounds", "outb
                    "linodes", "tags", "disabled")  # fmt: skip
 GENERATED = {
     "random:index/randomPassword:RandomPassword": ("length", "special"),
+    "random:index/randomBytes:RandomBytes": ("length",),
     "tls:index/privateKey:PrivateKey": ("algorithm", "rsaBits", "ecdsaCurve"),
     "tls:index/selfSignedCert:SelfSignedCert": (
         "privateKeyPem", "isCaCertificate", "subject", "validityPeriodHours", "allowedUses"),
@@ -277,6 +278,11 @@ KEY_CHANGES: dict[str, KeyChange] = {
     },
 }  # fmt: skip
 KEY_CHANGES["imapPlaintext"] = KeyChange(Outcome.IN_PLACE, f"opens or closes 143; {_RE}")
+KEY_CHANGES["meshCidr"] = KeyChange(
+    Outcome.IN_PLACE,
+    f"renumbers the mesh; {_RE}; set the same value on both stacks and apply both (until the "
+    "second runs, replication between the data centres pauses)",
+)
 
 REFUSED_KEYS = tuple(k for k, c in KEY_CHANGES.items() if c.outcome is Outcome.REFUSED)
 

@@ -1,5 +1,9 @@
 """The cluster's secret material as Pulumi resources: generated once, kept secret in state.
 
+The WireGuard keys of all four nodes are generated here too (pulumi-random ``RandomBytes``) and
+shared like the passwords: dc2 already holds the CA key and every password, so keeping a node's
+mesh key in its own stack only would add a cross-stack exchange of public keys for no gain.
+
 dc1 (or a stack without a peer) generates every password with pulumi-random and the DKIM key and
 cluster CA with pulumi-tls, and exports them as secret outputs. dc2 reads them through its
 StackReference, so both data centres run with identical passwords, DKIM key and CA. Each DC
@@ -17,10 +21,10 @@ import pulumi
 import pulumi_random as random
 import pulumi_tls as tls
 
-from cluster.config import StackConfig
-from cluster.material import PASSWORD_LENGTHS
+from cluster.config import DC_NAMES, StackConfig
+from cluster.material import MESH_KEY_BYTES, PASSWORD_LENGTHS
 from cluster.pulumi.peer import OUT_CA_KEY, OUT_SECRETS, PeerStack, dict_to_addresses
-from cluster.topology import Topology
+from cluster.topology import SLOTS, Topology, node_name
 
 CA_VALIDITY_HOURS = 10 * 365 * 24
 # 825 days: the longest validity clients accept for a server certificate (CA/B Forum, Apple).
@@ -71,6 +75,15 @@ class ClusterMaterial(pulumi.ComponentResource):
                 f"{name}-{field.replace('_', '-')}", length=length, special=False, opts=child
             )
             passwords[field] = pw.result
+        # The mesh's WireGuard private keys, one per node of both data centres (32 random bytes;
+        # the public keys are derived in Python, ClusterSecrets.mesh_public_key).
+        mesh_keys = {
+            node: random.RandomBytes(
+                f"{name}-mesh-{node}", length=MESH_KEY_BYTES, opts=child
+            ).base64
+            for node in (node_name(dc, slot) for dc in DC_NAMES for slot in SLOTS)
+        }
+        websync = tls.PrivateKey(f"{name}-websync", algorithm="ED25519", opts=child)
         dkim = tls.PrivateKey(f"{name}-dkim", algorithm="RSA", rsa_bits=2048, opts=child)
         ca_key = tls.PrivateKey(f"{name}-ca", algorithm="ECDSA", ecdsa_curve="P256", opts=child)
         ca = tls.SelfSignedCert(
@@ -86,6 +99,8 @@ class ClusterMaterial(pulumi.ComponentResource):
             passwords=pulumi.Output.all(**passwords),
             dkim=dkim.private_key_pem_pkcs8,
             ca=ca.cert_pem,
+            mesh=pulumi.Output.all(**mesh_keys),
+            websync=websync.private_key_openssh,
         ).apply(_secrets_dict)
         self.shared: pulumi.Output[dict[str, Any]] = pulumi.Output.secret(combined)
         self.ca_key: pulumi.Output[str] = pulumi.Output.secret(ca_key.private_key_pem)
@@ -145,6 +160,8 @@ def _secrets_dict(values: dict[str, Any]) -> dict[str, Any]:
         **values["passwords"],
         "dkim_private_key_pem": values["dkim"],
         "ca_cert_pem": values["ca"],
+        "mesh_keys": values["mesh"],
+        "websync_ssh_key": values["websync"],
     }
 
 

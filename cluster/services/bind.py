@@ -1,8 +1,10 @@
 """BIND 9: the authoritative zone of the mail domain, master/slave with NOTIFY.
 
-- Primary on both nodes of the active data centre, secondary on the other data centre's nodes,
-  transferring from the active nodes' public addresses and shared IP. No recursion; transfers
-  only to the secondaries (and Linode's AXFR servers when ``linodeSecondaryDns``).
+- Primary on both nodes of the active data centre, secondary on the other data centre's nodes.
+  NOTIFY and zone transfers between them go over the WireGuard mesh (mesh.py): the primaries
+  notify the secondaries' mesh addresses and allow transfers only to them; the secondaries
+  transfer from the primaries' mesh addresses. No recursion; transfers to nobody else (but
+  Linode's AXFR servers when ``linodeSecondaryDns``, over the internet: they are not nodes).
 - The zone body (every record, from ``Topology.dns_records``, TTL ``dnsTtl``) is rendered without
   a serial; ``/usr/local/sbin/mailcluster-zone`` on the host sets the serial to
   max(old + 1, YYYYMMDD00) only when the body changed, so the serial increases on every change
@@ -63,9 +65,7 @@ def secondary_file(domain: str) -> str:
 
 def transfer_to(ctx: HostContext) -> list[str]:
     topo = ctx.topology
-    addrs = [n.public_ipv4 for n in topo.dns_slaves]
-    if topo.standby_dc:
-        addrs.append(topo.shared_ip(topo.standby_dc))
+    addrs = [topo.mesh_address(n) for n in topo.dns_slaves]
     if ctx.config.linode_secondary_dns:
         addrs += LINODE_AXFR
     # Nothing to transfer to (a lone data centre): "none", never an empty ACL that reads as any.
@@ -74,8 +74,7 @@ def transfer_to(ctx: HostContext) -> list[str]:
 
 def primaries(ctx: HostContext) -> list[str]:
     topo = ctx.topology
-    addrs = [n.public_ipv4 for n in topo.dns_masters] + [topo.shared_ip(topo.active_dc)]
-    return list(dict.fromkeys(addrs))
+    return [topo.mesh_address(n) for n in topo.dns_masters]
 
 
 def zone_body_values(ctx: HostContext) -> dict[str, Any]:
@@ -108,7 +107,7 @@ def steps(ctx: HostContext) -> list[Step]:
         group="bind",
         is_master=is_master,
         zone_file=zfile if is_master else secondary_file(topo.domain),
-        notify=[n.public_ipv4 for n in topo.dns_slaves],
+        notify=[topo.mesh_address(n) for n in topo.dns_slaves],
         primaries=primaries(ctx),
     )
     script = ctx.file(ZONE_SCRIPT, mode="0755")

@@ -22,8 +22,11 @@ Replication topology (dsync replicates only between *pairs*, so two mechanisms):
    window of mail; dsync is a two-way merge, so when the lost DC returns, anything it took that
    the other never saw is merged back, nothing is overwritten.
 
-Both run over TLS on the doveadm port (12345) with the shared ``doveadm_password`` and the
-cluster CA; every node runs Dovecot so that every node is a replication target.
+   These pushes go over the WireGuard mesh (mesh.py) to the other nodes' mesh addresses.
+
+Both run over TLS on the doveadm port (12345), which listens on the private and mesh addresses
+only, with the shared ``doveadm_password`` and the cluster CA (whose certificates name the mesh
+addresses too); every node runs Dovecot so that every node is a replication target.
 """
 
 from __future__ import annotations
@@ -56,9 +59,10 @@ def replica_targets(ctx: HostContext) -> list[tuple[str, str]]:
 
 
 def cross_dc_targets(ctx: HostContext) -> list[str]:
-    """dsync destinations in the other data centre: each node's public address."""
-    other = [n for n in ctx.topology.nodes if n.dc != ctx.node.dc]
-    return [f"tcps:{n.public_ipv4}:{DOVEADM_PORT}" for n in other]
+    """dsync destinations in the other data centre: each node's mesh address."""
+    topo = ctx.topology
+    other = [n for n in topo.nodes if n.dc != ctx.node.dc]
+    return [f"tcps:{topo.mesh_address(n)}:{DOVEADM_PORT}" for n in other]
 
 
 def steps(ctx: HostContext) -> list[Step]:
@@ -82,7 +86,9 @@ def steps(ctx: HostContext) -> list[Step]:
             replicas=replica_targets(ctx),
             replication_sync_timeout=REPLICATION_SYNC_TIMEOUT,
             doveadm_port=DOVEADM_PORT,
-            doveadm_addresses=f"{node.private_ipv4}, {node.public_ipv4}",
+            # The peer replicates over the private network, the other data centre over the
+            # mesh: never a public address.
+            doveadm_addresses=f"{node.private_ipv4}, {topo.mesh_address(node)}",
             # IMAP for users on the shared IPs of both families (ip_nonlocal_bind: bound before
             # this node holds them) and loopback (Roundcube).
             imap_addresses=", ".join(a for a in (vip, vip6, "127.0.0.1") if a),

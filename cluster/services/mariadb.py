@@ -2,8 +2,12 @@
 
 Databases ``postfixadmin`` and ``roundcube``; least-privilege users: ``postfix`` and ``dovecot``
 SELECT on postfixadmin.* from 127.0.0.1/localhost, ``postfixadmin`` ALL on postfixadmin.*,
-``roundcube`` ALL on roundcube.*, ``repl`` REPLICATION SLAVE from each cluster address,
-REQUIRE SSL.
+``roundcube`` ALL on roundcube.*, ``repl`` REPLICATION SLAVE from each node's private and mesh
+address, REQUIRE SSL.
+
+MariaDB listens on 127.0.0.1 (the local services), the node's private address (its data-centre
+peer replicates over the private network) and its mesh address (the other data centre's nodes
+replicate over the WireGuard mesh, see mesh.py): never on a public address.
 
 Users and databases are created only on the master, with the binary log on, and reach the
 replicas by replication, so all four servers share one GTID history. How a replica gets the
@@ -46,6 +50,7 @@ DATA_DIRS = (
     storage.DataDir("mysql-log", "/var/log/mysql", "mysql", "adm", "2750"),
 )
 USERS_STEP = "mariadb.users"
+FOLLOW_CRON = "/etc/cron.d/mailcluster-dbfollow"
 ROLE_STEP = "mariadb.role"
 LOCAL_HOSTS = ("127.0.0.1", "localhost")
 # The databases created here: Postfix Admin's (domains, mailboxes, aliases) and Roundcube's.
@@ -71,6 +76,19 @@ def _user(name: str, host: str, password: str, grants: str, require_ssl: bool = 
     )
 
 
+def repl_hosts(ctx: HostContext) -> tuple[str, ...]:
+    """Where replicas connect from: a peer in the same data centre from its private address,
+    the other data centre's nodes from their mesh addresses."""
+    topo = ctx.topology
+    return tuple(
+        dict.fromkeys([n.private_ipv4 for n in topo.nodes] + list(topo.all_mesh_addresses))
+    )
+
+
+def bind_addresses(ctx: HostContext) -> list[str]:
+    return ["127.0.0.1", ctx.node.private_ipv4, ctx.topology.mesh_address(ctx.node)]
+
+
 def users_sql(ctx: HostContext) -> str:
     """The SQL run on the master, on stdin (it holds every database password)."""
     s = ctx.secrets
@@ -87,7 +105,7 @@ def users_sql(ctx: HostContext) -> str:
         sql.append(_user("dovecot", host, s.db_dovecot, f"SELECT ON {pfa}.*"))
         sql.append(_user("postfixadmin", host, s.db_postfixadmin, f"ALL ON {pfa}.*"))
         sql.append(_user("roundcube", host, s.db_roundcube, f"ALL ON {rc}.*"))
-    for addr in ctx.topology.cluster_addresses:
+    for addr in repl_hosts(ctx):
         sql.append(_user("repl", addr, s.db_replication, "REPLICATION SLAVE ON *.*", True))
     return "".join(sql)
 
@@ -104,7 +122,7 @@ def steps(ctx: HostContext) -> list[Step]:
         ctx.literal_file(f"{DB_TLS_DIR}/ca.pem", secrets.ca_cert_pem, owner="mysql",
                          group="mysql"),
     ]  # fmt: skip
-    cnf = ctx.file(CNF, after=(PACKAGES_STEP, *tls_files))
+    cnf = ctx.file(CNF, after=(PACKAGES_STEP, *tls_files), bind_addresses=bind_addresses(ctx))
     repl_secret = ctx.literal_file(
         REPL_SECRET, secrets.db_replication + "\n", mode="0600", secret=True
     )
@@ -141,7 +159,7 @@ exit 1
             watch=(cnf, *tls_files),
         ),
     ]
-    addrs = " ".join(f"'{a}'" for a in topo.cluster_addresses)
+    addrs = " ".join(f"'{a}'" for a in repl_hosts(ctx))
     if topo.initialises_database(node):
         # Declared on every node that can be the master; which one is decided on the host (the
         # shared-IP holder, or svr1 before Heartbeat ever ran).
@@ -177,6 +195,8 @@ fi
     if node.dc == topo.active_dc and node.name != master_candidate:
         # Within the active stack, replicas are set up after the master's accounts exist.
         remote = ((master_candidate, USERS_STEP),)
+    # Replicas in the standby data centre follow the active data centre's master (role.py).
+    out.append(ctx.file(FOLLOW_CRON, after=(PACKAGES_STEP, ROLE_SCRIPT_STEP)))
     out.append(
         script_step(
             ROLE_STEP,

@@ -35,6 +35,9 @@ HEARTBEAT_MARK = f"{storage.NODE_STATE_DIR}/heartbeat-started"
 # sharedIpMethod bgp: present while this node announces the shared addresses (BIRD includes it;
 # Heartbeat's resource in bgp.py writes and removes it). On /run: gone after a reboot.
 BGP_ANNOUNCE_FILE = "/run/bird/mailcluster-announce.conf"
+# How often a replica in the standby data centre checks that it reads from the active data
+# centre's master (``mailcluster-role follow``): a takeover there costs it at most this.
+FOLLOW_INTERVAL_S = 3
 
 
 def cluster_conf(ctx: HostContext) -> dict[str, str]:
@@ -58,13 +61,16 @@ def cluster_conf(ctx: HostContext) -> dict[str, str]:
         "VIP_IFACE": dc_addr.interface,
         "ACTIVE_VIP": topo.shared_ip(topo.active_dc),
         "SHARED_IP_METHOD": ctx.config.shared_ip_method,
-        "DB_MASTER": topo.db_master_address,
+        # MariaDB across data centres, over the mesh: the active data centre's nodes, of which
+        # the role script follows the writable one (see its cross_dc_source).
+        "ACTIVE_DB_NODES": " ".join(topo.mesh_addresses(topo.active_dc)),
+        "MESH_IP": topo.mesh_address(node),
         "SERVER_ID": str(node.server_id),
         "DNS_ROLE": "master" if topo.is_dns_master(node) else "slave",
         "OTHER_NODES": " ".join(others),
-        # mailcluster-websync: the peer over the private network, the other DC over the public.
+        # mailcluster-websync: every other node, over the mesh.
         "WEB_SYNC_TARGETS": " ".join(
-            [peer.private_ipv4] + [n.public_ipv4 for n in topo.nodes if n.dc != node.dc]
+            topo.mesh_address(n) for n in topo.nodes if n.name != node.name
         ),
     }
     return {k: shlex.quote(v) for k, v in values.items()}
@@ -93,5 +99,6 @@ fi
             after=(PACKAGES_STEP, conf),
             node_state_dir=storage.NODE_STATE_DIR,
             bgp_announce_file=BGP_ANNOUNCE_FILE,
+            follow_interval=FOLLOW_INTERVAL_S,
         ),
     ]

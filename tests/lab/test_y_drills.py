@@ -13,7 +13,15 @@ from typing import Any
 
 import pytest
 
-from cluster.lab.driver import Background, Lab, private_ip, public_ip, shared_ip, shared_ip6
+from cluster.lab.driver import (
+    Background,
+    Lab,
+    mesh_ip,
+    private_ip,
+    public_ip,
+    shared_ip,
+    shared_ip6,
+)
 
 pytestmark = pytest.mark.drill
 
@@ -317,12 +325,13 @@ def test_drill_3_data_centre_loss_failover_rejoin_failback(lab: Lab, unique: str
         assert {s for s in acked if " dc2 " in s} <= lab.subjects(VIP2, user, f"{unique} dc2", 3)
     finally:
         lab.run("heal", "dc1")
-    # Rejoin: dc1 is the standby, its databases replicate from dc2, nothing of dc2's is lost.
+    # Rejoin: dc1 is the standby, its databases replicate from dc2's master over the mesh,
+    # nothing of dc2's is lost.
     lab.run("apply", "--stack", "dc1", "--set", "activeDc=dc2")
     for h in DC1:
         r = lab.role(h)
         assert r["role"] == "standby" and not r["postfix_running"], r
-        wait_rejoined(lab, h, VIP2, timeout=60, standby_dc=True)
+        wait_rejoined(lab, h, mesh_ip(holder2), timeout=60, standby_dc=True)
     assert lab.exec("dc1-svr1", "sh", "-c", ". /etc/mailcluster/cluster.conf; echo $DNS_ROLE"
                     ).stdout.strip() == "slave"  # fmt: skip
     lab.wait_for("dc2's mailbox in dc1", lambda: lab.sql(
@@ -334,7 +343,7 @@ def test_drill_3_data_centre_loss_failover_rejoin_failback(lab: Lab, unique: str
     holder1 = next(h for h in DC1 if lab.role(h)["vip_held"])
     assert lab.role(holder1)["db"]["read_only"] is False
     for h in DC2:
-        wait_rejoined(lab, h, VIP1, timeout=60, standby_dc=True)
+        wait_rejoined(lab, h, mesh_ip(holder1), timeout=60, standby_dc=True)
     a = lab.client("dig", "+short", f"@{VIP1}", f"mail.{DOMAIN}", "A").stdout.split()
     assert a == [VIP1], a
     for i in range(3):

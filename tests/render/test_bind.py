@@ -79,8 +79,9 @@ def test_no_recursion_and_restricted_transfers(plan: tuple[Topology, HostPlan]) 
     acl = options.split("acl mailcluster-secondaries {")[1].split("};")[0].split()
     assert "any;" not in acl and acl
     assert "allow-transfer { mailcluster-secondaries; };" in options
-    expected = {f"{n.public_ipv4};" for n in topo.dns_slaves}
-    assert expected <= set(acl)
+    # Transfers only to the secondaries' mesh addresses: no public address of a node.
+    expected = {f"{topo.mesh_address(n)};" for n in topo.dns_slaves}
+    assert expected == set(acl) or (not expected and acl == ["none;"])
     assert "104.237.137.10;" not in acl  # linodeSecondaryDns is off in the lab stacks
     assert "inet 127.0.0.1 port 8053 allow { 127.0.0.1; };" in options
     # Both families on every address; a shared IP arriving later is picked up by itself.
@@ -103,11 +104,14 @@ def test_roles_follow_active_dc(plan: tuple[Topology, HostPlan]) -> None:
     node = topo.node(hp.host)
     if node.dc == topo.active_dc:
         assert "type primary;" in local and bind.BODY in files(hp)
+        notify = local.split("also-notify")[1]
         for n in topo.dns_slaves:
-            assert f"{n.public_ipv4};" in local.split("also-notify")[1]
+            assert f"{topo.mesh_address(n)};" in notify
+            assert n.public_ipv4 not in notify
     else:
         assert "type secondary;" in local and "masterfile-format text;" in local
-        assert f"{topo.shared_ip(topo.active_dc)};" in local
+        primaries = local.split("primaries {")[1].split("};")[0].split()
+        assert primaries == [f"{a};" for a in topo.mesh_addresses(topo.active_dc)]
         assert bind.BODY not in files(hp)
 
 

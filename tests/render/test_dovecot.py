@@ -97,8 +97,11 @@ def test_cross_dc_replication_only_from_active_dc(
     active = build_host_plan(topologies["dc1"], "dc1-svr2", secrets, "lab")
     standby = build_host_plan(topologies["dc2"], "dc2-svr1", secrets, "lab")
     script = {f.path: f for f in active.files}[dovecot.DSYNC_SCRIPT].content
-    for n in topologies["dc1"].dc_nodes("dc2"):
-        assert f"doveadm sync -A -T 30 -l 10 tcps:{n.public_ipv4}:{dovecot.DOVEADM_PORT}" in script
+    topo = topologies["dc1"]
+    for n in topo.dc_nodes("dc2"):
+        mesh = topo.mesh_address(n)
+        assert f"doveadm sync -A -T 30 -l 10 tcps:{mesh}:{dovecot.DOVEADM_PORT}" in script
+        assert n.public_ipv4 not in script
     assert topologies["dc1"].shared_ip("dc1") in script
     assert "doveadm sync" not in {f.path: f for f in standby.files}[dovecot.DSYNC_SCRIPT].content
     parsed = in_base("bash", "-n", input=script)

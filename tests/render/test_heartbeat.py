@@ -93,15 +93,16 @@ def test_cluster_conf_reads_back_in_a_shell(plan: tuple[Topology, HostPlan]) -> 
     node = topo.node(hp.host)
     conf = files(hp)[role.CLUSTER_CONF]
     out = subprocess.run(
-        ["bash", "-c", 'set -eu; . /dev/stdin; echo "$NODE|$DC|$ACTIVE_DC|$VIP|$DB_MASTER|'
-         '$PEER_PRIVATE_IP|$WEB_SYNC_TARGETS"'],
+        ["bash", "-c", 'set -eu; . /dev/stdin; echo "$NODE|$DC|$ACTIVE_DC|$VIP|'
+         '$ACTIVE_DB_NODES|$PEER_PRIVATE_IP|$WEB_SYNC_TARGETS|$MESH_IP"'],
         input=conf, capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
     peer = topo.peer(node)
-    other = [n.public_ipv4 for n in topo.nodes if n.dc != node.dc]
+    others = [topo.mesh_address(n) for n in topo.nodes if n != node]
     assert out.split("|") == [
-        node.name, node.dc, topo.active_dc, topo.shared_ip(node.dc), topo.db_master_address,
-        peer.private_ipv4, " ".join([peer.private_ipv4, *other]),
+        node.name, node.dc, topo.active_dc, topo.shared_ip(node.dc),
+        " ".join(topo.mesh_addresses(topo.active_dc)), peer.private_ipv4, " ".join(others),
+        topo.mesh_address(node),
     ]  # fmt: skip
 
 

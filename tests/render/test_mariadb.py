@@ -34,7 +34,10 @@ def test_mariadbd_accepts_config(plan: tuple[Topology, HostPlan], tmp_path: Path
     )
     node = topo.node(hp.host)
     assert values["server-id"] == str(node.server_id)
-    assert values["bind-address"] == "0.0.0.0"
+    # Loopback, the private address (the peer's replica), the mesh (the other data centre's):
+    # never a public address, never the wildcard.
+    bound = values["bind-address"].split(",")
+    assert bound == ["127.0.0.1", node.private_ipv4, topo.mesh_address(node)]
     assert values["binlog-format"] == "ROW"
     assert values["gtid-strict-mode"] == "TRUE"
     assert values["log-slave-updates"] == "TRUE"
@@ -66,8 +69,12 @@ def test_least_privilege(topologies: dict[str, Topology], secrets: ClusterSecret
         assert {g.split("@")[1] for g in mine} == {"'127.0.0.1';", "'localhost';"}
     assert all("ON *.*" not in g or "REPLICATION SLAVE ON *.* TO 'repl'@" in g for g in grants)
     repl_hosts = {g.split("@")[1].strip("';") for g in grants if "'repl'@" in g}
-    assert repl_hosts == set(topo.cluster_addresses)
-    assert sql.count("REQUIRE SSL") == 2 * len(topo.cluster_addresses)
+    # Replicas come from a private address (the data-centre peer) or a mesh address (the other
+    # data centre): never from a public one.
+    want = {n.private_ipv4 for n in topo.nodes} | set(topo.all_mesh_addresses)
+    assert repl_hosts == want
+    assert not repl_hosts & {n.public_ipv4 for n in topo.nodes}
+    assert sql.count("REQUIRE SSL") == 2 * len(want)
     assert "GRANT ALL ON postfixadmin.* TO 'postfixadmin'@'127.0.0.1';" in sql
     assert "GRANT ALL ON roundcube.* TO 'roundcube'@'127.0.0.1';" in sql
 

@@ -28,7 +28,7 @@ from cluster.material import ClusterSecrets
 from cluster.plan import CHANGED_MARK
 from cluster.render import render
 from cluster.services import mariadb, storage
-from cluster.services.role import BGP_ANNOUNCE_FILE
+from cluster.services import role as role_service
 from cluster.topology import Topology
 
 pytestmark = pytest.mark.checkers
@@ -132,7 +132,8 @@ def lab(
         render(
             "/usr/local/sbin/mailcluster-role",
             node_state_dir=storage.NODE_STATE_DIR,
-            bgp_announce_file=BGP_ANNOUNCE_FILE,
+            bgp_announce_file=role_service.BGP_ANNOUNCE_FILE,
+            follow_interval=role_service.FOLLOW_INTERVAL_S,
         )
     )
     role.chmod(0o755)
@@ -158,7 +159,7 @@ def write_conf(lab: dict[str, object], me: Server, peer: Server, slot: str) -> P
     state.mkdir(exist_ok=True)
     conf.write_text(
         f"NODE=dc1-{slot}\nDC=dc1\nSLOT={slot}\nACTIVE_DC=dc1\nVIP=192.0.2.10\n"
-        "VIP_IFACE=lo\nSHARED_IP_METHOD=arp\nDB_MASTER=127.0.0.1\n"
+        "VIP_IFACE=lo\nSHARED_IP_METHOD=arp\nACTIVE_DB_NODES=127.0.0.1\n"
         f"PEER_PRIVATE_IP=127.0.0.1\nDB_PORT={peer.port}\n"
         f"MYSQL_SOCKET={me.socket}\nMYSQL_CA={tmp}/tls/ca.pem\nREPL_SECRET={tmp}/repl\n"
         f"STATE_DIR={state}\nRUN_DIR={me.dir}/run\nHOOKS={me.dir}/hooks\n"

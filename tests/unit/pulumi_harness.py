@@ -7,7 +7,9 @@ dependencies) and the stack's resolved outputs, so tests can assert rules over t
 
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
 import json
 import runpy
 import threading
@@ -56,6 +58,7 @@ def _make_pems() -> dict[str, str]:
         "rsa": pem_key(rsa.generate_private_key(public_exponent=65537, key_size=2048)),
         "ec": pem_key(ec.generate_private_key(ec.SECP256R1())),
         "ca": material.ca_cert_pem,
+        "ed25519": material.websync_ssh_key,
         "leaf": material.tls["dc1"].cert_pem.split("-----END CERTIFICATE-----")[0]
         + "-----END CERTIFICATE-----\n",
     }
@@ -146,8 +149,21 @@ class ClusterMocks(pulumi.runtime.Mocks):
             # Letters and digits, recognisable, unique per resource.
             state = {"result": "MockPw" + "".join(c for c in args.name if c.isalnum())}
         elif args.typ == "tls:index/privateKey:PrivateKey":
-            pem = _pems()["rsa" if args.inputs.get("algorithm") == "RSA" else "ec"]
-            state = {"privateKeyPem": pem, "privateKeyPemPkcs8": pem}
+            algorithm = args.inputs.get("algorithm")
+            if algorithm == "ED25519":
+                openssh = _pems()["ed25519"]
+                state = {
+                    "privateKeyOpenssh": openssh,
+                    "privateKeyPem": openssh,
+                    "privateKeyPemPkcs8": openssh,
+                }
+            else:
+                pem = _pems()["rsa" if algorithm == "RSA" else "ec"]
+                state = {"privateKeyPem": pem, "privateKeyPemPkcs8": pem}
+        elif args.typ == "random:index/randomBytes:RandomBytes":
+            # 32 bytes from the name: stable between runs, unique per resource.
+            raw = hashlib.sha256(args.name.encode()).digest()[: int(args.inputs["length"])]
+            state = {"base64": base64.b64encode(raw).decode(), "hex": raw.hex()}
         elif args.typ == "tls:index/selfSignedCert:SelfSignedCert":
             state = {"certPem": _pems()["ca"]}
         elif args.typ == "tls:index/locallySignedCert:LocallySignedCert":

@@ -50,6 +50,11 @@ BAD_INPUTS = [
     ("sharedIpMethod", good(sharedIpMethod="vrrp")),
     ("peerStack", good(peerStack="no spaces/allowed here/x/y")),
     ("dnsTtl", good(dnsTtl=5)),
+    ("meshCidr", good(meshCidr="10.199.0.1/24")),  # host bits set
+    ("meshCidr", good(meshCidr="8.8.8.0/24")),  # public: mesh traffic must never look public
+    ("meshCidr", good(meshCidr="10.0.0.0/30")),  # too small for four nodes
+    ("meshCidr", good(meshCidr="192.168.200.0/24")),  # Linode's private range
+    ("meshCidr", good(meshCidr="fd00::/64")),  # IPv4 only (the inner network)
 ]
 
 
@@ -75,6 +80,7 @@ def test_good_config_loads_with_defaults() -> None:
     assert isinstance(cfg, StackConfig)
     assert (cfg.dc, cfg.region, cfg.volume_size_gb, cfg.active_dc) == ("dc2", "us-ord", 80,
                                                                        "dc1")  # fmt: skip
+    assert cfg.mesh_cidr == "10.199.0.0/24"
 
 
 @pytest.mark.parametrize("stack", ["dc1", "dc2"])

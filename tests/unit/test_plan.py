@@ -114,6 +114,8 @@ def test_no_secret_in_any_command(topologies: dict[str, Topology], secrets: Clus
     values = [
         v for k, v in secrets.to_dict().items() if isinstance(v, str) and v and k != "ca_cert_pem"
     ] + [pair.key_pem for pair in secrets.tls.values()]
+    values += list(secrets.mesh_keys.values())
+    assert values and secrets.mesh_keys
     for topo in topologies.values():
         for node in topo.own_nodes:
             for step in build_host_plan(topo, node.name, secrets, "lab").steps:

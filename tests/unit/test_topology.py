@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 
 from cluster.lab.model import lab_topology
+from cluster.ports import MESH_PORT
 from cluster.topology import DcAddresses, NodeAddresses, Topology
 
 
@@ -12,7 +15,6 @@ from cluster.topology import DcAddresses, NodeAddresses, Topology
 @pytest.mark.parametrize("stack", ["dc1", "dc2"])
 def test_roles_follow_active_dc(stack: str, active: str) -> None:
     topo = lab_topology(stack, {"activeDc": active})
-    assert topo.db_master_address == topo.shared_ip(active)
     assert {n.dc for n in topo.dns_masters} == {active}
     assert {n.dc for n in topo.dns_slaves} == {"dc1", "dc2"} - {active}
     assert len(topo.nodes) == 4
@@ -53,3 +55,34 @@ def test_bad_addresses_rejected() -> None:
         })  # fmt: skip
     with pytest.raises(ValueError, match="needs nodes"):
         DcAddresses(shared_ipv4="192.0.2.9", nodes={"svr1": NodeAddresses("192.0.2.1", "x")})
+
+
+@pytest.mark.parametrize("stack", ["dc1", "dc2"])
+def test_mesh_addresses_are_distinct_and_inside_the_mesh(stack: str) -> None:
+    topo = lab_topology(stack)
+    mesh = [topo.mesh_address(n) for n in topo.nodes]
+    assert len(set(mesh)) == 4
+    public_or_private = {a for n in topo.nodes for a in (n.public_ipv4, n.private_ipv4)}
+    for addr in mesh:
+        assert ipaddress.IPv4Address(addr) in topo.mesh_network
+        assert addr not in public_or_private
+    # The same address whichever stack renders it (both stacks' plans name each other's).
+    assert mesh == [lab_topology("dc1").mesh_address(n) for n in topo.nodes]
+
+
+def test_mesh_endpoints_private_inside_a_dc_public_across() -> None:
+    topo = lab_topology("dc1")
+    node = topo.node("dc1-svr1")
+    port = f":{MESH_PORT}"
+    assert (
+        topo.mesh_endpoint(node, topo.node("dc1-svr2")) == topo.node("dc1-svr2").private_ipv4 + port
+    )
+    assert (
+        topo.mesh_endpoint(node, topo.node("dc2-svr1")) == topo.node("dc2-svr1").public_ipv4 + port
+    )
+
+
+def test_a_mesh_range_holding_a_node_address_is_refused() -> None:
+    node_net = lab_topology("dc1").node("dc1-svr1").private_ipv4.rsplit(".", 1)[0] + ".0/24"
+    with pytest.raises(ValueError, match="meshCidr"):
+        lab_topology("dc1", {"meshCidr": node_net})
