@@ -6,13 +6,19 @@ from collections.abc import Mapping
 from typing import Any
 
 from cluster.config import DC_NAMES, StackConfig, load_config
-from cluster.lab.addresses import lab_dc_addresses
+from cluster.lab.addresses import client_address, client_address6, lab_dc_addresses
 from cluster.services.storage import device_path
 from cluster.stackfiles import read_stack_config
 from cluster.topology import Topology
 
 # ARP takeover (IPaddr2): there is no BGP in the lab. Let's Encrypt cannot reach the lab.
-LAB_OVERRIDES: Mapping[str, Any] = {"sharedIpMethod": "arp", "tlsMode": "selfsigned"}
+# The admin is the client's own address (192.0.2.100), not the whole "internet" (the stack
+# files' 192.0.2.0/24): other client addresses are strangers to the firewall and to fail2ban.
+LAB_OVERRIDES: Mapping[str, Any] = {
+    "sharedIpMethod": "arp",
+    "tlsMode": "selfsigned",
+    "adminCidrs": [f"{client_address()}/32", f"{client_address6()}/128"],
+}
 
 
 def lab_config(stack: str, sets: Mapping[str, Any] | None = None) -> StackConfig:
