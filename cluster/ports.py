@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from cluster.config import StackConfig
-from cluster.topology import DcAddresses
+from cluster.topology import SLOTS, DcAddresses
 
 MESH_PORT = 51820  # WireGuard, UDP: only from the cluster's other nodes
 MESH_INTERFACE = "wgmesh"  # the WireGuard interface on every node: internal services live behind it
@@ -121,7 +121,7 @@ def node_cidrs(dcs: Iterable[DcAddresses]) -> tuple[list[str], list[str]]:
     v4: list[str] = []
     v6: list[str] = []
     for dc in dcs:
-        for node in dc.nodes.values():
+        for node in (dc.nodes[slot] for slot in SLOTS):
             v4 += [host_cidr(node.public_ipv4), host_cidr(node.private_ipv4)]
             if node.public_ipv6:
                 v6.append(host_cidr(node.public_ipv6))

@@ -67,7 +67,7 @@ CREATE TABLE IF NOT EXISTS {DB}.{DB_TABLE} (
 
 
 def ignore_addresses(ctx: HostContext) -> list[str]:
-    v4, v6 = source_cidrs(ctx.config, ctx.topology.dcs.values())[CLUSTER]
+    v4, v6 = source_cidrs(ctx.config, firewall.known_dcs(ctx.topology))[CLUSTER]
     return list(dict.fromkeys(["127.0.0.0/8", "::1", *ctx.config.admin_cidrs, *v4, *v6]))
 
 

@@ -28,7 +28,7 @@ from cluster.ports import (
     ports_by,
     source_cidrs,
 )
-from cluster.topology import DcAddresses
+from cluster.topology import DcAddresses, Topology
 
 PACKAGES: tuple[str, ...] = ("nftables",)
 
@@ -102,6 +102,11 @@ def host_rules(config: StackConfig, dcs: Iterable[DcAddresses]) -> list[HostRule
     return out
 
 
+def known_dcs(topology: Topology) -> list[DcAddresses]:
+    """The data centres whose addresses are known, in name order (a stable rendering)."""
+    return [topology.dcs[dc] for dc in sorted(topology.dcs)]
+
+
 def steps(ctx: HostContext) -> list[Step]:
     rules = ctx.file(
         RULES,
@@ -109,7 +114,7 @@ def steps(ctx: HostContext) -> list[Step]:
         table=TABLE,
         ban_set4=BAN_SET4,
         ban_set6=BAN_SET6,
-        rules=host_rules(ctx.config, ctx.topology.dcs.values()),
+        rules=host_rules(ctx.config, known_dcs(ctx.topology)),
     )
     conf = ctx.file(CONF, mode="0755")
     return [
