@@ -153,7 +153,7 @@ def source_cidrs(
 def markdown(config: StackConfig) -> str:
     """README's table: every open port, per address family, and who may reach it."""
     lines = [
-        "| port | protocol | service | IPv4 | IPv6 | who may connect |",
+        "| port | protocol | service | admitted over IPv4 | over IPv6 | who may connect |",
         "|---|---|---|---|---|---|",
     ]
     for rule in port_table(config):

@@ -15,12 +15,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from cluster import ports
 from cluster.config import StackConfig
 from cluster.hostcontext import HostContext
 from cluster.plan import CHANGED_MARK, STATE_DIR, Step, script_step
 from cluster.ports import (
     CLUSTER,
-    INTERNAL_FROM_CLUSTER_ADDRESSES,
     MESH_INTERFACE,
     SOURCES,
     WORLD,
@@ -76,8 +76,8 @@ def host_rules(config: StackConfig, dcs: Iterable[DcAddresses]) -> list[HostRule
     out: list[HostRule] = []
     for source in SOURCES:
         for protocol in ("tcp", "udp"):
-            ports = ports_by(table, source, protocol)
-            if not ports:
+            numbers = ports_by(table, source, protocol)
+            if not numbers:
                 continue
             names = f"{protocol} " + ", ".join(
                 f"{r.port} {r.service.split(' (')[0]}"
@@ -85,12 +85,12 @@ def host_rules(config: StackConfig, dcs: Iterable[DcAddresses]) -> list[HostRule
                 if r.source == source and r.protocol == protocol
             )
             if source == WORLD:
-                out.append(HostRule(f"{names}: anyone", protocol, ports))
+                out.append(HostRule(f"{names}: anyone", protocol, numbers))
                 continue
             if source == CLUSTER:
-                out.append(HostRule(f"{names}: over the mesh", protocol, ports,
+                out.append(HostRule(f"{names}: over the mesh", protocol, numbers,
                                     iifname=MESH_INTERFACE))  # fmt: skip
-                if not INTERNAL_FROM_CLUSTER_ADDRESSES:
+                if not ports.INTERNAL_FROM_CLUSTER_ADDRESSES:
                     continue
                 names += ": TRANSITION (ports.INTERNAL_FROM_CLUSTER_ADDRESSES) from the cluster"
             else:
@@ -98,7 +98,7 @@ def host_rules(config: StackConfig, dcs: Iterable[DcAddresses]) -> list[HostRule
             v4, v6 = sources[source]
             for family, cidrs in (("ip", v4), ("ip6", v6)):
                 if cidrs:
-                    out.append(HostRule(names, protocol, ports, family, tuple(cidrs)))
+                    out.append(HostRule(names, protocol, numbers, family, tuple(cidrs)))
     return out
 
 
