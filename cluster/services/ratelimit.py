@@ -30,6 +30,15 @@ PIDFILE = "/run/policyd-rate-limit/policyd-rate-limit.pid"
 POLICY_SERVICE = f"inet:{HOST}:{PORT}"
 LOG_TAG = "mailcluster-ratelimit"
 SERVICE_STEP = "ratelimit.service"
+# Debian's init script stops with `start-stop-daemon --stop --pidfile` alone, which refuses the
+# daemon's own (non-root) pid file as insecure: stop it by its pid, checked to be the daemon.
+RESTART = f"""pid=$(cat {PIDFILE})
+if grep -qs policyd-rate-limit "/proc/$pid/cmdline"; then
+  kill "$pid"
+  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+fi
+rm -f {PIDFILE}
+service policyd-rate-limit start >/dev/null"""
 
 
 def steps(ctx: HostContext) -> list[Step]:
@@ -45,14 +54,14 @@ def steps(ctx: HostContext) -> list[Step]:
     )
     return [
         conf,
-        # It has no reload: restart on a new limit (an in-flight policy query is retried by
-        # smtpd, and without an answer it lets the mail through).
+        # It has no reload: restart on a new limit (smtpd lets mail through while it is away).
         script_step(
             SERVICE_STEP,
             reload_or_start(
                 "policyd-rate-limit",
                 running=pidfile_alive(PIDFILE),
                 restart=True,
+                reload=RESTART,
             ),
             watch=(conf,),
         ),
