@@ -77,12 +77,14 @@ SAMPLES = {
     ),
     "dovecot": (
         "2026-11-25T22:50:02.123456+00:00 dc1-svr1 dovecot: imap-login: Disconnected: "
-        "Connection closed (auth failed, 1 attempts in 2 secs): user=<x@example.com>, method=PLAIN, "
+        "Connection closed (auth failed, 1 attempts in 2 secs): user=<x@example.com>, "
+        "method=PLAIN, "
         "rip=192.0.2.101, lip=198.51.100.10, TLS, session=<abcdEFGH>"
     ),
     "roundcube-auth": (
         "2026-11-25T22:50:03.123456+00:00 dc1-svr1 roundcube: <abcd1234> IMAP Error: "
-        "Login failed for x@example.com against 198.51.100.10 from 192.0.2.101. AUTHENTICATE PLAIN: "
+        "Login failed for x@example.com against 198.51.100.10 from 192.0.2.101. "
+        "AUTHENTICATE PLAIN: "
         "Authentication failed. in /usr/share/roundcube/program/lib/Roundcube/rcube_imap.php "
         "on line 211 (POST /?_task=login&_action=login)"
     ),
