@@ -134,8 +134,11 @@ def test_a_scan_from_the_internet_sees_only_the_public_ports(
     targets = [public_ip(h) for h in HOSTS] + [_v6(h) for h in HOSTS]
     targets += [shared_ip("dc1"), shared_ip("dc2")]
     targets += [a for a in (A.lab_dc_addresses(dc).shared_ipv6 for dc in ("dc1", "dc2")) if a]
+    # One connection to each address first: the router and the client resolve its link address
+    # (ARP, neighbour discovery) before the burst, which would otherwise lose its first SYNs.
+    probe_from_client(lab, targets, [53], *stranger)
     t0 = time.monotonic()
-    seen = probe_from_client(lab, targets, SCAN_PORTS, *stranger)
+    seen = probe_from_client(lab, targets, SCAN_PORTS, *stranger, timeout=3)
     took = time.monotonic() - t0
     summary = {t: sorted(v["open"] + v["refused"]) for t, v in seen.items()}
     print(f"scan of {len(targets)} addresses x {len(SCAN_PORTS)} ports from {stranger[0]}/"
@@ -158,11 +161,13 @@ def _v6(host: str) -> str:
 
 
 def test_ssh_answers_the_admin_only(lab: Lab, stranger: tuple[str, str]) -> None:
+    """The firewall lets the admin's SYN through (the lab's hosts run no sshd, so the answer is
+    a refusal: still an answer) and drops the stranger's."""
     targets = [public_ip(h) for h in HOSTS] + [_v6(h) for h in HOSTS]
     admin = probe_from_client(lab, targets, [22], ADMIN, A.client_address6())
     other = probe_from_client(lab, targets, [22], *stranger)
     for target in targets:
-        assert admin[target]["open"] == [22], (target, admin[target])
+        assert admin[target]["open"] + admin[target]["refused"] == [22], (target, admin[target])
         assert not other[target]["open"] and not other[target]["refused"], (target, other)
 
 
@@ -242,10 +247,11 @@ def test_d_a_sender_over_the_limit_is_deferred(lab: Lab) -> None:
     # Another user is not affected.
     proc = lab.client(sys.executable, "-c", RCPTS, VIP1, lab.ca, other[0], other[1], "1")
     assert json.loads(proc.stdout.strip().splitlines()[-1])["codes"][0][0] == 250
-    # The line an alert finds.
-    log = lab.exec(holder(lab), "grep", "-c", f"NOQUEUE: reject: RCPT.*{ratelimit.LOG_TAG}",
-                   "/var/log/mail.log", check=False).stdout.strip()  # fmt: skip
-    assert log and int(log) >= 2, log
+    # The line an alert finds (rsyslog may take a moment to write it).
+    pattern = f"NOQUEUE: reject: RCPT .*{ratelimit.LOG_TAG}.* from=<{user[0]}>"
+    lab.wait_for("the rate-limit line on mail.log", lambda: lab.exec(
+        holder(lab), "grep", "-q", pattern, "/var/log/mail.log", check=False
+    ).returncode == 0, timeout=20, interval=1)  # fmt: skip
 
 
 # -- (c) password guessing ----------------------------------------------------------------------
