@@ -21,8 +21,12 @@ from typing import Any
 import pytest
 
 from cluster import ports
+from cluster.hostplan import build_host_plan
 from cluster.lab import addresses as A
 from cluster.lab.driver import Lab, private_ip, public_ip, shared_ip
+from cluster.lab.model import lab_topology
+from cluster.lab.secrets import load_secrets
+from cluster.plan import CHANGED_MARK
 from cluster.services import fail2ban, firewall, ratelimit
 
 DOMAIN = "example.com"
@@ -342,3 +346,20 @@ def test_admin_addresses_are_never_banned(lab: Lab) -> None:
             out = lab.exec(host, "fail2ban-client", "get", jail.name, "ignoreip").stdout
             ignored = {line.lstrip("|`- ").strip() for line in out.splitlines()[1:]}
             assert {ADMIN, A.client_address6(), private_ip(host)} <= ignored, (host, out)
+
+
+def test_security_steps_run_again_change_nothing(lab: Lab) -> None:
+    """The firewall load, the ban table and every file of these services, run a second time on
+    a node as the plan has them: no change. (The reload steps run only when a file they watch
+    changed: the appliers skip them by digest, as every service's.)"""
+    host = "dc1-svr2"
+    plan = build_host_plan(lab_topology("dc1"), host, load_secrets(), "lab")
+    mine = {firewall.LOAD_STEP, "firewall.boot", fail2ban.TABLE_STEP}
+    owned = ("/etc/nftables", "/etc/fail2ban/", fail2ban.BANS_SCRIPT,
+             "/etc/cron.d/mailcluster-bans", ratelimit.CONF)  # fmt: skip
+    steps = [s for s in plan.steps
+             if s.name in mine or (s.file and s.file.path.startswith(owned))]  # fmt: skip
+    assert len(steps) >= 9, [s.name for s in steps]
+    for step in steps:
+        out = lab.exec(host, "bash", "-c", "set -euo pipefail\n" + step.script, input=step.stdin)
+        assert CHANGED_MARK not in out.stdout, (step.name, out.stdout)
