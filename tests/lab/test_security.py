@@ -262,6 +262,35 @@ def test_d_a_sender_over_the_limit_is_deferred(lab: Lab) -> None:
     ).returncode == 0, timeout=20, interval=1)  # fmt: skip
 
 
+WEB_LOGINS = r"""
+set -e
+src=$1; vip=$2; jar=$(mktemp)
+get() { curl -sk -c "$jar" -b "$jar" --interface "$src" "$@"; }
+# Roundcube: its login form's request token, then a wrong password.
+tok=$(get "https://$vip/" | grep -o '"request_token":"[^"]*"' | cut -d'"' -f4)
+get -o /dev/null -d "_token=$tok&_task=login&_action=login&_timezone=UTC&_url=" \
+  -d "_user=nobody@example.com&_pass=wrong" "https://$vip/?_task=login"
+# Postfix Admin: its CSRF token, then a wrong password.
+tok=$(get "https://$vip/postfixadmin/login.php" | grep -o 'name="token" value="[^"]*"' \
+  | cut -d'"' -f4)
+get -o /dev/null --data-urlencode "token=$tok" \
+  -d "fUsername=nobody@example.com&fPassword=wrong&lang=en&submit=Login" \
+  "https://$vip/postfixadmin/login.php"
+"""
+
+
+def test_failed_web_logins_are_counted(lab: Lab, stranger: tuple[str, str]) -> None:
+    """Roundcube and Postfix Admin log a failed login where their jails read it, with the
+    client's address (one failure each: no ban yet)."""
+    active = holder(lab)
+    lab.client("bash", "-c", WEB_LOGINS, "web-logins", stranger[0], VIP1)
+    for jail in ("roundcube-auth", "postfixadmin"):
+        lab.wait_for(f"{jail} to count {stranger[0]}", lambda j=jail: lab.exec(
+            active, "grep", "-q", f"\\[{j}\\] Found {stranger[0]} ", "/var/log/fail2ban.log",
+            check=False).returncode == 0, timeout=20, interval=1)  # fmt: skip
+    assert not banned_on(lab, active, stranger[0])
+
+
 # -- (c) password guessing ----------------------------------------------------------------------
 GUESS = r"""
 import json, socket, ssl, sys, time

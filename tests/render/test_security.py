@@ -89,7 +89,8 @@ SAMPLES = {
         "on line 211 (POST /?_task=login&_action=login)"
     ),
     "postfixadmin": (
-        "[Wed Nov 25 22:50:04.123456 2026] [php:notice] [pid 999] [client 192.0.2.101:40000] "
+        "[Wed Nov 25 22:50:04.123456 2026] [php:notice] [pid 2670:tid 2670] "
+        "[client 192.0.2.101:41346] "
         "PostfixAdmin admin login failed (username: x@example.com, ip_address: 192.0.2.101)"
     ),
     "sshd": (
