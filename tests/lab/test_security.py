@@ -52,23 +52,31 @@ INTERNAL_OPEN_TO_CLUSTER = ports.INTERNAL_FROM_CLUSTER_ADDRESSES
 # Runs in the client or a host: TCP connect to every (address, port), from a chosen source
 # address, at most PARALLEL at once. "filtered" = no answer (a firewall drop), "refused" = RST.
 PROBE = r"""
-import asyncio, json, sys
+import asyncio, json, socket, sys
 src4, src6, targets, ports, timeout = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), \
     json.loads(sys.argv[4]), float(sys.argv[5])
 async def one(sem, host, port):
+    # Plain sockets on numeric addresses: asyncio.open_connection would queue a getaddrinfo per
+    # probe in a small thread pool, and the first probes' time would run out in that queue.
     async with sem:
-        src = src6 if ":" in host else src4
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        src = src6 if family == socket.AF_INET6 else src4
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
         try:
-            _, w = await asyncio.wait_for(asyncio.open_connection(
-                host, port, local_addr=(src, 0) if src else None), timeout)
-            w.close()
+            if src:
+                sock.bind((src, 0))
+            await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (host, port)),
+                                   timeout)
             return host, port, "open"
         except ConnectionRefusedError:
             return host, port, "refused"
         except (asyncio.TimeoutError, OSError):
             return host, port, "filtered"
+        finally:
+            sock.close()
 async def main():
-    sem = asyncio.Semaphore(600)
+    sem = asyncio.Semaphore(500)
     got = await asyncio.gather(*(one(sem, h, p) for h in targets for p in ports))
     out = {h: {"open": [], "refused": []} for h in targets}
     for h, p, state in got:
