@@ -117,6 +117,10 @@ class StackConfig:
     bgp_hold_time_s: int
     bgp_keepalive_s: int
     provision: bool
+    ban_max_retry: int
+    ban_find_time_s: int
+    ban_time_s: int
+    submission_rate_limit_per_hour: int
     mesh_cidr: str = DEFAULT_MESH_CIDR
 
     @property
@@ -306,6 +310,15 @@ KEYS: dict[str, Key] = {
     "provision": Key("provision", True, _as_bool, "configure the nodes over SSH"),
     "meshCidr": Key("mesh_cidr", DEFAULT_MESH_CIDR, _mesh_cidr,
                     "the WireGuard mesh's inner IPv4 network"),
+    "banMaxRetry": Key("ban_max_retry", 5, _as_int(2, 100),
+                       "failed logins from one address within banFindTimeSeconds that ban it"),
+    "banFindTimeSeconds": Key("ban_find_time_s", 600, _as_int(60, 86400, " s"),
+                              "the window in which banMaxRetry failures count"),
+    "banTimeSeconds": Key("ban_time_s", 3600, _as_int(60, 30 * 86400, " s"),
+                          "how long a ban holds, on every node"),
+    "submissionRateLimitPerHour": Key("submission_rate_limit_per_hour", 200,
+                                      _as_int(1, 100000, " recipients"),
+                                      "recipients one authenticated user may send to per hour"),
 }  # fmt: skip
 
 # Keys that exist but are read as secrets where they are used, never into StackConfig.

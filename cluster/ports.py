@@ -1,10 +1,182 @@
-"""Ports of the cluster that more than one layer needs to agree on.
+"""The cluster's one port table: every port a node accepts from the network, and from whom.
 
-The WireGuard mesh's port is here so that the mesh (services) and the firewalls (host and
-cloud) name the same number.
+Both firewalls are generated from it, so they cannot disagree:
+- the Linode Cloud Firewall (``cluster/pulumi/datacentre.py``, ``inbound_rules``);
+- the nftables host firewall on every node (``cluster/services/firewall.py``).
+A unit test (tests/unit/test_firewall_agreement.py) resolves both for the same addresses and
+compares them port by port and family by family; README's security section is printed from it
+(``python -m cluster.ports --markdown``).
+
+Who may connect (``Rule.source``):
+- ``world``: anyone (public mail, web and DNS);
+- ``admin``: the stack's ``adminCidrs`` (SSH);
+- ``nodes``: the cluster's four nodes (the WireGuard mesh port);
+- ``cluster``: internal services. On the host: on the mesh interface (``MESH_INTERFACE``), and,
+  until every node-to-node service runs over the mesh, from the cluster's own addresses (the
+  host firewall's one transition rule, ``firewall.TRANSITION_INTERNAL_FROM_CLUSTER_ADDRESSES``).
+  The cloud firewall sees only traffic between public/private addresses, so it lists the cluster
+  addresses for these ports.
+
+Loopback-only ports (rspamd 11332-11334, BIND's statistics 8053, the rate-limit policy 8552)
+are in no rule: the host firewall accepts ``lo`` and nothing else reaches them.
 """
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from cluster.config import StackConfig
+from cluster.topology import SLOTS, DcAddresses
+
 MESH_PORT = 51820  # WireGuard, UDP: only from the cluster's other nodes
 MESH_INTERFACE = "wgmesh"  # the WireGuard interface on every node: internal services live behind it
+
+WORLD = "world"
+ADMIN = "admin"
+NODES = "nodes"
+CLUSTER = "cluster"
+SOURCES = (WORLD, ADMIN, NODES, CLUSTER)
+SOURCE_DOCS = {
+    WORLD: "anyone",
+    ADMIN: "`adminCidrs` only",
+    NODES: "the cluster's nodes only",
+    CLUSTER: "the mesh interface; for now also the cluster's addresses (transition)",
+}
+WORLD_CIDRS = (["0.0.0.0/0"], ["::/0"])
+
+# TRANSITION (issue 10), the one switch: until every node-to-node service runs over the WireGuard
+# mesh, the internal ports (source ``cluster``) are also open to the cluster's own public and
+# private addresses, in both firewalls. When the mesh carries them all, set this to False: the
+# host firewall then admits them only on MESH_INTERFACE, the cloud firewall not at all (mesh
+# traffic arrives on MESH_PORT), and tests/lab/test_security.py's
+# ``test_internal_ports_from_the_other_dc`` flips its ``INTERNAL_OPEN_TO_CLUSTER`` assertion.
+INTERNAL_FROM_CLUSTER_ADDRESSES = True
+
+SSH_PORT = 22
+IMAP_PLAINTEXT_PORT = 143
+MARIADB_PORT = 3306
+DOVEADM_PORT = 12345
+RSYNC_PORT = 873
+HEARTBEAT_PORT = 694
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One port a node accepts, from ``source`` (one of ``SOURCES``), over both families."""
+
+    service: str
+    protocol: str  # "tcp" or "udp"
+    port: int
+    source: str
+
+
+# Always open, in this order (the README's order).
+_ALWAYS: tuple[Rule, ...] = (
+    Rule("SMTP (MX, postscreen)", "tcp", 25, WORLD),
+    Rule("DNS (BIND, authoritative)", "tcp", 53, WORLD),
+    Rule("DNS (BIND, authoritative)", "udp", 53, WORLD),
+    Rule("HTTP (ACME, redirect to HTTPS)", "tcp", 80, WORLD),
+    Rule("HTTPS (webmail, Postfix Admin, MTA-STS)", "tcp", 443, WORLD),
+    Rule("submissions (implicit TLS)", "tcp", 465, WORLD),
+    Rule("submission (STARTTLS)", "tcp", 587, WORLD),
+    Rule("IMAPS", "tcp", 993, WORLD),
+    Rule("SSH", "tcp", SSH_PORT, ADMIN),
+    Rule("WireGuard mesh", "udp", MESH_PORT, NODES),
+    Rule("MariaDB replication", "tcp", MARIADB_PORT, CLUSTER),
+    Rule("rsync (web docroots)", "tcp", RSYNC_PORT, CLUSTER),
+    Rule("Dovecot replication (doveadm/dsync)", "tcp", DOVEADM_PORT, CLUSTER),
+    Rule("Heartbeat (ucast)", "udp", HEARTBEAT_PORT, CLUSTER),
+)
+
+
+def port_table(config: StackConfig) -> tuple[Rule, ...]:
+    """Every rule for this stack's config. ManageSieve (4190) has no config key: Dovecot's
+    managesieve is not installed, so 4190 stays closed; a ``manageSieve`` key would add its row
+    here, as ``imapPlaintext`` adds 143."""
+    rules = list(_ALWAYS)
+    if config.imap_plaintext:
+        rules.insert(rules.index(_ALWAYS[7]) + 1, Rule("IMAP (STARTTLS)", "tcp", 143, WORLD))
+    return tuple(rules)
+
+
+def ports_by(rules: Iterable[Rule], source: str, protocol: str) -> tuple[int, ...]:
+    """The sorted ports of ``rules`` open to ``source`` over ``protocol``."""
+    return tuple(sorted({r.port for r in rules if r.source == source and r.protocol == protocol}))
+
+
+def host_cidr(address: str) -> str:
+    address = address.split("/")[0]
+    return f"{address}/128" if ":" in address else f"{address}/32"
+
+
+def split_cidrs(cidrs: Iterable[str]) -> tuple[list[str], list[str]]:
+    cidrs = list(cidrs)
+    return [c for c in cidrs if ":" not in c], [c for c in cidrs if ":" in c]
+
+
+def node_cidrs(dcs: Iterable[DcAddresses]) -> tuple[list[str], list[str]]:
+    """Every node's own addresses (public and private IPv4, public IPv6) as host CIDRs."""
+    v4: list[str] = []
+    v6: list[str] = []
+    for dc in dcs:
+        for node in (dc.nodes[slot] for slot in SLOTS):
+            v4 += [host_cidr(node.public_ipv4), host_cidr(node.private_ipv4)]
+            if node.public_ipv6:
+                v6.append(host_cidr(node.public_ipv6))
+    return list(dict.fromkeys(v4)), list(dict.fromkeys(v6))
+
+
+def cluster_cidrs(dcs: Iterable[DcAddresses]) -> tuple[list[str], list[str]]:
+    """Every address a cluster peer may come from: the nodes' and the shared addresses."""
+    dcs = list(dcs)
+    nodes4, nodes6 = node_cidrs(dcs)
+    v4 = [host_cidr(dc.shared_ipv4) for dc in dcs] + nodes4
+    v6 = [host_cidr(dc.shared_ipv6) for dc in dcs if dc.shared_ipv6] + nodes6
+    return list(dict.fromkeys(v4)), list(dict.fromkeys(v6))
+
+
+def source_cidrs(
+    config: StackConfig, dcs: Iterable[DcAddresses]
+) -> dict[str, tuple[list[str], list[str]]]:
+    """Each source as (IPv4 CIDRs, IPv6 CIDRs), from the data centres' addresses known."""
+    dcs = list(dcs)
+    return {
+        WORLD: (list(WORLD_CIDRS[0]), list(WORLD_CIDRS[1])),
+        ADMIN: split_cidrs(config.admin_cidrs),
+        NODES: node_cidrs(dcs),
+        CLUSTER: cluster_cidrs(dcs),
+    }
+
+
+def markdown(config: StackConfig) -> str:
+    """README's table: every open port, per address family, and who may reach it."""
+    lines = [
+        "| port | protocol | service | admitted over IPv4 | over IPv6 | who may connect |",
+        "|---|---|---|---|---|---|",
+    ]
+    for rule in port_table(config):
+        lines.append(
+            f"| {rule.port} | {rule.protocol} | {rule.service} | yes | yes "
+            f"| {SOURCE_DOCS[rule.source]} |"
+        )
+    if not config.imap_plaintext:
+        lines.append("| 143 | tcp | IMAP (STARTTLS) | with `imapPlaintext` | same | anyone |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    from cluster.stackfiles import read_stack_config
+
+    if argv != ["--markdown"]:
+        print("usage: python -m cluster.ports --markdown", file=sys.stderr)
+        return 2
+    from cluster.config import load_config
+
+    print(markdown(load_config(read_stack_config("dc1"), "dc1")), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -6,18 +6,21 @@ from collections.abc import Mapping
 from typing import Any
 
 from cluster.config import DC_NAMES, StackConfig, load_config
-from cluster.lab.addresses import lab_dc_addresses
+from cluster.lab.addresses import client_address, client_address6, lab_dc_addresses
 from cluster.services.storage import device_path
 from cluster.stackfiles import read_stack_config
 from cluster.topology import Topology
 
 # The shared IP moves by BGP, as on Linode (the lab's route servers: routeservers.py); `apply
 # --set sharedIpMethod=arp` drills the legacy method. Let's Encrypt cannot reach the lab.
+# The admin is the client's own address (192.0.2.100), not the whole "internet" (the stack
+# files' 192.0.2.0/24): other client addresses are strangers to the firewall and to fail2ban.
 # The mesh in RFC 2544 benchmark space, like the rest of the lab (never a real network).
 LAB_OVERRIDES: Mapping[str, Any] = {
     "sharedIpMethod": "bgp",
     "tlsMode": "selfsigned",
     "meshCidr": "198.19.10.0/24",
+    "adminCidrs": [f"{client_address()}/32", f"{client_address6()}/128"],
 }
 
 

@@ -248,7 +248,9 @@ KEY_CHANGES: dict[str, KeyChange] = {
                               "differs (no reboot; the create-time root_pass is ignored)"),
     "sshPrivateKey": KeyChange(Outcome.IN_PLACE,
                                "re-runs every step with the new connection key"),
-    "adminCidrs": KeyChange(Outcome.IN_PLACE, "updates the cloud firewall's SSH rule"),
+    "adminCidrs": KeyChange(Outcome.IN_PLACE,
+                            "updates the SSH rule of the cloud and host firewalls and "
+                            "fail2ban's ignoreip"),
     "activeDc": KeyChange(Outcome.IN_PLACE,
                           "a failover or failback: DNS, database roles and PTRs follow"),
     "sharedIpMethod": KeyChange(Outcome.IN_PLACE,
@@ -274,7 +276,8 @@ KEY_CHANGES: dict[str, KeyChange] = {
         key: KeyChange(Outcome.IN_PLACE, _RE)
         for key in ("messageSizeLimitMb", "imapPlaintext", "tlsMode", "letsencryptEmail",
                     "dnsTtl", "dmarcPolicy", "mtaStsMode", "postmaster",
-                    "heartbeatKeepaliveMs", "heartbeatDeadtimeMs")
+                    "heartbeatKeepaliveMs", "heartbeatDeadtimeMs", "banMaxRetry",
+                    "banFindTimeSeconds", "banTimeSeconds", "submissionRateLimitPerHour")
     },
 }  # fmt: skip
 KEY_CHANGES["imapPlaintext"] = KeyChange(Outcome.IN_PLACE, f"opens or closes 143; {_RE}")

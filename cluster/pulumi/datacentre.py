@@ -20,6 +20,7 @@ import pulumi
 import pulumi_command.remote as remote
 import pulumi_linode as linode
 
+from cluster import ports
 from cluster.config import StackConfig, other_dc
 from cluster.pulumi import forward_dns
 from cluster.pulumi.handover import handover_command
@@ -46,7 +47,7 @@ from cluster.pulumi.peer import (
     node_address,
 )
 from cluster.services.storage import volume_label
-from cluster.topology import SLOTS, node_name
+from cluster.topology import SLOTS, DcAddresses, node_name
 
 IMAGE = "linode/debian12"
 # Every Linode resource carries this tag; the account-wide ones (placement group, firewall) are
@@ -56,18 +57,6 @@ TAG = "mailcluster"
 # a placement that would break that rather than quietly co-locating them.
 PLACEMENT_TYPE = "anti_affinity:local"
 PLACEMENT_POLICY = "strict"
-
-WORLD_V4 = ["0.0.0.0/0"]
-WORLD_V6 = ["::/0"]
-# Open to the world: SMTP, submissions, submission, IMAPS, HTTP (ACME, MTA-STS redirect), HTTPS.
-PUBLIC_TCP = (25, 80, 443, 465, 587, 993)
-IMAP_PLAINTEXT = 143
-SSH = 22
-# Only between cluster nodes (both data centres). Keep in step with the services:
-# MariaDB replication, Dovecot doveadm/dsync replication, rsync of web docroots.
-CLUSTER_TCP = {3306: "mariadb", 12345: "doveadm", 873: "rsync"}
-# Heartbeat's ucast keepalives.
-CLUSTER_UDP = {694: "heartbeat"}
 
 # Inputs Linode acts on only when it creates a Linode; a change to any of them would replace
 # the node (change_rules.RULES). After creation the plan manages what they stood for: root's
@@ -102,7 +91,7 @@ def shared_ipv6_address(range_: str, prefixlen: int = SHARED_IPV6_PREFIXLEN) -> 
 
 @dataclass(frozen=True)
 class RuleSpec:
-    """One inbound firewall rule; ``source`` is "world", "admin" or "cluster"."""
+    """One inbound firewall rule; ``source`` is one of ``cluster.ports.SOURCES``."""
 
     label: str
     protocol: str
@@ -111,19 +100,22 @@ class RuleSpec:
 
 
 def inbound_rules(config: StackConfig) -> list[RuleSpec]:
-    """The firewall's inbound rules as plain data; everything else is dropped."""
-    public = (*PUBLIC_TCP, IMAP_PLAINTEXT) if config.imap_plaintext else PUBLIC_TCP
-    return [
-        RuleSpec("mail-web", "TCP", tuple(sorted(public)), "world"),
-        RuleSpec("dns-tcp", "TCP", (53,), "world"),
-        RuleSpec("dns-udp", "UDP", (53,), "world"),
-        # ICMP: path-MTU discovery needs "fragmentation needed"; without it large messages
-        # over TLS stall on some paths.
-        RuleSpec("icmp", "ICMP", (), "world"),
-        RuleSpec("ssh-admin", "TCP", (SSH,), "admin"),
-        RuleSpec("cluster-tcp", "TCP", tuple(sorted(CLUSTER_TCP)), "cluster"),
-        RuleSpec("cluster-udp", "UDP", tuple(sorted(CLUSTER_UDP)), "cluster"),
-    ]
+    """The firewall's inbound rules as plain data, one per (source, protocol) of the port table
+    (cluster/ports.py, which the host firewall is generated from too); everything else is
+    dropped."""
+    table = ports.port_table(config)
+    out = []
+    for source in ports.SOURCES:
+        if source == ports.CLUSTER and not ports.INTERNAL_FROM_CLUSTER_ADDRESSES:
+            continue  # internal services only over the mesh (MESH_PORT, source "nodes")
+        for protocol in ("tcp", "udp"):
+            numbers = ports.ports_by(table, source, protocol)
+            if numbers:
+                out.append(RuleSpec(f"{source}-{protocol}", protocol.upper(), numbers, source))
+    # ICMP: path-MTU discovery needs "fragmentation needed"; without it large messages over TLS
+    # stall on some paths. (The host firewall admits the same ICMP types and IPv6 ND.)
+    out.append(RuleSpec("icmp", "ICMP", (), ports.WORLD))
+    return out
 
 
 def _inbounds(
@@ -149,33 +141,22 @@ def _inbounds(
     return out
 
 
-def _split_cidrs(cidrs: Sequence[str]) -> tuple[list[str], list[str]]:
-    v4 = [c for c in cidrs if ":" not in c]
-    v6 = [c for c in cidrs if ":" in c]
-    return v4, v6
-
-
-def _host_cidr(address: str) -> str:
-    address = address.split("/")[0]
-    return f"{address}/128" if ":" in address else f"{address}/32"
+def _known_dcs(*data: dict[str, Any] | None) -> list[DcAddresses]:
+    return [dict_to_addresses(d) for d in data if d]
 
 
 def cluster_cidrs(
     own: dict[str, Any] | None, peer: dict[str, Any] | None
 ) -> tuple[list[str], list[str]]:
     """Every address a cluster peer may come from, both data centres, as host CIDRs."""
-    v4: list[str] = []
-    v6: list[str] = []
-    for data in (own, peer):
-        if not data:
-            continue
-        dc = dict_to_addresses(data)
-        v4.append(_host_cidr(dc.shared_ipv4))
-        for node in dc.nodes.values():
-            v4 += [_host_cidr(node.public_ipv4), _host_cidr(node.private_ipv4)]
-            if node.public_ipv6:
-                v6.append(_host_cidr(node.public_ipv6))
-    return list(dict.fromkeys(v4)), list(dict.fromkeys(v6))
+    return ports.cluster_cidrs(_known_dcs(own, peer))
+
+
+def firewall_sources(
+    config: StackConfig, own: dict[str, Any] | None, peer: dict[str, Any] | None
+) -> dict[str, tuple[list[str], list[str]]]:
+    """Each rule source's (IPv4, IPv6) CIDRs from the addresses the stacks exported."""
+    return ports.source_cidrs(config, _known_dcs(own, peer))
 
 
 @dataclass
@@ -382,12 +363,9 @@ class DataCentre(pulumi.ComponentResource):
         public IPv4.
         """
         config = args.config
-        admin = _split_cidrs(config.admin_cidrs)
 
         def rules(peer: dict[str, Any] | None) -> list[linode.FirewallInboundArgs]:
-            cluster = cluster_cidrs(args.deployed_addresses, peer)
-            return _inbounds(config, {"world": (WORLD_V4, WORLD_V6), "admin": admin,
-                                      "cluster": cluster})  # fmt: skip
+            return _inbounds(config, firewall_sources(config, args.deployed_addresses, peer))
 
         inbounds = args.peer.addresses.apply(rules)
         return linode.Firewall(

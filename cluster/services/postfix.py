@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from cluster.hostcontext import HostContext
 from cluster.plan import CHANGED_MARK, Step, reload_or_start, script_step
 from cluster.render import render
-from cluster.services import dovecot, mariadb, storage, tls
+from cluster.services import dovecot, mariadb, ratelimit, storage, tls
 
 PACKAGES: tuple[str, ...] = ("postfix", "postfix-mysql")
 
@@ -118,7 +118,12 @@ SUBMISSION_OPTIONS: tuple[str, ...] = (
     "smtpd_sender_restrictions=reject_non_fqdn_sender,reject_sender_login_mismatch,"
     "permit_sasl_authenticated,reject",
     "smtpd_relay_restrictions=permit_sasl_authenticated,reject",
-    "smtpd_recipient_restrictions=reject_non_fqdn_recipient,permit_sasl_authenticated,reject",
+    # The sending limit (ratelimit.py) before the permit: over it, defer_if_permit answers 4xx.
+    # Commas, not spaces, between the restriction and its server: master.cf's -o takes one word.
+    "smtpd_recipient_restrictions=reject_non_fqdn_recipient,"
+    f"check_policy_service,{ratelimit.POLICY_SERVICE},permit_sasl_authenticated,reject",
+    # A limiter that does not answer lets mail through (and Postfix logs a warning).
+    "smtpd_policy_service_default_action=DUNNO",
     "milter_macro_daemon_name=ORIGINATING",
 )
 

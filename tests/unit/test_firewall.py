@@ -1,0 +1,208 @@
+"""The port table (cluster/ports.py) and the two firewalls made from it: the Linode Cloud
+Firewall (cluster/pulumi/datacentre.py) and the nftables host firewall (cluster/services/
+firewall.py) admit the same ports from the same sources, per address family."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cluster import ports
+from cluster.config import ConfigError, StackConfig, load_config
+from cluster.hostplan import build_host_plan
+from cluster.lab.addresses import lab_dc_addresses
+from cluster.lab.model import lab_config, lab_topology
+from cluster.material import generate
+from cluster.pulumi.datacentre import _inbounds, firewall_sources, inbound_rules
+from cluster.pulumi.peer import addresses_to_dict, dict_to_addresses
+from cluster.services import firewall, postfix, ratelimit
+from cluster.stackfiles import read_stack_config
+from cluster.topology import SLOTS, DcAddresses, Topology
+
+ROOT = Path(__file__).resolve().parents[2]
+PUBLIC_TCP = {25, 53, 80, 443, 465, 587, 993}
+INTERNAL = {("tcp", 3306), ("tcp", 873), ("tcp", 12345), ("udp", 694)}
+Entry = tuple[str, str, int, str]  # (family, protocol, port, source CIDR or "any")
+
+
+def exported(dc: DcAddresses) -> dict[str, Any]:
+    """A data centre's addresses as its stack exports them (what the peer and the firewall
+    read), through the program's own converter."""
+    return addresses_to_dict(
+        dc.shared_ipv4,
+        {s: (dc.nodes[s].public_ipv4, dc.nodes[s].private_ipv4, dc.nodes[s].public_ipv6)
+         for s in SLOTS},
+    )  # fmt: skip
+
+
+def cloud_entries(config: StackConfig, own: dict[str, Any], peer: dict[str, Any]) -> set[Entry]:
+    out: set[Entry] = set()
+    for rule in _inbounds(config, firewall_sources(config, own, peer)):
+        if rule.protocol == "ICMP":
+            continue
+        for port in (int(p) for p in str(rule.ports).split(",")):
+            for family, cidrs in (("ip", rule.ipv4s or []), ("ip6", rule.ipv6s or [])):
+                for cidr in cidrs:
+                    source = "any" if cidr in ("0.0.0.0/0", "::/0") else cidr
+                    out.add((family, rule.protocol.lower(), port, source))
+    return out
+
+
+def host_entries(rules: list[firewall.HostRule]) -> set[Entry]:
+    out: set[Entry] = set()
+    for rule in rules:
+        if rule.iifname:
+            continue  # the mesh interface: traffic the cloud firewall saw as MESH_PORT
+        for port in rule.ports:
+            if rule.family is None:
+                out |= {("ip", rule.protocol, port, "any"), ("ip6", rule.protocol, port, "any")}
+            else:
+                out |= {(rule.family, rule.protocol, port, cidr) for cidr in rule.saddrs}
+    return out
+
+
+@pytest.fixture(params=[False, True], ids=["default", "imapPlaintext"])
+def config(request: pytest.FixtureRequest) -> StackConfig:
+    return lab_config("dc1", {"imapPlaintext": request.param})
+
+
+def test_cloud_and_host_firewalls_agree_per_port_source_and_family(config: StackConfig) -> None:
+    own, peer = exported(lab_dc_addresses("dc1")), exported(lab_dc_addresses("dc2"))
+    # The host's view is the program's: its Topology is built from the same exported addresses.
+    dcs = [dict_to_addresses(own), dict_to_addresses(peer)]
+    cloud = cloud_entries(config, own, peer)
+    host = host_entries(firewall.host_rules(config, dcs))
+    assert cloud == host, {"cloud only": cloud - host, "host only": host - cloud}
+    assert (("ip", "tcp", 143, "any") in cloud) == config.imap_plaintext
+
+
+def test_the_public_set_and_who_may_reach_the_rest(config: StackConfig) -> None:
+    own, peer = exported(lab_dc_addresses("dc1")), exported(lab_dc_addresses("dc2"))
+    entries = cloud_entries(config, own, peer)
+    for family in ("ip", "ip6"):
+        world = {(p, n) for f, p, n, s in entries if f == family and s == "any"}
+        expected = {("tcp", n) for n in PUBLIC_TCP} | {("udp", 53)}
+        if config.imap_plaintext:
+            expected.add(("tcp", 143))
+        assert world == expected, family
+    ssh = {s for f, p, n, s in entries if n == 22}
+    assert ssh == set(config.admin_cidrs)
+    mesh = {s for f, p, n, s in entries if (p, n) == ("udp", ports.MESH_PORT)}
+    nodes4, nodes6 = ports.node_cidrs([lab_dc_addresses("dc1"), lab_dc_addresses("dc2")])
+    assert mesh == set(nodes4) | set(nodes6)
+    # No shared address may send to the mesh port: only the nodes themselves.
+    assert "198.51.100.10/32" not in mesh
+    internal_sources = {s for f, p, n, s in entries if (p, n) in INTERNAL}
+    v4, v6 = ports.cluster_cidrs([lab_dc_addresses("dc1"), lab_dc_addresses("dc2")])
+    assert internal_sources <= set(v4) | set(v6)
+    assert "any" not in internal_sources
+
+
+def test_4190_stays_closed_without_managesieve(config: StackConfig) -> None:
+    assert 4190 not in {r.port for r in ports.port_table(config)}
+
+
+def test_every_internal_port_is_open_on_the_mesh_interface() -> None:
+    config = lab_config("dc1")
+    rules = firewall.host_rules(config, [lab_dc_addresses("dc1")])
+    on_mesh = {(r.protocol, p) for r in rules if r.iifname == ports.MESH_INTERFACE
+               for p in r.ports}  # fmt: skip
+    assert on_mesh == INTERNAL
+
+
+def test_without_the_transition_internal_ports_are_mesh_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ports, "INTERNAL_FROM_CLUSTER_ADDRESSES", False)
+    config = lab_config("dc1")
+    own, peer = exported(lab_dc_addresses("dc1")), exported(lab_dc_addresses("dc2"))
+    cloud = cloud_entries(config, own, peer)
+    host = host_entries(firewall.host_rules(config, [dict_to_addresses(own),
+                                                     dict_to_addresses(peer)]))  # fmt: skip
+    assert cloud == host
+    assert not {e for e in cloud if (e[1], e[2]) in INTERNAL}
+    assert [r.label for r in inbound_rules(config)] == [
+        "world-tcp", "world-udp", "admin-tcp", "nodes-udp", "icmp"
+    ]  # fmt: skip
+
+
+def test_rendered_host_firewall_holds_every_rule_and_keeps_the_ban_sets() -> None:
+    topo = lab_topology("dc1")
+    secrets = generate(topo.domain, ["dc1", "dc2"], {dc: topo.certificate_names(dc)
+                                                     for dc in ("dc1", "dc2")})  # fmt: skip
+    plan = build_host_plan(topo, "dc2-svr2", secrets, "lab")
+    text = next(f.content for f in plan.files if f.path == firewall.RULES)
+    for rule in firewall.host_rules(topo.config, firewall.known_dcs(topo)):
+        assert f"{rule.nft} accept\n" in text
+    assert "policy drop;" in text
+    # Declared and never flushed: a reload keeps the bans.
+    assert f"set {firewall.BAN_SET4} {{ type ipv4_addr; flags timeout; }}" in text
+    assert "flush set" not in text and "flush ruleset" not in text
+    assert "ip saddr @banned4 drop\n" in text and "ip6 saddr @banned6 drop\n" in text
+    assert "nd-neighbor-solicit" in text and "packet-too-big" in text
+    assert text.index("@banned4 drop") < text.index("ct state established,related accept")
+    load = plan.step(firewall.LOAD_STEP)
+    assert "nft -c -f" in load.script
+    assert load.script.index("nft -c -f") < load.script.index("nft -f /etc/nftables.conf")
+
+
+def test_transition_is_one_named_switch() -> None:
+    """The lead removes the transition in one place: no other module reads cluster addresses
+    for the internal ports."""
+    sources = [p for p in (ROOT / "cluster").rglob("*.py")
+               if "INTERNAL_FROM_CLUSTER_ADDRESSES" in p.read_text()]  # fmt: skip
+    assert {p.name for p in sources} == {"ports.py", "firewall.py", "datacentre.py"}
+
+
+def test_readme_security_table_is_generated_from_the_port_table() -> None:
+    readme = (ROOT / "README.md").read_text()
+    config = load_config(read_stack_config("dc1"), "dc1")
+    assert ports.markdown(config) in readme, (
+        "README's security table is stale: regenerate it with `python -m cluster.ports --markdown`"
+    )
+
+
+# -- config keys ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("banMaxRetry", "1"), ("banMaxRetry", "many"), ("banFindTimeSeconds", "10"),
+     ("banTimeSeconds", str(31 * 86400)), ("submissionRateLimitPerHour", "0")],
+)  # fmt: skip
+def test_bad_ban_and_limit_keys_are_named(key: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=f"mailcluster:{key}: must"):
+        lab_config("dc1", {key: value})
+
+
+def test_defaults_are_sane() -> None:
+    config = lab_config("dc1")
+    assert config.submission_rate_limit_per_hour == 200
+    assert (config.ban_max_retry, config.ban_find_time_s, config.ban_time_s) == (5, 600, 3600)
+
+
+# -- the sending limit ---------------------------------------------------------------------------
+def test_submission_asks_the_rate_limit_before_it_permits() -> None:
+    option = next(o for o in postfix.SUBMISSION_OPTIONS
+                  if o.startswith("smtpd_recipient_restrictions="))  # fmt: skip
+    chain = option.split("=", 1)[1].split(",")
+    policy = chain.index("check_policy_service")
+    assert chain[policy + 1] == ratelimit.POLICY_SERVICE
+    assert policy < chain.index("permit_sasl_authenticated")
+    # Port 25 (postscreen/smtpd from main.cf) is not limited: only authenticated submission.
+    main_cf = (ROOT / "templates/etc/postfix/main.cf.j2").read_text()
+    assert "check_policy_service" not in main_cf
+
+
+def test_rate_limit_config_carries_the_key_and_a_clear_4xx(config: StackConfig) -> None:
+    topo: Topology = lab_topology("dc1", {"submissionRateLimitPerHour": "37"})
+    secrets = generate(topo.domain, ["dc1", "dc2"], {dc: topo.certificate_names(dc)
+                                                     for dc in ("dc1", "dc2")})  # fmt: skip
+    plan = build_host_plan(topo, "dc1-svr1", secrets, "lab")
+    text = next(f.content for f in plan.files if f.path == ratelimit.CONF)
+    assert "    - [37, 3600]\n" in text
+    assert 'SOCKET: ["127.0.0.1", 8552]' in text
+    action = re.search(r'^fail_action: "(.*)"$', text, re.M)
+    assert action and action.group(1).startswith("defer_if_permit ")
+    assert ratelimit.LOG_TAG in action.group(1) and "37 recipients per hour" in action.group(1)
