@@ -10,12 +10,13 @@ compares them port by port and family by family; README's security section is pr
 Who may connect (``Rule.source``):
 - ``world``: anyone (public mail, web and DNS);
 - ``admin``: the stack's ``adminCidrs`` (SSH);
-- ``nodes``: the cluster's four nodes (the WireGuard mesh port);
-- ``cluster``: internal services. On the host: on the mesh interface (``MESH_INTERFACE``), and,
-  until every node-to-node service runs over the mesh, from the cluster's own addresses (the
-  host firewall's one transition rule, ``firewall.TRANSITION_INTERNAL_FROM_CLUSTER_ADDRESSES``).
-  The cloud firewall sees only traffic between public/private addresses, so it lists the cluster
-  addresses for these ports.
+- ``nodes``: the cluster's four nodes' own public addresses (the WireGuard mesh port);
+- ``cluster``: internal services. The other data centre reaches them only through the mesh (the
+  host firewall admits them on ``MESH_INTERFACE``); the DC peer over the private network, so the
+  nodes' private IPv4 addresses are admitted too (both firewalls). Never a public or shared
+  address: nothing internal is reachable from the internet, even from a node's public address.
+- ``mesh``: only inside the mesh (web sync's ssh to the unprivileged ``websync``). The cloud
+  firewall never sees that traffic (it arrives as ``MESH_PORT``), so it has no rule for it.
 
 Loopback-only ports (rspamd 11332-11334, BIND's statistics 8053, the rate-limit policy 8552)
 are in no rule: the host firewall accepts ``lo`` and nothing else reaches them.
@@ -28,7 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from cluster.config import StackConfig
-from cluster.topology import SLOTS, DcAddresses
+from cluster.topology import DcAddresses
 
 MESH_PORT = 51820  # WireGuard, UDP: only from the cluster's other nodes
 MESH_INTERFACE = "wgmesh"  # the WireGuard interface on every node: internal services live behind it
@@ -37,28 +38,21 @@ WORLD = "world"
 ADMIN = "admin"
 NODES = "nodes"
 CLUSTER = "cluster"
-SOURCES = (WORLD, ADMIN, NODES, CLUSTER)
+MESH = "mesh"
+SOURCES = (WORLD, ADMIN, NODES, CLUSTER, MESH)
 SOURCE_DOCS = {
     WORLD: "anyone",
     ADMIN: "`adminCidrs` only",
     NODES: "the cluster's nodes only",
-    CLUSTER: "the mesh interface; for now also the cluster's addresses (transition)",
+    CLUSTER: "the mesh interface, and the nodes' private IPv4 (the DC peer)",
+    MESH: "the mesh interface only",
 }
 WORLD_CIDRS = (["0.0.0.0/0"], ["::/0"])
-
-# TRANSITION (issue 10), the one switch: until every node-to-node service runs over the WireGuard
-# mesh, the internal ports (source ``cluster``) are also open to the cluster's own public and
-# private addresses, in both firewalls. When the mesh carries them all, set this to False: the
-# host firewall then admits them only on MESH_INTERFACE, the cloud firewall not at all (mesh
-# traffic arrives on MESH_PORT), and tests/lab/test_security.py's
-# ``test_internal_ports_from_the_other_dc`` flips its ``INTERNAL_OPEN_TO_CLUSTER`` assertion.
-INTERNAL_FROM_CLUSTER_ADDRESSES = True
 
 SSH_PORT = 22
 IMAP_PLAINTEXT_PORT = 143
 MARIADB_PORT = 3306
 DOVEADM_PORT = 12345
-RSYNC_PORT = 873
 HEARTBEAT_PORT = 694
 
 
@@ -85,9 +79,9 @@ _ALWAYS: tuple[Rule, ...] = (
     Rule("SSH", "tcp", SSH_PORT, ADMIN),
     Rule("WireGuard mesh", "udp", MESH_PORT, NODES),
     Rule("MariaDB replication", "tcp", MARIADB_PORT, CLUSTER),
-    Rule("rsync (web docroots)", "tcp", RSYNC_PORT, CLUSTER),
     Rule("Dovecot replication (doveadm/dsync)", "tcp", DOVEADM_PORT, CLUSTER),
     Rule("Heartbeat (ucast)", "udp", HEARTBEAT_PORT, CLUSTER),
+    Rule("web sync (ssh, forced rrsync to websync)", "tcp", SSH_PORT, MESH),
 )
 
 
@@ -121,20 +115,18 @@ def node_cidrs(dcs: Iterable[DcAddresses]) -> tuple[list[str], list[str]]:
     v4: list[str] = []
     v6: list[str] = []
     for dc in dcs:
-        for node in (dc.nodes[slot] for slot in SLOTS):
+        for node in (dc.nodes[slot] for slot in sorted(dc.nodes)):
             v4 += [host_cidr(node.public_ipv4), host_cidr(node.private_ipv4)]
             if node.public_ipv6:
                 v6.append(host_cidr(node.public_ipv6))
     return list(dict.fromkeys(v4)), list(dict.fromkeys(v6))
 
 
-def cluster_cidrs(dcs: Iterable[DcAddresses]) -> tuple[list[str], list[str]]:
-    """Every address a cluster peer may come from: the nodes' and the shared addresses."""
-    dcs = list(dcs)
-    nodes4, nodes6 = node_cidrs(dcs)
-    v4 = [host_cidr(dc.shared_ipv4) for dc in dcs] + nodes4
-    v6 = [host_cidr(dc.shared_ipv6) for dc in dcs if dc.shared_ipv6] + nodes6
-    return list(dict.fromkeys(v4)), list(dict.fromkeys(v6))
+def private_cidrs(dcs: Iterable[DcAddresses]) -> tuple[list[str], list[str]]:
+    """The nodes' private IPv4 addresses (the DC peer's path to the internal services; the
+    other data centre's are unreachable across Linode's private networks, and harmless)."""
+    v4 = [host_cidr(dc.nodes[slot].private_ipv4) for dc in dcs for slot in sorted(dc.nodes)]
+    return list(dict.fromkeys(v4)), []
 
 
 def source_cidrs(
@@ -146,7 +138,8 @@ def source_cidrs(
         WORLD: (list(WORLD_CIDRS[0]), list(WORLD_CIDRS[1])),
         ADMIN: split_cidrs(config.admin_cidrs),
         NODES: node_cidrs(dcs),
-        CLUSTER: cluster_cidrs(dcs),
+        CLUSTER: private_cidrs(dcs),
+        MESH: ([], []),  # on the mesh interface: no address rule
     }
 
 
@@ -157,8 +150,10 @@ def markdown(config: StackConfig) -> str:
         "|---|---|---|---|---|---|",
     ]
     for rule in port_table(config):
+        # Internal services: the mesh's inner network and the private network are IPv4.
+        v6 = "no" if rule.source in (CLUSTER, MESH) else "yes"
         lines.append(
-            f"| {rule.port} | {rule.protocol} | {rule.service} | yes | yes "
+            f"| {rule.port} | {rule.protocol} | {rule.service} | yes | {v6} "
             f"| {SOURCE_DOCS[rule.source]} |"
         )
     if not config.imap_plaintext:

@@ -19,7 +19,6 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from cluster.config import DC_NAMES, StackConfig, other_dc
-from cluster.ports import MESH_PORT
 
 SLOTS = ("svr1", "svr2")
 DKIM_SELECTOR = "mail"
@@ -237,12 +236,6 @@ class Topology:
     @property
     def all_mesh_addresses(self) -> tuple[str, ...]:
         return tuple(self.mesh_address(n) for n in self.nodes)
-
-    def mesh_endpoint(self, node: Node, peer: Node) -> str:
-        """Where ``node`` sends ``peer``'s WireGuard packets: the private address inside a data
-        centre (it never leaves Linode's network), the public one across."""
-        addr = peer.private_ipv4 if peer.dc == node.dc else peer.public_ipv4
-        return f"{addr}:{MESH_PORT}"
 
     def _check_mesh(self) -> None:
         """The mesh network must hold every node and collide with no address the nodes have:

@@ -106,8 +106,8 @@ def inbound_rules(config: StackConfig) -> list[RuleSpec]:
     table = ports.port_table(config)
     out = []
     for source in ports.SOURCES:
-        if source == ports.CLUSTER and not ports.INTERNAL_FROM_CLUSTER_ADDRESSES:
-            continue  # internal services only over the mesh (MESH_PORT, source "nodes")
+        if source == ports.MESH:
+            continue  # inside the tunnel: the cloud firewall sees it as MESH_PORT ("nodes")
         for protocol in ("tcp", "udp"):
             numbers = ports.ports_by(table, source, protocol)
             if numbers:
@@ -143,13 +143,6 @@ def _inbounds(
 
 def _known_dcs(*data: dict[str, Any] | None) -> list[DcAddresses]:
     return [dict_to_addresses(d) for d in data if d]
-
-
-def cluster_cidrs(
-    own: dict[str, Any] | None, peer: dict[str, Any] | None
-) -> tuple[list[str], list[str]]:
-    """Every address a cluster peer may come from, both data centres, as host CIDRs."""
-    return ports.cluster_cidrs(_known_dcs(own, peer))
 
 
 def firewall_sources(

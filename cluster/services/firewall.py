@@ -15,12 +15,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from cluster import ports
 from cluster.config import StackConfig
 from cluster.hostcontext import HostContext
 from cluster.plan import CHANGED_MARK, STATE_DIR, Step, script_step
 from cluster.ports import (
     CLUSTER,
+    MESH,
     MESH_INTERFACE,
     SOURCES,
     WORLD,
@@ -87,12 +87,12 @@ def host_rules(config: StackConfig, dcs: Iterable[DcAddresses]) -> list[HostRule
             if source == WORLD:
                 out.append(HostRule(f"{names}: anyone", protocol, numbers))
                 continue
-            if source == CLUSTER:
+            if source in (CLUSTER, MESH):
                 out.append(HostRule(f"{names}: over the mesh", protocol, numbers,
                                     iifname=MESH_INTERFACE))  # fmt: skip
-                if not ports.INTERNAL_FROM_CLUSTER_ADDRESSES:
+                if source == MESH:
                     continue
-                names += ": TRANSITION (ports.INTERNAL_FROM_CLUSTER_ADDRESSES) from the cluster"
+                names += ": from the nodes' private addresses (the DC peer)"
             else:
                 names += f": {source} only"
             v4, v6 = sources[source]

@@ -10,7 +10,7 @@ can send it), so services that bind inner addresses talk only to cluster nodes.
   secrets file); the public keys are derived from them (``ClusterSecrets.mesh_public_key``).
   The config file holding the node's key is 0600 and travels on stdin like every secret file.
 - Outer packets go to a peer's private address inside a data centre and its public address
-  across (``Topology.mesh_endpoint``), UDP ``ports.MESH_PORT``.
+  across (``mesh_endpoint``), UDP ``ports.MESH_PORT``.
 - ``wg-quick`` brings the interface up: the kernel's WireGuard on Linode, and where the kernel
   has none (the lab), wg-quick's fallback, Debian's userspace ``wireguard-go`` on /dev/net/tun.
 - ``/usr/local/sbin/mailcluster-mesh up`` is the one way up: the plan's step runs it (creates
@@ -28,6 +28,7 @@ from typing import Any
 from cluster.hostcontext import HostContext
 from cluster.plan import CHANGED_MARK, PACKAGES_STEP, Step, script_step
 from cluster.ports import MESH_INTERFACE, MESH_PORT
+from cluster.topology import Node
 
 # wireguard-go only runs where the kernel has no WireGuard (wg-quick tries the kernel first);
 # installed everywhere so that the plan and the lab's base are one package list.
@@ -40,6 +41,13 @@ BOOT_STEP = "mesh.boot"
 UP_STEP = "mesh.up"
 
 
+def mesh_endpoint(node: Node, peer: Node) -> str:
+    """Where ``node`` sends ``peer``'s WireGuard packets: the private address inside a data
+    centre (it never leaves Linode's network), the public one across."""
+    addr = peer.private_ipv4 if peer.dc == node.dc else peer.public_ipv4
+    return f"{addr}:{MESH_PORT}"
+
+
 def peers(ctx: HostContext) -> list[dict[str, Any]]:
     topo, node = ctx.topology, ctx.node
     return [
@@ -47,7 +55,7 @@ def peers(ctx: HostContext) -> list[dict[str, Any]]:
             "name": peer.name,
             "public_key": ctx.secrets.mesh_public_key(peer.name),
             "address": topo.mesh_address(peer),
-            "endpoint": topo.mesh_endpoint(node, peer),
+            "endpoint": mesh_endpoint(node, peer),
         }
         for peer in topo.nodes
         if peer.name != node.name

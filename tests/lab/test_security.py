@@ -41,13 +41,10 @@ STRANGER = f"{A.CLIENT_NET}.{_STRANGER_HOST}"
 STRANGER6 = A.v6(A.CLIENT_NET6, _STRANGER_HOST)
 ADMIN = A.client_address()
 PUBLIC_TCP = {25, 53, 80, 443, 465, 587, 993}
-INTERNAL_TCP = {ports.MARIADB_PORT, ports.RSYNC_PORT, ports.DOVEADM_PORT}
+INTERNAL_TCP = {ports.MARIADB_PORT, ports.DOVEADM_PORT}
 LOOPBACK_ONLY = {8053, ratelimit.PORT, 11332, 11333, 11334}
 SCAN_PORTS = sorted({*range(1, 1025), 3306, 4190, 5000, 5001, 8053, 8080, ratelimit.PORT,
                      11332, 11333, 11334, 12345, 873, 694, ports.MESH_PORT})  # fmt: skip
-# What the mesh (issue 10, part 1) tightens: until node-to-node traffic runs over it, the cluster's
-# own addresses may reach the internal ports (ports.INTERNAL_FROM_CLUSTER_ADDRESSES).
-INTERNAL_OPEN_TO_CLUSTER = ports.INTERNAL_FROM_CLUSTER_ADDRESSES
 
 # Runs in the client or a host: TCP connect to every (address, port), from a chosen source
 # address, at most PARALLEL at once. "filtered" = no answer (a firewall drop), "refused" = RST.
@@ -189,19 +186,19 @@ def test_ssh_answers_the_admin_only(lab: Lab, stranger: tuple[str, str]) -> None
 
 # -- (b) from the other data centre -------------------------------------------------------------
 def test_internal_ports_from_the_other_dc(lab: Lab) -> None:
-    """From dc2-svr1, dc1's public addresses: loopback-only services never answer; the internal
-    ports answer only while the transition rule stands (the mesh turns this assertion around);
-    replication from dc1 to dc2 runs."""
+    """From dc2-svr1, dc1's public and shared addresses: neither the loopback-only services nor
+    the internal ports answer (the other DC reaches those only over the mesh); the DC peer does
+    reach them on the private network; replication from dc1 to dc2 runs."""
     targets = [public_ip(h) for h in DC1] + [VIP1]
     seen = probe_from_host(lab, "dc2-svr1", targets, sorted(INTERNAL_TCP | LOOPBACK_ONLY | {5000}))
     print(f"from dc2-svr1: {seen}")
     for target in targets:
         answered = set(seen[target]["open"]) | set(seen[target]["refused"])
         assert not answered & (LOOPBACK_ONLY | {5000}), (target, answered)
-        if INTERNAL_OPEN_TO_CLUSTER:
-            assert answered == INTERNAL_TCP, (target, answered)  # the mesh tightens this
-        else:
-            assert not answered, (target, answered)
+        assert not answered, (target, answered)
+    # The DC peer's path: the private network (MariaDB and doveadm listen there and on the mesh).
+    peer = probe_from_host(lab, "dc1-svr2", [private_ip("dc1-svr1")], sorted(INTERNAL_TCP))
+    assert set(peer[private_ip("dc1-svr1")]["open"]) == INTERNAL_TCP, peer
     # MariaDB replication from the active DC reaches the other DC.
     master = holder(lab)
     row = time.time_ns()

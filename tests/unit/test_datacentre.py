@@ -24,7 +24,7 @@ from cluster.config import DEFAULT_REGIONS
 from cluster.material import PASSWORD_FIELDS, PASSWORD_LENGTHS, generate
 from cluster.stackfiles import read_stack_config
 
-INTERNAL_PORTS = {22, 3306, 694, 12345, 873}
+INTERNAL_PORTS = {22, 3306, 694, 12345}
 WORLD = {"0.0.0.0/0", "::/0"}
 
 
@@ -228,14 +228,14 @@ def test_ssh_only_from_admin_cidrs(stack: tuple[str, Result]) -> None:
     assert _sources(ssh[0]) == set(read_stack_config(dc)["adminCidrs"])
 
 
-def test_internal_ports_only_from_both_data_centres(deployment: Deployment) -> None:
+def test_internal_ports_only_from_the_nodes_private_addresses(deployment: Deployment) -> None:
+    # The other data centre comes over the mesh (UDP 51820, "nodes"): no public, shared or IPv6
+    # address may reach an internal port.
     for result, peer in ((deployment.dc1, deployment.dc2), (deployment.dc2, deployment.dc1)):
         expected: set[str] = set()
         for addresses in (result.outputs["addresses"], peer.outputs["addresses"]):
-            expected.add(f"{addresses['sharedIpv4']}/32")
             for node in addresses["nodes"].values():
-                expected |= {f"{node['publicIpv4']}/32", f"{node['privateIpv4']}/32",
-                             f"{node['publicIpv6']}/128"}  # fmt: skip
+                expected.add(f"{node['privateIpv4']}/32")
         internal = [r for r in _inbounds(result) if _ports(r) & (INTERNAL_PORTS - {22})]
         assert internal
         covered: set[int] = set()
@@ -255,9 +255,8 @@ def test_first_up_opens_internal_ports_only_to_known_cluster_nodes(
     assert not [r for r in _inbounds(deployment.dc1_first) if _ports(r) & {3306, 694}]
     dc1 = deployment.dc1_first.outputs["addresses"]
     rule = next(r for r in _inbounds(deployment.dc2_first) if 3306 in _ports(r))
-    assert set(rule["ipv4s"]) == {f"{dc1['sharedIpv4']}/32"} | {
-        f"{n[k]}/32" for n in dc1["nodes"].values() for k in ("publicIpv4", "privateIpv4")
-    }
+    assert set(rule["ipv4s"]) == {f"{n['privateIpv4']}/32" for n in dc1["nodes"].values()}
+    assert not rule.get("ipv6s")
 
 
 def test_imap_plaintext_opens_143() -> None:

@@ -24,7 +24,7 @@ from cluster.topology import SLOTS, DcAddresses, Topology
 
 ROOT = Path(__file__).resolve().parents[2]
 PUBLIC_TCP = {25, 53, 80, 443, 465, 587, 993}
-INTERNAL = {("tcp", 3306), ("tcp", 873), ("tcp", 12345), ("udp", 694)}
+INTERNAL = {("tcp", 3306), ("tcp", 12345), ("udp", 694)}
 Entry = tuple[str, str, int, str]  # (family, protocol, port, source CIDR or "any")
 
 
@@ -95,37 +95,28 @@ def test_the_public_set_and_who_may_reach_the_rest(config: StackConfig) -> None:
     assert mesh == set(nodes4) | set(nodes6)
     # No shared address may send to the mesh port: only the nodes themselves.
     assert "198.51.100.10/32" not in mesh
+    # Internal ports: only the nodes' private IPv4 (the DC peer); no public, shared or IPv6
+    # address, so nothing internal is reachable from the internet even from a node's address.
     internal_sources = {s for f, p, n, s in entries if (p, n) in INTERNAL}
-    v4, v6 = ports.cluster_cidrs([lab_dc_addresses("dc1"), lab_dc_addresses("dc2")])
-    assert internal_sources <= set(v4) | set(v6)
-    assert "any" not in internal_sources
+    privates = {f"{dc.nodes[slot].private_ipv4}/32" for dc in (lab_dc_addresses("dc1"),
+                lab_dc_addresses("dc2")) for slot in SLOTS}  # fmt: skip
+    assert internal_sources == privates
+    assert not {e for e in entries if (e[1], e[2]) in INTERNAL and e[0] == "ip6"}
 
 
 def test_4190_stays_closed_without_managesieve(config: StackConfig) -> None:
     assert 4190 not in {r.port for r in ports.port_table(config)}
 
 
-def test_every_internal_port_is_open_on_the_mesh_interface() -> None:
+def test_every_internal_port_and_web_sync_are_open_on_the_mesh_interface() -> None:
     config = lab_config("dc1")
     rules = firewall.host_rules(config, [lab_dc_addresses("dc1")])
     on_mesh = {(r.protocol, p) for r in rules if r.iifname == ports.MESH_INTERFACE
                for p in r.ports}  # fmt: skip
-    assert on_mesh == INTERNAL
-
-
-def test_without_the_transition_internal_ports_are_mesh_only(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(ports, "INTERNAL_FROM_CLUSTER_ADDRESSES", False)
-    config = lab_config("dc1")
-    own, peer = exported(lab_dc_addresses("dc1")), exported(lab_dc_addresses("dc2"))
-    cloud = cloud_entries(config, own, peer)
-    host = host_entries(firewall.host_rules(config, [dict_to_addresses(own),
-                                                     dict_to_addresses(peer)]))  # fmt: skip
-    assert cloud == host
-    assert not {e for e in cloud if (e[1], e[2]) in INTERNAL}
+    assert on_mesh == INTERNAL | {("tcp", ports.SSH_PORT)}
+    # Web sync's ssh is the mesh's alone: the cloud firewall has no rule for it.
     assert [r.label for r in inbound_rules(config)] == [
-        "world-tcp", "world-udp", "admin-tcp", "nodes-udp", "icmp"
+        "world-tcp", "world-udp", "admin-tcp", "nodes-udp", "cluster-tcp", "cluster-udp", "icmp"
     ]  # fmt: skip
 
 
@@ -147,14 +138,6 @@ def test_rendered_host_firewall_holds_every_rule_and_keeps_the_ban_sets() -> Non
     load = plan.step(firewall.LOAD_STEP)
     assert "nft -c -f" in load.script
     assert load.script.index("nft -c -f") < load.script.index("nft -f /etc/nftables.conf")
-
-
-def test_transition_is_one_named_switch() -> None:
-    """The lead removes the transition in one place: no other module reads cluster addresses
-    for the internal ports."""
-    sources = [p for p in (ROOT / "cluster").rglob("*.py")
-               if "INTERNAL_FROM_CLUSTER_ADDRESSES" in p.read_text()]  # fmt: skip
-    assert {p.name for p in sources} == {"ports.py", "firewall.py", "datacentre.py"}
 
 
 def test_readme_security_table_is_generated_from_the_port_table() -> None:

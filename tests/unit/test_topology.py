@@ -8,6 +8,7 @@ import pytest
 
 from cluster.lab.model import lab_topology
 from cluster.ports import MESH_PORT
+from cluster.services.mesh import mesh_endpoint
 from cluster.topology import DcAddresses, NodeAddresses, Topology
 
 
@@ -74,12 +75,8 @@ def test_mesh_endpoints_private_inside_a_dc_public_across() -> None:
     topo = lab_topology("dc1")
     node = topo.node("dc1-svr1")
     port = f":{MESH_PORT}"
-    assert (
-        topo.mesh_endpoint(node, topo.node("dc1-svr2")) == topo.node("dc1-svr2").private_ipv4 + port
-    )
-    assert (
-        topo.mesh_endpoint(node, topo.node("dc2-svr1")) == topo.node("dc2-svr1").public_ipv4 + port
-    )
+    assert mesh_endpoint(node, topo.node("dc1-svr2")) == topo.node("dc1-svr2").private_ipv4 + port
+    assert mesh_endpoint(node, topo.node("dc2-svr1")) == topo.node("dc2-svr1").public_ipv4 + port
 
 
 def test_a_mesh_range_holding_a_node_address_is_refused() -> None:
