@@ -18,6 +18,7 @@ from cluster.services import (
     bgp,
     bind,
     dovecot,
+    health,
     heartbeat,
     mailgraph,
     mariadb,
@@ -49,4 +50,5 @@ SERVICES: tuple[ModuleType, ...] = (
     sync,
     bgp,
     heartbeat,
+    health,
 )
