@@ -20,6 +20,7 @@ from cluster.services import (
     dovecot,
     fail2ban,
     firewall,
+    health,
     heartbeat,
     mailgraph,
     mariadb,
@@ -57,4 +58,5 @@ SERVICES: tuple[ModuleType, ...] = (
     fail2ban,
     bgp,
     heartbeat,
+    health,
 )

@@ -1,0 +1,1 @@
+"""The operator CLI: ``python -m cluster.ops --lab|--stack NAME COMMAND``."""

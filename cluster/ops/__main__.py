@@ -1,0 +1,5 @@
+import sys
+
+from cluster.ops.cli import main
+
+sys.exit(main())

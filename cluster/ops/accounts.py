@@ -1,0 +1,96 @@
+"""Accounts: admins, domains, mailboxes and aliases, through Postfix Admin's own code on the
+writable master (``mailcluster-mailbox`` on the node; replicas get every change by MariaDB
+replication). Passwords travel on stdin, never on a command line.
+
+Checks here are the ones Postfix Admin cannot make before it writes anything: a malformed
+address, or a mailbox/alias in a domain that does not exist. Postfix Admin itself refuses
+duplicates and weak passwords (its ``password_validation`` rules), and writes nothing then.
+"""
+
+from __future__ import annotations
+
+import re
+
+from cluster.ops.status import writer_of
+from cluster.ops.target import OpsError, Target
+from cluster.services.postfixadmin import MAILBOX_CLI
+
+_DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+_LOCAL = re.compile(r"^[a-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}$")
+
+
+def check_domain(domain: str) -> str:
+    d = domain.strip().lower()
+    if not _DOMAIN.match(d):
+        raise OpsError(f"{domain!r} is not a domain name (like example.com)")
+    return d
+
+
+def check_address(address: str) -> str:
+    a = address.strip().lower()
+    local, _, domain = a.partition("@")
+    if not local or not _LOCAL.match(local) or not _DOMAIN.match(domain):
+        raise OpsError(f"{address!r} is not an e-mail address (like alice@example.com)")
+    return a
+
+
+class Accounts:
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        writer = writer_of(target, target.nodes())
+        if writer is None:
+            raise OpsError(
+                f"{target.description}: no node is the writable master (is the cluster up? "
+                "`status` shows why)"
+            )
+        self.node = writer
+
+    def _run(self, *args: str, stdin: str = "") -> str:
+        res = self.target.run(self.node, [MAILBOX_CLI, *args], stdin=stdin)
+        if res.returncode != 0:
+            raise OpsError((res.stderr.strip() or res.stdout.strip())[-500:] or "failed")
+        return res.stdout
+
+    def domains(self) -> list[str]:
+        return self._run("domain-list").split()
+
+    def _known_domain(self, address: str) -> None:
+        domain = address.partition("@")[2]
+        if domain not in self.domains():
+            raise OpsError(f"unknown domain {domain!r}: add it first (`domain add {domain}`)")
+
+    def admin_add(self, email: str, password: str) -> str:
+        return self._run("admin-add", check_address(email), stdin=password + "\n")
+
+    def domain_add(self, domain: str) -> str:
+        return self._run("domain-new", check_domain(domain))
+
+    def mailbox_add(self, address: str, password: str, quota_mb: int = 0) -> str:
+        a = check_address(address)
+        self._known_domain(a)
+        return self._run("add", a, "--quota", str(quota_mb), stdin=password + "\n")
+
+    def mailbox_passwd(self, address: str, password: str) -> str:
+        return self._run("passwd", check_address(address), stdin=password + "\n")
+
+    def mailbox_del(self, address: str) -> str:
+        return self._run("del", check_address(address))
+
+    def mailboxes(self, domain: str = "") -> list[str]:
+        args = [check_domain(domain)] if domain else []
+        return self._run("list", *args).splitlines()
+
+    def alias_add(self, address: str, goto: list[str]) -> str:
+        a = check_address(address)
+        self._known_domain(a)
+        dests = [check_address(g) for g in goto]
+        if not dests:
+            raise OpsError("an alias needs at least one destination address")
+        return self._run("alias-add", a, "--goto", ",".join(dests))
+
+    def alias_del(self, address: str) -> str:
+        return self._run("alias-del", check_address(address))
+
+    def aliases(self, domain: str = "") -> list[str]:
+        args = [check_domain(domain)] if domain else []
+        return self._run("alias-list", *args).splitlines()

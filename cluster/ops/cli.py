@@ -1,0 +1,127 @@
+"""python -m cluster.ops (--lab | --stack NAME) COMMAND ...
+
+The operator's one tool, for the lab and for deployed Linode stacks alike (a contract: users and
+tests script it). Exactly one target is required.
+
+  status [--json]                 every replication path and resource, per node; exit 1 if any fails
+  admin add EMAIL                 a Postfix Admin superadmin (password from stdin or a prompt)
+  domain add DOMAIN | list
+  mailbox add EMAIL [--quota MB] | passwd EMAIL | del EMAIL | list [DOMAIN]
+  alias add ADDRESS DEST [DEST...] | del ADDRESS | list [DOMAIN]
+
+Exit status: 0 done (status: all checks pass), 1 status found a failing check, 2 an error (bad
+input, unreachable target), printed without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+
+from cluster.ops.accounts import Accounts
+from cluster.ops.status import collect, render_text
+from cluster.ops.target import LabTarget, OpsError, StackTarget, Target
+
+
+def read_password(prompt: str) -> str:
+    """From stdin when it is not a terminal (scripts), else a prompt asked twice."""
+    if not sys.stdin.isatty():
+        pw = sys.stdin.readline().rstrip("\r\n")
+    else:
+        pw = getpass.getpass(prompt)
+        if getpass.getpass("again: ") != pw:
+            raise OpsError("the two passwords differ")
+    if not pw:
+        raise OpsError("empty password")
+    return pw
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m cluster.ops",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--lab", action="store_true", help="the namespace lab on this machine")
+    where.add_argument("--stack", metavar="NAME", help="a deployed stack (dc1, dc2, org/proj/dc1)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("status", help="health of every node and replication path")
+    s.add_argument("--json", action="store_true")
+
+    a = sub.add_parser("admin", help="Postfix Admin superadmins").add_subparsers(
+        dest="action", required=True
+    )
+    a.add_parser("add").add_argument("email")
+
+    d = sub.add_parser("domain", help="mail domains").add_subparsers(dest="action", required=True)
+    d.add_parser("add").add_argument("domain")
+    d.add_parser("list")
+
+    m = sub.add_parser("mailbox", help="mailboxes").add_subparsers(dest="action", required=True)
+    madd = m.add_parser("add")
+    madd.add_argument("email")
+    madd.add_argument("--quota", type=int, default=0, metavar="MB", help="0: unlimited")
+    m.add_parser("passwd").add_argument("email")
+    m.add_parser("del").add_argument("email")
+    m.add_parser("list").add_argument("domain", nargs="?", default="")
+
+    al = sub.add_parser("alias", help="aliases").add_subparsers(dest="action", required=True)
+    aadd = al.add_parser("add")
+    aadd.add_argument("address")
+    aadd.add_argument("dest", nargs="+")
+    al.add_parser("del").add_argument("address")
+    al.add_parser("list").add_argument("domain", nargs="?", default="")
+    return p
+
+
+def target_of(args: argparse.Namespace) -> Target:
+    if args.lab:
+        return LabTarget()
+    if args.stack:
+        return StackTarget.from_stack(args.stack)
+    raise OpsError("say where: --lab (the namespace lab) or --stack NAME (a deployed stack)")
+
+
+def run_accounts(args: argparse.Namespace, acc: Accounts) -> None:
+    cmd, action = args.command, args.action
+    if (cmd, action) == ("admin", "add"):
+        print(acc.admin_add(args.email, read_password(f"password for {args.email}: ")), end="")
+    elif (cmd, action) == ("domain", "add"):
+        print(acc.domain_add(args.domain), end="")
+    elif (cmd, action) == ("domain", "list"):
+        print("\n".join(acc.domains()))
+    elif (cmd, action) == ("mailbox", "add"):
+        pw = read_password(f"password for {args.email}: ")
+        print(acc.mailbox_add(args.email, pw, args.quota), end="")
+    elif (cmd, action) == ("mailbox", "passwd"):
+        print(acc.mailbox_passwd(args.email, read_password(f"new password for {args.email}: ")),
+              end="")  # fmt: skip
+    elif (cmd, action) == ("mailbox", "del"):
+        print(acc.mailbox_del(args.email), end="")
+    elif (cmd, action) == ("mailbox", "list"):
+        print("\n".join(acc.mailboxes(args.domain)))
+    elif (cmd, action) == ("alias", "add"):
+        print(acc.alias_add(args.address, args.dest), end="")
+    elif (cmd, action) == ("alias", "del"):
+        print(acc.alias_del(args.address), end="")
+    elif (cmd, action) == ("alias", "list"):
+        print("\n".join(acc.aliases(args.domain)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        target = target_of(args)
+        if args.command == "status":
+            data = collect(target)
+            print(json.dumps(data, indent=2) if args.json else render_text(data))
+            return 0 if data["ok"] else 1
+        run_accounts(args, Accounts(target))
+        return 0
+    except OpsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

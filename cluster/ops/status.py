@@ -1,0 +1,110 @@
+"""``status``: every node's own checks (``mailcluster-health``) plus the ones that need the
+whole cluster: BIND serials equal to the master's, and one holder per shared IP.
+
+JSON: ``{"ok": bool, "checks": [{"name", "node", "ok", "value", "detail"}]}``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from cluster.ops.target import Target, dc_of
+from cluster.services.health import HEALTH_SCRIPT
+from cluster.services.role import ROLE_SCRIPT
+
+CLUSTER = "cluster"  # the "node" of a check about the whole cluster
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    node: str
+    ok: bool
+    value: str
+    detail: str
+
+
+def parse_health(node: str, out: str) -> list[Check]:
+    """mailcluster-health's lines (NAME, ok|fail, VALUE, DETAIL, tab-separated)."""
+    checks = []
+    for line in out.splitlines():
+        fields = line.split("\t")
+        if len(fields) != 4 or fields[1] not in ("ok", "fail"):
+            raise ValueError(f"{node}: unexpected line from {HEALTH_SCRIPT}: {line!r}")
+        name, verdict, value, detail = fields
+        checks.append(Check(name, node, verdict == "ok", value, detail))
+    return checks
+
+
+def node_checks(target: Target, node: str) -> list[Check]:
+    res = target.run(node, [HEALTH_SCRIPT])
+    if res.returncode != 0:
+        reason = (res.stderr.strip() or res.stdout.strip() or f"exit {res.returncode}")[-300:]
+        return [Check("node.reachable", node, False, "no", reason)]
+    return [Check("node.reachable", node, True, "yes", ""), *parse_health(node, res.stdout)]
+
+
+def writer_of(target: Target, nodes: tuple[str, ...]) -> str | None:
+    """The writable MariaDB master: the node that serves mail."""
+    for node in nodes:
+        if target.run(node, [ROLE_SCRIPT, "is-writer"]).returncode == 0:
+            return node
+    return None
+
+
+def cluster_checks(checks: list[Check], writer: str | None, nodes: tuple[str, ...]) -> list[Check]:
+    out = [
+        Check(
+            "cluster.writer",
+            CLUSTER,
+            writer is not None,
+            writer or "none",
+            "the node that serves mail (writable master)" if writer else "no writable master",
+        )
+    ]
+    # The writer is in the active data centre, whose nodes are BIND's masters. Without a writer
+    # there is nothing to compare with (cluster.writer already fails).
+    serials = {c.node: c.value for c in checks if c.name == "bind.serial" and c.ok}
+    master_serial = serials.get(writer) if writer else None
+    for node, serial in sorted(serials.items()):
+        if node == writer or writer is None:
+            continue
+        same = master_serial is not None and serial == master_serial
+        detail = f"master {writer} has {master_serial}" if master_serial else "no master serial"
+        out.append(Check("bind.serial-matches-master", node, same, serial, detail))
+    holders: dict[str, list[str]] = {}
+    for c in checks:
+        if c.name == "heartbeat" and c.value == "holder":
+            holders.setdefault(dc_of(c.node), []).append(c.node)
+    for dc in sorted({dc_of(n) for n in nodes}):
+        held = holders.get(dc, [])
+        out.append(
+            Check(
+                "heartbeat.one-holder",
+                dc,
+                len(held) == 1,
+                ",".join(held) or "none",
+                "exactly one node must hold the data centre's shared IP",
+            )
+        )
+    return out
+
+
+def collect(target: Target) -> dict[str, Any]:
+    nodes = target.nodes()
+    checks: list[Check] = []
+    for node in nodes:
+        checks += node_checks(target, node)
+    reachable = tuple(c.node for c in checks if c.name == "node.reachable" and c.ok)
+    checks += cluster_checks(checks, writer_of(target, reachable), nodes)
+    return {"ok": all(c.ok for c in checks), "checks": [asdict(c) for c in checks]}
+
+
+def render_text(data: dict[str, Any]) -> str:
+    lines = [f"{'OK' if data['ok'] else 'FAILING'}: {sum(not c['ok'] for c in data['checks'])} "
+             f"of {len(data['checks'])} checks fail"]  # fmt: skip
+    for c in data["checks"]:
+        mark = "ok  " if c["ok"] else "FAIL"
+        lines.append(f"  {mark} {c['node']:<9} {c['name']:<28} {c['value']:<10} {c['detail']}")
+    return "\n".join(lines)

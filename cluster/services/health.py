@@ -1,0 +1,46 @@
+"""Health: ``mailcluster-health``, each node's read-only checks of itself.
+
+The operator CLI (``python -m cluster.ops status``) runs it on every node and adds what needs
+more than one node. The thresholds are the alert thresholds of the issue that asked for them
+(replication lag 30 s, queue 100 messages or 30 min, disks 85 %, certificates 14 days), named
+here once so the CLI, the node script and the README say the same numbers.
+"""
+
+from __future__ import annotations
+
+from cluster.hostcontext import HostContext
+from cluster.plan import PACKAGES_STEP, Step
+from cluster.services import storage, tls
+from cluster.services.role import CLUSTER_CONF, ROLE_SCRIPT, ROLE_SCRIPT_STEP
+
+# cl_status is Heartbeat's; rndc BIND's; mysql MariaDB's: all there already. These are the
+# script's own tools.
+PACKAGES: tuple[str, ...] = ("openssl", "procps")
+
+HEALTH_SCRIPT = "/usr/local/sbin/mailcluster-health"
+MAX_REPLICATION_LAG_S = 30
+MAX_QUEUE = 100
+MAX_QUEUE_AGE_S = 30 * 60
+MAX_DISK_PCT = 85
+MIN_CERT_DAYS = 14
+# The certificates users see and the one peers verify each other with.
+CERTIFICATES = (("users", tls.CHAIN), ("cluster", tls.CLUSTER_CHAIN))
+
+
+def steps(ctx: HostContext) -> list[Step]:
+    return [
+        ctx.file(
+            HEALTH_SCRIPT,
+            mode="0755",
+            after=(PACKAGES_STEP, ROLE_SCRIPT_STEP),
+            cluster_conf=CLUSTER_CONF,
+            role_script=ROLE_SCRIPT,
+            volume_mount=storage.MOUNT_POINT,
+            certificates=CERTIFICATES,
+            max_lag_s=MAX_REPLICATION_LAG_S,
+            max_queue=MAX_QUEUE,
+            max_queue_age_s=MAX_QUEUE_AGE_S,
+            max_disk_pct=MAX_DISK_PCT,
+            min_cert_days=MIN_CERT_DAYS,
+        )
+    ]

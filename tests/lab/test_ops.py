@@ -1,0 +1,122 @@
+"""The operator CLI (`python -m cluster.ops --lab ...`) against the lab: status, and accounts
+through Postfix Admin's own code on the active node."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from cluster.lab.driver import REPO, Lab, shared_ip
+
+VIP = shared_ip("dc1")
+
+
+def ops(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cluster.ops", "--lab", *args],
+        cwd=REPO,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def status(lab: Lab) -> tuple[int, dict[str, Any]]:
+    proc = ops("status", "--json")
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def failing(data: dict[str, Any]) -> set[tuple[str, str]]:
+    return {(c["name"], c["node"]) for c in data["checks"] if not c["ok"]}
+
+
+def test_status_of_a_healthy_lab(lab: Lab) -> None:
+    def healthy() -> dict[str, Any] | None:
+        rc, data = status(lab)
+        return data if rc == 0 else None
+
+    data = lab.wait_for("a healthy status", healthy, 120)
+    assert data["ok"] is True
+    names = {c["name"] for c in data["checks"]}
+    assert {"mariadb.replication", "bind.serial", "bind.serial-matches-master", "postfix.queue",
+            "disk.os", "disk.volume", "tls.users", "tls.cluster", "heartbeat",
+            "heartbeat.one-holder", "cluster.writer"} <= names  # fmt: skip
+    nodes = {c["node"] for c in data["checks"] if c["name"] == "mariadb.replication"}
+    assert nodes == {"dc1-svr1", "dc1-svr2", "dc2-svr1", "dc2-svr2"}
+    writer = next(c for c in data["checks"] if c["name"] == "cluster.writer")
+    assert writer["value"] in ("dc1-svr1", "dc1-svr2")
+
+
+def test_status_names_a_stopped_replica_and_recovers(lab: Lab) -> None:
+    lab.sql("dc2-svr2", "STOP SLAVE")
+    try:
+        rc, data = status(lab)
+        assert rc == 1
+        assert ("mariadb.replication", "dc2-svr2") in failing(data)
+    finally:
+        lab.sql("dc2-svr2", "START SLAVE")
+    lab.wait_for("replication back", lambda: status(lab)[0] == 0, 60)
+
+
+def test_day_one_accounts(lab: Lab) -> None:
+    domain = f"d{secrets.token_hex(3)}.example.net"
+    admin = f"admin@{domain}"
+    user = f"alice@{domain}"
+    pw = "Good" + secrets.token_hex(8) + "42"
+
+    added = ops("domain", "add", domain)
+    assert added.returncode == 0, added.stderr
+    dup = ops("domain", "add", domain)
+    assert dup.returncode == 2 and f"domain {domain} exists" in dup.stderr
+    assert domain in ops("domain", "list").stdout.split()
+
+    # An unknown domain and a weak password get clear errors, and nothing is made.
+    unknown = ops("mailbox", "add", f"bob@nowhere-{domain}", stdin=pw + "\n")
+    assert unknown.returncode == 2 and "unknown domain" in unknown.stderr
+    weak = ops("mailbox", "add", user, stdin="abc\n")
+    assert weak.returncode == 2 and "password" in weak.stderr.lower(), weak.stderr
+    assert user not in ops("mailbox", "list", domain).stdout
+
+    admin_added = ops("admin", "add", admin, stdin=pw + "\n")
+    assert admin_added.returncode == 0, admin_added.stderr
+    assert ops("admin", "add", admin, stdin=pw + "\n").returncode == 2
+
+    made = ops("mailbox", "add", user, stdin=pw + "\n")
+    assert made.returncode == 0, made.stderr
+    assert ops("mailbox", "add", user, stdin=pw + "\n").returncode == 2
+    listed = ops("mailbox", "list", domain).stdout
+    assert listed.split("\t")[0] == user
+    login = lab.clientlib("login", "--host", VIP, "--ca", lab.ca, "--user", user,
+                          "--password", pw)  # fmt: skip
+    assert login["ok"], login
+
+    new_pw = "Other" + secrets.token_hex(8) + "17"
+    assert ops("mailbox", "passwd", user, stdin=new_pw + "\n").returncode == 0
+    relogin = lab.clientlib("login", "--host", VIP, "--ca", lab.ca, "--user", user,
+                            "--password", new_pw)  # fmt: skip
+    assert relogin["ok"], relogin
+
+    alias = f"sales@{domain}"
+    assert ops("alias", "add", alias, user).returncode == 0
+    assert f"{alias}\t{user}" in ops("alias", "list", domain).stdout
+    assert ops("alias", "del", alias).returncode == 0
+    assert alias not in ops("alias", "list", domain).stdout
+
+    assert ops("mailbox", "del", user).returncode == 0
+    assert user not in ops("mailbox", "list", domain).stdout
+    gone = ops("mailbox", "del", user)
+    assert gone.returncode == 2 and "no mailbox" in gone.stderr
+
+
+@pytest.mark.parametrize("argv", [["mailbox", "add", "not-an-address"], ["domain", "add", "x"]])
+def test_bad_input_is_refused_before_reaching_the_cluster(lab: Lab, argv: list[str]) -> None:
+    proc = ops(*argv, stdin="whatever1A\n")
+    assert proc.returncode == 2
+    assert "not a" in proc.stderr

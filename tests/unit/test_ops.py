@@ -1,0 +1,163 @@
+"""The operator CLI's logic against a stand-in target (the commands themselves run against the
+lab in tests/lab/test_ops.py)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import pytest
+
+from cluster.ops import cli
+from cluster.ops.accounts import Accounts, check_address, check_domain
+from cluster.ops.status import collect, parse_health
+from cluster.ops.target import OpsError, Result, StackTarget
+from cluster.services.health import HEALTH_SCRIPT
+from cluster.services.postfixadmin import MAILBOX_CLI
+from cluster.services.role import ROLE_SCRIPT
+
+NODES = ("dc1-svr1", "dc1-svr2", "dc2-svr1", "dc2-svr2")
+
+
+def health(serial: str = "7", holder: bool = False, lag_ok: bool = True) -> str:
+    lines = [
+        f"mariadb.replication\t{'ok' if lag_ok else 'fail'}\t0\tio=Yes sql=Yes",
+        f"bind.serial\tok\t{serial}\tslave",
+        "postfix.queue\tok\t0\toldest 0s",
+        f"heartbeat\tok\t{'holder' if holder else 'standby'}\tpeer x active",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+class FakeTarget:
+    description = "fake"
+
+    def __init__(self, outputs: dict[str, str], writer: str | None = "dc1-svr1") -> None:
+        self.outputs = outputs
+        self.writer = writer
+        self.calls: list[tuple[str, tuple[str, ...], str]] = []
+
+    def nodes(self) -> tuple[str, ...]:
+        return NODES
+
+    def run(self, node: str, argv: Sequence[str], stdin: str = "") -> Result:
+        self.calls.append((node, tuple(argv), stdin))
+        if argv[0] == HEALTH_SCRIPT:
+            if node not in self.outputs:
+                return Result(255, "", "ssh: connect to host: No route to host")
+            return Result(0, self.outputs[node], "")
+        if list(argv) == [ROLE_SCRIPT, "is-writer"]:
+            return Result(0 if node == self.writer else 1, "", "")
+        if argv[0] == MAILBOX_CLI:
+            if argv[1] == "domain-list":
+                return Result(0, "example.com\n", "")
+            return Result(0, "changed\n", "")
+        raise AssertionError(argv)
+
+
+def healthy() -> dict[str, str]:
+    return {
+        "dc1-svr1": health(holder=True),
+        "dc1-svr2": health(),
+        "dc2-svr1": health(holder=True),
+        "dc2-svr2": health(),
+    }
+
+
+def test_a_healthy_cluster_is_ok() -> None:
+    data = collect(FakeTarget(healthy()))
+    assert data["ok"] is True
+    names = {(c["name"], c["node"]) for c in data["checks"]}
+    assert ("bind.serial-matches-master", "dc2-svr2") in names
+    assert ("heartbeat.one-holder", "dc1") in names
+    assert set(data["checks"][0]) == {"name", "node", "ok", "value", "detail"}
+
+
+def test_a_stale_serial_a_second_holder_and_a_lost_node_fail() -> None:
+    outputs = healthy()
+    outputs["dc2-svr2"] = health(serial="6", holder=True)
+    del outputs["dc1-svr2"]
+    data = collect(FakeTarget(outputs))
+    failing = {(c["name"], c["node"]) for c in data["checks"] if not c["ok"]}
+    assert failing == {
+        ("bind.serial-matches-master", "dc2-svr2"),
+        ("heartbeat.one-holder", "dc2"),
+        ("node.reachable", "dc1-svr2"),
+    }
+    assert data["ok"] is False
+
+
+def test_no_writer_is_a_failing_cluster_check() -> None:
+    data = collect(FakeTarget(healthy(), writer=None))
+    assert [c["name"] for c in data["checks"] if not c["ok"]] == ["cluster.writer"]
+
+
+def test_a_garbled_health_line_is_an_error_naming_the_node() -> None:
+    with pytest.raises(ValueError, match=r"dc1-svr1.*unexpected line"):
+        parse_health("dc1-svr1", "mariadb.replication ok 0\n")
+
+
+def test_status_exit_codes(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cli, "target_of", lambda args: FakeTarget(healthy()))
+    assert cli.main(["--lab", "status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ok"] is True
+    bad = healthy()
+    bad["dc1-svr2"] = health(lag_ok=False)
+    monkeypatch.setattr(cli, "target_of", lambda args: FakeTarget(bad))
+    assert cli.main(["--lab", "status"]) == 1
+    assert "FAIL dc1-svr2" in capsys.readouterr().out
+
+
+def test_a_target_is_required_and_only_one(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["status"]) == 2
+    assert "--lab" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["--lab", "--stack", "dc1", "status"])
+
+
+@pytest.mark.parametrize("bad", ["alice", "alice@", "@example.com", "a b@example.com",
+                                 "alice@example", "alice@-x.com"])  # fmt: skip
+def test_malformed_addresses_are_refused(bad: str) -> None:
+    with pytest.raises(OpsError, match="not an e-mail address"):
+        check_address(bad)
+
+
+def test_domains_are_checked_and_lowered() -> None:
+    assert check_domain("Example.COM") == "example.com"
+    with pytest.raises(OpsError, match="not a domain"):
+        check_domain("example")
+
+
+def test_a_mailbox_in_an_unknown_domain_is_refused_before_anything_is_written() -> None:
+    target = FakeTarget(healthy())
+    acc = Accounts(target)
+    with pytest.raises(OpsError, match=r"unknown domain 'other\.org'"):
+        acc.mailbox_add("bob@other.org", "pw")
+    written = [c for c in target.calls if c[1][0] == MAILBOX_CLI and c[1][1] != "domain-list"]
+    assert written == []
+
+
+def test_passwords_travel_on_stdin_on_the_writer() -> None:
+    target = FakeTarget(healthy(), writer="dc1-svr2")
+    Accounts(target).mailbox_add("Bob@Example.com", "s3cret pass", quota_mb=5)
+    node, argv, stdin = target.calls[-1]
+    assert node == "dc1-svr2"
+    assert argv == (MAILBOX_CLI, "add", "bob@example.com", "--quota", "5")
+    assert stdin == "s3cret pass\n"
+    assert not any("s3cret" in " ".join(c[1]) for c in target.calls)
+
+
+def test_no_writer_means_no_account_change() -> None:
+    with pytest.raises(OpsError, match="no node is the writable master"):
+        Accounts(FakeTarget(healthy(), writer=None))
+
+
+def test_stack_target_reaches_nodes_by_ssh_without_prompting() -> None:
+    t = StackTarget("dc1", {"dc2-svr1": "192.0.2.21", "dc1-svr1": "192.0.2.11"})
+    assert t.nodes() == ("dc1-svr1", "dc2-svr1")
+    argv = t.ssh_argv("dc2-svr1", [MAILBOX_CLI, "list", "example.com"])
+    assert argv[:3] == ["ssh", "-o", "BatchMode=yes"]
+    assert "root@192.0.2.21" in argv
+    assert argv[-1] == f"{MAILBOX_CLI} list example.com"
