@@ -8,6 +8,9 @@ tests script it). Exactly one target is required.
   domain add DOMAIN | list
   mailbox add EMAIL [--quota MB] | passwd EMAIL | del EMAIL | list [DOMAIN]
   alias add ADDRESS DEST [DEST...] | del ADDRESS | list [DOMAIN]
+  switchover                      the active role to the other node of the active DC, as planned
+  failover --to dc1|dc2 [--yes] [--dry-run]
+                                  the data-centre failover, rejoin and failback runbooks
 
 Exit status: 0 done (status: all checks pass), 1 status found a failing check, 2 an error (bad
 input, unreachable target), printed without a traceback.
@@ -21,7 +24,9 @@ import json
 import sys
 
 from cluster.ops.accounts import Accounts
+from cluster.ops.failover import Applier, LabApplier, StackApplier, plan_failover, run_failover
 from cluster.ops.status import collect, render_text
+from cluster.ops.switchover import switchover
 from cluster.ops.target import LabTarget, OpsError, StackTarget, Target
 
 
@@ -75,6 +80,12 @@ def parser() -> argparse.ArgumentParser:
     aadd.add_argument("dest", nargs="+")
     al.add_parser("del").add_argument("address")
     al.add_parser("list").add_argument("domain", nargs="?", default="")
+
+    sub.add_parser("switchover", help="move the active role to the DC peer (planned)")
+    f = sub.add_parser("failover", help="make a data centre the active one (both stacks)")
+    f.add_argument("--to", required=True, choices=("dc1", "dc2"))
+    f.add_argument("--yes", action="store_true", help="do it without asking")
+    f.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     return p
 
 
@@ -84,6 +95,37 @@ def target_of(args: argparse.Namespace) -> Target:
     if args.stack:
         return StackTarget.from_stack(args.stack)
     raise OpsError("say where: --lab (the namespace lab) or --stack NAME (a deployed stack)")
+
+
+def applier_of(args: argparse.Namespace) -> Applier:
+    if args.lab:
+        return LabApplier()
+    if args.stack:
+        return StackApplier(args.stack)
+    raise OpsError("say where: --lab (the namespace lab) or --stack NAME (a deployed stack)")
+
+
+def confirmed(yes: bool) -> bool:
+    """--yes, or an operator at a terminal who types yes; a script without --yes is refused."""
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        raise OpsError("failover changes both stacks: add --yes (or --dry-run to see the plan)")
+    return input("go ahead? type yes: ").strip() == "yes"
+
+
+def run_failover_command(args: argparse.Namespace) -> int:
+    applier = applier_of(args)
+    plan = plan_failover(args.to, applier.views())
+    print(plan.describe(), flush=True)
+    if args.dry_run or not plan.steps:
+        return 0
+    if not confirmed(args.yes):
+        print("not confirmed: nothing changed")
+        return 2
+    for name, seconds in run_failover(plan, applier, lambda line: print(line, flush=True)):
+        print(f"{name}: {seconds:.1f} s")
+    return 0
 
 
 def run_accounts(args: argparse.Namespace, acc: Accounts) -> None:
@@ -115,7 +157,14 @@ def run_accounts(args: argparse.Namespace, acc: Accounts) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        if args.command == "failover":
+            return run_failover_command(args)
         target = target_of(args)
+        if args.command == "switchover":
+            r = switchover(target, lambda line: print(line, flush=True))
+            print(f"switchover {r.old} -> {r.new}: writable master after {r.promoted_s:.2f} s, "
+                  f"{r.old} replicating after {r.rejoined_s:.2f} s")  # fmt: skip
+            return 0
         if args.command == "status":
             data = collect(target)
             print(json.dumps(data, indent=2) if args.json else render_text(data))

@@ -7,6 +7,7 @@ never needs the stacks' secrets.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,3 +42,31 @@ def cluster_node_addresses(stack: str) -> dict[str, str]:
     with contextlib.suppress(Exception):
         nodes.update(_nodes_of(stack_outputs(str(peer))))
     return nodes
+
+
+def stack_dc(stack: str) -> str:
+    """The data centre a stack is: its ``dc`` key, else its name's last part (``org/p/dc1``)."""
+    return str(read_stack_config(stack).get("dc") or stack.rsplit("/", 1)[-1])
+
+
+def stack_pair(stack: str) -> dict[str, str]:
+    """Data centre -> stack name for ``stack`` and its peer (``peerStack``, else the stack named
+    after the other data centre)."""
+    dc = stack_dc(stack)
+    peer = str(read_stack_config(stack).get("peerStack") or other_dc(dc))
+    return {dc: stack, other_dc(dc): peer}
+
+
+def configured_active_dc(stack: str) -> str:
+    """The ``activeDc`` the stack's file holds (the program's default when unset)."""
+    from cluster.config import KEYS
+
+    return str(read_stack_config(stack).get("activeDc") or KEYS["activeDc"].default)
+
+
+def set_active_dc_and_up(stack: str, active_dc: str, log: Callable[[str], None]) -> None:
+    """`pulumi config set mailcluster:activeDc` in the stack's file, then `pulumi up`, its output
+    line by line to ``log``."""
+    selected = auto.select_stack(stack_name=stack, work_dir=str(PROJECT_DIR))
+    selected.set_config("mailcluster:activeDc", auto.ConfigValue(value=active_dc))
+    selected.up(on_output=lambda line: log("    " + line.rstrip("\n")))
