@@ -56,7 +56,8 @@ SERVICES: tuple[ModuleType, ...] = (
     mailgraph,
     sync,
     fail2ban,
+    health,
+    # Last: Heartbeat's start and reconcile (the plan's final step) need every file above.
     bgp,
     heartbeat,
-    health,
 )

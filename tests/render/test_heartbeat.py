@@ -79,7 +79,7 @@ def test_haresources_arp(plan: tuple[Topology, HostPlan], secrets: ClusterSecret
 
 def test_haresources_arp_without_shared_ipv6(secrets: ClusterSecrets) -> None:
     """A data centre without a shared IPv6 (yet): the IPv4 half alone, as before."""
-    topo = lab_topology("dc1")
+    topo = lab_topology("dc1", {"sharedIpMethod": "arp"})
     v4_only = Topology(
         topo.config, {dc: replace(a, shared_ipv6=None) for dc, a in topo.dcs.items()}
     )
