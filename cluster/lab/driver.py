@@ -118,6 +118,25 @@ class Lab:
             )
         return proc
 
+    def ops(
+        self, *args: str, stdin: str = "", check: bool = True, timeout: float = 900
+    ) -> subprocess.CompletedProcess[str]:
+        """The operator CLI against this lab: ``python -m cluster.ops --lab ARGS``."""
+        proc = subprocess.run(
+            [sys.executable, "-m", "cluster.ops", "--lab", *args],
+            cwd=REPO,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if check and proc.returncode != 0:
+            raise DriverError(
+                f"ops {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+            )
+        return proc
+
     def spawn(self, *args: str) -> subprocess.Popen[str]:
         """``python -m cluster.lab -q ARGS`` in the background, its stdout piped."""
         argv = [sys.executable, "-m", "cluster.lab", "-q", *args]

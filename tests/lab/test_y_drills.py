@@ -305,8 +305,15 @@ def test_drill_3_data_centre_loss_failover_rejoin_failback(lab: Lab, unique: str
     ) == "1", timeout=20)  # fmt: skip
     lab.run("cut", "dc1")
     try:
+        # The operator's one command: dc1 cannot be reached, so only dc2 is promoted and the
+        # rejoin is left for a second run.
+        plan = lab.ops("failover", "--to", "dc2", "--dry-run").stdout
+        assert "1. dc2 (stack dc2): set activeDc=dc2, apply: promote" in plan, plan
+        assert "dc1 cannot be reached" in plan and "2." not in plan, plan
         t0 = time.monotonic()
-        lab.run("apply", "--stack", "dc2", "--set", "activeDc=dc2")
+        out = lab.ops("failover", "--to", "dc2", "--yes").stdout
+        print(out)
+        assert "[1/1] dc2: done" in out and "left for later" in out, out
         # DNS from dc2 answers dc2's addresses.
         a = lab.client("dig", "+short", f"@{VIP2}", f"mail.{DOMAIN}", "A").stdout.split()
         mx = lab.client("dig", "+short", f"@{VIP2}", DOMAIN, "MX").stdout.strip()
@@ -326,8 +333,9 @@ def test_drill_3_data_centre_loss_failover_rejoin_failback(lab: Lab, unique: str
     finally:
         lab.run("heal", "dc1")
     # Rejoin: dc1 is the standby, its databases replicate from dc2's master over the mesh,
-    # nothing of dc2's is lost.
-    lab.run("apply", "--stack", "dc1", "--set", "activeDc=dc2")
+    # nothing of dc2's is lost. The same command again: dc1 is back, so it rejoins.
+    out = lab.ops("failover", "--to", "dc2", "--yes").stdout
+    assert "[1/1] dc1 (stack dc1): set activeDc=dc2, apply: rejoin as the standby" in out, out
     for h in DC1:
         r = lab.role(h)
         assert r["role"] == "standby" and not r["postfix_running"], r
@@ -338,8 +346,11 @@ def test_drill_3_data_centre_loss_failover_rejoin_failback(lab: Lab, unique: str
         "dc1-svr1", f"SELECT COUNT(*) FROM postfixadmin.mailbox WHERE username='{dc2_user[0]}'"
     ) == "1", timeout=30)  # fmt: skip
     # Fail back: the active side steps down first (never two writable masters), then dc1.
-    lab.run("apply", "--stack", "dc2", "--set", "activeDc=dc1")
-    lab.run("apply", "--stack", "dc1", "--set", "activeDc=dc1")
+    out = lab.ops("failover", "--to", "dc1", "--yes").stdout
+    print(out)
+    assert out.index("[1/2] dc2 (stack dc2): set activeDc=dc1, apply: step down") < out.index(
+        "[2/2] dc1 (stack dc1): set activeDc=dc1, apply: promote"), out  # fmt: skip
+    assert "nothing to apply" in lab.ops("failover", "--to", "dc1", "--dry-run").stdout
     holder1 = next(h for h in DC1 if lab.role(h)["vip_held"])
     assert lab.role(holder1)["db"]["read_only"] is False
     for h in DC2:
@@ -462,26 +473,38 @@ def test_drill_5_rebuild_both_nodes_of_a_data_centre(lab: Lab, unique: str) -> N
     ensure_holder(lab, "dc1-svr1")
 
 
-def test_drill_6_planned_switchover_withdraws_first(lab: Lab) -> None:
-    """hb_standby on the active node: it demotes, withdraws its route, then the peer announces
-    (bgp) and promotes: under 1 s of refused connections on either shared address."""
+def test_drill_6_planned_switchover_withdraws_first(lab: Lab, unique: str) -> None:
+    """The operator's `switchover` (hb_standby on the active node after checking its peer): it
+    demotes, withdraws its route, then the peer announces (bgp) and promotes. Under a steady
+    send: under 1 s of refused connections on either shared address, nothing acknowledged
+    lost."""
     ensure_holder(lab, "dc1-svr1")
+    user = new_user(lab)
+    stream = lab.stream(VIP1, user, unique)
     watches = {fam: lab.watch_port(addr, 25, interval=0.05) for fam, addr in FAMILIES.items()}
-    time.sleep(1)
+    time.sleep(3)
     t0 = time.monotonic()
-    lab.exec("dc1-svr1", "/usr/share/heartbeat/hb_standby", "all")
-    lab.wait_for("dc1-svr2 active", lambda: lab.role("dc1-svr2")["role"] == "active",
-                 timeout=60, interval=0.3)  # fmt: skip
+    out = lab.ops("switchover").stdout
+    assert "switchover dc1-svr1 -> dc1-svr2" in out, out
     lab.wait_routed("dc1", "dc1-svr2")
     took = time.monotonic() - t0
-    time.sleep(2)
+    time.sleep(3)
     got = {fam: w.result() for fam, w in watches.items()}
-    print(f"switchover ({lab.shared_ip_method('dc1')}, {took:.1f}s to settle): " + "; ".join(
+    result = stream.result(timeout=120)
+    print(f"switchover ({lab.shared_ip_method('dc1')}, {took:.1f}s to settle; {out.strip()}): "
+          + "; ".join(
         f"{fam}: {g['failed']} of {g['attempts']} probes unanswered, longest refusal "
         f"{g['longest_outage']:.2f}s, slowest banner {g['slowest_banner']:.2f}s"
         for fam, g in got.items()))  # fmt: skip
     for fam, g in got.items():
         assert g["attempts"] > 20 and g["longest_outage"] < 1.0, (fam, g)
+    assert not result["permanent"], result["permanent"]
+    acked = set(result["acked"])
+    assert len(acked) > 10, result
+    got_subjects = lab.subjects(VIP1, user, unique, len(acked))
+    assert acked <= got_subjects, sorted(acked - got_subjects)
+    print(f"switchover under load: {len(acked)} acknowledged, "
+          f"{len(acked - got_subjects)} lost")  # fmt: skip
     wait_rejoined(lab, "dc1-svr1", private_ip("dc1-svr2"))
     ensure_holder(lab, "dc1-svr1")
 
