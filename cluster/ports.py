@@ -122,6 +122,16 @@ def node_cidrs(dcs: Iterable[DcAddresses]) -> tuple[list[str], list[str]]:
     return list(dict.fromkeys(v4)), list(dict.fromkeys(v6))
 
 
+def cluster_cidrs(dcs: Iterable[DcAddresses]) -> tuple[list[str], list[str]]:
+    """Every address the cluster itself may come from: the nodes' and the shared addresses
+    (fail2ban never bans them; no firewall rule is made from them)."""
+    dcs = list(dcs)
+    nodes4, nodes6 = node_cidrs(dcs)
+    v4 = [host_cidr(dc.shared_ipv4) for dc in dcs] + nodes4
+    v6 = [host_cidr(dc.shared_ipv6) for dc in dcs if dc.shared_ipv6] + nodes6
+    return list(dict.fromkeys(v4)), list(dict.fromkeys(v6))
+
+
 def private_cidrs(dcs: Iterable[DcAddresses]) -> tuple[list[str], list[str]]:
     """The nodes' private IPv4 addresses (the DC peer's path to the internal services; the
     other data centre's are unreachable across Linode's private networks, and harmless)."""

@@ -12,12 +12,15 @@ is what a cold build gives, minus a fresh debootstrap).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -238,6 +241,17 @@ def _wipe(path: Path) -> None:
         shutil.rmtree(path)
 
 
+@contextlib.contextmanager
+def _build_lock(key: str) -> Iterator[None]:
+    """One build of a base at a time on this machine: the cache (and its ``build-<key>`` work
+    directory) is shared by every lab, and a second build would wipe the first one's chroot in
+    the middle of its dpkg run."""
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    with (cache_dir() / f"build-{key}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def build(s: BaseSpec, progress: Progress) -> float:
     """Build the base for ``s`` into the cache (not into the lab). Returns seconds taken."""
     ensure_host_tools()
@@ -269,8 +283,11 @@ def ensure(progress: Progress, *, rebuild: bool = False) -> BaseSpec:
     if not rebuild and stamp.exists() and stamp.read_text().strip() == s.key:
         return s
     if rebuild or not _archive(s.key).exists():
-        secs = build(s, progress)
-        progress(f"base: built in {secs:.0f}s")
+        with _build_lock(s.key):
+            # Another lab on this machine may have built it while this one waited.
+            if rebuild or not _archive(s.key).exists():
+                secs = build(s, progress)
+                progress(f"base: built in {secs:.0f}s")
     root = base_dir()
     tmp = root.with_name("base.new")
     _wipe(tmp)

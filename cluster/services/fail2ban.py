@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from cluster.hostcontext import HostContext
 from cluster.plan import CHANGED_MARK, PACKAGES_STEP, STATE_DIR, Step, reload_or_start, script_step
-from cluster.ports import CLUSTER, source_cidrs
+from cluster.ports import cluster_cidrs
 from cluster.services import firewall, mariadb
 from cluster.services.role import ROLE_SCRIPT, ROLE_SCRIPT_STEP
 
@@ -67,7 +67,7 @@ CREATE TABLE IF NOT EXISTS {DB}.{DB_TABLE} (
 
 
 def ignore_addresses(ctx: HostContext) -> list[str]:
-    v4, v6 = source_cidrs(ctx.config, firewall.known_dcs(ctx.topology))[CLUSTER]
+    v4, v6 = cluster_cidrs(firewall.known_dcs(ctx.topology))
     return list(dict.fromkeys(["127.0.0.0/8", "::1", *ctx.config.admin_cidrs, *v4, *v6]))
 
 
