@@ -11,6 +11,7 @@ from cluster.lab import routeservers
 from cluster.lab.driver import Lab
 from cluster.lab.model import volume_path
 from cluster.lab.paths import CLIENT_NS, HOSTS, INIT_NAME, ROUTER_NS, host_ns, lab_dir
+from cluster.ports import MESH_INTERFACE
 
 LAB_NETS = (*A.PUBLIC_NETS.values(), *A.PRIVATE_NETS.values())
 
@@ -93,7 +94,8 @@ def test_lab_namespaces_have_only_their_own_links(lab: Lab) -> None:
         return {m.split("@")[0] for m in re.findall(r"^\d+: (\S+):", out.stdout, re.M)}
 
     for host in HOSTS:
-        assert links(host_ns(host)) == {"lo", "eth0"}
+        # eth0, and the WireGuard mesh's interface (a tun device the host's wireguard-go made).
+        assert links(host_ns(host)) == {"lo", "eth0", MESH_INTERFACE}
     assert links(CLIENT_NS) == {"lo", "eth0"}
     assert links(ROUTER_NS) == {"lo", "dc1", "dc2", "inet"}
     # The router forwards between lab networks only: no default route, so nothing leaves.
