@@ -1,6 +1,8 @@
 """Dual stack, from the client ("the internet", 2001:db8:c::100): every public service on the
-active data centre's shared IPv6, and the shared IPv6 moving with the shared IPv4 in arp mode,
-on a crash and on a planned standby.
+active data centre's shared IPv6, in the lab's default method (bgp: the holder announces both
+shared addresses). The shared IPv6 moving with the shared IPv4 on a crash and on a planned
+switchover is measured by the drills, per family and per method (tests/lab/test_y_drills.py:
+drill 1 crash in bgp, drill 6 switchover, drill 7 crash in arp).
 
 TLS is verified against the cluster CA and the address connected to, so a pass also proves that
 the certificate names the shared IPv6. Runs after the IPv4 mail tests and before the drills
@@ -11,15 +13,12 @@ from __future__ import annotations
 
 import re
 import sys
-import tempfile
-import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cluster.lab import addresses as A
-from cluster.lab.driver import Background, Lab, private_ip
+from cluster.lab.driver import Lab
 
 DOMAIN = "example.com"
 DC = "dc1"
@@ -30,40 +29,16 @@ CLIENT6 = A.client_address6()
 
 # -- helpers (the lab driver's, plus what IPv6 needs) ----------------------------------------
 def holds_v6(lab: Lab, host: str) -> bool:
-    """Whether ``host`` has the shared IPv6 on its LAN interface (asked inside the host)."""
+    """Whether ``host`` serves the shared IPv6: in bgp it announces it (the address is on lo of
+    both nodes), in arp it has it on its LAN interface (asked inside the host)."""
+    if lab.shared_ip_method(DC) == "bgp":
+        return bool(lab.role(host, check=False).get("vip_held"))
     out = lab.exec(host, "ip", "-o", "-6", "addr", "show", "dev", A.INTERFACE, check=False)
     return f" {VIP6}/" in out.stdout
 
 
 def v6_holders(lab: Lab) -> list[str]:
     return [h for h in HOSTS if holds_v6(lab, h)]
-
-
-def wait_serving(lab: Lab, host: str, timeout: float = 60) -> None:
-    """``host`` holds both shared IPs and is the active node."""
-
-    def ok() -> bool:
-        r = lab.role(host, check=False)
-        return bool(r) and r.get("role") == "active" and holds_v6(lab, host)
-
-    lab.wait_for(f"{host} to serve on both shared IPs", ok, timeout=timeout, interval=0.5)
-
-
-def wait_standby(lab: Lab, host: str, master: str, timeout: float = 90) -> None:
-    """``host`` is back as the standby: Heartbeat up, a replica of ``master``, no shared IP of
-    either family."""
-
-    def ok() -> bool:
-        r = lab.role(host, check=False)
-        if not r:
-            return False
-        rep = r["replication"]
-        return (
-            r["heartbeat_running"] and not r["vip_held"] and not holds_v6(lab, host)
-            and rep["master_host"] == master and rep["io_running"] == "Yes"
-        )  # fmt: skip
-
-    lab.wait_for(f"{host} to rejoin as the standby", ok, timeout=timeout, interval=1)
 
 
 def smtp_banner(lab: Lab, host: str, port: int = 25) -> str:
@@ -93,19 +68,6 @@ def wait_read(lab: Lab, user: tuple[str, str], subject: str) -> dict[str, Any]:
                          "--timeout", "30")  # fmt: skip
 
 
-def probe(lab: Lab, host: str, user: tuple[str, str]) -> Background:
-    """From now: the first SMTP 220 and the first IMAPS login on ``host`` (clientlib probe)."""
-    return lab.start_clientlib("probe", "--host", host, "--ca", lab.ca, "--user", user[0],
-                               "--password", user[1], "--timeout", "60")  # fmt: skip
-
-
-def watch(lab: Lab, host: str, port: int = 25) -> Background:
-    stop = Path(tempfile.mkdtemp()) / "stop"
-    return lab.start_clientlib("watch", "--host", host, "--port", str(port),
-                               "--interval", "0.05", "--stop", str(stop),
-                               stop_file=stop)  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def holder(lab: Lab) -> str:
     """dc1's serving node once it holds both shared IPs (Heartbeat takes ~12 s at first)."""
@@ -125,6 +87,9 @@ def user(lab: Lab, holder: str) -> tuple[str, str]:
 # -- every public service over IPv6 ------------------------------------------------------------
 def test_only_the_holder_has_the_shared_ipv6(lab: Lab, holder: str) -> None:
     assert v6_holders(lab) == [holder]
+    if lab.shared_ip_method(DC) == "bgp":
+        lab.wait_routed(DC, holder)
+        assert lab.status()["dcs"][DC]["route_servers_prefer"]["ipv6"] == holder
     # The standby's listeners are bound to the address too (ip_nonlocal_bind), so a takeover
     # needs no restart: ready, but unreachable while it does not hold it.
     other = HOSTS[1] if holder == HOSTS[0] else HOSTS[0]
@@ -202,62 +167,3 @@ def test_dns_answers_aaaa_over_ipv6(lab: Lab, holder: str) -> None:
     # Over TCP too (zone transfers and large answers use it), and authoritative.
     full = dig(lab, VIP6, f"mail.{DOMAIN}", "AAAA", "+tcp")
     assert re.search(r"flags:[^;]* aa[ ;]", full), full
-
-
-# -- the shared IPv6 moves with the shared IPv4 ------------------------------------------------
-def test_crash_the_holder_then_standby_back_ipv6_follows(
-    lab: Lab, holder: str, user: tuple[str, str], unique: str
-) -> None:
-    """arp mode: crash the holder; its peer answers on the shared IPv6 (SMTP 220, IMAPS login,
-    a message delivered). Then the crashed node boots and rejoins, and a planned standby hands
-    both shared IPs back: the lab ends as it began."""
-    peer = HOSTS[1] if holder == HOSTS[0] else HOSTS[0]
-    v4 = A.lab_dc_addresses(DC).shared_ipv4
-    crashed_at = time.time()
-    lab.crash_now(holder)
-    # Started after the crash (the holder is dark from then on): every answer is the peer's.
-    probes = {"v6": probe(lab, VIP6, user), "v4": probe(lab, v4, user)}
-    got = {family: p.result(timeout=120) for family, p in probes.items()}
-    figures = {
-        f"crash_to_{k}_{family}": round(r[f"{k}_at"] - crashed_at, 2)
-        for family, r in got.items()
-        for k in ("smtp", "imap")
-        if r.get(f"{k}_at")
-    }
-    print(f"arp crash takeover (s): {figures}")
-    for family, r in got.items():
-        assert r["ok"] and r["imap_at"], (family, r)
-    assert v6_holders(lab) == [peer]
-    # IPv6 follows IPv4 closely: its address is added right after the IPv4 one, before the role.
-    # (Measured on a machine at load 30: IPv4 15.2 s, IPv6 18.2 s; the gap is the resource
-    # scripts' run time. The absolute times are Heartbeat's deadtime and the machine's load.)
-    assert figures["crash_to_smtp_v6"] - figures["crash_to_smtp_v4"] < 10, figures
-    assert figures["crash_to_imap_v6"] - figures["crash_to_imap_v4"] < 10, figures
-    sent = lab.send(VIP6, user, unique)
-    assert sent["ok"], sent
-    assert wait_read(lab, user, unique)["ok"]
-
-    # The crashed node boots without either shared IP and rejoins as the standby.
-    lab.run("boot", holder)
-    wait_standby(lab, holder, private_ip(peer))
-    assert v6_holders(lab) == [peer]
-
-    # Planned standby: the peer releases (IPv6 first), the old holder takes both back.
-    watcher = watch(lab, VIP6)
-    time.sleep(1)
-    lab.exec(peer, "/usr/share/heartbeat/hb_standby", "all", check=False)
-    wait_serving(lab, holder)
-    lab.wait_for("IMAPS over IPv6 after the switchover", lambda: lab.clientlib(
-        "login", "--host", VIP6, "--ca", lab.ca, "--user", user[0], "--password", user[1],
-        "--timeout", "2")["ok"], timeout=30)  # fmt: skip
-    time.sleep(1)
-    outage = watcher.result(timeout=60)
-    print(
-        f"arp planned switchover over IPv6: longest outage {outage['longest_outage']}s, "
-        f"{outage['failed']} of {outage['attempts']} attempts unanswered"
-    )
-    assert v6_holders(lab) == [holder]
-    wait_standby(lab, peer, private_ip(holder))
-    back = lab.send(VIP6, user, unique + "-back")
-    assert back["ok"], back
-    assert wait_read(lab, user, unique + "-back")["ok"]
