@@ -129,7 +129,8 @@ def run_failover(plan: FailoverPlan, applier: Applier, log: Log) -> list[tuple[s
 class LabApplier:
     """The lab: the same sequence with ``python -m cluster.lab apply --stack DC --set
     activeDc=...`` (the lab keeps ``--set`` per stack, as a stack file keeps `pulumi config
-    set`). A data centre is unreachable while its uplink is cut (``lab cut dc1``)."""
+    set`). A data centre is unreachable while its uplink is cut (``lab cut dc1``) or any of its
+    hosts is down or cut."""
 
     def views(self) -> dict[str, StackView]:
         from cluster.lab import hosts
@@ -143,8 +144,9 @@ class LabApplier:
         for dc in DC_NAMES:
             topo = stack_topology(state, dc)
             nodes = [n.name for n in topo.dc_nodes(dc)]
+            # `lab apply` needs every host of the stack, as `up` needs every node over SSH.
             up = [n for n in nodes if n not in state.cut and hosts.alive(state.hosts[n])]
-            reachable = dc not in state.cut and bool(up)
+            reachable = dc not in state.cut and up == nodes
             out[dc] = StackView(dc, dc, topo.config.active_dc, reachable)
         return out
 
@@ -157,8 +159,8 @@ class LabApplier:
 class StackApplier:
     """Linode stacks through Pulumi's Automation API: ``activeDc`` is set in the stack's own
     file (Pulumi.<stack>.yaml, as `pulumi config set` does), then ``up`` runs with its output
-    shown. A data centre is unreachable when none of its nodes answers SSH, or its stack's
-    outputs cannot be read."""
+    shown. A data centre is unreachable when any of its nodes does not answer SSH, or its
+    stack's outputs cannot be read."""
 
     def __init__(self, stack: str) -> None:
         from cluster.ops.target import StackTarget
@@ -174,7 +176,10 @@ class StackApplier:
         out = {}
         for dc, stack in self._stacks.items():
             nodes = [n for n in self._target.nodes() if dc_of(n) == dc]
-            reachable = any(self._target.run(n, ["true"]).returncode == 0 for n in nodes)
+            # `up` provisions every node over SSH: a half-reachable DC would fail half way.
+            reachable = bool(nodes) and all(
+                self._target.run(n, ["true"]).returncode == 0 for n in nodes
+            )
             out[dc] = StackView(dc, stack, configured_active_dc(stack), reachable)
         return out
 
