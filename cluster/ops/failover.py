@@ -39,7 +39,8 @@ class StackView:
     dc: str
     stack: str  # the stack's name (the lab: the DC's name)
     active_dc: str  # the activeDc its config holds now
-    reachable: bool  # its nodes answer
+    reachable: bool  # every one of its nodes answers (an apply/up needs them all)
+    partial: bool = False  # some of its nodes answer, not all
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,14 @@ def plan_failover(to: str, views: Mapping[str, StackView]) -> FailoverPlan:
     steps: list[FailoverStep] = []
     deferred = ""
     if other.active_dc != to:
+        if other.partial:
+            # Its live nodes may still serve as the writable master: promoting the target now
+            # would make two. Its `up` cannot run either (a node is missing).
+            raise OpsError(
+                f"{other.dc} is only partly reachable: its live nodes may still serve mail as the "
+                f"writable master. Make it whole (boot or rebuild the missing node) or cut it off "
+                f"entirely, then run failover again"
+            )
         if other.reachable:
             # Already failed over (the target says so): this is the rejoin; else a planned move.
             action = "rejoin as the standby" if target.active_dc == to else "step down"
@@ -145,9 +154,11 @@ class LabApplier:
             topo = stack_topology(state, dc)
             nodes = [n.name for n in topo.dc_nodes(dc)]
             # `lab apply` needs every host of the stack, as `up` needs every node over SSH.
-            up = [n for n in nodes if n not in state.cut and hosts.alive(state.hosts[n])]
-            reachable = dc not in state.cut and up == nodes
-            out[dc] = StackView(dc, dc, topo.config.active_dc, reachable)
+            up = [] if dc in state.cut else [
+                n for n in nodes if n not in state.cut and hosts.alive(state.hosts[n])
+            ]  # fmt: skip
+            out[dc] = StackView(dc, dc, topo.config.active_dc, up == nodes,
+                                partial=0 < len(up) < len(nodes))  # fmt: skip
         return out
 
     def apply(self, step: FailoverStep, log: Log) -> None:
@@ -177,10 +188,10 @@ class StackApplier:
         for dc, stack in self._stacks.items():
             nodes = [n for n in self._target.nodes() if dc_of(n) == dc]
             # `up` provisions every node over SSH: a half-reachable DC would fail half way.
-            reachable = bool(nodes) and all(
-                self._target.run(n, ["true"]).returncode == 0 for n in nodes
-            )
-            out[dc] = StackView(dc, stack, configured_active_dc(stack), reachable)
+            answering = [n for n in nodes if self._target.run(n, ["true"]).returncode == 0]
+            out[dc] = StackView(dc, stack, configured_active_dc(stack),
+                                bool(nodes) and answering == nodes,
+                                partial=0 < len(answering) < len(nodes))  # fmt: skip
         return out
 
     def apply(self, step: FailoverStep, log: Log) -> None:

@@ -48,6 +48,15 @@ def test_nothing_to_do_when_both_stacks_agree() -> None:
     assert plan.steps == () and "nothing to apply" in plan.describe()
 
 
+def test_a_partly_reachable_old_dc_is_refused() -> None:
+    # One node of dc1 is dead, the other may still be the writable master: two masters if dc2
+    # were promoted now, and dc1's apply cannot run.
+    v = views("dc1", "dc1", up1=False)
+    v["dc1"] = StackView("dc1", "dc1", "dc1", reachable=False, partial=True)
+    with pytest.raises(OpsError, match="dc1 is only partly reachable"):
+        plan_failover("dc2", v)
+
+
 def test_an_unreachable_target_cannot_be_promoted() -> None:
     with pytest.raises(OpsError, match="dc2 cannot be reached"):
         plan_failover("dc2", views("dc1", "dc1", up2=False))
