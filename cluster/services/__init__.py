@@ -25,6 +25,7 @@ from cluster.services import (
     mailgraph,
     mariadb,
     mesh,
+    metrics,
     mta_sts,
     postfix,
     postfixadmin,
@@ -59,4 +60,5 @@ SERVICES: tuple[ModuleType, ...] = (
     bgp,
     heartbeat,
     health,
+    metrics,
 )
