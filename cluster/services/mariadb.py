@@ -5,7 +5,8 @@ SELECT on postfixadmin.* from 127.0.0.1/localhost, ``postfixadmin`` ALL on postf
 ``roundcube`` ALL on roundcube.*, ``repl`` REPLICATION SLAVE from each node's private and mesh
 address, REQUIRE SSL; with ``metricsCidrs``, ``exporter`` (the Prometheus mysqld exporter,
 metrics.py) from localhost with what its documentation asks and no more: PROCESS, REPLICATION
-CLIENT and SELECT on performance_schema, at most 3 connections (dropped again without it).
+CLIENT, SELECT on performance_schema, and SLAVE MONITOR (MariaDB 10.5 moved SHOW SLAVE STATUS
+from REPLICATION CLIENT to it), at most 3 connections (dropped again without it).
 
 MariaDB listens on 127.0.0.1 (the local services), the node's private address (its data-centre
 peer replicates over the private network) and its mesh address (the other data centre's nodes
@@ -60,12 +61,17 @@ POSTFIXADMIN_DB = "postfixadmin"
 ROUNDCUBE_DB = "roundcube"
 # The Prometheus mysqld exporter's account (over the local socket: 'localhost').
 EXPORTER_USER = "exporter"
-EXPORTER_GRANTS = "PROCESS, REPLICATION CLIENT ON *.*", "SELECT ON performance_schema.*"
+EXPORTER_GRANTS = (
+    "PROCESS, REPLICATION CLIENT, SLAVE MONITOR ON *.*",
+    "SELECT ON performance_schema.*",
+)
 
 # Fingerprint of accounts, grants and databases: the users step reports a change only when it
 # differs before and after. authentication_string is a hash, never the password itself.
 _FINGERPRINT = (
     "SELECT User, Host, authentication_string, ssl_type FROM mysql.user ORDER BY 1, 2; "
+    # Global privileges (the bitmask only: Priv also holds password_last_changed).
+    "SELECT User, Host, JSON_VALUE(Priv, '$.access') FROM mysql.global_priv ORDER BY 1, 2; "
     "SELECT * FROM mysql.db ORDER BY 1, 2, 3; "
     "SELECT * FROM mysql.tables_priv ORDER BY 1, 2, 3, 4; "
     "SHOW DATABASES;"

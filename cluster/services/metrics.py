@@ -67,6 +67,8 @@ MYSQL_SOCKET = "/run/mysqld/mysqld.sock"
 # mailcluster-health is stopped after this long, so cron runs never pile up.
 HEALTH_TIMEOUT_S = 50
 DEFAULTS = {name: f"/etc/default/{name}" for name in EXPORTERS}
+# Every file this service writes (and removes again when off).
+FILES = (*DEFAULTS.values(), MYSQLD_CNF, HEALTH_METRICS, CRON)
 INSTALL_STEP = "metrics.packages"
 FIRST_RUN_STEP = "metrics.health-first-run"
 
