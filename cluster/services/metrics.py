@@ -20,7 +20,9 @@ credentials and the cron job. The ports are in the port table (cluster/ports.py,
   In the standby data centre ``postfix_up`` is therefore 0 by design: alert on it for the
   active data centre's nodes only (label the scrape targets by data centre).
 
-The node and mysqld exporters listen on the node's public addresses only (both families). The
+The node and mysqld exporters listen on the node's public addresses only (both families; a
+boot before IPv6's duplicate address detection is done binds all the same: ip_nonlocal_bind,
+base.py). The
 postfix exporter takes a single listen address, so it listens on all (":9154" is both families
 in Go); the host firewall admits only ``metricsCidrs`` to it, as to the others.
 

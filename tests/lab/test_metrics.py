@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import secrets
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -32,7 +33,7 @@ STRANGER = f"{A.CLIENT_NET}.{_STRANGER_HOST}"
 STRANGER6 = A.v6(A.CLIENT_NET6, _STRANGER_HOST)
 
 # Runs in the client: GET /metrics of every (address, port) from a chosen source address; the
-# body, or "filtered" (no answer in time: a firewall drop) or "refused" (RST).
+# body, or "filtered" (no answer in time: a firewall drop), "refused" (RST) or another error.
 SCRAPE = r"""
 import http.client, json, socket, sys
 src4, src6, targets, timeout = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), \
@@ -49,8 +50,10 @@ for host, port in targets:
         out[key] = resp.read().decode() if resp.status == 200 else f"HTTP {resp.status}"
     except ConnectionRefusedError:
         out[key] = "refused"
-    except (TimeoutError, socket.timeout, OSError):
+    except (TimeoutError, socket.timeout):
         out[key] = "filtered"
+    except OSError as e:
+        out[key] = f"error {e}"
     finally:
         conn.close()
 print(json.dumps(out))
@@ -161,5 +164,16 @@ def test_off_stops_the_exporters_and_on_starts_them_again(lab: Lab) -> None:
         assert set(got.values()) == {"filtered"}, got
     finally:
         lab.run("apply", "--stack", "dc2", "--set", f"metricsCidrs={on}")
-    got = scrape(lab, [(public_ip6(host), ports.NODE_EXPORTER_PORT)])
-    assert series(next(iter(got.values())), "mailcluster_check_ok")
+    # The init script returns before the daemon listens: give it a few seconds.
+    target = (public_ip6(host), ports.NODE_EXPORTER_PORT)
+    seen: list[str] = []
+
+    def answered() -> str | None:
+        seen.append(scrape(lab, [target])[f"{target[0]} {target[1]}"][:80])
+        return seen[-1] if seen[-1].startswith("#") else None
+
+    t0 = time.monotonic()
+    lab.wait_for(f"dc2-svr2's node exporter back over IPv6 (seen {seen})", answered, timeout=60)
+    print(f"node exporter answered {time.monotonic() - t0:.1f}s after the apply: {seen[:-1]}")
+    body = scrape(lab, [target])[f"{target[0]} {target[1]}"]
+    assert series(body, "mailcluster_check_ok"), body[:300]
