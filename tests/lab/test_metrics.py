@@ -31,6 +31,7 @@ EXPORTER_PORTS = (ports.NODE_EXPORTER_PORT, ports.MYSQLD_EXPORTER_PORT, ports.PO
 _STRANGER_HOST = 200 + secrets.randbelow(50)
 STRANGER = f"{A.CLIENT_NET}.{_STRANGER_HOST}"
 STRANGER6 = A.v6(A.CLIENT_NET6, _STRANGER_HOST)
+ADMIN, ADMIN6 = A.client_address(), A.client_address6()
 
 # Runs in the client: GET /metrics of every (address, port) from a chosen source address; the
 # body, or "filtered" (no answer in time: a firewall drop), "refused" (RST) or another error.
@@ -68,8 +69,14 @@ def public_ip6(host: str) -> str:
 
 
 def scrape(
-    lab: Lab, targets: list[tuple[str, int]], src4: str = "", src6: str = "", timeout: float = 5
+    lab: Lab,
+    targets: list[tuple[str, int]],
+    src4: str = ADMIN,
+    src6: str = ADMIN6,
+    timeout: float = 5,
 ) -> dict[str, str]:
+    """From the admin's own addresses unless told otherwise: with the stranger's addresses on
+    the same interface, the kernel might pick one of those as the source."""
     proc = lab.client(sys.executable, "-c", SCRAPE, src4, src6, json.dumps(targets),
                       str(timeout))  # fmt: skip
     result: dict[str, str] = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -173,7 +180,10 @@ def test_off_stops_the_exporters_and_on_starts_them_again(lab: Lab) -> None:
         return seen[-1] if seen[-1].startswith("#") else None
 
     t0 = time.monotonic()
-    lab.wait_for(f"dc2-svr2's node exporter back over IPv6 (seen {seen})", answered, timeout=60)
-    print(f"node exporter answered {time.monotonic() - t0:.1f}s after the apply: {seen[:-1]}")
+    try:
+        lab.wait_for("dc2-svr2's node exporter back over IPv6", answered, timeout=60)
+    finally:
+        print(f"scrapes until it answered: {seen}")
+    print(f"node exporter answered {time.monotonic() - t0:.1f}s after the apply")
     body = scrape(lab, [target])[f"{target[0]} {target[1]}"]
     assert series(body, "mailcluster_check_ok"), body[:300]
