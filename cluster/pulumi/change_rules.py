@@ -285,7 +285,8 @@ KEY_CHANGES["metricsCidrs"] = KeyChange(
     Outcome.IN_PLACE,
     "updates the exporters' rules of the cloud and host firewalls; from empty: installs and "
     "starts the Prometheus exporters and the exporter's MariaDB account; to empty: stops "
-    "them, drops the account and removes their files (the packages stay)",
+    "them, drops the account and removes their files (the packages stay); set the same value on "
+    "both stacks (the account is made by the active data centre's master)",
 )
 KEY_CHANGES["meshCidr"] = KeyChange(
     Outcome.IN_PLACE,
