@@ -58,7 +58,7 @@ SERVICES: tuple[ModuleType, ...] = (
     sync,
     fail2ban,
     bgp,
-    heartbeat,
     health,
     metrics,
+    heartbeat,
 )
