@@ -122,6 +122,7 @@ class StackConfig:
     ban_time_s: int
     submission_rate_limit_per_hour: int
     mesh_cidr: str = DEFAULT_MESH_CIDR
+    metrics_cidrs: tuple[str, ...] = ()
 
     @property
     def peer_dc(self) -> str:
@@ -223,16 +224,24 @@ def _ssh_keys(value: Any) -> tuple[str, ...]:
     return tuple(keys)
 
 
-def _cidrs(value: Any) -> tuple[str, ...]:
+def _cidr_list(value: Any) -> tuple[str, ...]:
+    """CIDRs of either family, host bits zero; may be empty."""
     out = []
     for item in _as_list(value):
         try:
             out.append(str(ipaddress.ip_network(str(item), strict=True)))
         except ValueError:
-            raise ValueError(f"{item!r} is not a CIDR like 203.0.113.0/24") from None
+            raise ValueError(
+                f"{item!r} is not a CIDR like 203.0.113.0/24 or 2001:db8::/48"
+            ) from None
+    return tuple(out)
+
+
+def _cidrs(value: Any) -> tuple[str, ...]:
+    out = _cidr_list(value)
     if not out:
         raise ValueError("needs at least one CIDR that may reach SSH, like 203.0.113.7/32")
-    return tuple(out)
+    return out
 
 
 def _stack_ref(value: Any) -> str | None:
@@ -308,6 +317,8 @@ KEYS: dict[str, Key] = {
     "bgpKeepaliveS": Key("bgp_keepalive_s", 3, _as_int(1, 21845, " s"),
                          "BGP keepalive interval, at most a third of bgpHoldTimeS"),
     "provision": Key("provision", True, _as_bool, "configure the nodes over SSH"),
+    "metricsCidrs": Key("metrics_cidrs", (), _cidr_list,
+                         "CIDRs that may scrape the Prometheus exporters (empty: no exporters)"),
     "meshCidr": Key("mesh_cidr", DEFAULT_MESH_CIDR, _mesh_cidr,
                     "the WireGuard mesh's inner IPv4 network"),
     "banMaxRetry": Key("ban_max_retry", 5, _as_int(2, 100),

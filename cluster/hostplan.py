@@ -19,6 +19,16 @@ from cluster.topology import Topology
 
 def all_packages() -> tuple[str, ...]:
     """Every Debian package any host's plan may install: the lab bakes these into its base."""
+    names: set[str] = set(common_packages())
+    for service in SERVICES:
+        names.update(getattr(service, "OPTIONAL_PACKAGES", ()))
+    return tuple(sorted(names))
+
+
+def common_packages() -> tuple[str, ...]:
+    """The packages every host gets in the plan's first step (``PACKAGES`` of every service).
+    A service whose packages depend on the configuration (``OPTIONAL_PACKAGES``) installs them
+    in a step of its own."""
     names: set[str] = set()
     for service in SERVICES:
         names.update(service.PACKAGES)
@@ -29,7 +39,7 @@ def build_host_plan(
     topology: Topology, node_name: str, secrets: ClusterSecrets, platform: str = "linode"
 ) -> HostPlan:
     ctx = HostContext(topology, topology.node(node_name), secrets, platform)
-    plan = HostPlan(host=node_name, packages=all_packages())
+    plan = HostPlan(host=node_name, packages=common_packages())
     plan.add(packages_step(plan.packages))
     for service in SERVICES:
         for step in service.steps(ctx):

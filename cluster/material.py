@@ -39,6 +39,8 @@ PASSWORD_LENGTHS: dict[str, int] = {
     "heartbeat_authkey": 32,
     "doveadm": 32,
     "rsync": 32,
+    # The MariaDB account of the Prometheus mysqld exporter (services/metrics.py).
+    "db_metrics": 32,
 }
 PASSWORD_FIELDS = tuple(PASSWORD_LENGTHS)
 # A WireGuard private key is 32 random bytes (base64); WireGuard clamps them itself.
@@ -63,6 +65,7 @@ class ClusterSecrets:
     heartbeat_authkey: str
     doveadm: str
     rsync: str
+    db_metrics: str
     dkim_private_key_pem: str
     ca_cert_pem: str
     tls: dict[str, TlsPair] = field(default_factory=dict)  # by data centre
@@ -114,7 +117,7 @@ class ClusterSecrets:
         return cls(**{**data, "tls": tls})
 
 
-def _password(length: int) -> str:
+def new_password(length: int) -> str:
     # Letters and digits only: these land in SQL, Dovecot and Postfix map files unquoted.
     alphabet = string.ascii_letters + string.digits
     return "".join(secrets.choice(alphabet) for _ in range(length))
@@ -204,7 +207,7 @@ def generate(
         )
     dkim = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     return ClusterSecrets(
-        **{name: _password(length) for name, length in PASSWORD_LENGTHS.items()},
+        **{name: new_password(length) for name, length in PASSWORD_LENGTHS.items()},
         dkim_private_key_pem=pem_key(dkim),
         ca_cert_pem=ca_pem,
         tls=tls,

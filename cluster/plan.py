@@ -195,9 +195,29 @@ echo "{CHANGED_MARK} $f"
     )
 
 
-def packages_step(packages: Iterable[str]) -> Step:
+def absent_file_step(path: str, after: Sequence[StepRef] = ()) -> Step:
+    """The opposite of ``file_step``, under the same name: ``path`` is removed if present. For a
+    service switched off by configuration: the step that installed the file changes its digest
+    (so it runs), and switching on again changes it back (so the file is written again), in
+    both appliers."""
+    p = shlex.quote(path)
+    return Step(
+        name=file_step_name(path),
+        script=f"""if [ -e {p} ] || [ -L {p} ]; then
+  rm -f {p}
+  echo "{CHANGED_MARK} {path} removed"
+fi
+""",
+        after=step_names(after),
+    )
+
+
+def packages_step(
+    packages: Iterable[str], name: str = PACKAGES_STEP, after: Sequence[StepRef] = ()
+) -> Step:
     """Install Debian packages, skipping apt entirely when dpkg already has them all: lab hosts
-    have no mirror, and a Linode node should not hit the mirror on every apply."""
+    have no mirror, and a Linode node should not hit the mirror on every apply. ``name``: a
+    service that installs its own packages (only when configured) names its step."""
     names = sorted(set(packages))
     quoted = " ".join(shlex.quote(p) for p in names)
     script = f"""pkgs=({quoted})
@@ -213,7 +233,7 @@ apt-get install -y -q --no-install-recommends \\
   -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "${{missing[@]}}"
 echo "{CHANGED_MARK} installed ${{missing[*]}}"
 """
-    return Step(name=PACKAGES_STEP, script=script)
+    return Step(name=name, script=script, after=step_names(after))
 
 
 def reload_or_start(
@@ -249,6 +269,34 @@ def reload_or_start(
   echo "{CHANGED_MARK} {service} started"
 """
     return text + "fi\n"
+
+
+def start_at_boot(service: str, enabled: bool = True) -> str:
+    """Script text: ``service`` starts at boot, or (``enabled=False``) does not; a change is
+    reported. systemctl on systemd hosts (Linode); update-rc.d's SysV links elsewhere (the lab,
+    whose init starts /etc/rc2.d/S*)."""
+    if enabled:
+        return f"""if [ -d /run/systemd/system ]; then
+  if ! systemctl is-enabled --quiet {service} 2>/dev/null; then
+    systemctl enable --quiet {service}
+    echo "{CHANGED_MARK} {service} started at boot"
+  fi
+elif ! ls /etc/rc[2-5].d/S??{service} >/dev/null 2>&1; then
+  update-rc.d {service} defaults >/dev/null 2>&1
+  update-rc.d {service} enable >/dev/null 2>&1
+  echo "{CHANGED_MARK} {service} started at boot"
+fi
+"""
+    return f"""if [ -d /run/systemd/system ]; then
+  if systemctl is-enabled --quiet {service} 2>/dev/null; then
+    systemctl disable --quiet {service}
+    echo "{CHANGED_MARK} {service} not started at boot"
+  fi
+elif ls /etc/rc[2-5].d/S??{service} >/dev/null 2>&1; then
+  update-rc.d {service} disable >/dev/null 2>&1
+  echo "{CHANGED_MARK} {service} not started at boot"
+fi
+"""
 
 
 def pidfile_alive(pidfile: str) -> str:

@@ -15,6 +15,8 @@ Who may connect (``Rule.source``):
   host firewall admits them on ``MESH_INTERFACE``); the DC peer over the private network, so the
   nodes' private IPv4 addresses are admitted too (both firewalls). Never a public or shared
   address: nothing internal is reachable from the internet, even from a node's public address.
+- ``metrics``: the stack's ``metricsCidrs`` (the Prometheus exporters, services/metrics.py);
+  with none configured the exporters do not run and have no rule at all.
 - ``mesh``: only inside the mesh (web sync's ssh to the unprivileged ``websync``). The cloud
   firewall never sees that traffic (it arrives as ``MESH_PORT``), so it has no rule for it.
 
@@ -39,10 +41,12 @@ ADMIN = "admin"
 NODES = "nodes"
 CLUSTER = "cluster"
 MESH = "mesh"
-SOURCES = (WORLD, ADMIN, NODES, CLUSTER, MESH)
+METRICS = "metrics"
+SOURCES = (WORLD, ADMIN, METRICS, NODES, CLUSTER, MESH)
 SOURCE_DOCS = {
     WORLD: "anyone",
     ADMIN: "`adminCidrs` only",
+    METRICS: "`metricsCidrs` only",
     NODES: "the cluster's nodes only",
     CLUSTER: "the mesh interface, and the nodes' private IPv4 (the DC peer)",
     MESH: "the mesh interface only",
@@ -54,6 +58,10 @@ IMAP_PLAINTEXT_PORT = 143
 MARIADB_PORT = 3306
 DOVEADM_PORT = 12345
 HEARTBEAT_PORT = 694
+# Debian's exporters' own default ports (and Prometheus' port allocation wiki).
+NODE_EXPORTER_PORT = 9100
+MYSQLD_EXPORTER_PORT = 9104
+POSTFIX_EXPORTER_PORT = 9154
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,9 @@ _ALWAYS: tuple[Rule, ...] = (
     Rule("IMAPS", "tcp", 993, WORLD),
     Rule("SSH", "tcp", SSH_PORT, ADMIN),
     Rule("WireGuard mesh", "udp", MESH_PORT, NODES),
+    Rule("Prometheus node exporter", "tcp", NODE_EXPORTER_PORT, METRICS),
+    Rule("Prometheus mysqld exporter", "tcp", MYSQLD_EXPORTER_PORT, METRICS),
+    Rule("Prometheus postfix exporter", "tcp", POSTFIX_EXPORTER_PORT, METRICS),
     Rule("MariaDB replication", "tcp", MARIADB_PORT, CLUSTER),
     Rule("Dovecot replication (doveadm/dsync)", "tcp", DOVEADM_PORT, CLUSTER),
     Rule("Heartbeat (ucast)", "udp", HEARTBEAT_PORT, CLUSTER),
@@ -89,7 +100,7 @@ def port_table(config: StackConfig) -> tuple[Rule, ...]:
     """Every rule for this stack's config. ManageSieve (4190) has no config key: Dovecot's
     managesieve is not installed, so 4190 stays closed; a ``manageSieve`` key would add its row
     here, as ``imapPlaintext`` adds 143."""
-    rules = list(_ALWAYS)
+    rules = [r for r in _ALWAYS if r.source != METRICS or config.metrics_cidrs]
     if config.imap_plaintext:
         rules.insert(rules.index(_ALWAYS[7]) + 1, Rule("IMAP (STARTTLS)", "tcp", 143, WORLD))
     return tuple(rules)
@@ -147,6 +158,7 @@ def source_cidrs(
     return {
         WORLD: (list(WORLD_CIDRS[0]), list(WORLD_CIDRS[1])),
         ADMIN: split_cidrs(config.admin_cidrs),
+        METRICS: split_cidrs(config.metrics_cidrs),
         NODES: node_cidrs(dcs),
         CLUSTER: private_cidrs(dcs),
         MESH: ([], []),  # on the mesh interface: no address rule
@@ -168,6 +180,12 @@ def markdown(config: StackConfig) -> str:
         )
     if not config.imap_plaintext:
         lines.append("| 143 | tcp | IMAP (STARTTLS) | with `imapPlaintext` | same | anyone |")
+    if not config.metrics_cidrs:
+        for rule in (r for r in _ALWAYS if r.source == METRICS):
+            lines.append(
+                f"| {rule.port} | {rule.protocol} | {rule.service} | with `metricsCidrs` "
+                f"| same | {SOURCE_DOCS[METRICS]} |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -21,6 +21,8 @@ LAB_OVERRIDES: Mapping[str, Any] = {
     "tlsMode": "selfsigned",
     "meshCidr": "198.19.10.0/24",
     "adminCidrs": [f"{client_address()}/32", f"{client_address6()}/128"],
+    # The client scrapes the exporters, as an operator's Prometheus would.
+    "metricsCidrs": [f"{client_address()}/32", f"{client_address6()}/128"],
 }
 
 

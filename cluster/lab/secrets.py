@@ -13,7 +13,14 @@ from cryptography import x509
 from cluster.config import DC_NAMES
 from cluster.lab.model import lab_topology
 from cluster.lab.paths import lab_dir
-from cluster.material import ClusterSecrets, generate, new_mesh_key, new_websync_key
+from cluster.material import (
+    PASSWORD_LENGTHS,
+    ClusterSecrets,
+    generate,
+    new_mesh_key,
+    new_password,
+    new_websync_key,
+)
 from cluster.topology import Topology
 
 
@@ -33,12 +40,16 @@ def load_secrets() -> ClusterSecrets:
     nodes = [n.name for n in topo.nodes]
     names = {dc: topo.certificate_names(dc) for dc in DC_NAMES}
     if path.exists():
-        secrets = ClusterSecrets.from_dict(json.loads(path.read_text()))
+        data = json.loads(path.read_text())
+        # A lab made before a password was added gets it now (Pulumi makes a new
+        # RandomPassword the same way), keeping the others.
+        new = {f: new_password(n) for f, n in PASSWORD_LENGTHS.items() if f not in data}
+        secrets = ClusterSecrets.from_dict({**data, **new})
         if not ca_file().exists():
             ca_file().write_text(secrets.ca_cert_pem)
         missing = [n for n in nodes if n not in secrets.mesh_keys]
         stale = _stale_certificates(secrets, topo)
-        if not missing and secrets.websync_ssh_key and not stale:
+        if not missing and secrets.websync_ssh_key and not stale and not new:
             return secrets
         # A lab made before the mesh: add its keys, and certificates that name the mesh
         # addresses (as Pulumi re-issues a certificate whose names changed); keep the rest.

@@ -281,6 +281,13 @@ KEY_CHANGES: dict[str, KeyChange] = {
     },
 }  # fmt: skip
 KEY_CHANGES["imapPlaintext"] = KeyChange(Outcome.IN_PLACE, f"opens or closes 143; {_RE}")
+KEY_CHANGES["metricsCidrs"] = KeyChange(
+    Outcome.IN_PLACE,
+    "updates the exporters' rules of the cloud and host firewalls; from empty: installs and "
+    "starts the Prometheus exporters and the exporter's MariaDB account; to empty: stops "
+    "them, drops the account and removes their files (the packages stay); set the same value on "
+    "both stacks (the account is made by the active data centre's master)",
+)
 KEY_CHANGES["meshCidr"] = KeyChange(
     Outcome.IN_PLACE,
     f"renumbers the mesh; {_RE}; set the same value on both stacks and apply both (until the "

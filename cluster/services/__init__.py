@@ -25,6 +25,7 @@ from cluster.services import (
     mailgraph,
     mariadb,
     mesh,
+    metrics,
     mta_sts,
     postfix,
     postfixadmin,
@@ -57,6 +58,7 @@ SERVICES: tuple[ModuleType, ...] = (
     sync,
     fail2ban,
     health,
+    metrics,
     # Last: Heartbeat's start and reconcile (the plan's final step) need every file above.
     bgp,
     heartbeat,

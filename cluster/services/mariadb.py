@@ -3,7 +3,10 @@
 Databases ``postfixadmin`` and ``roundcube``; least-privilege users: ``postfix`` and ``dovecot``
 SELECT on postfixadmin.* from 127.0.0.1/localhost, ``postfixadmin`` ALL on postfixadmin.*,
 ``roundcube`` ALL on roundcube.*, ``repl`` REPLICATION SLAVE from each node's private and mesh
-address, REQUIRE SSL.
+address, REQUIRE SSL; with ``metricsCidrs``, ``exporter`` (the Prometheus mysqld exporter,
+metrics.py) from localhost with what its documentation asks and no more: PROCESS, REPLICATION
+CLIENT, SELECT on performance_schema, and SLAVE MONITOR (MariaDB 10.5 moved SHOW SLAVE STATUS
+from REPLICATION CLIENT to it), at most 3 connections (dropped again without it).
 
 MariaDB listens on 127.0.0.1 (the local services), the node's private address (its data-centre
 peer replicates over the private network) and its mesh address (the other data centre's nodes
@@ -56,11 +59,19 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost")
 # The databases created here: Postfix Admin's (domains, mailboxes, aliases) and Roundcube's.
 POSTFIXADMIN_DB = "postfixadmin"
 ROUNDCUBE_DB = "roundcube"
+# The Prometheus mysqld exporter's account (over the local socket: 'localhost').
+EXPORTER_USER = "exporter"
+EXPORTER_GRANTS = (
+    "PROCESS, REPLICATION CLIENT, SLAVE MONITOR ON *.*",
+    "SELECT ON performance_schema.*",
+)
 
 # Fingerprint of accounts, grants and databases: the users step reports a change only when it
 # differs before and after. authentication_string is a hash, never the password itself.
 _FINGERPRINT = (
     "SELECT User, Host, authentication_string, ssl_type FROM mysql.user ORDER BY 1, 2; "
+    # Global privileges (the bitmask only: Priv also holds password_last_changed).
+    "SELECT User, Host, JSON_VALUE(Priv, '$.access') FROM mysql.global_priv ORDER BY 1, 2; "
     "SELECT * FROM mysql.db ORDER BY 1, 2, 3; "
     "SELECT * FROM mysql.tables_priv ORDER BY 1, 2, 3, 4; "
     "SHOW DATABASES;"
@@ -92,7 +103,9 @@ def bind_addresses(ctx: HostContext) -> list[str]:
 def users_sql(ctx: HostContext) -> str:
     """The SQL run on the master, on stdin (it holds every database password)."""
     s = ctx.secrets
-    for value in (s.db_postfix, s.db_dovecot, s.db_postfixadmin, s.db_roundcube, s.db_replication):
+    passwords = (s.db_postfix, s.db_dovecot, s.db_postfixadmin, s.db_roundcube, s.db_replication,
+                 s.db_metrics)  # fmt: skip
+    for value in passwords:
         if not value.isalnum():
             raise ValueError("database passwords must be letters and digits (they land in SQL)")
     pfa, rc = POSTFIXADMIN_DB, ROUNDCUBE_DB
@@ -107,7 +120,23 @@ def users_sql(ctx: HostContext) -> str:
         sql.append(_user("roundcube", host, s.db_roundcube, f"ALL ON {rc}.*"))
     for addr in repl_hosts(ctx):
         sql.append(_user("repl", addr, s.db_replication, "REPLICATION SLAVE ON *.*", True))
+    sql.append(_exporter_sql(ctx))
     return "".join(sql)
+
+
+def _exporter_sql(ctx: HostContext) -> str:
+    """The exporter's account while metrics are on; none when they are off."""
+    user = f"'{EXPORTER_USER}'@'localhost'"
+    if not ctx.config.metrics_cidrs:
+        return f"DROP USER IF EXISTS {user};\n"
+    grants = "".join(f"GRANT {g} TO {user};\n" for g in EXPORTER_GRANTS)
+    password = ctx.secrets.db_metrics
+    return (
+        f"CREATE USER IF NOT EXISTS {user} IDENTIFIED BY '{password}' "
+        "WITH MAX_USER_CONNECTIONS 3;\n"
+        f"ALTER USER {user} IDENTIFIED BY '{password}' WITH MAX_USER_CONNECTIONS 3;\n"
+        f"{grants}"
+    )
 
 
 def steps(ctx: HostContext) -> list[Step]:

@@ -55,6 +55,9 @@ BAD_INPUTS = [
     ("meshCidr", good(meshCidr="10.0.0.0/30")),  # too small for four nodes
     ("meshCidr", good(meshCidr="192.168.200.0/24")),  # Linode's private range
     ("meshCidr", good(meshCidr="fd00::/64")),  # IPv4 only (the inner network)
+    ("metricsCidrs", good(metricsCidrs=["prometheus.example.com"])),  # a name, not a CIDR
+    ("metricsCidrs", good(metricsCidrs=["2001:db8::1/48"])),  # host bits set
+    ("metricsCidrs", good(metricsCidrs="203.0.113.0/24")),  # not a list
 ]
 
 
@@ -81,6 +84,15 @@ def test_good_config_loads_with_defaults() -> None:
     assert (cfg.dc, cfg.region, cfg.volume_size_gb, cfg.active_dc) == ("dc2", "us-ord", 80,
                                                                        "dc1")  # fmt: skip
     assert cfg.mesh_cidr == "10.199.0.0/24"
+    assert cfg.metrics_cidrs == ()  # metrics off
+
+
+def test_metrics_cidrs_take_both_families_and_may_be_empty() -> None:
+    cfg = pulumi_config.load(good(metricsCidrs=["203.0.113.9/32", "2001:db8:9::/64"]), "dc1")
+    assert cfg.metrics_cidrs == ("203.0.113.9/32", "2001:db8:9::/64")
+    assert pulumi_config.load(good(metricsCidrs=[]), "dc1").metrics_cidrs == ()
+    with pytest.raises(ConfigError, match=r"mailcluster:metricsCidrs: '10\.0\.0\.1/8' is not a"):
+        pulumi_config.load(good(metricsCidrs=["10.0.0.1/8"]), "dc1")
 
 
 @pytest.mark.parametrize("stack", ["dc1", "dc2"])

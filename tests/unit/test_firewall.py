@@ -25,6 +25,7 @@ from cluster.topology import SLOTS, DcAddresses, Topology
 ROOT = Path(__file__).resolve().parents[2]
 PUBLIC_TCP = {25, 53, 80, 443, 465, 587, 993}
 INTERNAL = {("tcp", 3306), ("tcp", 12345), ("udp", 694)}
+EXPORTERS = {("tcp", 9100), ("tcp", 9104), ("tcp", 9154)}
 Entry = tuple[str, str, int, str]  # (family, protocol, port, source CIDR or "any")
 
 
@@ -64,9 +65,14 @@ def host_entries(rules: list[firewall.HostRule]) -> set[Entry]:
     return out
 
 
-@pytest.fixture(params=[False, True], ids=["default", "imapPlaintext"])
+@pytest.fixture(params=[(False, True), (True, True), (False, False)],
+                ids=["default", "imapPlaintext", "metricsOff"])  # fmt: skip
 def config(request: pytest.FixtureRequest) -> StackConfig:
-    return lab_config("dc1", {"imapPlaintext": request.param})
+    imap, metrics = request.param
+    sets: dict[str, Any] = {"imapPlaintext": imap}
+    if not metrics:
+        sets["metricsCidrs"] = []
+    return lab_config("dc1", sets)
 
 
 def test_cloud_and_host_firewalls_agree_per_port_source_and_family(config: StackConfig) -> None:
@@ -102,6 +108,12 @@ def test_the_public_set_and_who_may_reach_the_rest(config: StackConfig) -> None:
                 lab_dc_addresses("dc2")) for slot in SLOTS}  # fmt: skip
     assert internal_sources == privates
     assert not {e for e in entries if (e[1], e[2]) in INTERNAL and e[0] == "ip6"}
+    # The exporters: from metricsCidrs (both families), and not at all without them.
+    exporters = {s for f, p, n, s in entries if (p, n) in EXPORTERS}
+    assert exporters == set(config.metrics_cidrs)
+    for family in ("ip", "ip6"):
+        on = {(p, n) for f, p, n, s in entries if f == family and (p, n) in EXPORTERS}
+        assert on == (EXPORTERS if config.metrics_cidrs else set()), family
 
 
 def test_4190_stays_closed_without_managesieve(config: StackConfig) -> None:
@@ -116,8 +128,11 @@ def test_every_internal_port_and_web_sync_are_open_on_the_mesh_interface() -> No
     assert on_mesh == INTERNAL | {("tcp", ports.SSH_PORT)}
     # Web sync's ssh is the mesh's alone: the cloud firewall has no rule for it.
     assert [r.label for r in inbound_rules(config)] == [
-        "world-tcp", "world-udp", "admin-tcp", "nodes-udp", "cluster-tcp", "cluster-udp", "icmp"
+        "world-tcp", "world-udp", "admin-tcp", "metrics-tcp", "nodes-udp", "cluster-tcp",
+        "cluster-udp", "icmp"
     ]  # fmt: skip
+    assert "metrics-tcp" not in [r.label for r in inbound_rules(
+        lab_config("dc1", {"metricsCidrs": []}))]  # fmt: skip
 
 
 def test_rendered_host_firewall_holds_every_rule_and_keeps_the_ban_sets() -> None:
