@@ -67,7 +67,12 @@ def test_least_privilege(topologies: dict[str, Topology], secrets: ClusterSecret
         mine = [g for g in grants if f"TO '{user}'@" in g]
         assert mine and all(g.startswith("GRANT SELECT ON postfixadmin.* TO") for g in mine)
         assert {g.split("@")[1] for g in mine} == {"'127.0.0.1';", "'localhost';"}
-    assert all("ON *.*" not in g or "REPLICATION SLAVE ON *.* TO 'repl'@" in g for g in grants)
+    # Global privileges: replication for 'repl', and (metrics on, as in the lab) the exporter's
+    # read-only monitoring set over the local socket; nothing else.
+    exporter = f"GRANT {mariadb.EXPORTER_GRANTS[0]} TO '{mariadb.EXPORTER_USER}'@'localhost';"
+    assert all("ON *.*" not in g or "REPLICATION SLAVE ON *.* TO 'repl'@" in g or g == exporter
+               for g in grants)  # fmt: skip
+    assert not any(w in g for g in grants for w in ("ALL PRIVILEGES ON *.*", "SUPER", "FILE"))
     repl_hosts = {g.split("@")[1].strip("';") for g in grants if "'repl'@" in g}
     # Replicas come from a private address (the data-centre peer) or a mesh address (the other
     # data centre): never from a public one.
