@@ -363,6 +363,10 @@ def test_c_guessing_gets_banned_cluster_wide_and_the_ban_survives_a_takeover(
     try:
         lab.wait_for(f"{other} to take over", lambda: lab.role(other)["role"] == "active",
                      timeout=60, interval=0.5)  # fmt: skip
+        # With bgp the takeover is complete once the route servers route to the new holder
+        # (the crashed node's route lasts until its hold time runs out): only then does a
+        # probe reach the node whose ban it tests.
+        lab.wait_routed("dc1", other)
         seen = probe_from_client(lab, [VIP1], [25, 443, 587, 993], *stranger)
         assert not seen[VIP1]["open"] and not seen[VIP1]["refused"], seen
         assert lab.send(VIP1, user, unique + "-2")["ok"]
