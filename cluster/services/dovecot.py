@@ -12,10 +12,14 @@ Its sockets for Postfix are in Postfix's queue directory, which postfix.py keeps
 Replication topology (dsync replicates only between *pairs*, so two mechanisms):
 
 1. Inside a data centre, the replicator pairs each node with its DC peer over the private
-   network (``mail_replica = tcps:<peer private IP>``), and ``replication_sync_timeout`` makes LMTP
-   and IMAP APPEND wait for the peer before they acknowledge a new message. A Heartbeat takeover
-   (loss of any one node) therefore loses no acknowledged message, unless the peer was already
-   unreachable for longer than the timeout (then delivery still succeeds, asynchronously).
+   network (``mail_replica = tcps:<peer private IP>``). The replication plugin notifies it of
+   every new message at once (priority high), so the peer has it within moments. Replication is
+   asynchronous: ``replication_sync_timeout`` (LMTP waits for the peer) is not set, because in
+   Debian 12's Dovecot 2.3.19 every synchronous request crashes the replicator when its sync
+   completes ("data stack: Out of memory", an endless loop over a deleted entry in
+   ``replicator_queue_handle_sync_lookups``; fixed upstream only by dovecot/core#223, and 2.4 has
+   no replicator). A message delivered on a node that crashes before the sync is on that node's
+   volume, as a message in its Postfix queue is, and is merged back when it returns.
 2. Across data centres, the node that serves mail (holder of the active DC's shared IP) pushes
    every mailbox to both nodes of the other DC with ``doveadm sync -A`` every ``DSYNC_INTERVAL_S``
    seconds (``/usr/local/sbin/mailcluster-dsync`` from cron). Losing a whole DC loses at most that
@@ -45,11 +49,12 @@ SECRETS_CONF = "/etc/dovecot/mailcluster-secrets.conf.ext"
 DSYNC_SCRIPT = "/usr/local/sbin/mailcluster-dsync"
 DSYNC_CRON = "/etc/cron.d/mailcluster-dsync"
 RELOAD_STEP = "dovecot.reload"
-# Whole seconds: the replication plugin parses a plain number ("2s" is rejected at delivery time
-# with "Invalid replication_sync_timeout value", which silently made replication asynchronous).
-REPLICATION_SYNC_TIMEOUT = "2"
 DSYNC_INTERVAL_S = 15
-DSYNC_TIMEOUT_S = 50
+# One mailbox's sync to one target: dsync's -T 30 bounds a silent peer, this a sync that hangs
+# anyway (a first sync of a large mailbox resumes where it stopped next time).
+DSYNC_USER_TIMEOUT_S = 300
+DSYNC_PARALLEL = 4
+DSYNC_FULL_EVERY_MIN = 10
 
 
 def replica_targets(ctx: HostContext) -> list[tuple[str, str]]:
@@ -84,7 +89,6 @@ def steps(ctx: HostContext) -> list[Step]:
             vmail_gid=storage.VMAIL_GID,
             sql_conf=SQL_CONF,
             replicas=replica_targets(ctx),
-            replication_sync_timeout=REPLICATION_SYNC_TIMEOUT,
             doveadm_port=DOVEADM_PORT,
             # The peer replicates over the private network, the other data centre over the
             # mesh: never a public address.
@@ -115,9 +119,12 @@ def steps(ctx: HostContext) -> list[Step]:
         targets=cross_dc_targets(ctx),
         interval=DSYNC_INTERVAL_S,
         rounds=60 // DSYNC_INTERVAL_S,
-        timeout=DSYNC_TIMEOUT_S,
+        user_timeout=DSYNC_USER_TIMEOUT_S,
+        parallel=DSYNC_PARALLEL,
+        full_every_min=DSYNC_FULL_EVERY_MIN,
+        vmail_dir=storage.VMAIL_DIR,
     )
-    cron = ctx.file(DSYNC_CRON, after=(dsync,))
+    cron = ctx.file(DSYNC_CRON, after=(dsync,), full_every_min=DSYNC_FULL_EVERY_MIN)
     reload = script_step(
         RELOAD_STEP,
         reload_or_start(
