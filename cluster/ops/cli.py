@@ -8,9 +8,11 @@ tests script it). Exactly one target is required.
   domain add DOMAIN | list
   mailbox add EMAIL [--quota MB] | passwd EMAIL | del EMAIL | list [DOMAIN]
   alias add ADDRESS DEST [DEST...] | del ADDRESS | list [DOMAIN]
+  alerts test                     a test alert to alertWebhook and alertEmail, from one node;
+                                  exit 1 if a channel failed
 
-Exit status: 0 done (status: all checks pass), 1 status found a failing check, 2 an error (bad
-input, unreachable target), printed without a traceback.
+Exit status: 0 done (status: all checks pass), 1 status found a failing check or a test alert
+was not delivered, 2 an error (bad input, unreachable target), printed without a traceback.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import json
 import sys
 
 from cluster.ops.accounts import Accounts
+from cluster.ops.alerts import send_test
 from cluster.ops.status import collect, render_text
 from cluster.ops.target import LabTarget, OpsError, StackTarget, Target
 
@@ -75,6 +78,9 @@ def parser() -> argparse.ArgumentParser:
     aadd.add_argument("dest", nargs="+")
     al.add_parser("del").add_argument("address")
     al.add_parser("list").add_argument("domain", nargs="?", default="")
+
+    alerts = sub.add_parser("alerts", help="alerts to alertWebhook and alertEmail")
+    alerts.add_subparsers(dest="action", required=True).add_parser("test")
     return p
 
 
@@ -120,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
             data = collect(target)
             print(json.dumps(data, indent=2) if args.json else render_text(data))
             return 0 if data["ok"] else 1
+        if args.command == "alerts":
+            node, res = send_test(target)
+            print(f"from {node}:\n{res.stdout}", end="")
+            print(res.stderr, end="", file=sys.stderr)
+            return 0 if res.returncode == 0 else 1
         run_accounts(args, Accounts(target))
         return 0
     except OpsError as e:

@@ -13,6 +13,7 @@ from types import ModuleType
 
 from cluster.services import (
     access,
+    alerts,
     apache,
     base,
     bgp,
@@ -59,4 +60,5 @@ SERVICES: tuple[ModuleType, ...] = (
     bgp,
     heartbeat,
     health,
+    alerts,
 )

@@ -50,6 +50,10 @@ RELOAD_STEP = "dovecot.reload"
 REPLICATION_SYNC_TIMEOUT = "2"
 DSYNC_INTERVAL_S = 15
 DSYNC_TIMEOUT_S = 50
+# mailcluster-dsync's record of each cross-DC target (read by mailcluster-health): NODE.ok's
+# mtime is the last successful sync to NODE, NODE.failed exists while the last round failed and
+# its mtime is when the failing began.
+DSYNC_STAMP_DIR = "/var/lib/mailcluster/dsync"
 
 
 def replica_targets(ctx: HostContext) -> list[tuple[str, str]]:
@@ -58,11 +62,11 @@ def replica_targets(ctx: HostContext) -> list[tuple[str, str]]:
     return [(f"DC peer {peer.name}", f"tcps:{peer.private_ipv4}:{DOVEADM_PORT}")]
 
 
-def cross_dc_targets(ctx: HostContext) -> list[str]:
-    """dsync destinations in the other data centre: each node's mesh address."""
+def cross_dc_targets(ctx: HostContext) -> list[tuple[str, str]]:
+    """(node name, dsync destination) in the other data centre: each node's mesh address."""
     topo = ctx.topology
     other = [n for n in topo.nodes if n.dc != ctx.node.dc]
-    return [f"tcps:{topo.mesh_address(n)}:{DOVEADM_PORT}" for n in other]
+    return [(n.name, f"tcps:{topo.mesh_address(n)}:{DOVEADM_PORT}") for n in other]
 
 
 def steps(ctx: HostContext) -> list[Step]:
@@ -116,6 +120,7 @@ def steps(ctx: HostContext) -> list[Step]:
         interval=DSYNC_INTERVAL_S,
         rounds=60 // DSYNC_INTERVAL_S,
         timeout=DSYNC_TIMEOUT_S,
+        stamp_dir=DSYNC_STAMP_DIR,
     )
     cron = ctx.file(DSYNC_CRON, after=(dsync,))
     reload = script_step(
