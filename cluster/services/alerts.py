@@ -21,8 +21,9 @@ from cluster.plan import CHANGED_MARK, PACKAGES_STEP, STATE_DIR, Step, script_st
 from cluster.services import health, heartbeat
 from cluster.services.role import RUN_DIR
 
-# curl posts the webhook; dig asks each node's BIND for its serial; python3 runs the script.
-PACKAGES: tuple[str, ...] = ("python3", "curl", "bind9-dnsutils", "cron")
+# python3 runs the script (and posts the webhook: urllib); dig asks each node's BIND for its
+# serial.
+PACKAGES: tuple[str, ...] = ("python3", "bind9-dnsutils", "cron")
 
 ALERTS_SCRIPT = "/usr/local/sbin/mailcluster-alerts"
 ALERTS_CONFIG = "/etc/mailcluster/alerts.json"
