@@ -22,6 +22,7 @@ import pytest
 
 from cluster.lab.driver import REPO, Lab
 from cluster.lab.model import ALERT_WEBHOOK_PORT
+from cluster.services.health import BACKUP_STAMP
 from cluster.services.storage import MOUNT_POINT
 
 DOMAIN = "example.com"
@@ -158,6 +159,35 @@ def test_a_full_volume(lab: Lab, received: Received) -> None:
 
     provoke(lab, received, "disk.volume", host, fill,
             lambda: lab.exec(host, "rm", "-f", FILL))  # fmt: skip
+
+
+def test_an_old_message_in_the_queue(lab: Lab, received: Received) -> None:
+    # dc2-svr2 runs no Postfix (standby data centre): a message posted there waits in the
+    # maildrop; aged past 30 min it is the queue's oldest.
+    host = "dc2-svr2"
+
+    def old_message() -> None:
+        lab.exec(host, "sendmail", "-f", POSTMASTER, POSTMASTER,
+                 input="Subject: mclab stuck\n\nstuck\n")  # fmt: skip
+        lab.exec(
+            host,
+            "bash",
+            "-c",
+            "find /var/spool/postfix/maildrop -type f -exec touch -d '-40 min' {} +",
+        )
+
+    provoke(lab, received, "postfix.queue", host, old_message,
+            lambda: lab.exec(host, "bash", "-c",
+                             "find /var/spool/postfix/maildrop -type f -delete"))  # fmt: skip
+
+
+def test_an_old_backup(lab: Lab, received: Received) -> None:
+    # The backup hook (health.BACKUP_STAMP): a last backup 27 h ago.
+    host = "dc1-svr2"
+    provoke(lab, received, "backup", host,
+            lambda: lab.exec(host, "bash", "-c", f"mkdir -p $(dirname {BACKUP_STAMP}) && "
+                             f"touch -d '-27 hours' {BACKUP_STAMP}"),
+            lambda: lab.exec(host, "rm", "-f", BACKUP_STAMP))  # fmt: skip
 
 
 def test_dsync_failing(lab: Lab, received: Received) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib.machinery
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -82,6 +84,13 @@ def test_fires_after_grace_once_and_resolves_once() -> None:
     state, send = M.transitions({}, state, now=1240.0)
     assert [(k, r) for k, _, r in send] == [("x", True)]
     assert state == {}
+
+
+def test_grace_counts_from_when_the_check_says_the_failing_began() -> None:
+    got = M.health_conditions(cfg("dc1-svr1"), CHECKS, writer=True)
+    assert got["dsync.dc2-svr1"]["lasted_s"] == 200
+    state, send = M.transitions({"d": got["dsync.dc2-svr1"]}, {}, now=1000.0)
+    assert state["d"]["since"] == 800.0 and [k for k, _, _ in send] == ["d"]
 
 
 def test_a_condition_that_clears_within_its_grace_is_never_sent() -> None:
@@ -177,3 +186,14 @@ def test_every_node_gets_the_script_its_config_and_both_schedulers(
     assert ALERTS_SCRIPT in files
     assert "/etc/cron.d/mailcluster-alerts" in files
     assert "/etc/systemd/system/mailcluster-alerts.timer" in files
+
+
+def test_the_node_script_is_typed_and_lint_clean(tmp_path: Path) -> None:
+    """Held to the project's own bar (mypy --strict, ruff), though it is shipped as a template."""
+    copy = tmp_path / "mailcluster_alerts.py"
+    copy.write_text(SCRIPT.read_text())
+    for argv in (["ruff", "check", "--no-cache", str(copy)],
+                 ["mypy", "--strict", "--no-incremental", str(copy)]):  # fmt: skip
+        proc = subprocess.run([sys.executable, "-m", *argv], cwd=ROOT, capture_output=True,
+                              text=True, check=False)  # fmt: skip
+        assert proc.returncode == 0, proc.stdout + proc.stderr
