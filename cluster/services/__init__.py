@@ -57,8 +57,8 @@ SERVICES: tuple[ModuleType, ...] = (
     mailgraph,
     sync,
     fail2ban,
-    bgp,
-    heartbeat,
     health,
     alerts,
+    bgp,
+    heartbeat,
 )
