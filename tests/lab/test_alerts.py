@@ -74,11 +74,16 @@ class Received:
                           interval=2)  # fmt: skip
 
 
-def writer(lab: Lab) -> str:
+def writable(lab: Lab) -> str | None:
+    """The writable master (None for the moment a takeover moves it)."""
     for host in ("dc1-svr1", "dc1-svr2"):
         if lab.role(host, check=False).get("db", {}).get("read_only") is False:
             return host
-    raise AssertionError("no writable master in dc1")
+    return None
+
+
+def writer(lab: Lab) -> str:
+    return lab.wait_for("a writable master in dc1", lambda: writable(lab), timeout=60)
 
 
 def subject(alert: str, node: str, state: str) -> str:
@@ -205,7 +210,7 @@ def test_a_takeover(lab: Lab, received: Received) -> None:
     before = received.subjects().count(subject("takeover", new, "CRITICAL"))
     t0 = time.time()
     lab.exec(old, "/usr/share/heartbeat/hb_standby", "all", check=False)
-    lab.wait_for(f"{new} to take over", lambda: writer(lab) == new, timeout=60)
+    lab.wait_for(f"{new} to take over", lambda: writable(lab) == new, timeout=60)
     got = received.wait_post("takeover", new, False, t0, ALERT_WAIT_S)
     print(f"alert takeover from {new}: webhook {got['received'] - t0:.0f}s after hb_standby")
     received.wait_mail(subject("takeover", new, "CRITICAL"), before)
