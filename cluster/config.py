@@ -123,6 +123,8 @@ class StackConfig:
     submission_rate_limit_per_hour: int
     mesh_cidr: str = DEFAULT_MESH_CIDR
     metrics_cidrs: tuple[str, ...] = ()
+    alert_emails: tuple[str, ...] = ()
+    alert_webhook: str | None = None
 
     @property
     def peer_dc(self) -> str:
@@ -269,6 +271,27 @@ def _mesh_cidr(value: Any) -> str:
     return str(net)
 
 
+def _emails(value: Any) -> tuple[str, ...]:
+    """A list of e-mail addresses; empty: the default (the postmaster)."""
+    return tuple(_email(item) for item in _as_list(value))
+
+
+_URL_RE = re.compile(r"^https?://[^\s/?#@]+(:[0-9]{1,5})?([/?#]\S*)?$", re.IGNORECASE)
+
+
+def _webhook(value: Any) -> str | None:
+    """An http or https URL (no user:password@ part: put a token in the path or query)."""
+    text = str(value).strip()
+    if not text:
+        return None
+    if not _URL_RE.match(text):
+        raise ValueError(
+            f"must be an http:// or https:// URL like https://hooks.example.com/alerts; "
+            f"got {value!r}"
+        )
+    return text
+
+
 @dataclass(frozen=True)
 class Key:
     """One config key: its default (``None`` = required) and its validator."""
@@ -330,6 +353,10 @@ KEYS: dict[str, Key] = {
     "submissionRateLimitPerHour": Key("submission_rate_limit_per_hour", 200,
                                       _as_int(1, 100000, " recipients"),
                                       "recipients one authenticated user may send to per hour"),
+    "alertEmail": Key("alert_emails", [], _emails,
+                      "addresses that get alerts by mail (default: the postmaster)"),
+    "alertWebhook": Key("alert_webhook", "", _webhook,
+                        "URL that gets each alert as a JSON POST (default: none)"),
 }  # fmt: skip
 
 # Keys that exist but are read as secrets where they are used, never into StackConfig.

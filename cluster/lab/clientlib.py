@@ -338,6 +338,42 @@ def watch(a: argparse.Namespace) -> dict[str, Any]:
             "seconds": seconds}  # fmt: skip
 
 
+def webhook(a: argparse.Namespace) -> dict[str, Any]:
+    """An operator's webhook receiver: every POST's JSON body, with the time it arrived
+    (``received``, epoch seconds), appended as one line to the file ``--out``, until the file
+    ``--stop`` exists. Answers 204; a body that is not JSON gets 400 and is recorded too."""
+    import http.server
+    import threading
+
+    count = 0
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            nonlocal count
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            try:
+                entry = {"received": time.time(), "path": self.path, "body": json.loads(body)}
+                code = 204
+            except ValueError:
+                entry = {"received": time.time(), "path": self.path, "raw": body.decode()}
+                code = 400
+            with open(a.out, "a") as f:
+                f.write(json.dumps(entry) + "\n")
+            count += 1
+            self.send_response(code)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer((a.host, a.port), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    while not os.path.exists(a.stop):
+        time.sleep(0.2)
+    server.shutdown()
+    return {"ok": True, "received": count}
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python3 -m cluster.lab.clientlib")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -413,6 +449,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--seconds", type=float, default=1800)
     s.add_argument("--stop", default="")
     s.set_defaults(func=watch)
+    s = sub.add_parser("webhook")
+    s.add_argument("--host", default="0.0.0.0")
+    s.add_argument("--port", type=int, required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--stop", required=True)
+    s.set_defaults(func=webhook)
     return p
 
 

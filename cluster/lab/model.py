@@ -11,6 +11,9 @@ from cluster.services.storage import device_path
 from cluster.stackfiles import read_stack_config
 from cluster.topology import Topology
 
+# Where the lab's webhook listener (in the client namespace) listens.
+ALERT_WEBHOOK_PORT = 8089
+
 # The shared IP moves by BGP, as on Linode (the lab's route servers: routeservers.py); `apply
 # --set sharedIpMethod=arp` drills the legacy method. Let's Encrypt cannot reach the lab.
 # The admin is the client's own address (192.0.2.100), not the whole "internet" (the stack
@@ -23,6 +26,9 @@ LAB_OVERRIDES: Mapping[str, Any] = {
     "adminCidrs": [f"{client_address()}/32", f"{client_address6()}/128"],
     # The client scrapes the exporters, as an operator's Prometheus would.
     "metricsCidrs": [f"{client_address()}/32", f"{client_address6()}/128"],
+    # A listener in the client namespace ("the internet") plays the operator's webhook
+    # receiver (tests/lab/test_alerts.py runs it).
+    "alertWebhook": f"http://{client_address()}:{ALERT_WEBHOOK_PORT}/alerts",
 }
 
 

@@ -11,9 +11,11 @@ tests script it). Exactly one target is required.
   switchover                      the active role to the other node of the active DC, as planned
   failover --to dc1|dc2 [--yes] [--dry-run]
                                   the data-centre failover, rejoin and failback runbooks
+  alerts test                     a test alert to alertWebhook and alertEmail, from one node;
+                                  exit 1 if a channel failed
 
-Exit status: 0 done (status: all checks pass), 1 status found a failing check, 2 an error (bad
-input, unreachable target), printed without a traceback.
+Exit status: 0 done (status: all checks pass), 1 status found a failing check or a test alert
+was not delivered, 2 an error (bad input, unreachable target), printed without a traceback.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import sys
 
 from cluster.ops.accounts import Accounts
 from cluster.ops.failover import Applier, LabApplier, StackApplier, plan_failover, run_failover
+from cluster.ops.alerts import send_test
 from cluster.ops.status import collect, render_text
 from cluster.ops.switchover import switchover
 from cluster.ops.target import LabTarget, OpsError, StackTarget, Target
@@ -86,6 +89,8 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--to", required=True, choices=("dc1", "dc2"))
     f.add_argument("--yes", action="store_true", help="do it without asking")
     f.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    alerts = sub.add_parser("alerts", help="alerts to alertWebhook and alertEmail")
+    alerts.add_subparsers(dest="action", required=True).add_parser("test")
     return p
 
 
@@ -169,6 +174,11 @@ def main(argv: list[str] | None = None) -> int:
             data = collect(target)
             print(json.dumps(data, indent=2) if args.json else render_text(data))
             return 0 if data["ok"] else 1
+        if args.command == "alerts":
+            node, res = send_test(target)
+            print(f"from {node}:\n{res.stdout}", end="")
+            print(res.stderr, end="", file=sys.stderr)
+            return 0 if res.returncode == 0 else 1
         run_accounts(args, Accounts(target))
         return 0
     except OpsError as e:

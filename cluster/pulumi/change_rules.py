@@ -277,7 +277,8 @@ KEY_CHANGES: dict[str, KeyChange] = {
         for key in ("messageSizeLimitMb", "imapPlaintext", "tlsMode", "letsencryptEmail",
                     "dnsTtl", "dmarcPolicy", "mtaStsMode", "postmaster",
                     "heartbeatKeepaliveMs", "heartbeatDeadtimeMs", "banMaxRetry",
-                    "banFindTimeSeconds", "banTimeSeconds", "submissionRateLimitPerHour")
+                    "banFindTimeSeconds", "banTimeSeconds", "submissionRateLimitPerHour",
+                    "alertEmail", "alertWebhook")
     },
 }  # fmt: skip
 KEY_CHANGES["imapPlaintext"] = KeyChange(Outcome.IN_PLACE, f"opens or closes 143; {_RE}")

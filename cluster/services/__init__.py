@@ -13,6 +13,7 @@ from types import ModuleType
 
 from cluster.services import (
     access,
+    alerts,
     apache,
     base,
     bgp,
@@ -59,6 +60,7 @@ SERVICES: tuple[ModuleType, ...] = (
     fail2ban,
     health,
     metrics,
+    alerts,
     # Last: Heartbeat's start and reconcile (the plan's final step) need every file above.
     bgp,
     heartbeat,

@@ -55,6 +55,10 @@ DSYNC_INTERVAL_S = 15
 DSYNC_USER_TIMEOUT_S = 300
 DSYNC_PARALLEL = 4
 DSYNC_FULL_EVERY_MIN = 10
+# mailcluster-dsync's record of each cross-DC target (read by mailcluster-health): NODE.ok's
+# mtime is the last successful sync to NODE, NODE.failed exists while the last round failed and
+# its mtime is when the failing began.
+DSYNC_STAMP_DIR = "/var/lib/mailcluster/dsync"
 
 
 def replica_targets(ctx: HostContext) -> list[tuple[str, str]]:
@@ -63,11 +67,11 @@ def replica_targets(ctx: HostContext) -> list[tuple[str, str]]:
     return [(f"DC peer {peer.name}", f"tcps:{peer.private_ipv4}:{DOVEADM_PORT}")]
 
 
-def cross_dc_targets(ctx: HostContext) -> list[str]:
-    """dsync destinations in the other data centre: each node's mesh address."""
+def cross_dc_targets(ctx: HostContext) -> list[tuple[str, str]]:
+    """(node name, dsync destination) in the other data centre: each node's mesh address."""
     topo = ctx.topology
     other = [n for n in topo.nodes if n.dc != ctx.node.dc]
-    return [f"tcps:{topo.mesh_address(n)}:{DOVEADM_PORT}" for n in other]
+    return [(n.name, f"tcps:{topo.mesh_address(n)}:{DOVEADM_PORT}") for n in other]
 
 
 def steps(ctx: HostContext) -> list[Step]:
@@ -123,6 +127,7 @@ def steps(ctx: HostContext) -> list[Step]:
         parallel=DSYNC_PARALLEL,
         full_every_min=DSYNC_FULL_EVERY_MIN,
         vmail_dir=storage.VMAIL_DIR,
+        stamp_dir=DSYNC_STAMP_DIR,
     )
     cron = ctx.file(DSYNC_CRON, after=(dsync,), full_every_min=DSYNC_FULL_EVERY_MIN)
     reload = script_step(

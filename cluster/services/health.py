@@ -2,15 +2,16 @@
 
 The operator CLI (``python -m cluster.ops status``) runs it on every node and adds what needs
 more than one node. The thresholds are the alert thresholds of the issue that asked for them
-(replication lag 30 s, queue 100 messages or 30 min, disks 85 %, certificates 14 days), named
-here once so the CLI, the node script and the README say the same numbers.
+(replication lag 30 s, queue 100 messages or 30 min, disks 85 %, certificates 14 days, the last
+backup 26 h), named here once so the CLI, the node script, the alerts and the README say the
+same numbers.
 """
 
 from __future__ import annotations
 
 from cluster.hostcontext import HostContext
 from cluster.plan import PACKAGES_STEP, Step
-from cluster.services import storage, tls
+from cluster.services import dovecot, storage, sync, tls
 from cluster.services.role import CLUSTER_CONF, ROLE_SCRIPT, ROLE_SCRIPT_STEP
 
 # cl_status is Heartbeat's; rndc BIND's; mysql MariaDB's: all there already. These are the
@@ -23,6 +24,16 @@ MAX_QUEUE = 100
 MAX_QUEUE_AGE_S = 30 * 60
 MAX_DISK_PCT = 85
 MIN_CERT_DAYS = 14
+# mailcluster-dsync syncs each minute (every DSYNC_INTERVAL_S s): a last success older than
+# this means the rounds stopped, even without a recorded failure.
+MAX_DSYNC_AGE_S = 5 * 60
+# mailcluster-websync pushes each minute.
+MAX_WEBSYNC_AGE_S = 5 * 60
+# The backup hook: a backup job (built separately) touches this file after each successful
+# backup; its mtime is the last backup. No file: backups are not configured, and the check says
+# so (ok). This path is the whole contract between health/alerts and backups.
+BACKUP_STAMP = "/var/lib/mailcluster/backup/last-success"
+MAX_BACKUP_AGE_S = 26 * 3600
 # The certificates users see and the one peers verify each other with.
 CERTIFICATES = (("users", tls.CHAIN), ("cluster", tls.CLUSTER_CHAIN))
 
@@ -42,5 +53,13 @@ def steps(ctx: HostContext) -> list[Step]:
             max_queue_age_s=MAX_QUEUE_AGE_S,
             max_disk_pct=MAX_DISK_PCT,
             min_cert_days=MIN_CERT_DAYS,
+            dsync_targets=dovecot.cross_dc_targets(ctx),
+            dsync_stamp_dir=dovecot.DSYNC_STAMP_DIR,
+            max_dsync_age_s=MAX_DSYNC_AGE_S,
+            peer_name=ctx.peer.name,
+            websync_stamp=sync.WEBSYNC_STAMP,
+            max_websync_age_s=MAX_WEBSYNC_AGE_S,
+            backup_stamp=BACKUP_STAMP,
+            max_backup_age_s=MAX_BACKUP_AGE_S,
         )
     ]

@@ -33,7 +33,14 @@ import shlex
 from typing import Any
 
 from cluster.hostcontext import HostContext
-from cluster.plan import CHANGED_MARK, PACKAGES_STEP, Step, reload_or_start, script_step
+from cluster.plan import (
+    CHANGED_MARK,
+    PACKAGES_STEP,
+    STATE_DIR,
+    Step,
+    reload_or_start,
+    script_step,
+)
 from cluster.services import bgp, mariadb, postfix, role, storage
 
 PACKAGES: tuple[str, ...] = ("heartbeat", "iputils-ping", "bsdutils", "util-linux")
@@ -56,6 +63,9 @@ GUARD_REJOIN_S = 3
 # hands the role to the peer: long enough for a restart by hand to not count, short enough that
 # senders see only a few 4xx.
 GUARD_DB_GRACE_MS = 3000
+# Touched by the guard when it fences this node, on the OS disk (it outlives the run dir's
+# "fenced" mark): mailcluster-alerts reports a fence that began and ended between its runs.
+FENCE_STAMP = f"{STATE_DIR}/fenced-at"
 
 
 def gateway(ctx: HostContext) -> str:
@@ -140,6 +150,7 @@ def steps(ctx: HostContext) -> list[Step]:
             grace_ms=max(1000, ctx.config.heartbeat_deadtime_ms),
             rejoin_s=GUARD_REJOIN_S,
             db_grace_ms=GUARD_DB_GRACE_MS,
+            fence_stamp=FENCE_STAMP,
         ),
     ]
     dropin = ctx.file(BOOT_DROPIN)

@@ -27,6 +27,8 @@ PACKAGES: tuple[str, ...] = ("bsdutils", "util-linux", "iproute2")
 
 CLUSTER_CONF = "/etc/mailcluster/cluster.conf"
 ROLE_SCRIPT = "/usr/local/sbin/mailcluster-role"
+# The role script's and the guard's run-time marks (promoted, fenced, locks).
+RUN_DIR = "/run/mailcluster"
 CLUSTER_CONF_STEP = file_step_name(CLUSTER_CONF)
 ROLE_SCRIPT_STEP = file_step_name(ROLE_SCRIPT)
 HOSTNAME_STEP = "heartbeat.hostname"

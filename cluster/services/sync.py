@@ -39,6 +39,9 @@ USER = "websync"
 HOME = "/var/lib/mailcluster-websync"
 AUTHORIZED_KEYS = f"{HOME}/.ssh/authorized_keys"
 CLIENT_KEY = "/etc/mailcluster/secrets/websync"
+# Touched by mailcluster-websync after a push that reached every node: its mtime is the web
+# sync's age for mailcluster-health.
+WEBSYNC_STAMP = "/var/lib/mailcluster/websync.ok"
 USER_STEP = "sync.user"
 # What the rsync daemon of earlier versions left: stopped, disabled, removed.
 OLD_DAEMON_FILES = ("/etc/rsyncd.conf", "/etc/rsyncd.secrets", "/etc/mailcluster/secrets/rsync")
@@ -116,6 +119,7 @@ def steps(ctx: HostContext) -> list[Step]:
         docroot=DOCROOT,
         user=USER,
         key=CLIENT_KEY,
+        stamp=WEBSYNC_STAMP,
     )
     return [
         user,

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from cluster.lab.driver import REPO, Lab, shared_ip
+from cluster.lab.driver import REPO, DriverError, Lab, shared_ip
 
 VIP = shared_ip("dc1")
 
@@ -38,11 +38,17 @@ def failing(data: dict[str, Any]) -> set[tuple[str, str]]:
 
 
 def test_status_of_a_healthy_lab(lab: Lab) -> None:
+    last: list[dict[str, Any]] = []
+
     def healthy() -> dict[str, Any] | None:
         rc, data = status(lab)
+        last[:] = [c for c in data["checks"] if not c["ok"]]
         return data if rc == 0 else None
 
-    data = lab.wait_for("a healthy status", healthy, 120)
+    try:
+        data = lab.wait_for("a healthy status", healthy, 120)
+    except DriverError as e:
+        raise DriverError(f"{e}; failing checks: {last}") from None
     assert data["ok"] is True
     names = {c["name"] for c in data["checks"]}
     assert {"mariadb.replication", "bind.serial", "bind.serial-matches-master", "postfix.queue",

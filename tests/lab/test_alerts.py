@@ -1,0 +1,223 @@
+"""Alerts end to end (issue 11): faults provoked in the lab, each alert received by the webhook
+listener in the client namespace (the lab's alertWebhook) and by mail in the postmaster's
+mailbox, then "resolved" once the fault is undone. Prints the time from each fault to its alert.
+
+The nodes run mailcluster-alerts from cron every minute with the defaults users get (dsync's
+2-minute grace included): nothing is shortened for the test.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cluster.lab.driver import REPO, Lab
+from cluster.lab.model import ALERT_WEBHOOK_PORT
+from cluster.services.health import BACKUP_STAMP
+from cluster.services.storage import MOUNT_POINT
+
+DOMAIN = "example.com"
+POSTMASTER = f"postmaster@{DOMAIN}"
+HOSTS = ("dc1-svr1", "dc1-svr2", "dc2-svr1", "dc2-svr2")
+FILL = f"{MOUNT_POINT}/mclab-alerts-fill"
+# One cron minute, the script's run, delivery; plus the grace where the issue sets one.
+ALERT_WAIT_S = 200
+DSYNC_ALERT_WAIT_S = 330
+
+
+class Received:
+    """What the webhook listener and the postmaster's mailbox got."""
+
+    def __init__(self, lab: Lab, out: Path) -> None:
+        self.lab = lab
+        self.out = out
+
+    def posts(self) -> list[dict[str, Any]]:
+        if not self.out.exists():
+            return []
+        return [json.loads(line) for line in self.out.read_text().splitlines() if line]
+
+    def wait_post(self, alert: str, node: str, resolved: bool, after: float,
+                  timeout: float) -> dict[str, Any]:  # fmt: skip
+        def probe() -> dict[str, Any] | None:
+            for p in self.posts():
+                b = p.get("body", {})
+                if (b.get("alert"), b.get("node"), b.get("resolved")) == (alert, node, resolved) \
+                        and p["received"] >= after:  # fmt: skip
+                    return p
+            return None
+
+        what = f"webhook {'resolved' if resolved else 'alert'} {alert} from {node}"
+        return self.lab.wait_for(what, probe, timeout=timeout, interval=1)
+
+    def subjects(self) -> list[str]:
+        """The postmaster's INBOX subjects, read with doveadm on the node that serves mail."""
+        out = self.lab.exec(writer(self.lab), "doveadm", "fetch", "-u", POSTMASTER,
+                            "hdr.subject", "mailbox", "INBOX", check=False).stdout  # fmt: skip
+        return [ln.split(":", 1)[1].strip() for ln in out.splitlines()
+                if ln.lower().startswith("hdr.subject:")]  # fmt: skip
+
+    def wait_mail(self, subject: str, seen_before: int, timeout: float = 120) -> None:
+        def probe() -> bool:
+            return self.subjects().count(subject) > seen_before
+
+        self.lab.wait_for(f"mail {subject!r} to {POSTMASTER}", probe, timeout=timeout,
+                          interval=2)  # fmt: skip
+
+
+def writable(lab: Lab) -> str | None:
+    """The writable master (None for the moment a takeover moves it)."""
+    for host in ("dc1-svr1", "dc1-svr2"):
+        if lab.role(host, check=False).get("db", {}).get("read_only") is False:
+            return host
+    return None
+
+
+def writer(lab: Lab) -> str:
+    return lab.wait_for("a writable master in dc1", lambda: writable(lab), timeout=60)
+
+
+def subject(alert: str, node: str, state: str) -> str:
+    return f"[mailcluster {state}] {alert} on {node}"
+
+
+@pytest.fixture(scope="module")
+def received(lab: Lab) -> Iterator[Received]:
+    # The postmaster's mailbox (the alerts' default address); it may exist from a kept lab.
+    lab.run("mailbox", "add", POSTMASTER, "P" + secrets.token_hex(12), check=False)
+    tmp = Path(tempfile.mkdtemp(prefix="mclab-webhook-"))
+    out, stop = tmp / "posts.jsonl", tmp / "stop"
+    listener = lab.start_clientlib("webhook", "--port", str(ALERT_WEBHOOK_PORT),
+                                   "--out", str(out), "--stop", str(stop),
+                                   stop_file=stop)  # fmt: skip
+    try:
+        yield Received(lab, out)
+    finally:
+        print(f"webhook listener: {listener.result(timeout=30)}")
+
+
+def provoke(
+    lab: Lab, rx: Received, alert: str, node: str, fault: Callable[[], None],
+    undo: Callable[[], None], timeout: float = ALERT_WAIT_S,
+) -> None:  # fmt: skip
+    """Fault, then the alert by webhook and by mail; undo, then "resolved" by both."""
+    before = rx.subjects()
+    t0 = time.time()
+    fault()
+    try:
+        got = rx.wait_post(alert, node, False, t0, timeout)
+        print(f"alert {alert} from {node}: webhook {got['received'] - t0:.0f}s after the fault")
+        assert set(got["body"]) == {"alert", "severity", "node", "detail", "time", "resolved"}
+        rx.wait_mail(
+            subject(alert, node, got["body"]["severity"].upper()),
+            before.count(subject(alert, node, got["body"]["severity"].upper())),
+        )
+        print(f"alert {alert} from {node}: mail in the postmaster's INBOX "
+              f"{time.time() - t0:.0f}s after the fault")  # fmt: skip
+    finally:
+        t1 = time.time()
+        undo()
+    done = rx.wait_post(alert, node, True, t1, ALERT_WAIT_S)
+    rx.wait_mail(subject(alert, node, "RESOLVED"), before.count(subject(alert, node, "RESOLVED")))
+    print(f"resolved {alert} from {node}: webhook {done['received'] - t1:.0f}s after the undo")
+
+
+def test_alerts_test_reaches_the_webhook_and_the_postmaster(lab: Lab, received: Received) -> None:
+    before = received.subjects().count(subject("test", writer(lab), "INFO"))
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, "-m", "cluster.ops", "--lab", "alerts", "test"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120,
+                          check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "webhook: sent" in proc.stdout and "email: sent" in proc.stdout, proc.stdout
+    got = received.wait_post("test", writer(lab), False, t0, 30)
+    assert got["body"]["severity"] == "info"
+    received.wait_mail(subject("test", writer(lab), "INFO"), before, timeout=60)
+
+
+def test_a_stopped_replica(lab: Lab, received: Received) -> None:
+    # dc2-svr2: the standby data centre, which runs no Postfix: its mail goes through the
+    # active data centre's shared IP.
+    provoke(lab, received, "mariadb.replication", "dc2-svr2",
+            lambda: lab.sql("dc2-svr2", "STOP SLAVE"),
+            lambda: lab.sql("dc2-svr2", "START SLAVE"))  # fmt: skip
+
+
+def test_a_full_volume(lab: Lab, received: Received) -> None:
+    host = "dc1-svr2"  # the active data centre's standby: its own Postfix sends the mail
+
+    def fill() -> None:
+        df = lab.exec(host, "df", "--output=size,used", "-B1", MOUNT_POINT).stdout.split()
+        size, used = int(df[-2]), int(df[-1])
+        grow = int(size * 0.90) - used
+        assert grow > 0, df
+        lab.exec(host, "fallocate", "-l", str(grow), FILL)
+
+    provoke(lab, received, "disk.volume", host, fill,
+            lambda: lab.exec(host, "rm", "-f", FILL))  # fmt: skip
+
+
+def test_an_old_message_in_the_queue(lab: Lab, received: Received) -> None:
+    # dc2-svr2 runs no Postfix (standby data centre): a message posted there waits in the
+    # maildrop; aged past 30 min it is the queue's oldest.
+    host = "dc2-svr2"
+
+    def old_message() -> None:
+        lab.exec(host, "sendmail", "-f", POSTMASTER, POSTMASTER,
+                 input="Subject: mclab stuck\n\nstuck\n")  # fmt: skip
+        lab.exec(
+            host,
+            "bash",
+            "-c",
+            "find /var/spool/postfix/maildrop -type f -exec touch -d '-40 min' {} +",
+        )
+
+    provoke(lab, received, "postfix.queue", host, old_message,
+            lambda: lab.exec(host, "bash", "-c",
+                             "find /var/spool/postfix/maildrop -type f -delete"))  # fmt: skip
+
+
+def test_an_old_backup(lab: Lab, received: Received) -> None:
+    # The backup hook (health.BACKUP_STAMP): a last backup 27 h ago.
+    host = "dc1-svr2"
+    provoke(lab, received, "backup", host,
+            lambda: lab.exec(host, "bash", "-c", f"mkdir -p $(dirname {BACKUP_STAMP}) && "
+                             f"touch -d '-27 hours' {BACKUP_STAMP}"),
+            lambda: lab.exec(host, "rm", "-f", BACKUP_STAMP))  # fmt: skip
+
+
+def test_dsync_failing(lab: Lab, received: Received) -> None:
+    # Dovecot stopped on dc2-svr1: the active node's pushes to it fail; the alert comes from
+    # the active node after dsync's 2-minute grace.
+    provoke(lab, received, "dsync.dc2-svr1", writer(lab),
+            lambda: lab.exec("dc2-svr1", "service", "dovecot", "stop"),
+            lambda: lab.exec("dc2-svr1", "service", "dovecot", "start"),
+            timeout=DSYNC_ALERT_WAIT_S)  # fmt: skip
+
+
+def test_a_takeover(lab: Lab, received: Received) -> None:
+    old = writer(lab)
+    new = "dc1-svr2" if old == "dc1-svr1" else "dc1-svr1"
+    before = received.subjects().count(subject("takeover", new, "CRITICAL"))
+    t0 = time.time()
+    lab.exec(old, "/usr/share/heartbeat/hb_standby", "all", check=False)
+    lab.wait_for(f"{new} to take over", lambda: writable(lab) == new, timeout=60)
+    got = received.wait_post("takeover", new, False, t0, ALERT_WAIT_S)
+    print(f"alert takeover from {new}: webhook {got['received'] - t0:.0f}s after hb_standby")
+    received.wait_mail(subject("takeover", new, "CRITICAL"), before)
+    print(f"alert takeover from {new}: mail {time.time() - t0:.0f}s after hb_standby")
+    # An event: it clears at the next check.
+    received.wait_post("takeover", new, True, t0, ALERT_WAIT_S)
+    # Only the node that took over reports it.
+    senders = {p["body"]["node"] for p in received.posts()
+               if p["body"].get("alert") == "takeover" and p["received"] >= t0}  # fmt: skip
+    assert senders == {new}
