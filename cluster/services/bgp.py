@@ -252,8 +252,10 @@ case "$out" in *Reconfigur*) ;; *) echo "$out" >&2; exit 1 ;; esac""",
     on_lo = script_step(
         LO_STEP,
         "".join(
+            # replace, not add: the boot's ifup of LO_CONFIG may add it between the check and
+            # here (a rebuilt node's first apply failed with "Address already assigned").
             f"""if ! ip -o addr show dev lo | grep -q ' {cidr} '; then
-  ip addr add {cidr} dev lo
+  ip addr replace {cidr} dev lo
   echo "{CHANGED_MARK} {cidr} on lo"
 fi
 """
