@@ -26,8 +26,8 @@ import json
 import sys
 
 from cluster.ops.accounts import Accounts
-from cluster.ops.failover import Applier, LabApplier, StackApplier, plan_failover, run_failover
 from cluster.ops.alerts import send_test
+from cluster.ops.failover import Applier, LabApplier, StackApplier, plan_failover, run_failover
 from cluster.ops.status import collect, render_text
 from cluster.ops.switchover import switchover
 from cluster.ops.target import LabTarget, OpsError, StackTarget, Target
