@@ -19,6 +19,7 @@ ALERT_WEBHOOK_PORT = 8089
 # The admin is the client's own address (192.0.2.100), not the whole "internet" (the stack
 # files' 192.0.2.0/24): other client addresses are strangers to the firewall and to fail2ban.
 # The mesh in RFC 2544 benchmark space, like the rest of the lab (never a real network).
+LAB_SUBMISSION_LIMIT = 100000
 LAB_OVERRIDES: Mapping[str, Any] = {
     "sharedIpMethod": "bgp",
     "tlsMode": "selfsigned",
@@ -29,6 +30,10 @@ LAB_OVERRIDES: Mapping[str, Any] = {
     # A listener in the client namespace ("the internet") plays the operator's webhook
     # receiver (tests/lab/test_alerts.py runs it).
     "alertWebhook": f"http://{client_address()}:{ALERT_WEBHOOK_PORT}/alerts",
+    # The drills' and the benchmarks' steady senders send thousands of messages an hour as one
+    # user; the stack's default (200) deferred them within a minute. tests/lab/test_security.py
+    # sets the default for its own test of the limit.
+    "submissionRateLimitPerHour": LAB_SUBMISSION_LIMIT,
 }
 
 

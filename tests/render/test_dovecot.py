@@ -108,7 +108,9 @@ def test_cross_dc_replication_only_from_active_dc(
             '"$1"') in script  # fmt: skip
     assert "changed_round" in script and "full_round" in script
     cron = {f.path: f for f in active.files}[dovecot.DSYNC_CRON].content
-    assert f"*/{dovecot.DSYNC_FULL_EVERY_MIN} * * * * root {dovecot.DSYNC_SCRIPT} full" in cron
+    assert (
+        f"*/{dovecot.DSYNC_FULL_EVERY_MIN} * * * * root {dovecot.DSYNC_SCRIPT} full 2>&1 |" in cron
+    )
     assert topologies["dc1"].shared_ip("dc1") in script
     standby_script = {f.path: f for f in standby.files}[dovecot.DSYNC_SCRIPT].content
     assert "sync_users" not in standby_script and "exit 0" in standby_script
