@@ -54,6 +54,8 @@ RULES: tuple[dict[str, Any], ...] = (
     # The certificates are cluster secrets, the same files on every node: one report.
     {"check": "tls", "severity": WARNING, "grace_s": 0, "owner": "writer"},
     {"check": "backup", "severity": WARNING, "grace_s": 0, "owner": "self"},
+    # A sender deferred at submissionRateLimitPerHour (issue 10): perhaps a stolen password.
+    {"check": "ratelimit", "severity": WARNING, "grace_s": 0, "owner": "self"},
 )
 EVENTS = {"takeover": CRITICAL, "fenced": CRITICAL}
 

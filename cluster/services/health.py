@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from cluster.hostcontext import HostContext
 from cluster.plan import PACKAGES_STEP, Step
-from cluster.services import dovecot, storage, sync, tls
+from cluster.services import dovecot, fail2ban, ratelimit, storage, sync, tls
 from cluster.services.role import CLUSTER_CONF, ROLE_SCRIPT, ROLE_SCRIPT_STEP
 
 # cl_status is Heartbeat's; rndc BIND's; mysql MariaDB's: all there already. These are the
@@ -34,6 +34,9 @@ MAX_WEBSYNC_AGE_S = 5 * 60
 # so (ok). This path is the whole contract between health/alerts and backups.
 BACKUP_STAMP = "/var/lib/mailcluster/backup/last-success"
 MAX_BACKUP_AGE_S = 26 * 3600
+# A sender deferred at the sending limit within this window fails the "ratelimit" check: two
+# of the alerts' one-minute runs see each deferral, and the check clears soon after it stops.
+RATELIMIT_WINDOW_MIN = 2
 # The certificates users see and the one peers verify each other with.
 CERTIFICATES = (("users", tls.CHAIN), ("cluster", tls.CLUSTER_CHAIN))
 
@@ -61,5 +64,8 @@ def steps(ctx: HostContext) -> list[Step]:
             max_websync_age_s=MAX_WEBSYNC_AGE_S,
             backup_stamp=BACKUP_STAMP,
             max_backup_age_s=MAX_BACKUP_AGE_S,
+            ratelimit_window_min=RATELIMIT_WINDOW_MIN,
+            ratelimit_tag=ratelimit.LOG_TAG,
+            mail_log=fail2ban.MAIL_LOG,
         )
     ]

@@ -20,14 +20,15 @@ from typing import Any
 
 import pytest
 
-from cluster.lab.driver import REPO, Lab
-from cluster.lab.model import ALERT_WEBHOOK_PORT
+from cluster.lab.driver import REPO, Lab, shared_ip
+from cluster.lab.model import ALERT_WEBHOOK_PORT, LAB_SUBMISSION_LIMIT
 from cluster.services.health import BACKUP_STAMP
 from cluster.services.storage import MOUNT_POINT
 
 DOMAIN = "example.com"
 POSTMASTER = f"postmaster@{DOMAIN}"
 HOSTS = ("dc1-svr1", "dc1-svr2", "dc2-svr1", "dc2-svr2")
+VIP1 = shared_ip("dc1")
 FILL = f"{MOUNT_POINT}/mclab-alerts-fill"
 # One cron minute, the script's run, delivery; plus the grace where the issue sets one.
 ALERT_WAIT_S = 200
@@ -193,6 +194,22 @@ def test_an_old_backup(lab: Lab, received: Received) -> None:
             lambda: lab.exec(host, "bash", "-c", f"mkdir -p $(dirname {BACKUP_STAMP}) && "
                              f"touch -d '-27 hours' {BACKUP_STAMP}"),
             lambda: lab.exec(host, "rm", "-f", BACKUP_STAMP))  # fmt: skip
+
+
+def test_a_sender_over_the_limit(lab: Lab, received: Received) -> None:
+    # A small submissionRateLimitPerHour on the active data centre for the test (the lab raises
+    # it for its steady senders); the 4th message is deferred, the node that serves mail says so.
+    host = writer(lab)
+    user = lab.new_mailbox(DOMAIN, "rl")
+
+    def over() -> None:
+        lab.run("apply", "--stack", "dc1", "--set", "submissionRateLimitPerHour=3")
+        sent = [lab.send(VIP1, user, f"mclab ratelimit {i}")["ok"] for i in range(4)]
+        assert sent == [True, True, True, False], sent
+
+    provoke(lab, received, "ratelimit", host, over,
+            lambda: lab.run("apply", "--stack", "dc1", "--set",
+                            f"submissionRateLimitPerHour={LAB_SUBMISSION_LIMIT}"))  # fmt: skip
 
 
 def test_dsync_failing(lab: Lab, received: Received) -> None:
