@@ -39,6 +39,9 @@ PASSWORD_LENGTHS: dict[str, int] = {
     "heartbeat_authkey": 32,
     "doveadm": 32,
     "rsync": 32,
+    # restic's repository key: without it the backups cannot be read (README: keep a copy of
+    # it outside the cluster). 48 letters and digits: 285 bits.
+    "backup_password": 48,
 }
 PASSWORD_FIELDS = tuple(PASSWORD_LENGTHS)
 # A WireGuard private key is 32 random bytes (base64); WireGuard clamps them itself.
@@ -75,6 +78,14 @@ class ClusterSecrets:
     # This stack's rootPassword (a config secret, per stack, never exported to the peer);
     # empty: Linode's random one stays.
     root_password: str = ""
+    # restic's repository key (generated, PASSWORD_LENGTHS); after the defaults because a set
+    # made before backups existed lacks it (the lab's loader fills it in).
+    backup_password: str = ""
+    # Where the backups go (restic's ``s3:`` repository string) and the S3 key pair: the
+    # backupRepository config or the stack's Object Storage bucket (services/backup.py).
+    backup_repository: str = ""
+    backup_access_key: str = ""
+    backup_secret_key: str = ""
 
     @property
     def dkim_public_key_b64(self) -> str:
@@ -118,6 +129,11 @@ def _password(length: int) -> str:
     # Letters and digits only: these land in SQL, Dovecot and Postfix map files unquoted.
     alphabet = string.ascii_letters + string.digits
     return "".join(secrets.choice(alphabet) for _ in range(length))
+
+
+def new_password(field: str) -> str:
+    """A fresh value for the password ``field`` of ``PASSWORD_LENGTHS``."""
+    return _password(PASSWORD_LENGTHS[field])
 
 
 def mesh_public_key(private_b64: str) -> str:

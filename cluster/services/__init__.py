@@ -14,6 +14,7 @@ from types import ModuleType
 from cluster.services import (
     access,
     apache,
+    backup,
     base,
     bgp,
     bind,
@@ -59,4 +60,5 @@ SERVICES: tuple[ModuleType, ...] = (
     bgp,
     heartbeat,
     health,
+    backup,
 )
