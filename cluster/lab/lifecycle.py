@@ -113,7 +113,7 @@ def wipe() -> list[str]:
             hosts.kill(rec)
             hosts.wipe_disk(host)
             hosts.delete_volume(host, rec)
-            net.flush_host(host)
+            net.delete_host_ns(host)
             wiped.append(host)
     return wiped
 
