@@ -124,10 +124,12 @@ class Backups:
         return self._run("restore-db", check_snapshot(snapshot))
 
     def restore_cluster(self, snapshot: str) -> str:
-        """Disaster recovery into freshly built nodes: the databases first (the mailboxes'
-        accounts), then every maildir; replication carries both to the other nodes."""
+        """Disaster recovery into freshly built nodes: every maildir, then the databases (the
+        accounts: replication then finds whole mailboxes), then every mailbox pushed to the
+        other nodes."""
         started = time.monotonic()
         snap = check_snapshot(snapshot)
-        out = self._run("restore-db", snap) + self._run("restore-maildirs", snap)
+        out = self._run("restore-maildirs", snap) + self._run("restore-db", snap)
+        out += self._run("sync-all")
         took = time.monotonic() - started
         return out + f"cluster restored from snapshot {snap} in {took:.0f} s\n"

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from cluster.hostcontext import HostContext
 from cluster.plan import PACKAGES_STEP, STATE_DIR, Step
-from cluster.services import bind, mariadb, rspamd, storage
+from cluster.services import bind, dovecot, mariadb, rspamd, storage
 from cluster.services.apache import ROUNDCUBE_CONFIG
 from cluster.services.postfixadmin import CONFIG as POSTFIXADMIN_CONFIG
 from cluster.services.role import ROLE_SCRIPT, ROLE_SCRIPT_STEP
@@ -57,6 +57,7 @@ LOCK_WAIT_S = 300  # an operator's backup or restore waits this long for a runni
 # Besides the hourly/daily/monthly ones, every snapshot of the last hours stays: an operator's
 # `backup run` would otherwise be pruned by the next hourly run of the same hour.
 KEEP_WITHIN = "2h"
+SYNC_TIMEOUT_S = 1800  # one full push of every mailbox to the DC peer after a cluster restore
 BACKUP_MINUTE = 17  # past the hour: away from the top of the hour that other cron jobs favour
 CHECK_TIME = "47 3 * * 0"  # weekly, Sunday 03:47
 
@@ -126,6 +127,8 @@ def steps(ctx: HostContext) -> list[Step]:
         databases=DATABASES,
         pfa_db=mariadb.POSTFIXADMIN_DB,
         scratch_db=SCRATCH_DB,
+        dsync_script=dovecot.DSYNC_SCRIPT,
+        sync_timeout_s=SYNC_TIMEOUT_S,
         paths=PATHS,
         keep_args=keep_args(cfg.backup_keep_hourly, cfg.backup_keep_daily,
                             cfg.backup_keep_monthly),
