@@ -1,6 +1,9 @@
 """Backup benchmark in the lab (issue 12): run for real, as root, with the lab up; not in CI.
 
-    python bench/backup.py [--mailboxes 20] [--messages 1000] [--no-wipe]
+    python bench/backup.py [--mailboxes 20] [--messages 150] [--no-wipe]
+
+One account sends them all: more than its submissionRateLimitPerHour (default 200) needs
+`python -m cluster.lab apply --set submissionRateLimitPerHour=100000` first.
 
 Makes N mailboxes and delivers M messages spread over them (submission, end to end), then:
 - the time of a first backup (`backup run`: dumps, maildirs, forget --prune) and of a second
@@ -81,7 +84,8 @@ def all_there(users: list[str], password: str, per_user: dict[str, int], tag: st
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--mailboxes", type=int, default=20)
-    p.add_argument("--messages", type=int, default=1000)
+    # At most submissionRateLimitPerHour (default 200) from the one sending account.
+    p.add_argument("--messages", type=int, default=150)
     p.add_argument("--no-wipe", action="store_true")
     a = p.parse_args()
     tag = f"bk{secrets.token_hex(4)}"
