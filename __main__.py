@@ -8,9 +8,10 @@ See README.md, "Deploy to Linode".
 import pulumi
 
 from cluster.pulumi import config as pulumi_config
+from cluster.pulumi.backup import backup_target
 from cluster.pulumi.datacentre import DataCentre, DataCentreArgs, stack_outputs
 from cluster.pulumi.deployed import read_deployed, refuse_unsafe_changes
-from cluster.pulumi.material import cluster_material, plan_secrets
+from cluster.pulumi.material import cluster_material, generates_secrets, plan_secrets
 from cluster.pulumi.peer import PeerStack
 from cluster.pulumi.provision import Provisioning, ProvisioningArgs
 
@@ -43,7 +44,13 @@ dc = DataCentre(
         ssh_private_key=stack_secrets.ssh_private_key,
     ),
 )
-material = cluster_material(config, peer, dc.addresses)
+# The backup repository belongs to the stack that makes the material (dc1); dc2 reads it.
+backup = (
+    backup_target(config, stack_secrets.backup_access_key, stack_secrets.backup_secret_key)
+    if generates_secrets(config)
+    else None
+)
+material = cluster_material(config, peer, dc.addresses, backup=backup)
 
 provisioned: list[pulumi.Resource] = []
 topology_dcs: pulumi.Input[list[str]] = []

@@ -125,6 +125,11 @@ class StackConfig:
     metrics_cidrs: tuple[str, ...] = ()
     alert_emails: tuple[str, ...] = ()
     alert_webhook: str | None = None
+    backup_repository: str = ""
+    backup_interval_hours: int = 1
+    backup_keep_hourly: int = 48
+    backup_keep_daily: int = 30
+    backup_keep_monthly: int = 12
 
     @property
     def peer_dc(self) -> str:
@@ -292,6 +297,23 @@ def _webhook(value: Any) -> str | None:
     return text
 
 
+# restic's S3 repository string: s3:http(s)://host[:port]/bucket[/prefix] (Linode Object
+# Storage: s3:https://us-east-1.linodeobjects.com/my-bucket).
+_BACKUP_REPO_RE = re.compile(
+    r"^s3:https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[A-Za-z0-9._/-]*)?$"
+)
+
+
+def _backup_repository(value: Any) -> str:
+    text = str(value).strip()
+    if text and not _BACKUP_REPO_RE.match(text):
+        raise ValueError(
+            "must be restic's S3 repository like s3:https://us-east-1.linodeobjects.com/bucket "
+            f"(or empty: the stack makes an Object Storage bucket); got {value!r}"
+        )
+    return text
+
+
 @dataclass(frozen=True)
 class Key:
     """One config key: its default (``None`` = required) and its validator."""
@@ -357,10 +379,21 @@ KEYS: dict[str, Key] = {
                       "addresses that get alerts by mail (default: the postmaster)"),
     "alertWebhook": Key("alert_webhook", "", _webhook,
                         "URL that gets each alert as a JSON POST (default: none)"),
+    "backupRepository": Key("backup_repository", "", _backup_repository,
+                            "restic's S3 repository for the backups (empty: the stack's own "
+                            "Object Storage bucket); its keys: backupAccessKey, backupSecretKey"),
+    "backupIntervalHours": Key("backup_interval_hours", 1, _as_int(1, 24, " h"),
+                               "hours between backups"),
+    "backupKeepHourly": Key("backup_keep_hourly", 48, _as_int(0, 10000),
+                            "hourly snapshots kept (restic forget --keep-hourly)"),
+    "backupKeepDaily": Key("backup_keep_daily", 30, _as_int(0, 10000),
+                           "daily snapshots kept (restic forget --keep-daily)"),
+    "backupKeepMonthly": Key("backup_keep_monthly", 12, _as_int(0, 10000),
+                             "monthly snapshots kept (restic forget --keep-monthly)"),
 }  # fmt: skip
 
 # Keys that exist but are read as secrets where they are used, never into StackConfig.
-SECRET_KEYS = {"rootPassword", "sshPrivateKey"}
+SECRET_KEYS = {"rootPassword", "sshPrivateKey", "backupAccessKey", "backupSecretKey"}
 
 
 def check_ip_sharing(config: StackConfig) -> None:
@@ -427,6 +460,12 @@ def load_config(raw: Mapping[str, Any], stack: str) -> StackConfig:
                 f"mailcluster:bgpKeepaliveS: must be at most a third of bgpHoldTimeS "
                 f"({values['bgp_hold_time_s']} s -> at most {values['bgp_hold_time_s'] // 3} s), "
                 f"got {values['bgp_keepalive_s']}: three keepalives must fit in one hold time"
+            )
+        if not (values["backup_keep_hourly"] or values["backup_keep_daily"]
+                or values["backup_keep_monthly"]):  # fmt: skip
+            errors.append(
+                "mailcluster:backupKeepHourly: backupKeepHourly, backupKeepDaily and "
+                "backupKeepMonthly are all 0: forget --prune would delete every snapshot"
             )
         if values["postmaster"] is None:
             values["postmaster"] = f"postmaster@{values['domain']}"

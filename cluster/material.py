@@ -41,6 +41,9 @@ PASSWORD_LENGTHS: dict[str, int] = {
     "rsync": 32,
     # The MariaDB account of the Prometheus mysqld exporter (services/metrics.py).
     "db_metrics": 32,
+    # restic's repository key: without it the backups cannot be read (README: keep a copy of
+    # it outside the cluster). 48 letters and digits: 285 bits.
+    "backup_password": 48,
 }
 PASSWORD_FIELDS = tuple(PASSWORD_LENGTHS)
 # A WireGuard private key is 32 random bytes (base64); WireGuard clamps them itself.
@@ -78,6 +81,14 @@ class ClusterSecrets:
     # This stack's rootPassword (a config secret, per stack, never exported to the peer);
     # empty: Linode's random one stays.
     root_password: str = ""
+    # restic's repository key (generated, PASSWORD_LENGTHS); after the defaults because a set
+    # made before backups existed lacks it (the lab's loader fills it in).
+    backup_password: str = ""
+    # Where the backups go (restic's ``s3:`` repository string) and the S3 key pair: the
+    # backupRepository config or the stack's Object Storage bucket (services/backup.py).
+    backup_repository: str = ""
+    backup_access_key: str = ""
+    backup_secret_key: str = ""
 
     @property
     def dkim_public_key_b64(self) -> str:

@@ -8,6 +8,7 @@ client -- CMD...                 run a command in the client namespace (this mac
 apply [--stack S] [--set k=v]    re-apply after a config change (--set persists per stack)
 crash HOST | boot HOST           power cut (disk stays) and power on
 rebuild HOST                     a fresh OS disk (the base), the same volume; boot; apply its stack
+wipe                             destroy all four nodes (OS disks and volumes); `up` builds new ones
 cut HOST|dc1|dc2 | heal ...      pull or plug a host's cable or a data centre's uplink
 mailbox add USER@DOMAIN PASSWORD via Postfix Admin's CLI on the active node
 """
@@ -192,6 +193,12 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_wipe(args: argparse.Namespace) -> int:
+    wiped = lifecycle.wipe()
+    print(f"wipe: destroyed {', '.join(wiped)} (disks and volumes); `up` builds them anew")
+    return 0
+
+
 def stack_of(host: str) -> str:
     """The stack that owns a host: its data centre (``dc1-svr2`` -> ``dc1``)."""
     return host.split("-", 1)[0]
@@ -258,6 +265,8 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("rebuild", help="a fresh OS disk, the same volume; then apply its stack")
     s.add_argument("host", choices=HOSTS)
     s.set_defaults(func=cmd_rebuild)
+    s = sub.add_parser("wipe", help="destroy the four nodes, keep the network and the client")
+    s.set_defaults(func=cmd_wipe)
     for name in ("cut", "heal"):
         s = sub.add_parser(name)
         s.add_argument("target", choices=(*HOSTS, *DC_NAMES))

@@ -85,6 +85,22 @@ def _subjects(conn: imaplib.IMAP4_SSL, prefix: str) -> set[str]:
     return found
 
 
+def expunge(a: argparse.Namespace) -> dict[str, Any]:
+    """What a user's mail program does to delete for good: flag \\Deleted, then EXPUNGE, the
+    INBOX messages whose subject contains ``subject``."""
+    conn = _imap(a)
+    try:
+        conn.select("INBOX")
+        typ, data = conn.search(None, "SUBJECT", f'"{a.subject}"')
+        ids = data[0].split() if typ == "OK" and data and data[0] else []
+        if ids:
+            conn.store(b",".join(ids).decode(), "+FLAGS.SILENT", "(\\Deleted)")
+            conn.expunge()
+    finally:
+        conn.logout()
+    return {"ok": bool(ids), "expunged": len(ids)}
+
+
 def wait_imap(a: argparse.Namespace) -> dict[str, Any]:
     """Poll IMAPS until ``count`` messages whose subject starts with ``subject`` are there."""
     got = subjects(a)
@@ -435,6 +451,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=float, default=30)
     s.add_argument("--interval", type=float, default=0.5)
     s.set_defaults(func=subjects)
+    s = sub.add_parser("expunge")
+    common(s, 993)
+    s.add_argument("--subject", required=True)
+    s.set_defaults(func=expunge)
     s = sub.add_parser("probe")
     common(s, 993)
     s.add_argument("--smtp-port", type=int, default=25)

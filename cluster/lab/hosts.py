@@ -232,6 +232,15 @@ def wipe_disk(host: str) -> None:
         shutil.rmtree(disk)
 
 
+def delete_volume(host: str, rec: HostRecord) -> None:
+    """Detach and delete the host's data volume (the host must be down): its next boot gets a
+    new, empty one, as a new Linode gets a new Volume."""
+    if rec.loop:
+        run(["losetup", "-d", rec.loop], check=False)
+        rec.loop = ""
+    (host_dir(host) / "volume.img").unlink(missing_ok=True)
+
+
 def nsenter_argv(rec: HostRecord, argv: Sequence[str]) -> list[str]:
     """Run ``argv`` as a process of the host: its cgroup, all its namespaces, its root, a clean
     env. The cgroup matters beyond accounting: a daemon that a command starts (``service X

@@ -10,7 +10,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from cluster.lab import base, cgroups, hosts, net
+from cluster.lab import base, cgroups, hosts, net, s3server
 from cluster.lab.model import lab_topology, volume_path
 from cluster.lab.paths import CLIENT_NS, HOSTS, ROUTER_NS, lab_dir
 from cluster.lab.run import LabError, Progress, run
@@ -51,6 +51,8 @@ def up_machines(progress: Progress) -> LabState:
             state.base = base.ensure(progress).key
         progress("network: switch, router, client")
         net.ensure_fabric(state.cut)
+        if s3server.ensure():
+            progress(f"client: S3 server (the backup target) on {s3server.endpoint()}")
         started = []
         for host in HOSTS:
             if start_host(state, host):
@@ -97,6 +99,23 @@ def rebuild(host: str) -> None:
         net.flush_host(host)
         start_host(state, host)
         hosts.wait_booted(host, state.hosts[host])
+
+
+def wipe() -> list[str]:
+    """Destroy the four nodes as if their Linodes and volumes were deleted: power off, OS disk
+    and data volume thrown away. The network and the client ("the internet", with the off-site
+    backup repository) stay; `up` then builds four fresh nodes from the base."""
+    wiped = []
+    with locked() as state:
+        for host in HOSTS:
+            rec = state.hosts.setdefault(host, HostRecord())
+            net.port_down(host)
+            hosts.kill(rec)
+            hosts.wipe_disk(host)
+            hosts.delete_volume(host, rec)
+            net.delete_host_ns(host)
+            wiped.append(host)
+    return wiped
 
 
 def cut(target: str, *, heal: bool) -> None:

@@ -172,6 +172,14 @@ def _canonical(cidr: str) -> str:
     return str(ipaddress.ip_interface(cidr))
 
 
+def delete_host_ns(host: str) -> None:
+    """The host's namespace and cable gone (a destroyed Linode's network goes with it, addresses
+    on ``lo`` included); ``ensure_host_net`` makes new ones. The cable first: deleting one end
+    of a veth deletes both at once, while a namespace's devices go later, asynchronously."""
+    run(["ip", "-n", SWITCH_NS, "link", "del", switch_port(host)], check=False)
+    run(["ip", "netns", "del", host_ns(host)], check=False)
+
+
 def flush_host(host: str) -> None:
     run(["ip", "-n", host_ns(host), "addr", "flush", "dev", A.INTERFACE], check=False)
 

@@ -11,8 +11,10 @@ from pathlib import Path
 from cryptography import x509
 
 from cluster.config import DC_NAMES
+from cluster.lab import s3server
 from cluster.lab.model import lab_topology
 from cluster.lab.paths import lab_dir
+from cluster.lab.s3server import new_access_key
 from cluster.material import (
     PASSWORD_LENGTHS,
     ClusterSecrets,
@@ -49,7 +51,8 @@ def load_secrets() -> ClusterSecrets:
             ca_file().write_text(secrets.ca_cert_pem)
         missing = [n for n in nodes if n not in secrets.mesh_keys]
         stale = _stale_certificates(secrets, topo)
-        if not missing and secrets.websync_ssh_key and not stale and not new:
+        if (not missing and secrets.websync_ssh_key and not stale and not new
+                and _has_backup(secrets)):  # fmt: skip
             return secrets
         # A lab made before the mesh: add its keys, and certificates that name the mesh
         # addresses (as Pulumi re-issues a certificate whose names changed); keep the rest.
@@ -58,6 +61,7 @@ def load_secrets() -> ClusterSecrets:
             mesh_keys={**secrets.mesh_keys, **{n: new_mesh_key() for n in missing}},
             websync_ssh_key=secrets.websync_ssh_key or new_websync_key(),
         )
+        secrets = _with_backup(secrets)
         if stale:
             fresh = generate(topo.domain, DC_NAMES, names)
             secrets = dataclasses.replace(secrets, ca_cert_pem=fresh.ca_cert_pem, tls=fresh.tls)
@@ -65,10 +69,30 @@ def load_secrets() -> ClusterSecrets:
         _save(path, secrets)
         return secrets
     # The same names and addresses the Pulumi program puts in each data centre's certificate.
-    secrets = generate(topo.domain, DC_NAMES, names)
+    secrets = _with_backup(generate(topo.domain, DC_NAMES, names))
     _save(path, secrets)
     ca_file().write_text(secrets.ca_cert_pem)
     return secrets
+
+
+def _has_backup(secrets: ClusterSecrets) -> bool:
+    return bool(secrets.backup_password and secrets.backup_repository == s3server.repository())
+
+
+def _with_backup(secrets: ClusterSecrets) -> ClusterSecrets:
+    """The backup target of the lab: its S3 server in the client namespace, with a key pair
+    made once (as Linode makes an Object Storage key), and restic's password (a lab made before
+    backups existed gets one now)."""
+    if _has_backup(secrets):
+        return secrets
+    access, secret = new_access_key()
+    return dataclasses.replace(
+        secrets,
+        backup_password=secrets.backup_password or new_password(PASSWORD_LENGTHS["backup_password"]),
+        backup_repository=s3server.repository(),
+        backup_access_key=access,
+        backup_secret_key=secret,
+    )
 
 
 def _stale_certificates(secrets: ClusterSecrets, topo: Topology) -> bool:

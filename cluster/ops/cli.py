@@ -13,6 +13,9 @@ tests script it). Exactly one target is required.
                                   the data-centre failover, rejoin and failback runbooks
   alerts test                     a test alert to alertWebhook and alertEmail, from one node;
                                   exit 1 if a channel failed
+  backup run | list [--json] | check
+  restore mailbox USER [--snapshot ID] [--to-folder NAME] | database [--snapshot ID]
+  restore cluster --snapshot ID   disaster recovery into freshly built nodes
 
 Exit status: 0 done (status: all checks pass), 1 status found a failing check or a test alert
 was not delivered, 2 an error (bad input, unreachable target), printed without a traceback.
@@ -24,9 +27,11 @@ import argparse
 import getpass
 import json
 import sys
+from typing import Any
 
 from cluster.ops.accounts import Accounts
 from cluster.ops.alerts import send_test
+from cluster.ops.backup import Backups, render_snapshots
 from cluster.ops.failover import Applier, LabApplier, StackApplier, plan_failover, run_failover
 from cluster.ops.status import collect, render_text
 from cluster.ops.switchover import switchover
@@ -91,7 +96,42 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     alerts = sub.add_parser("alerts", help="alerts to alertWebhook and alertEmail")
     alerts.add_subparsers(dest="action", required=True).add_parser("test")
+    add_backup_commands(sub)
     return p
+
+
+def add_backup_commands(sub: Any) -> None:
+    b = sub.add_parser("backup", help="backups (restic)").add_subparsers(dest="action",
+                                                                         required=True)  # fmt: skip
+    b.add_parser("run")
+    b.add_parser("list").add_argument("--json", action="store_true")
+    b.add_parser("check")
+    r = sub.add_parser("restore", help="restores from a backup").add_subparsers(
+        dest="action", required=True
+    )
+    rm = r.add_parser("mailbox")
+    rm.add_argument("user")
+    rm.add_argument("--snapshot", default="latest")
+    rm.add_argument("--to-folder", default="", metavar="NAME")
+    r.add_parser("database").add_argument("--snapshot", default="latest")
+    r.add_parser("cluster").add_argument("--snapshot", required=True)
+
+
+def run_backups(args: argparse.Namespace, b: Backups) -> None:
+    cmd, action = args.command, args.action
+    if (cmd, action) == ("backup", "run"):
+        print(f"snapshot {b.run()}")
+    elif (cmd, action) == ("backup", "list"):
+        print(json.dumps(b.snapshots_json(), indent=2) if args.json
+              else render_snapshots(b.snapshots()))  # fmt: skip
+    elif (cmd, action) == ("backup", "check"):
+        print(b.check())
+    elif (cmd, action) == ("restore", "mailbox"):
+        print(b.restore_mailbox(args.user, args.snapshot, args.to_folder), end="")
+    elif (cmd, action) == ("restore", "database"):
+        print(b.restore_database(args.snapshot), end="")
+    elif (cmd, action) == ("restore", "cluster"):
+        print(b.restore_cluster(args.snapshot), end="")
 
 
 def target_of(args: argparse.Namespace) -> Target:
@@ -179,7 +219,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"from {node}:\n{res.stdout}", end="")
             print(res.stderr, end="", file=sys.stderr)
             return 0 if res.returncode == 0 else 1
-        run_accounts(args, Accounts(target))
+        if args.command in ("backup", "restore"):
+            run_backups(args, Backups(target))
+        else:
+            run_accounts(args, Accounts(target))
         return 0
     except OpsError as e:
         print(f"error: {e}", file=sys.stderr)

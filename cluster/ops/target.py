@@ -36,7 +36,9 @@ class Target(Protocol):
         """Every node of the cluster this target can see, ``dc1-svr1`` first."""
         ...
 
-    def run(self, node: str, argv: Sequence[str], stdin: str = "") -> Result:
+    def run(
+        self, node: str, argv: Sequence[str], stdin: str = "", timeout: float = COMMAND_TIMEOUT_S
+    ) -> Result:
         """``argv`` on ``node`` as root; a node that cannot be reached is a Result with
         returncode 255 and the reason in stderr (as ssh reports it)."""
         ...
@@ -56,14 +58,16 @@ class LabTarget:
 
         return HOSTS
 
-    def run(self, node: str, argv: Sequence[str], stdin: str = "") -> Result:
+    def run(
+        self, node: str, argv: Sequence[str], stdin: str = "", timeout: float = COMMAND_TIMEOUT_S
+    ) -> Result:
         from cluster.lab import hosts
         from cluster.lab.run import LabError
         from cluster.lab.state import HostRecord, LabState
 
         rec = LabState.load().hosts.get(node, HostRecord())
         try:
-            proc = hosts.exec_in(node, rec, argv, input=stdin, timeout=COMMAND_TIMEOUT_S)
+            proc = hosts.exec_in(node, rec, argv, input=stdin, timeout=timeout)
         except LabError as e:
             return Result(255, "", str(e))
         return Result(proc.returncode, proc.stdout, proc.stderr)
@@ -99,16 +103,18 @@ class StackTarget:
             f"root@{self._addresses[node]}", "--", shlex.join(argv),
         ]  # fmt: skip
 
-    def run(self, node: str, argv: Sequence[str], stdin: str = "") -> Result:
+    def run(
+        self, node: str, argv: Sequence[str], stdin: str = "", timeout: float = COMMAND_TIMEOUT_S
+    ) -> Result:
         try:
             proc = subprocess.run(
                 self.ssh_argv(node, argv),
                 input=stdin,
                 capture_output=True,
                 text=True,
-                timeout=COMMAND_TIMEOUT_S,
+                timeout=timeout,
                 check=False,
             )
         except subprocess.TimeoutExpired:
-            return Result(255, "", f"{node}: no answer in {COMMAND_TIMEOUT_S} s")
+            return Result(255, "", f"{node}: no answer in {timeout:.0f} s")
         return Result(proc.returncode, proc.stdout, proc.stderr)

@@ -56,6 +56,8 @@ TF_PG = f"{TF} linode/placementgroup/framework_schema_resource.go"
 TF_FW = f"{TF} linode/firewall/framework_schema_resource.go"
 TF_RDNS = f"{TF} linode/rdns/framework_resource_schema.go"
 TF_DOMAIN = f"{TF} linode/domain/framework_resource_schema.go"
+TF_OBJ_BUCKET = f"{TF} linode/objbucket/framework_resource_schema.go"
+PY_OBJ_KEY = "pulumi_linode 6.8 object_storage_key.py docstring"
 CMD = "pulumi/pulumi-command docs, remote.Command (triggers, create, stdin re-run the command)"
 TLS_RANDOM = "hashicorp/terraform-provider-tls and -random: every argument RequiresReplace"
 API_VOLUME = "techdocs.akamai.com/linode-api/reference/post-resize-volume (online, grow only)"
@@ -70,6 +72,7 @@ VOLUME = "linode:index/volume:Volume"
 INSTANCE_IP = "linode:index/instanceIp:InstanceIp"
 IPV6_RANGE = "linode:index/ipv6Range:Ipv6Range"
 COMMAND = "command:remote:Command"
+OBJ_BUCKET = "linode:index/objectStorageBucket:ObjectStorageBucket"
 
 FIREWALL_INPUTS = ("label", "inboundPolicy", "outboundPolicy", "inbounds", "outbounds",
                    "linodes", "tags", "disabled")  # fmt: skip
@@ -157,6 +160,14 @@ RULES: dict[str, dict[str, Rule]] = {
             for key in ("domain", "masterIps", "ttlSec", "tags", "soaEmail")
         },
     },
+    OBJ_BUCKET: {
+        "label": Rule(_REP, f"{TF_OBJ_BUCKET}: label RequiresReplace"),
+        "region": Rule(_REP, f"{TF_OBJ_BUCKET}: region RequiresReplace"),
+    },
+    "linode:index/objectStorageKey:ObjectStorageKey": {
+        "label": Rule(_IN, f"{PY_OBJ_KEY}: label updatable"),
+        "bucketAccesses": Rule(_REP, f"{PY_OBJ_KEY}: changing bucket_access forces a new key"),
+    },
     COMMAND: {
         # A replaced Command re-runs its step: how provisioning applies a change, by design.
         "triggers": Rule(_REP, CMD),
@@ -173,7 +184,7 @@ RULES: dict[str, dict[str, Rule]] = {
 
 # Resources whose loss loses data or the cluster's public face: never replaced or deleted by a
 # routine change (and protected, see DataCentre).
-KEPT_TYPES = (INSTANCE, VOLUME, INSTANCE_IP, IPV6_RANGE)
+KEPT_TYPES = (INSTANCE, VOLUME, INSTANCE_IP, IPV6_RANGE, OBJ_BUCKET)
 # Our own ComponentResources have no inputs of their own.
 COMPONENT_PREFIX = "mailcluster:"
 
@@ -281,6 +292,18 @@ KEY_CHANGES: dict[str, KeyChange] = {
                     "alertEmail", "alertWebhook")
     },
 }  # fmt: skip
+KEY_CHANGES["backupRepository"] = KeyChange(
+    Outcome.IN_PLACE,
+    "rewrites the nodes' backup settings; the next backup starts a new repository there (the "
+    "old one keeps its snapshots). Leaving the stack's own bucket: `pulumi state unprotect` it "
+    "first (it is retained in Object Storage, with its snapshots)",
+)
+for _key in ("backupAccessKey", "backupSecretKey"):
+    KEY_CHANGES[_key] = KeyChange(Outcome.IN_PLACE, "rewrites the nodes' backup key pair (0600)")
+for _key in ("backupIntervalHours", "backupKeepHourly", "backupKeepDaily", "backupKeepMonthly"):
+    KEY_CHANGES[_key] = KeyChange(
+        Outcome.IN_PLACE, "rewrites the backup schedule or retention (cron, the next forget)"
+    )
 KEY_CHANGES["imapPlaintext"] = KeyChange(Outcome.IN_PLACE, f"opens or closes 143; {_RE}")
 KEY_CHANGES["metricsCidrs"] = KeyChange(
     Outcome.IN_PLACE,

@@ -39,6 +39,8 @@ class StackSecrets:
 
     root_password: pulumi.Output[str] | None
     ssh_private_key: pulumi.Output[str] | None
+    backup_access_key: pulumi.Output[str] | None = None
+    backup_secret_key: pulumi.Output[str] | None = None
 
 
 def check_peer(config: StackConfig) -> None:
@@ -64,4 +66,6 @@ def load_secrets() -> StackSecrets:
     return StackSecrets(
         root_password=cfg.get_secret("rootPassword"),
         ssh_private_key=cfg.get_secret("sshPrivateKey"),
+        backup_access_key=cfg.get_secret("backupAccessKey"),
+        backup_secret_key=cfg.get_secret("backupSecretKey"),
     )

@@ -180,11 +180,18 @@ def cluster_material(
     peer: PeerStack,
     own_addresses: pulumi.Output[dict[str, Any]],
     opts: pulumi.ResourceOptions | None = None,
+    backup: pulumi.Output[dict[str, str]] | None = None,
 ) -> Material:
+    """``backup``: the backup target's fields (cluster/pulumi/backup.py), shared with the rest
+    by the generating stack."""
     exports: dict[str, pulumi.Output[Any]] = {}
     if generates_secrets(config):
         generated = ClusterMaterial(f"{config.dc}-material", config, opts)
         shared, ca_key = generated.shared, generated.ca_key
+        if backup is not None:
+            shared = pulumi.Output.secret(
+                pulumi.Output.all(shared, backup).apply(lambda v: {**v[0], **v[1]})
+            )
         exports = {OUT_SECRETS: shared, OUT_CA_KEY: ca_key}
     else:
         source = peer.name

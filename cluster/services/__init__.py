@@ -15,6 +15,7 @@ from cluster.services import (
     access,
     alerts,
     apache,
+    backup,
     base,
     bgp,
     bind,
@@ -61,6 +62,7 @@ SERVICES: tuple[ModuleType, ...] = (
     health,
     metrics,
     alerts,
+    backup,
     # Last: Heartbeat's start and reconcile (the plan's final step) need every file above.
     bgp,
     heartbeat,

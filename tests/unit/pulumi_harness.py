@@ -168,6 +168,12 @@ class ClusterMocks(pulumi.runtime.Mocks):
             state = {"certPem": _pems()["ca"]}
         elif args.typ == "tls:index/locallySignedCert:LocallySignedCert":
             state = {"certPem": _pems()["leaf"]}
+        elif args.typ == "linode:index/objectStorageBucket:ObjectStorageBucket":
+            # As Linode reports it: the region's S3 host name, without a scheme.
+            state = {"s3Endpoint": f"{args.inputs['region']}-1.linodeobjects.com"}
+        elif args.typ == "linode:index/objectStorageKey:ObjectStorageKey":
+            state = {"accessKey": "MOCKACCESS" + str(zlib.crc32(args.name.encode())),
+                     "secretKey": "MockSecret" + str(zlib.crc32(args.name.encode()))}  # fmt: skip
         elif args.typ == "tls:index/certRequest:CertRequest":
             state = {"certRequestPem": "-----BEGIN CERTIFICATE REQUEST-----\n"}
         return rid, {**args.inputs, **state}

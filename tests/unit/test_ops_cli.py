@@ -40,7 +40,7 @@ class FakeTarget:
     def nodes(self) -> tuple[str, ...]:
         return NODES
 
-    def run(self, node: str, argv: Sequence[str], stdin: str = "") -> Result:
+    def run(self, node: str, argv: Sequence[str], stdin: str = "", timeout: float = 0) -> Result:
         self.calls.append((node, tuple(argv), stdin))
         if argv[0] == HEALTH_SCRIPT:
             if node not in self.outputs:
