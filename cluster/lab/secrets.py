@@ -88,7 +88,8 @@ def _with_backup(secrets: ClusterSecrets) -> ClusterSecrets:
     access, secret = new_access_key()
     return dataclasses.replace(
         secrets,
-        backup_password=secrets.backup_password or new_password(PASSWORD_LENGTHS["backup_password"]),
+        backup_password=secrets.backup_password
+        or new_password(PASSWORD_LENGTHS["backup_password"]),
         backup_repository=s3server.repository(),
         backup_access_key=access,
         backup_secret_key=secret,
