@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from cluster.hostcontext import HostContext
 from cluster.plan import PACKAGES_STEP, Step
-from cluster.services import dovecot, fail2ban, ratelimit, storage, sync, tls
+from cluster.services import backup, dovecot, fail2ban, ratelimit, storage, sync, tls
 from cluster.services.role import CLUSTER_CONF, ROLE_SCRIPT, ROLE_SCRIPT_STEP
 
 # cl_status is Heartbeat's; rndc BIND's; mysql MariaDB's: all there already. These are the
@@ -29,10 +29,10 @@ MIN_CERT_DAYS = 14
 MAX_DSYNC_AGE_S = 5 * 60
 # mailcluster-websync pushes each minute.
 MAX_WEBSYNC_AGE_S = 5 * 60
-# The backup hook: a backup job (built separately) touches this file after each successful
-# backup; its mtime is the last backup. No file: backups are not configured, and the check says
-# so (ok). This path is the whole contract between health/alerts and backups.
-BACKUP_STAMP = "/var/lib/mailcluster/backup/last-success"
+# mailcluster-backup's stamps: the last successful backup (its mtime; no file: no backup ran
+# here, which the check says, ok) and the last repository check ("<epoch> ok|failed <why>").
+BACKUP_STAMP = backup.LAST_SUCCESS
+BACKUP_CHECK_STAMP = backup.LAST_CHECK
 MAX_BACKUP_AGE_S = 26 * 3600
 # A sender deferred at the sending limit within this window fails the "ratelimit" check: two
 # of the alerts' one-minute runs see each deferral, and the check clears soon after it stops.
@@ -63,6 +63,7 @@ def steps(ctx: HostContext) -> list[Step]:
             websync_stamp=sync.WEBSYNC_STAMP,
             max_websync_age_s=MAX_WEBSYNC_AGE_S,
             backup_stamp=BACKUP_STAMP,
+            backup_check_stamp=BACKUP_CHECK_STAMP,
             max_backup_age_s=MAX_BACKUP_AGE_S,
             ratelimit_window_min=RATELIMIT_WINDOW_MIN,
             ratelimit_tag=ratelimit.LOG_TAG,
