@@ -14,7 +14,7 @@ from cluster import ports
 from cluster.config import ConfigError, StackConfig, load_config
 from cluster.hostplan import build_host_plan
 from cluster.lab.addresses import lab_dc_addresses
-from cluster.lab.model import lab_config, lab_topology
+from cluster.lab.model import LAB_SUBMISSION_LIMIT, lab_config, lab_topology
 from cluster.material import generate
 from cluster.pulumi.datacentre import _inbounds, firewall_sources, inbound_rules
 from cluster.pulumi.peer import addresses_to_dict, dict_to_addresses
@@ -175,9 +175,11 @@ def test_bad_ban_and_limit_keys_are_named(key: str, value: str) -> None:
 
 
 def test_defaults_are_sane() -> None:
-    config = lab_config("dc1")
+    # What a user's stack gets (the lab raises the sending limit for its steady senders).
+    config = load_config(read_stack_config("dc1"), "dc1")
     assert config.submission_rate_limit_per_hour == 200
     assert (config.ban_max_retry, config.ban_find_time_s, config.ban_time_s) == (5, 600, 3600)
+    assert lab_config("dc1").submission_rate_limit_per_hour == LAB_SUBMISSION_LIMIT
 
 
 # -- the sending limit ---------------------------------------------------------------------------
