@@ -188,8 +188,8 @@ def test_an_old_message_in_the_queue(lab: Lab, received: Received) -> None:
 
 
 def test_an_old_backup(lab: Lab, received: Received) -> None:
-    # The backup hook (health.BACKUP_STAMP): a last backup 27 h ago.
-    host = "dc1-svr2"
+    # The writer's backup stamp (health.BACKUP_STAMP): a last backup 27 h ago.
+    host = writer(lab)
     provoke(lab, received, "backup", host,
             lambda: lab.exec(host, "bash", "-c", f"mkdir -p $(dirname {BACKUP_STAMP}) && "
                              f"touch -d '-27 hours' {BACKUP_STAMP}"),
