@@ -118,7 +118,6 @@ def steps(ctx: HostContext) -> list[Step]:
         vip=vip,
         targets=cross_dc_targets(ctx),
         interval=DSYNC_INTERVAL_S,
-        rounds=60 // DSYNC_INTERVAL_S,
         user_timeout=DSYNC_USER_TIMEOUT_S,
         parallel=DSYNC_PARALLEL,
         full_every_min=DSYNC_FULL_EVERY_MIN,
