@@ -11,6 +11,7 @@ import pytest
 from rendertools import NODES, base, in_base, write_tree
 
 from cluster.hostplan import build_host_plan
+from cluster.lab.model import LAB_SUBMISSION_LIMIT
 from cluster.material import ClusterSecrets
 from cluster.plan import HostPlan
 from cluster.services import fail2ban, firewall, ratelimit
@@ -128,9 +129,10 @@ def test_bans_script_is_valid_bash(rendered: tuple[HostPlan, Path]) -> None:
 def test_policyd_reads_the_limit(rendered: tuple[HostPlan, Path]) -> None:
     _, root = rendered
     conf = str(root / ratelimit.CONF.lstrip("/"))
+    limit = LAB_SUBMISSION_LIMIT  # the lab's submissionRateLimitPerHour (cluster/lab/model.py)
     assert ok("policyd-rate-limit", "--file", conf, "--get-config", "limits").strip() in (
-        "[[200, 3600]]",
-        "[(200, 3600)]",
+        f"[[{limit}, 3600]]",
+        f"[({limit}, 3600)]",
     )
     assert ok("policyd-rate-limit", "--file", conf, "--get-config", "SOCKET").strip() in (
         "['127.0.0.1', 8552]",
