@@ -121,6 +121,7 @@ def steps(ctx: HostContext) -> list[Step]:
         is_active_dc=node.dc == topo.active_dc,
         vip=vip,
         targets=cross_dc_targets(ctx),
+        peer_server=f"{ctx.peer.private_ipv4}:{DOVEADM_PORT}",
         interval=DSYNC_INTERVAL_S,
         user_timeout=DSYNC_USER_TIMEOUT_S,
         parallel=DSYNC_PARALLEL,

@@ -138,6 +138,47 @@ def test_replication_of_every_kind_crosses_the_mesh(lab: Lab, unique: str) -> No
     assert any(mesh_ip(h) in log for h in DC2), log
 
 
+def inbox(lab: Lab, host: str, user: str) -> tuple[str, set[str]]:
+    """(INBOX GUID, subjects) of ``user`` on ``host``."""
+    guid = lab.exec(host, "doveadm", "-f", "tab", "mailbox", "status", "-u", user, "guid",
+                    "INBOX").stdout.split()[-1]  # fmt: skip
+    out = lab.exec(host, "doveadm", "-f", "tab", "fetch", "-u", user, "hdr.subject", "mailbox",
+                   "INBOX", "all").stdout  # fmt: skip
+    return guid, {line.removeprefix("Subject: ").strip() for line in out.splitlines()[1:]}
+
+
+def test_an_inbox_made_twice_is_merged(lab: Lab, unique: str) -> None:
+    """An INBOX made in dc2 before the first push reached it (a login or a doveadm command on a
+    standby node) has another GUID than the active node's, and Dovecot's dsync alone swaps the
+    two between the nodes at every sync, for ever. mailcluster-dsync gives every node the active
+    node's GUID: the two INBOXes merge, and every node holds both messages."""
+    master = active_master(lab)
+    user = lab.new_mailbox(DOMAIN, "twice")[0]
+    mail = {host: f"{unique} on {host}" for host in (master, DC2[0])}
+    for host, subject in mail.items():
+        # doveadm save creates the INBOX on each node, each with its own GUID.
+        lab.exec(host, "doveadm", "save", "-u", user, input=f"Subject: {subject}\n\nbody\n")
+    assert inbox(lab, master, user)[0] != inbox(lab, DC2[0], user)[0]
+    t0 = time.monotonic()
+
+    def merged() -> bool:
+        seen = [inbox(lab, host, user) for host in HOSTS]
+        return len({guid for guid, _ in seen}) == 1 and all(
+            subjects == set(mail.values()) for _, subjects in seen
+        )
+
+    lab.wait_for("one INBOX GUID and both messages on every node", merged, timeout=150,
+                 interval=3)  # fmt: skip
+    print(f"mesh: an INBOX made twice merged {time.monotonic() - t0:.1f}s later")
+    log = lab.exec(master, "grep", "-h", f"{user}: folder INBOX has another GUID",
+                   "/var/log/mail.log", check=False).stdout  # fmt: skip
+    assert log, "mailcluster-dsync did not unify the GUIDs"
+    # And the active node's pushes succeed again.
+    lab.wait_for("dsync to dc2 without a failure", lambda: lab.exec(
+        master, "sh", "-c", "ls /var/lib/mailcluster/dsync/*.failed", check=False
+    ).returncode != 0, timeout=60, interval=2)  # fmt: skip
+
+
 def test_standby_dc_follows_a_takeover(lab: Lab) -> None:
     """A takeover inside the active data centre: the other data centre's replicas move to the
     new master's mesh address by themselves (mailcluster-role follow), and back."""
