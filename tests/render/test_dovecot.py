@@ -104,8 +104,8 @@ def test_cross_dc_replication_only_from_active_dc(
         assert f"target=tcps:{mesh}:{dovecot.DOVEADM_PORT}\n" in script
         assert n.public_ipv4 not in script
     # Each round the changed mailboxes (by their folders' mtimes), every mailbox in a full round.
-    assert (f"timeout -k 5 {dovecot.DSYNC_USER_TIMEOUT_S} doveadm sync -u \"$2\" -T 30 -l 10 "
-            '"$1"') in script  # fmt: skip
+    assert (f"timeout -k 5 {dovecot.DSYNC_USER_TIMEOUT_S} doveadm sync \"${{@:3}}\" -u \"$2\" "
+            '-T 30 -l 10 "$1"') in script  # fmt: skip
     # A GUID conflict is unified on every other node's doveadm server, over TLS: the DC peer on
     # its private address first, then the other DC on the mesh; never a public address.
     peer = topo.node("dc1-svr1")
@@ -113,6 +113,8 @@ def test_cross_dc_replication_only_from_active_dc(
                       for n in topo.dc_nodes("dc2"))  # fmt: skip
     assert f"SERVERS=({peer.private_ipv4}:{dovecot.DOVEADM_PORT} {others})\n" in script
     assert "-o doveadm_ssl=ssl mailbox update" in script and "lost mailbox GUID" in script
+    # ... then merged by a full sync with each of them.
+    assert 'sync_user "tcps:$server" "$2" -f' in script
     assert peer.public_ipv4 not in script
     assert "changed_round" in script and "full_round" in script
     cron = {f.path: f for f in active.files}[dovecot.DSYNC_CRON].content
