@@ -74,6 +74,14 @@ def cross_dc_targets(ctx: HostContext) -> list[tuple[str, str]]:
     return [(n.name, f"tcps:{topo.mesh_address(n)}:{DOVEADM_PORT}") for n in other]
 
 
+def doveadm_servers(ctx: HostContext) -> list[str]:
+    """Every other node's doveadm server (host:port), for commands on a node's own mailboxes
+    (mailcluster-dsync's GUID repair): the DC peer first, then the other data centre."""
+    topo = ctx.topology
+    other = [topo.mesh_address(n) for n in topo.nodes if n.dc != ctx.node.dc]
+    return [f"{a}:{DOVEADM_PORT}" for a in (ctx.peer.private_ipv4, *other)]
+
+
 def steps(ctx: HostContext) -> list[Step]:
     topo, node = ctx.topology, ctx.node
     vip = topo.shared_ip(node.dc)
@@ -121,7 +129,7 @@ def steps(ctx: HostContext) -> list[Step]:
         is_active_dc=node.dc == topo.active_dc,
         vip=vip,
         targets=cross_dc_targets(ctx),
-        peer_server=f"{ctx.peer.private_ipv4}:{DOVEADM_PORT}",
+        servers=doveadm_servers(ctx),
         interval=DSYNC_INTERVAL_S,
         user_timeout=DSYNC_USER_TIMEOUT_S,
         parallel=DSYNC_PARALLEL,
