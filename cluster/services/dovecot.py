@@ -77,9 +77,8 @@ def cross_dc_targets(ctx: HostContext) -> list[tuple[str, str]]:
 def doveadm_servers(ctx: HostContext) -> list[str]:
     """Every other node's doveadm server (host:port), for commands on a node's own mailboxes
     (mailcluster-dsync's GUID repair): the DC peer first, then the other data centre."""
-    topo = ctx.topology
-    other = [topo.mesh_address(n) for n in topo.nodes if n.dc != ctx.node.dc]
-    return [f"{a}:{DOVEADM_PORT}" for a in (ctx.peer.private_ipv4, *other)]
+    other = [target.removeprefix("tcps:") for _, target in cross_dc_targets(ctx)]
+    return [f"{ctx.peer.private_ipv4}:{DOVEADM_PORT}", *other]
 
 
 def steps(ctx: HostContext) -> list[Step]:
