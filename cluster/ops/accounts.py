@@ -10,9 +10,12 @@ duplicates and weak passwords (its ``password_validation`` rules), and writes no
 from __future__ import annotations
 
 import re
+import sys
+from collections.abc import Sequence
 
 from cluster.ops.status import writer_of
 from cluster.ops.target import OpsError, Target
+from cluster.services.dovecot import AUTH_CACHE_TTL_S
 from cluster.services.postfixadmin import MAILBOX_CLI
 
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
@@ -32,6 +35,19 @@ def check_address(address: str) -> str:
     if not local or not _LOCAL.match(local) or not _DOMAIN.match(domain):
         raise OpsError(f"{address!r} is not an e-mail address (like alice@example.com)")
     return a
+
+
+def flush_auth_cache(target: Target, users: Sequence[str] = ()) -> None:
+    """Drops ``users`` (every user when empty) from each node's Dovecot auth cache, so a changed
+    password, a deleted mailbox or a restored database counts at once on every node, not only
+    after the cache's TTL (dovecot.py). A node that cannot do it is named on stderr; the change
+    itself is made, and that node's cache forgets the old entry within the TTL."""
+    for node in target.nodes():
+        res = target.run(node, ["doveadm", "auth", "cache", "flush", *users])
+        if res.returncode != 0:
+            why = (res.stderr.strip() or res.stdout.strip() or "failed").splitlines()[-1]
+            print(f"warning: {node}: Dovecot's auth cache not flushed ({why}); there the old "
+                  f"password may work for up to {AUTH_CACHE_TTL_S} s", file=sys.stderr)  # fmt: skip
 
 
 class Accounts:
@@ -71,10 +87,16 @@ class Accounts:
         return self._run("add", a, "--quota", str(quota_mb), stdin=password + "\n")
 
     def mailbox_passwd(self, address: str, password: str) -> str:
-        return self._run("passwd", check_address(address), stdin=password + "\n")
+        a = check_address(address)
+        out = self._run("passwd", a, stdin=password + "\n")
+        flush_auth_cache(self.target, [a])
+        return out
 
     def mailbox_del(self, address: str) -> str:
-        return self._run("del", check_address(address))
+        a = check_address(address)
+        out = self._run("del", a)
+        flush_auth_cache(self.target, [a])
+        return out
 
     def mailboxes(self, domain: str = "") -> list[str]:
         args = [check_domain(domain)] if domain else []

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from cluster.ops.accounts import check_address
+from cluster.ops.accounts import check_address, flush_auth_cache
 from cluster.ops.status import writer_of
 from cluster.ops.target import OpsError, Target
 from cluster.services.backup import BACKUP_SCRIPT, LOCK_WAIT_S
@@ -121,7 +121,9 @@ class Backups:
         return self._run(*args)
 
     def restore_database(self, snapshot: str = "latest") -> str:
-        return self._run("restore-db", check_snapshot(snapshot))
+        out = self._run("restore-db", check_snapshot(snapshot))
+        flush_auth_cache(self.target)  # the restored passwords count at once
+        return out
 
     def restore_cluster(self, snapshot: str) -> str:
         """Disaster recovery into freshly built nodes: every maildir, then the databases (the

@@ -59,6 +59,18 @@ DSYNC_FULL_EVERY_MIN = 10
 # mtime is the last successful sync to NODE, NODE.failed exists while the last round failed and
 # its mtime is when the failing began.
 DSYNC_STAMP_DIR = "/var/lib/mailcluster/dsync"
+# The auth cache (dovecot.conf). Postfix 3.7's Dovecot SASL client turns every FAIL from Dovecot
+# into a permanent "535 authentication failed", a temporary one too: it never reads Dovecot's
+# "temp" flag (xsasl_dovecot_handle_reply in src/xsasl/xsasl_dovecot_server.c), and a mail client
+# then asks its user for the password again. So while a node's MariaDB is down (the guard's grace
+# before the peer takes over, drill 4) a user must not need the database: when a lookup fails
+# for an internal reason Dovecot uses the user's cached entry even after its TTL
+# ("Falling back to expired data from cache", src/auth/auth-request.c), so a user seen on this
+# node since Dovecot started still logs in. The TTL bounds how long a password changed outside
+# `ops mailbox passwd` (which flushes every node's cache) keeps its old value; unknown users and
+# wrong passwords are never cached (negative TTL 0), so a new mailbox logs in at once.
+AUTH_CACHE_SIZE = "10M"
+AUTH_CACHE_TTL_S = 60
 
 
 def replica_targets(ctx: HostContext) -> list[tuple[str, str]]:
@@ -99,6 +111,8 @@ def steps(ctx: HostContext) -> list[Step]:
             vmail_uid=storage.VMAIL_UID,
             vmail_gid=storage.VMAIL_GID,
             sql_conf=SQL_CONF,
+            auth_cache_size=AUTH_CACHE_SIZE,
+            auth_cache_ttl_s=AUTH_CACHE_TTL_S,
             replicas=replica_targets(ctx),
             doveadm_port=DOVEADM_PORT,
             # The peer replicates over the private network, the other data centre over the

@@ -108,6 +108,10 @@ def test_day_one_accounts(lab: Lab) -> None:
     relogin = lab.clientlib("login", "--host", VIP, "--ca", lab.ca, "--user", user,
                             "--password", new_pw)  # fmt: skip
     assert relogin["ok"], relogin
+    # The old password stopped working at once: every node's auth cache was flushed (within its
+    # TTL the cache would still accept it, see dovecot.py).
+    old = lab.send(VIP, (user, pw), "mclab old password")
+    assert not old["ok"] and old["smtp_code"] == 535, old
 
     alias = f"sales@{domain}"
     assert ops("alias", "add", alias, user).returncode == 0
@@ -117,6 +121,8 @@ def test_day_one_accounts(lab: Lab) -> None:
 
     assert ops("mailbox", "del", user).returncode == 0
     assert user not in ops("mailbox", "list", domain).stdout
+    deleted = lab.send(VIP, (user, new_pw), "mclab deleted mailbox")
+    assert not deleted["ok"] and deleted["smtp_code"] == 535, deleted
     gone = ops("mailbox", "del", user)
     assert gone.returncode == 2 and "no mailbox" in gone.stderr
 

@@ -279,7 +279,8 @@ def test_drill_2_cut_the_active_nodes_link(lab: Lab, unique: str) -> None:
 def test_drill_4_database_stop_on_the_master(lab: Lab, unique: str) -> None:
     """MariaDB stopped on the master is a failure of the active node: senders get 4xx (never
     5xx, nothing lost), the guard hands the role to the peer within seconds, and the stopped
-    server comes back as a replica."""
+    server comes back as a replica. The sender's logins meanwhile come from Dovecot's auth cache:
+    Postfix would turn a failed lookup into a permanent 535 (dovecot.py, AUTH_CACHE_TTL_S)."""
     master = next(h for h in DC1 if lab.role(h)["role"] == "active")
     peer = DC1[1] if master == DC1[0] else DC1[0]
     user = new_user(lab)

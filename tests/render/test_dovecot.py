@@ -65,6 +65,12 @@ def test_doveconf_accepts_config(
     # Asynchronous: the synchronous mode crashes Dovecot 2.3.19's replicator (dovecot.py).
     assert "replication_sync_timeout" not in config
     assert "mail_location = maildir:/srv/mail/vmail/%d/%n" in config
+    # The auth cache that keeps known users logging in while MariaDB is down (dovecot.py):
+    # on, short-lived, never caching a failure.
+    assert doveconf(tmp_path, "-h", "auth_cache_size").strip() == "10 M"
+    assert dovecot.AUTH_CACHE_TTL_S == 60  # doveconf shows it in minutes
+    assert doveconf(tmp_path, "-h", "auth_cache_ttl").strip() == "1 mins"
+    assert doveconf(tmp_path, "-h", "auth_cache_negative_ttl").strip() == "0"
     assert "ssl = required" in config
     assert doveconf(tmp_path, "-h", "ssl_min_protocol").strip() == "TLSv1.2"
     assert "notify replication" in config and "quota" in config

@@ -10,8 +10,10 @@ import pytest
 
 from cluster.ops import cli
 from cluster.ops.accounts import Accounts, check_address, check_domain
+from cluster.ops.backup import Backups
 from cluster.ops.status import collect, parse_health
 from cluster.ops.target import OpsError, Result, StackTarget
+from cluster.services.backup import BACKUP_SCRIPT
 from cluster.services.health import HEALTH_SCRIPT
 from cluster.services.postfixadmin import MAILBOX_CLI
 from cluster.services.role import ROLE_SCRIPT
@@ -27,6 +29,9 @@ def health(serial: str = "7", holder: bool = False, lag_ok: bool = True) -> str:
         f"heartbeat\tok\t{'holder' if holder else 'standby'}\tpeer x active",
     ]
     return "\n".join(lines) + "\n"
+
+
+FLUSH = ("doveadm", "auth", "cache", "flush")
 
 
 class FakeTarget:
@@ -48,10 +53,16 @@ class FakeTarget:
             return Result(0, self.outputs[node], "")
         if list(argv) == [ROLE_SCRIPT, "is-writer"]:
             return Result(0 if node == self.writer else 1, "", "")
+        if argv[0] == BACKUP_SCRIPT:
+            return Result(0, "restored\n", "")
         if argv[0] == MAILBOX_CLI:
             if argv[1] == "domain-list":
                 return Result(0, "example.com\n", "")
             return Result(0, "changed\n", "")
+        if list(argv[:4]) == ["doveadm", "auth", "cache", "flush"]:
+            if node not in self.outputs:
+                return Result(255, "", "ssh: connect to host: No route to host")
+            return Result(0, "", "")
         raise AssertionError(argv)
 
 
@@ -147,6 +158,42 @@ def test_passwords_travel_on_stdin_on_the_writer() -> None:
     assert argv == (MAILBOX_CLI, "add", "bob@example.com", "--quota", "5")
     assert stdin == "s3cret pass\n"
     assert not any("s3cret" in " ".join(c[1]) for c in target.calls)
+
+
+@pytest.mark.parametrize("action", ["passwd", "del"])
+def test_a_changed_or_deleted_mailbox_leaves_every_auth_cache(action: str) -> None:
+    """Dovecot's auth cache would accept the old password for up to its TTL on each node."""
+    target = FakeTarget(healthy())
+    acc = Accounts(target)
+    if action == "passwd":
+        acc.mailbox_passwd("Bob@Example.com", "n3w pass")
+    else:
+        acc.mailbox_del("Bob@Example.com")
+    change = next(i for i, c in enumerate(target.calls) if c[1][:2] == (MAILBOX_CLI, action))
+    flushed = [c for c in target.calls[change:] if c[1][:4] == FLUSH]
+    assert [c[0] for c in flushed] == list(NODES)
+    assert all(c[1] == (*FLUSH, "bob@example.com") for c in flushed)
+
+
+def test_a_restored_database_empties_every_auth_cache() -> None:
+    target = FakeTarget(healthy())
+    Backups(target).restore_database("latest")
+    restored = next(i for i, c in enumerate(target.calls) if c[1][0] == BACKUP_SCRIPT)
+    flushed = [c for c in target.calls[restored:] if c[1][:4] == FLUSH]
+    assert [c[0] for c in flushed] == list(NODES)
+    assert all(c[1] == FLUSH for c in flushed)  # every user
+
+
+def test_a_node_that_cannot_flush_is_named_and_the_change_stands(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    outputs = healthy()
+    del outputs["dc2-svr2"]
+    acc = Accounts(FakeTarget(outputs))
+    assert acc.mailbox_passwd("bob@example.com", "n3w pass") == "changed\n"
+    err = capsys.readouterr().err
+    assert "dc2-svr2: Dovecot's auth cache not flushed (ssh: connect to host" in err
+    assert "dc1-svr1" not in err
 
 
 def test_no_writer_means_no_account_change() -> None:

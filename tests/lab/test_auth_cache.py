@@ -1,0 +1,62 @@
+"""SMTP AUTH while a node's MariaDB is down, and Dovecot's auth cache that carries it.
+
+Postfix 3.7 answers every failure Dovecot reports, a temporary one too, with a permanent
+"535 authentication failed" (dovecot.py, ``AUTH_CACHE_TTL_S``). So a user this node has seen must
+still log in while its database is away (drill 4 stops the master's), and the cache must never
+keep an old password alive after ``ops mailbox passwd`` (test_ops.py checks that part).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from cluster.lab.driver import Lab
+from cluster.services.dovecot import AUTH_CACHE_TTL_S
+
+# SMTP AUTH against this node's own submission service (Postfix listens on the shared IPs and
+# loopback only); the password on stdin. Prints {"ok": bool, "code": int | None}.
+AUTH = r"""
+import json, smtplib, ssl, sys
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE  # loopback; TLS only because AUTH requires it
+with smtplib.SMTP("127.0.0.1", 587, timeout=60) as s:
+    s.starttls(context=ctx)
+    try:
+        s.login(sys.argv[1], sys.stdin.read())
+        print(json.dumps({"ok": True, "code": 235}))
+    except smtplib.SMTPAuthenticationError as e:
+        print(json.dumps({"ok": False, "code": e.smtp_code}))
+"""
+
+
+def smtp_auth(lab: Lab, host: str, user: str, password: str) -> dict[str, object]:
+    out = lab.exec(host, "python3", "-c", AUTH, user, input=password).stdout
+    result: dict[str, object] = json.loads(out)
+    return result
+
+
+def test_a_known_user_logs_in_while_the_database_is_down(lab: Lab) -> None:
+    # The active DC's standby: it runs Postfix, and its guard leaves its database alone (only
+    # the master's stop is a failover).
+    host = next(h for h in ("dc1-svr1", "dc1-svr2") if lab.role(h)["role"] != "active")
+    user, password = lab.new_mailbox("example.com", "ac")
+    lab.wait_for(f"{user} to log in on {host}", lambda: smtp_auth(lab, host, user, password)["ok"])
+    # Past the TTL: what carries the login now is Dovecot's fallback to an expired entry, the
+    # case of a user who last logged in minutes ago.
+    time.sleep(AUTH_CACHE_TTL_S + 5)
+    lab.exec(host, "service", "mariadb", "stop")
+    try:
+        assert lab.exec(host, "mysqladmin", "ping", check=False).returncode != 0
+        assert smtp_auth(lab, host, user, password) == {"ok": True, "code": 235}
+        # The cached entry holds the password's hash, not a pass: a wrong one is still refused.
+        assert smtp_auth(lab, host, user, password + "x") == {"ok": False, "code": 535}
+    finally:
+        lab.exec(host, "service", "mariadb", "start")
+
+    def replicating() -> bool:
+        repl = lab.role(host)["replication"]
+        return bool(repl["io_running"] == repl["sql_running"] == "Yes")
+
+    lab.wait_for(f"{host} replicating again", replicating, 60)
