@@ -50,9 +50,14 @@ DSYNC_SCRIPT = "/usr/local/sbin/mailcluster-dsync"
 DSYNC_CRON = "/etc/cron.d/mailcluster-dsync"
 RELOAD_STEP = "dovecot.reload"
 DSYNC_INTERVAL_S = 15
-# One mailbox's sync to one target: dsync's -T 30 bounds a silent peer, this a sync that hangs
-# anyway (a first sync of a large mailbox resumes where it stopped next time).
+# One mailbox's sync to one target in a full round: dsync's -T 30 bounds a silent peer, this a
+# sync that hangs anyway (a first sync of a large mailbox resumes where it stopped next time).
 DSYNC_USER_TIMEOUT_S = 300
+# The same in the rounds every DSYNC_INTERVAL_S, which wait for their slowest mailbox: a sync that
+# hangs before dsync's handshake, where -T does not reach (seen in CI: both ends waiting on the
+# TLS connection), held every mailbox's push to the other DC for the full 300 s. A mailbox cut
+# here stays "changed" and goes on next round, and the full rounds give it the longer bound.
+DSYNC_CHANGED_TIMEOUT_S = 60
 DSYNC_PARALLEL = 4
 DSYNC_FULL_EVERY_MIN = 10
 # mailcluster-dsync's record of each cross-DC target (read by mailcluster-health): NODE.ok's
@@ -145,6 +150,7 @@ def steps(ctx: HostContext) -> list[Step]:
         servers=doveadm_servers(ctx),
         interval=DSYNC_INTERVAL_S,
         user_timeout=DSYNC_USER_TIMEOUT_S,
+        changed_timeout=DSYNC_CHANGED_TIMEOUT_S,
         parallel=DSYNC_PARALLEL,
         full_every_min=DSYNC_FULL_EVERY_MIN,
         vmail_dir=storage.VMAIL_DIR,
