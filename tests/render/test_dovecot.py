@@ -107,15 +107,22 @@ def test_cross_dc_replication_only_from_active_dc(
     topo = topologies["dc1"]
     for n in topo.dc_nodes("dc2"):
         mesh = topo.mesh_address(n)
-        assert f"target=tcps:{mesh}:{dovecot.DOVEADM_PORT}\n" in script
+        # Each target at once in the frequent rounds and in the full ones: one that hangs
+        # holds back only its own pushes.
+        assert f"target_loop {n.name} tcps:{mesh}:{dovecot.DOVEADM_PORT} &\n" in script
+        assert (f"( rc=0; sync_users tcps:{mesh}:{dovecot.DOVEADM_PORT} \"$users\" || rc=$?\n"
+                f"    record {n.name} \"$rc\" ) &\n") in script  # fmt: skip
         assert n.public_ipv4 not in script
     # Each round the changed mailboxes (by their folders' mtimes), every mailbox in a full round.
     assert (f'timeout -k 5 "${{SYNC_TIMEOUT:-{dovecot.DSYNC_USER_TIMEOUT_S}}}" doveadm sync '
             '"${@:3}" -u "$2" -T 30 -l 10 "$1"') in script  # fmt: skip
     # ... a shorter bound in the frequent rounds, which wait for their slowest mailbox.
-    changed = script[script.index("changed_round() {") :]
-    assert f"local -x SYNC_TIMEOUT={dovecot.DSYNC_CHANGED_TIMEOUT_S}\n" in changed.split("}")[0]
+    loop = script[script.index("target_loop() {") :]
+    assert f"local -x SYNC_TIMEOUT={dovecot.DSYNC_CHANGED_TIMEOUT_S}\n" in loop.split("}")[0]
     assert "SYNC_TIMEOUT=" not in script[script.index("full_round() {") :].split("}")[0]
+    full = script[script.index("full_round() {") :]
+    assert full[: full.index("\n}\n")].endswith("\n  wait")
+    assert 'exec 9>"/run/mailcluster-dsync-$1.lock"' in loop  # a lock per target
     # A GUID conflict is unified on every other node's doveadm server, over TLS: the DC peer on
     # its private address first, then the other DC on the mesh; never a public address.
     peer = topo.node("dc1-svr1")
