@@ -21,10 +21,11 @@ Replication topology (dsync replicates only between *pairs*, so two mechanisms):
    no replicator). A message delivered on a node that crashes before the sync is on that node's
    volume, as a message in its Postfix queue is, and is merged back when it returns.
 2. Across data centres, the node that serves mail (holder of the active DC's shared IP) pushes
-   every mailbox to both nodes of the other DC with ``doveadm sync -A`` every ``DSYNC_INTERVAL_S``
-   seconds (``/usr/local/sbin/mailcluster-dsync`` from cron). Losing a whole DC loses at most that
-   window of mail; dsync is a two-way merge, so when the lost DC returns, anything it took that
-   the other never saw is merged back, nothing is overwritten.
+   the mailboxes that changed to each node of the other DC every ``DSYNC_INTERVAL_S`` seconds,
+   one ``doveadm sync -u`` per mailbox and one loop per target, and every mailbox every
+   ``DSYNC_FULL_EVERY_MIN`` minutes (``/usr/local/sbin/mailcluster-dsync`` from cron). Losing a
+   whole DC loses at most that window of mail; dsync is a two-way merge, so when the lost DC
+   returns, anything it took that the other never saw is merged back, nothing is overwritten.
 
    These pushes go over the WireGuard mesh (mesh.py) to the other nodes' mesh addresses.
 
