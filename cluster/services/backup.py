@@ -71,6 +71,14 @@ PATHS = (
     rspamd.DKIM_DIR,
 )
 
+# Left out of every snapshot (restic --exclude): Dovecot's lock files, which live for
+# milliseconds, and the maildirs' tmp/, which holds mail still being written (never a message
+# yet: a delivery is one only once renamed into new/). The tmp/ directories themselves stay.
+EXCLUDES = (
+    f"{storage.VMAIL_DIR}/**/dovecot*.lock",
+    f"{storage.VMAIL_DIR}/**/tmp/*",
+)
+
 
 def keep_args(hourly: int, daily: int, monthly: int) -> str:
     """restic forget's retention options (a zero keeps none of that kind)."""
@@ -130,6 +138,7 @@ def steps(ctx: HostContext) -> list[Step]:
         dsync_script=dovecot.DSYNC_SCRIPT,
         sync_timeout_s=SYNC_TIMEOUT_S,
         paths=PATHS,
+        excludes=EXCLUDES,
         keep_args=keep_args(cfg.backup_keep_hourly, cfg.backup_keep_daily,
                             cfg.backup_keep_monthly),
     )  # fmt: skip

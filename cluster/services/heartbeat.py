@@ -63,6 +63,11 @@ GUARD_REJOIN_S = 3
 # hands the role to the peer: long enough for a restart by hand to not count, short enough that
 # senders see only a few 4xx.
 GUARD_DB_GRACE_MS = 3000
+# A holder whose promote failed at takeover (the resource reports started anyway, see
+# resource.d/mailcluster) is promoted again by the guard once it has been a holder without the
+# "promoted" mark this long: longer than a promote in progress ever takes (it holds the role
+# lock, and the guard waits for a free lock too), and again this often until one succeeds.
+GUARD_PROMOTE_GRACE_S = 10
 # Touched by the guard when it fences this node, on the OS disk (it outlives the run dir's
 # "fenced" mark): mailcluster-alerts reports a fence that began and ended between its runs.
 FENCE_STAMP = f"{STATE_DIR}/fenced-at"
@@ -139,7 +144,12 @@ def steps(ctx: HostContext) -> list[Step]:
             preferred=f"{node.dc}-svr1",
             resources=resources(ctx),
         ),
-        ctx.file("/etc/ha.d/resource.d/mailcluster", mode="0755"),
+        ctx.file(
+            "/etc/ha.d/resource.d/mailcluster",
+            mode="0755",
+            guard=GUARD_SCRIPT,
+            role_script=role.ROLE_SCRIPT,
+        ),
         ctx.file(IPV6_RESOURCE_SCRIPT, mode="0755"),
         ctx.file("/etc/ha.d/resource.d/startstop", mode="0755"),
         ctx.file(
@@ -150,6 +160,7 @@ def steps(ctx: HostContext) -> list[Step]:
             grace_ms=max(1000, ctx.config.heartbeat_deadtime_ms),
             rejoin_s=GUARD_REJOIN_S,
             db_grace_ms=GUARD_DB_GRACE_MS,
+            promote_grace_s=GUARD_PROMOTE_GRACE_S,
             fence_stamp=FENCE_STAMP,
         ),
     ]

@@ -564,3 +564,57 @@ def test_drill_7_arp_crash(lab: Lab, unique: str) -> None:
     lab.wait_routed("dc1", holder[0], timeout=30)
     assert smtp_banner_from(lab, VIP1)
     ensure_holder(lab, "dc1-svr1")
+
+
+def test_drill_8_a_promote_that_fails_at_takeover_keeps_the_shared_ip(lab: Lab) -> None:
+    """The active node crashes while its peer's MariaDB cannot start: the peer's promote fails.
+    Heartbeat would answer a failed resource start by releasing the shared IP for good (and still
+    count it as held, so nobody takes it). Instead the peer keeps the shared IP, its health check
+    says why it is not writable, and the guard promotes it once MariaDB can start again."""
+    ensure_holder(lab, "dc1-svr1")
+    user = new_user(lab)
+    binary = "/usr/sbin/mariadbd"
+    lab.exec("dc1-svr2", "bash", "-c", f"service mariadb stop >/dev/null; mv {binary} {binary}.off")
+    broken = True
+
+    def failed_promotes() -> int:
+        log = lab.exec("dc1-svr2", "cat", "/var/log/syslog").stdout
+        return log.count("promote failed at takeover")
+
+    before = failed_promotes()
+    try:
+        t_crash = time.time()
+        lab.run("crash", "dc1-svr1")
+        lab.wait_for("dc1-svr2 to announce", lambda: lab.role("dc1-svr2")["vip_held"],
+                     timeout=30, interval=0.5)  # fmt: skip
+        # The promote gives up on MariaDB after its bound (10 s); the shared IP stays held.
+        lab.wait_for("the failed promote in dc1-svr2's log",
+                     lambda: failed_promotes() > before, timeout=40, interval=1)  # fmt: skip
+        failed_at = time.time()
+        time.sleep(3)
+        r2 = lab.role("dc1-svr2")
+        assert r2["vip_held"] and r2["role"] == "active", r2
+        health = lab.exec("dc1-svr2", "/usr/local/sbin/mailcluster-health").stdout
+        assert any(line.startswith("mariadb.replication\tfail") for line in health.splitlines())
+        lab.exec("dc1-svr2", "mv", f"{binary}.off", binary)
+        broken = False
+        t_fixed = time.time()
+
+        def writable() -> bool:
+            r = lab.role("dc1-svr2")
+            return bool(r["vip_held"] and r["db"]["read_only"] is False
+                        and not r["replication"]["configured"])  # fmt: skip
+
+        lab.wait_for("the guard to promote dc1-svr2", writable, timeout=60, interval=1)
+        print(f"failed promote: reported {failed_at - t_crash:.1f}s after the crash; dc1-svr2 "
+              f"writable {time.time() - t_fixed:.1f}s after MariaDB could start again")  # fmt: skip
+        lab.wait_routed("dc1", "dc1-svr2")
+        assert lab.send(VIP1, user, "after-failed-promote")["ok"]
+        fresh = new_user(lab)  # a write through Postfix Admin on the new master
+        assert lab.send(VIP1, fresh, "fresh-after-failed-promote")["ok"]
+    finally:
+        if broken:
+            lab.exec("dc1-svr2", "mv", f"{binary}.off", binary, check=False)
+        lab.run("boot", "dc1-svr1")
+    wait_rejoined(lab, "dc1-svr1", private_ip("dc1-svr2"))
+    ensure_holder(lab, "dc1-svr1")

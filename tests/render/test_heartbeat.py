@@ -165,3 +165,25 @@ def test_no_secret_outside_secret_steps(
             assert value not in step.command, f"{step.name}: secret in its command"
             if not step.secret:
                 assert value not in step.stdin, f"{step.name}: secret in a non-secret step"
+
+
+@pytest.mark.parametrize("promote_rc", [0, 1])
+def test_the_role_resource_never_fails_a_start_but_passes_on_a_failed_stop(
+    plan: tuple[Topology, HostPlan], tmp_path: Path, promote_rc: int
+) -> None:
+    """Heartbeat releases the whole group (the shared IP too) for good when a start fails, so
+    the role resource reports every start as done (the guard retries a failed promote); a stop
+    that fails is reported, as Heartbeat's stop retries need it."""
+    _, hp = plan
+    fake = tmp_path / "mailcluster-role"
+    fake.write_text(f'#!/bin/sh\necho "$1" >> {tmp_path}/calls\nexit {promote_rc}\n')
+    fake.chmod(0o755)
+    resource = tmp_path / "mailcluster"
+    resource.write_text(
+        files(hp)["/etc/ha.d/resource.d/mailcluster"].replace(role.ROLE_SCRIPT, str(fake))
+    )
+    start = in_base("sh", str(resource), "start")
+    stop = in_base("sh", str(resource), "stop")
+    assert start.returncode == 0, start.stderr
+    assert stop.returncode == promote_rc, stop.stderr
+    assert (tmp_path / "calls").read_text().split() == ["promote", "demote"]
