@@ -9,12 +9,13 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
 
 from cluster.lab.driver import Lab
+from cluster.lab.paths import HOSTS
 
 KEEP = os.environ.get("MAILCLUSTER_LAB_KEEP") == "1"
 
@@ -37,6 +38,33 @@ def lab() -> Iterator[Lab]:
     yield lab
     if not KEEP:
         lab.run("down", timeout=300)
+
+
+# What a failed lab test shows of each node's log (CI keeps only the test output): the HA
+# layer's own lines, which say who held the shared IP and why.
+HA_LOG_PATTERN = (
+    "ResourceManager|mailcluster-role|mailcluster-guard|mailcluster-bgp|"
+    "heartbeat.*(dead|Acquiring|Releasing|standby|takeover|CRIT|ERROR)|ipfail.*(giveup|standby)"
+)
+HA_LOG_LINES = 25
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    lab = item.funcargs.get("lab") if isinstance(item, pytest.Function) else None
+    if report.failed and isinstance(lab, Lab):
+        for host in HOSTS:
+            cmd = (
+                f"grep -hE '{HA_LOG_PATTERN}' /var/log/syslog | grep -v CRON "
+                f"| tail -n {HA_LOG_LINES}"
+            )
+            proc = lab.run("exec", host, "--", "bash", "-c", cmd, check=False, timeout=20)
+            text = proc.stdout.strip() or f"(no log: {proc.stderr.strip()[:200]})"
+            report.sections.append((f"HA log of {host} ({report.when})", text))
+    return report
 
 
 @pytest.fixture(scope="session")
