@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from cluster.hostcontext import HostContext
 from cluster.plan import PACKAGES_STEP, Step
-from cluster.services import backup, dovecot, fail2ban, ratelimit, storage, sync, tls
+from cluster.services import backup, dovecot, fail2ban, ratelimit, role, storage, sync, tls
 from cluster.services.role import CLUSTER_CONF, ROLE_SCRIPT, ROLE_SCRIPT_STEP
 
 # cl_status is Heartbeat's; rndc BIND's; mysql MariaDB's: all there already. These are the
@@ -49,6 +49,8 @@ def steps(ctx: HostContext) -> list[Step]:
             after=(PACKAGES_STEP, ROLE_SCRIPT_STEP),
             cluster_conf=CLUSTER_CONF,
             role_script=ROLE_SCRIPT,
+            role_lock=role.ROLE_LOCK,
+            promote_failed_mark=role.PROMOTE_FAILED_MARK,
             volume_mount=storage.MOUNT_POINT,
             certificates=CERTIFICATES,
             max_lag_s=MAX_REPLICATION_LAG_S,

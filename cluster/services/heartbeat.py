@@ -149,6 +149,7 @@ def steps(ctx: HostContext) -> list[Step]:
             mode="0755",
             guard=GUARD_SCRIPT,
             role_script=role.ROLE_SCRIPT,
+            promote_failed_mark=role.PROMOTE_FAILED_MARK,
         ),
         ctx.file(IPV6_RESOURCE_SCRIPT, mode="0755"),
         ctx.file("/etc/ha.d/resource.d/startstop", mode="0755"),
@@ -161,6 +162,7 @@ def steps(ctx: HostContext) -> list[Step]:
             rejoin_s=GUARD_REJOIN_S,
             db_grace_ms=GUARD_DB_GRACE_MS,
             promote_grace_s=GUARD_PROMOTE_GRACE_S,
+            promote_failed_mark=role.PROMOTE_FAILED_MARK,
             fence_stamp=FENCE_STAMP,
         ),
     ]

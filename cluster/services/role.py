@@ -29,6 +29,9 @@ CLUSTER_CONF = "/etc/mailcluster/cluster.conf"
 ROLE_SCRIPT = "/usr/local/sbin/mailcluster-role"
 # The role script's and the guard's run-time marks (promoted, fenced, locks).
 RUN_DIR = "/run/mailcluster"
+ROLE_LOCK = f"{RUN_DIR}/role.lock"  # held by every promote, demote and reconcile
+# Left by a promote that failed at takeover until one succeeds (resource.d/mailcluster).
+PROMOTE_FAILED_MARK = f"{RUN_DIR}/promote-failed"
 CLUSTER_CONF_STEP = file_step_name(CLUSTER_CONF)
 ROLE_SCRIPT_STEP = file_step_name(ROLE_SCRIPT)
 HOSTNAME_STEP = "heartbeat.hostname"
