@@ -162,6 +162,7 @@ def steps(ctx: HostContext) -> list[Step]:
             rejoin_s=GUARD_REJOIN_S,
             db_grace_ms=GUARD_DB_GRACE_MS,
             promote_grace_s=GUARD_PROMOTE_GRACE_S,
+            role_lock=role.ROLE_LOCK,
             promote_failed_mark=role.PROMOTE_FAILED_MARK,
             fence_stamp=FENCE_STAMP,
         ),
