@@ -26,8 +26,7 @@ from cluster.hostplan import build_host_plan
 from cluster.lab.checkroot import NsPopen, terminate
 from cluster.material import ClusterSecrets
 from cluster.plan import CHANGED_MARK
-from cluster.render import render
-from cluster.services import mariadb, storage
+from cluster.services import mariadb
 from cluster.services import role as role_service
 from cluster.topology import Topology
 
@@ -128,14 +127,7 @@ def lab(
         (stubs / name).write_text(text)
         (stubs / name).chmod(0o755)
     role = tmp_path / "mailcluster-role"
-    role.write_text(
-        render(
-            "/usr/local/sbin/mailcluster-role",
-            node_state_dir=storage.NODE_STATE_DIR,
-            bgp_announce_file=role_service.BGP_ANNOUNCE_FILE,
-            follow_interval=role_service.FOLLOW_INTERVAL_S,
-        )
-    )
+    role.write_text(files[role_service.ROLE_SCRIPT])
     role.chmod(0o755)
     (tmp_path / "repl").write_text(secrets.db_replication + "\n")
     servers = {}
@@ -163,7 +155,7 @@ def write_conf(lab: dict[str, object], me: Server, peer: Server, slot: str) -> P
         f"PEER_PRIVATE_IP=127.0.0.1\nDB_PORT={peer.port}\n"
         f"MYSQL_SOCKET={me.socket}\nMYSQL_CA={tmp}/tls/ca.pem\nREPL_SECRET={tmp}/repl\n"
         f"STATE_DIR={state}\nRUN_DIR={me.dir}/run\nHOOKS={me.dir}/hooks\n"
-        f"NODE_STATE_DIR={me.dir}/node-state\n"
+        f"NODE_STATE_DIR={me.dir}/node-state\nVMAIL_DIR={me.dir}/vmail\n"
     )
     return conf
 
