@@ -43,8 +43,8 @@ BGP_ANNOUNCE_FILE = "/run/bird/mailcluster-announce.conf"
 # How often a replica in the standby data centre checks that it reads from the active data
 # centre's master (``mailcluster-role follow``): a takeover there costs it at most this.
 FOLLOW_INTERVAL_S = 3
-# After a boot, the mailboxes whose maildir changed in this many seconds before the node last
-# wrote to it are synced with the peer first (``mailcluster-role``'s catch-up): pair replication
+# After a boot, the mailboxes whose messages changed in this many seconds before the node last
+# changed any are synced with the peer first (``mailcluster-role``'s catch-up): pair replication
 # is asynchronous, so a crash can leave a delivery that is only on this node's volume. Its lag
 # is seconds; a peer that was unreachable for minutes before the crash is covered too.
 CATCH_UP_RECENT_S = 600

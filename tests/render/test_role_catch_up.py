@@ -16,7 +16,7 @@ from rendertools import in_base
 from cluster.hostplan import build_host_plan
 from cluster.lab.model import lab_topology
 from cluster.material import generate
-from cluster.services import role, storage
+from cluster.services import role
 
 pytestmark = pytest.mark.checkers
 
@@ -41,6 +41,8 @@ printf '#!/bin/sh\necho %s\n' "$UP_S" > "$WORK/bin/ps"
 printf '#!/bin/sh\nexit 0\n' > "$WORK/bin/logger"
 chmod +x "$WORK/bin/"*
 PATH=$WORK/bin:$PATH
+# The script's own overrides (cluster.conf may set them): this tree and this mark.
+RUN_DIR=$WORK VMAIL_DIR=$WORK/vmail
 log() { :; }
 eval "$(sed -n '/^CAUGHT_UP_MARK=/p; /^VMAIL_DIR=/p; /^RECENT_S=/p;
   /^recent_mailboxes() {/,/^}/p; /^mailbox_catch_up() {/,/^}/p; /^recent_first() {/,/^}/p' \
@@ -50,14 +52,9 @@ wait
 """
 
 
-def rendered_script(work: Path) -> Path:
+def rendered_script(work: Path) -> None:
     plan = build_host_plan(lab_topology("dc1"), "dc1-svr1", SECRETS, "lab")
-    script = {f.path: f for f in plan.files}[role.ROLE_SCRIPT].content
-    script = script.replace(storage.VMAIL_DIR, str(work / "vmail"))
-    script = script.replace("RUN_DIR/caught-up", "WORK/caught-up")
-    path = work / "script"
-    path.write_text(script)
-    return path
+    (work / "script").write_text({f.path: f for f in plan.files}[role.ROLE_SCRIPT].content)
 
 
 def maildir(work: Path, rel: str, age_s: float) -> None:
