@@ -25,6 +25,6 @@ test: setup ## Everything CI runs (root)
 	$(PY) -m pytest
 
 lint: ## ruff and mypy
-	$(PY) -m ruff check . && $(PY) -m ruff format --check . && $(PY) -m mypy cluster __main__.py bench
+	$(PY) -m ruff check . && $(PY) -m ruff format --check . && $(PY) -m mypy cluster mailnode __main__.py bench
 
 .PHONY: help setup lab base fast checkers test lint

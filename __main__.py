@@ -1,7 +1,8 @@
 """mailcluster: one Linode data centre per stack (dc1, dc2), provisioned from the per-host plan.
 
-A stack's first ``up`` builds the infrastructure only; provisioning starts with its second. Order
-of a first deployment: dc1 twice, dc2 twice, then dc1 and dc2 once more (each learns the other).
+Every ``up`` builds and provisions: the firewall names no node (the internal ports are open to
+the VPC subnet the program chose, the mesh port to anyone), so nothing waits for a node's
+address. A first deployment: dc1 (serving), dc2 (replicating dc1), dc1 again (it learns dc2).
 See README.md, "Deploy to Linode".
 """
 
@@ -19,18 +20,9 @@ config = pulumi_config.load()  # raises ConfigError naming every bad key, before
 deployed = read_deployed()
 refuse_unsafe_changes(config, deployed)  # region, domain, dc: refused before any resource
 stack_secrets = pulumi_config.load_secrets()
-# A stack's first `up` only builds the infrastructure: each node gets its firewall at creation,
-# and a firewall's rules can name this stack's own nodes only once they exist (the addresses
-# this run exports). Provisioning then would run with svr1 and svr2 unable to reach each other's
-# internal ports: Heartbeat would see no peer and both nodes would take the shared IP.
-provision = config.provision and deployed.addresses is not None
-if config.provision and not provision:
-    pulumi.log.warn(
-        f"first `up` of stack {config.dc}: the nodes are created behind their firewall; run "
-        f"`pulumi up -s {pulumi.get_stack()}` again to provision them (the firewall then lets "
-        "them reach each other)"
-    )
+provision = config.provision
 peer = PeerStack(config)
+peer.remind_until_deployed(config)
 
 dc = DataCentre(
     config.dc,
@@ -38,7 +30,6 @@ dc = DataCentre(
         config=config,
         peer=peer,
         root_password=stack_secrets.root_password,
-        deployed_addresses=deployed.addresses,
         deployed_ptrs=deployed.ptr_addresses,
         handover=provision,
         ssh_private_key=stack_secrets.ssh_private_key,

@@ -2,17 +2,18 @@
 
     python bench/mergeback.py [--mailboxes 150]
 
-Pair replication is asynchronous, so a crash can leave an acknowledged message only on the
-crashed node's volume. This measures how soon it is readable on the peer once the node is back:
+Replication inside a data centre is asynchronous, so a crash can leave an acknowledged message
+only on the crashed node's volume. This measures how soon it is readable on the peer once the
+node is back:
 
 1. dc1 gets ``--mailboxes`` mailboxes, each with a message (the ones it lacks are added). Then
    the bench waits until no message has changed for the catch-up's window (10 minutes), so
    that only the mailbox under test counts as changed just before the crash, as on a
    running cluster where most mailboxes are quiet at any moment.
-2. The replicator's full queue: the seconds the holder takes to hand out a full sync of every
-   mailbox (``doveadm replicator replicate -f '*'`` until nothing is queued). A message that
-   waited in that queue, as every one did before the catch-up put recent mailboxes first,
-   waited up to this long.
+2. A full round: the seconds the holder's replication controller takes to sync every mailbox to
+   every target (``mailcluster-replication sweep --wait``, full syncs). A message that waited
+   behind such a round, as one would without the catch-up's recent mailboxes first, waited up to
+   this long.
 3. A fresh mailbox gets one message that reaches the peer, then a second while the peer's
    Dovecot is stopped: that one is only on the holder. The holder is crashed, the peer takes
    over, the crashed node boots and rejoins. Reported: the seconds from the rejoin until the
@@ -35,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from cluster.lab.driver import Lab, shared_ip  # noqa: E402
-from cluster.services.role import CATCH_UP_RECENT_S  # noqa: E402
+from cluster.services.replication import RECENT_WINDOW_S, SCRIPT  # noqa: E402
 from cluster.services.storage import VMAIL_DIR  # noqa: E402
 
 DOMAIN = "example.com"
@@ -43,12 +44,9 @@ VIP1 = shared_ip("dc1")
 DC1 = ("dc1-svr1", "dc1-svr2")
 LAB = Lab()
 
-DRAIN = """t0=$(date +%s.%N)
-doveadm replicator replicate -f '*' >/dev/null
-while [ "$(doveadm replicator status | awk '/^Queued/ { s += $NF } END { print s }')" != 0 ]; do
-  sleep 0.1
-done
-echo "$(date +%s.%N) - $t0" | bc
+DRAIN = f"""t0=$(date +%s.%N)
+{SCRIPT} sweep --wait 1800 >&2
+awk -v t0="$t0" -v t1="$(date +%s.%N)" 'BEGIN {{ print t1 - t0 }}'
 """
 
 
@@ -79,10 +77,10 @@ def settle(host: str) -> None:
         f"find {VMAIL_DIR} -mindepth 3 -maxdepth 4 -type d "
         "\\( -name cur -o -name new \\) -printf '%T@\\n' | sort -n | tail -1",
     ).stdout
-    wait = float(newest or 0) + CATCH_UP_RECENT_S + 30 - time.time()
+    wait = float(newest or 0) + RECENT_WINDOW_S + 30 - time.time()
     if wait > 0:
         print(f"settling {wait:.0f}s: until no message changed in the last "
-              f"{CATCH_UP_RECENT_S}s", file=sys.stderr)  # fmt: skip
+              f"{RECENT_WINDOW_S}s", file=sys.stderr)  # fmt: skip
         time.sleep(wait)
 
 
@@ -127,12 +125,12 @@ def main() -> None:
     LAB.wait_for("the second message on the peer", lambda: messages_on(peer, user[0]) == 2,
                  timeout=900, interval=0.2)  # fmt: skip
     t_there = time.monotonic()
-    catch_up = LAB.exec(holder, "bash", "-c", "grep -h 'catch-up:' /var/log/syslog | tail -1",
-                        check=False).stdout.strip()  # fmt: skip
+    log = "journalctl -o cat -u mailcluster-replication | grep -h 'catch-up (boot)' | tail -1"
+    catch_up = LAB.exec(holder, "bash", "-c", log, check=False).stdout.strip()
     print(json.dumps({
         "mailboxes": mailbox_count(peer),
-        "full_queue_drain_s": round(drain_s, 1),
-        "full_queue_mailboxes_per_s": round(mailbox_count(peer) / drain_s, 1),
+        "full_round_s": round(drain_s, 1),
+        "full_round_mailboxes_per_s": round(mailbox_count(peer) / drain_s, 1),
         "merge_back_after_rejoin_s": round(t_there - t_rejoin, 1),
         "merge_back_after_boot_s": round(t_there - t_boot, 1),
         "catch_up_log": catch_up,

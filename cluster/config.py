@@ -32,9 +32,10 @@ LINODE_REGIONS = frozenset(
     }
 )  # fmt: skip
 
-# Both defaults do BGP-based IP sharing in every revision of Linode's table below (Newark since
-# 2022, Chicago since it opened in 2023).
-DEFAULT_REGIONS = {"dc1": "us-east", "dc2": "us-ord"}
+# Both defaults have what the design needs (``check_linode_region``): BGP-based IP sharing
+# (``IP_SHARING``: Washington and Chicago since the 2023-07 revision) and VPCs (``VPC_REGIONS``).
+# Newark (us-east), the default until the VPC, probably has no VPC: see ``VPC_REGIONS``.
+DEFAULT_REGIONS = {"dc1": "us-iad", "dc2": "us-ord"}
 
 # How a shared IP can fail over in each region, from Linode's "Configure Failover on a Compute
 # Instance" guide, table "IP Sharing Availability" (linode/docs,
@@ -57,6 +58,21 @@ IP_SHARING: dict[str, str] = {
     "ap-south": "bgp",  # Singapore, id 9
     "ap-southeast": "bgp",  # Sydney, id 16
 }
+# Where Linode offers VPCs (node-to-node traffic inside a data centre runs on a VPC subnet, whose
+# range the Cloud Firewall's internal rules name). Linode's VPC overview, "Availability"
+# (linode/docs, docs/products/networking/vpc/_index.md, revision of 2024-05-16, commit cc09e9e7,
+# the newest stored): Amsterdam, Chennai, Chicago, Jakarta, Los Angeles, Miami, Milan, Paris,
+# Osaka, Sao Paulo, Seattle, Stockholm, Washington DC. Newark is not listed, and
+# linode/terraform-provider-linode PR #1245 (2024-01-23) says "Linode's Newark region (us-east)
+# does not support VPCs at this time, resulting in a 404". A region not listed is refused; check
+# a region live with `linode.get_region_vpc_availability(id=...)` (pulumi_linode 6.8) before
+# adding it here, with its source.
+VPC_REGIONS = frozenset(
+    {
+        "nl-ams", "in-maa", "us-ord", "id-cgk", "us-lax", "us-mia", "it-mil", "fr-par",
+        "jp-osa", "br-gru", "us-sea", "se-sto", "us-iad",
+    }
+)  # fmt: skip
 SHARED_IP_METHODS = ("bgp", "arp")
 TLS_MODES = ("selfsigned", "letsencrypt")
 DMARC_POLICIES = ("none", "quarantine", "reject")
@@ -67,6 +83,15 @@ MIN_VOLUME_GB = 10
 # account chose, often 10.0.0.0/8's low end): change it if it collides with a network of yours.
 DEFAULT_MESH_CIDR = "10.199.0.0/24"
 LINODE_PRIVATE_V4 = ipaddress.IPv4Network("192.168.128.0/17")
+# Each data centre's VPC subnet (one VPC per stack). The program fixes its nodes' addresses in
+# it (``topology.vpc_address``), so the Cloud Firewall can name it before any node exists. The
+# two data centres' VPCs never meet (a VPC is one region's), but distinct ranges keep every
+# node's private address unique in the cluster (grants, certificates, logs).
+DEFAULT_VPC_SUBNETS = {"dc1": "10.0.1.0/24", "dc2": "10.0.2.0/24"}
+# What a VPC subnet may be at Linode (API, POST /vpcs, ``subnets[].ipv4``): "The range must belong
+# to a private address space as defined in RFC1918", prefix length 1-29, not overlapping
+# 192.168.128.0/17 (techdocs.akamai.com/linode-api/reference/post-vpc).
+RFC1918 = tuple(ipaddress.IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
 MAX_VOLUME_GB = 10240
 
 _LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
@@ -122,6 +147,7 @@ class StackConfig:
     ban_time_s: int
     submission_rate_limit_per_hour: int
     mesh_cidr: str = DEFAULT_MESH_CIDR
+    vpc_subnet: str = DEFAULT_VPC_SUBNETS["dc1"]
     metrics_cidrs: tuple[str, ...] = ()
     alert_emails: tuple[str, ...] = ()
     alert_webhook: str | None = None
@@ -276,6 +302,24 @@ def _mesh_cidr(value: Any) -> str:
     return str(net)
 
 
+def _vpc_subnet(value: Any) -> str:
+    """An IPv4 private network (RFC 1918 on Linode, ``check_linode_region``; RFC 2544 benchmark
+    space for the lab) from /8 to /28, host bits zero, outside Linode's private range. /28 is
+    the smallest that holds the nodes' fixed host numbers (``topology.VPC_HOSTS``, 11 and 12)
+    clear of the last two addresses, which Linode keeps for itself."""
+    allowed = "a private IPv4 network from /8 to /28 like 10.0.1.0/24"
+    try:
+        net = ipaddress.IPv4Network(str(value), strict=True)
+    except ValueError:
+        raise ValueError(f"must be {allowed}; got {value!r}") from None
+    if not 8 <= net.prefixlen <= 28 or not net.is_private or net.overlaps(LINODE_PRIVATE_V4):
+        raise ValueError(
+            f"must be {allowed}, not overlapping Linode's private {LINODE_PRIVATE_V4}; "
+            f"got {value!r}"
+        )
+    return str(net)
+
+
 def _emails(value: Any) -> tuple[str, ...]:
     """A list of e-mail addresses; empty: the default (the postmaster)."""
     return tuple(_email(item) for item in _as_list(value))
@@ -366,6 +410,10 @@ KEYS: dict[str, Key] = {
                          "CIDRs that may scrape the Prometheus exporters (empty: no exporters)"),
     "meshCidr": Key("mesh_cidr", DEFAULT_MESH_CIDR, _mesh_cidr,
                     "the WireGuard mesh's inner IPv4 network"),
+    # Its default depends on the data centre (DEFAULT_VPC_SUBNETS), as the region's does.
+    "vpcSubnet": Key("vpc_subnet", "", _vpc_subnet,
+                     "the IPv4 range of this data centre's VPC subnet (its nodes' private "
+                     "addresses)"),
     "banMaxRetry": Key("ban_max_retry", 5, _as_int(2, 100),
                        "failed logins from one address within banFindTimeSeconds that ban it"),
     "banFindTimeSeconds": Key("ban_find_time_s", 600, _as_int(60, 86400, " s"),
@@ -396,13 +444,12 @@ KEYS: dict[str, Key] = {
 SECRET_KEYS = {"rootPassword", "sshPrivateKey", "backupAccessKey", "backupSecretKey"}
 
 
-def check_ip_sharing(config: StackConfig) -> None:
-    """Refuse a ``sharedIpMethod`` the stack's Linode region cannot route (``IP_SHARING``).
-
-    Only for a deployment to Linode: the lab is not a Linode region and drills both methods."""
+def ip_sharing_error(config: StackConfig) -> str | None:
+    """Why Linode cannot route ``sharedIpMethod`` in the stack's region (``IP_SHARING``), or
+    None."""
     known = IP_SHARING.get(config.region)
     if known == config.shared_ip_method:
-        return
+        return None
     where = ", ".join(f"{r} ({m})" for r, m in sorted(IP_SHARING.items()))
     if known is None:
         why = (
@@ -411,10 +458,41 @@ def check_ip_sharing(config: StackConfig) -> None:
         )
     else:
         why = f"region {config.region!r} shares IPs by {known}, not {config.shared_ip_method}"
-    raise ConfigError(
-        f"invalid stack config:\n  mailcluster:sharedIpMethod: {why}; choose a region and "
-        f"method Linode documents (mailcluster:region / mailcluster:sharedIpMethod): {where}"
+    return (
+        f"mailcluster:sharedIpMethod: {why}; choose a region and method Linode documents "
+        f"(mailcluster:region / mailcluster:sharedIpMethod): {where}"
     )
+
+
+def vpc_errors(config: StackConfig) -> list[str]:
+    """Why the stack's VPC cannot be built at Linode: a region without VPCs (``VPC_REGIONS``),
+    or a subnet outside RFC 1918 (Linode's rule; the lab's RFC 2544 range is not one)."""
+    errors = []
+    if config.region not in VPC_REGIONS:
+        both = sorted(r for r in VPC_REGIONS if IP_SHARING.get(r) == config.shared_ip_method)
+        errors.append(
+            f"mailcluster:region: Linode documents no VPC in region {config.region!r}, and "
+            "node-to-node traffic inside a data centre runs on a VPC subnet; choose a region "
+            f"with VPCs and {config.shared_ip_method} IP sharing: {', '.join(both) or 'none'}"
+        )
+    subnet = ipaddress.IPv4Network(config.vpc_subnet)
+    if not any(subnet.subnet_of(net) for net in RFC1918):
+        errors.append(
+            f"mailcluster:vpcSubnet: {subnet} is not inside RFC 1918 (10.0.0.0/8, "
+            "172.16.0.0/12, 192.168.0.0/16), which Linode requires of a VPC subnet"
+        )
+    return errors
+
+
+def check_linode_region(config: StackConfig) -> None:
+    """Refuse what Linode cannot build for this stack: IP sharing by ``sharedIpMethod`` and a
+    VPC with ``vpcSubnet`` in ``region`` (one error, every problem named by its key).
+
+    Only for a deployment to Linode: the lab is not a Linode region, drills both methods and
+    keeps its addresses in documentation and benchmark ranges."""
+    errors = [e for e in (ip_sharing_error(config), *vpc_errors(config)) if e]
+    if errors:
+        raise ConfigError("invalid stack config:\n  " + "\n  ".join(errors))
 
 
 def load_config(raw: Mapping[str, Any], stack: str) -> StackConfig:
@@ -443,6 +521,8 @@ def load_config(raw: Mapping[str, Any], stack: str) -> StackConfig:
             given = key.default
             if name == "region":
                 given = DEFAULT_REGIONS[dc]
+            if name == "vpcSubnet":
+                given = DEFAULT_VPC_SUBNETS[dc]
         try:
             values[key.attr] = key.check(given)
         except ValueError as exc:
@@ -466,6 +546,12 @@ def load_config(raw: Mapping[str, Any], stack: str) -> StackConfig:
             errors.append(
                 "mailcluster:backupKeepHourly: backupKeepHourly, backupKeepDaily and "
                 "backupKeepMonthly are all 0: forget --prune would delete every snapshot"
+            )
+        mesh, vpc = (ipaddress.IPv4Network(values[k]) for k in ("mesh_cidr", "vpc_subnet"))
+        if mesh.overlaps(vpc):
+            errors.append(
+                f"mailcluster:vpcSubnet: {vpc} overlaps meshCidr {mesh}: the mesh's routes would "
+                "capture the data centre's private traffic; choose ranges apart"
             )
         if values["postmaster"] is None:
             values["postmaster"] = f"postmaster@{values['domain']}"

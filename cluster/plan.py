@@ -245,19 +245,20 @@ def reload_or_start(
     restart: bool = False,
     start: bool = True,
 ) -> str:
-    """Script text: reload ``service`` if it runs (its settings changed), else start it. The
-    caller's step ``watch``es the files that make this needed.
+    """Script text: reload ``service`` if it runs (its settings changed), else start it, through
+    systemd (every node runs it as PID 1, the lab's too). The caller's step ``watch``es the files
+    that make this needed.
 
     - ``check``: shell lines run first, the daemon's own checker: a bad configuration fails the
       step before anything is reloaded (STYLE: "check before reload").
-    - ``running``: a shell test that the daemon runs (default: its init script's ``status``).
-    - ``reload``: the command for a running daemon (default: ``service <service> reload``).
+    - ``running``: a shell test that the daemon runs (default: its unit is active).
+    - ``reload``: the command for a running daemon (default: ``systemctl reload <service>``).
     - ``restart``: for daemons without a reload: restart a running one instead.
     - ``start=False``: a stopped daemon stays stopped (something else decides where it runs).
     """
     verb = "restart" if restart else "reload"
-    running = running or f"service {service} status >/dev/null 2>&1"
-    reload = reload or f"service {service} {verb} >/dev/null"
+    running = running or f"systemctl is-active --quiet {service}"
+    reload = reload or f"systemctl {verb} {service}"
     text = check.rstrip("\n") + "\n" if check else ""
     text += f"""if {running}; then
 {textwrap.indent(reload, "  ")}
@@ -265,7 +266,7 @@ def reload_or_start(
 """
     if start:
         text += f"""else
-  service {service} start >/dev/null
+  systemctl start {service}
   echo "{CHANGED_MARK} {service} started"
 """
     return text + "fi\n"
@@ -273,27 +274,18 @@ def reload_or_start(
 
 def start_at_boot(service: str, enabled: bool = True) -> str:
     """Script text: ``service`` starts at boot, or (``enabled=False``) does not; a change is
-    reported. systemctl on systemd hosts (Linode); update-rc.d's SysV links elsewhere (the lab,
-    whose init starts /etc/rc2.d/S*)."""
+    reported. Only "enabled" counts as starting at boot: ``systemctl is-enabled`` also answers
+    static, indirect, generated, masked... (systemctl(1), "is-enabled"); a SysV script without
+    a unit is enabled through systemd-sysv-install, as ``systemctl enable`` does it."""
+    state = f'"$(systemctl is-enabled {service} 2>/dev/null || true)"'
     if enabled:
-        return f"""if [ -d /run/systemd/system ]; then
-  if ! systemctl is-enabled --quiet {service} 2>/dev/null; then
-    systemctl enable --quiet {service}
-    echo "{CHANGED_MARK} {service} started at boot"
-  fi
-elif ! ls /etc/rc[2-5].d/S??{service} >/dev/null 2>&1; then
-  update-rc.d {service} defaults >/dev/null 2>&1
-  update-rc.d {service} enable >/dev/null 2>&1
+        return f"""if [ {state} != enabled ]; then
+  systemctl enable --quiet {service}
   echo "{CHANGED_MARK} {service} started at boot"
 fi
 """
-    return f"""if [ -d /run/systemd/system ]; then
-  if systemctl is-enabled --quiet {service} 2>/dev/null; then
-    systemctl disable --quiet {service}
-    echo "{CHANGED_MARK} {service} not started at boot"
-  fi
-elif ls /etc/rc[2-5].d/S??{service} >/dev/null 2>&1; then
-  update-rc.d {service} disable >/dev/null 2>&1
+    return f"""if [ {state} = enabled ]; then
+  systemctl disable --quiet {service}
   echo "{CHANGED_MARK} {service} not started at boot"
 fi
 """

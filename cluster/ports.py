@@ -8,13 +8,16 @@ compares them port by port and family by family; README's security section is pr
 (``python -m cluster.ports --markdown``).
 
 Who may connect (``Rule.source``):
-- ``world``: anyone (public mail, web and DNS);
+- ``world``: anyone (public mail, web and DNS; and the WireGuard mesh port, which answers only
+  a packet made with one of the cluster's keys, so its rule names no address and a node with
+  new addresses, rebuilt or in a data centre deployed later, is a peer at once);
 - ``admin``: the stack's ``adminCidrs`` (SSH);
-- ``nodes``: the cluster's four nodes' own public addresses (the WireGuard mesh port);
 - ``cluster``: internal services. The other data centre reaches them only through the mesh (the
-  host firewall admits them on ``MESH_INTERFACE``); the DC peer over the private network, so the
-  nodes' private IPv4 addresses are admitted too (both firewalls). Never a public or shared
-  address: nothing internal is reachable from the internet, even from a node's public address.
+  host firewall admits them on ``MESH_INTERFACE``); the DC peer over the data centre's VPC
+  subnet (``vpcSubnet``, on ``topology.VPC_INTERFACE``), which both firewalls name: the program
+  chose it before any node existed, so neither firewall waits for a node's address. Never a
+  public or shared address: nothing internal is reachable from the internet, even from a
+  node's public address.
 - ``metrics``: the stack's ``metricsCidrs`` (the Prometheus exporters, services/metrics.py);
   with none configured the exporters do not run and have no rule at all.
 - ``mesh``: only inside the mesh (web sync's ssh to the unprivileged ``websync``). The cloud
@@ -33,22 +36,20 @@ from dataclasses import dataclass
 from cluster.config import StackConfig
 from cluster.topology import DcAddresses
 
-MESH_PORT = 51820  # WireGuard, UDP: only from the cluster's other nodes
+MESH_PORT = 51820  # WireGuard, UDP: open, it authenticates every packet itself
 MESH_INTERFACE = "wgmesh"  # the WireGuard interface on every node: internal services live behind it
 
 WORLD = "world"
 ADMIN = "admin"
-NODES = "nodes"
 CLUSTER = "cluster"
 MESH = "mesh"
 METRICS = "metrics"
-SOURCES = (WORLD, ADMIN, METRICS, NODES, CLUSTER, MESH)
+SOURCES = (WORLD, ADMIN, METRICS, CLUSTER, MESH)
 SOURCE_DOCS = {
     WORLD: "anyone",
     ADMIN: "`adminCidrs` only",
     METRICS: "`metricsCidrs` only",
-    NODES: "the cluster's nodes only",
-    CLUSTER: "the mesh interface, and the nodes' private IPv4 (the DC peer)",
+    CLUSTER: "the mesh interface, and the data centre's VPC subnet (the DC peer)",
     MESH: "the mesh interface only",
 }
 WORLD_CIDRS = (["0.0.0.0/0"], ["::/0"])
@@ -85,7 +86,7 @@ _ALWAYS: tuple[Rule, ...] = (
     Rule("submission (STARTTLS)", "tcp", 587, WORLD),
     Rule("IMAPS", "tcp", 993, WORLD),
     Rule("SSH", "tcp", SSH_PORT, ADMIN),
-    Rule("WireGuard mesh", "udp", MESH_PORT, NODES),
+    Rule("WireGuard mesh", "udp", MESH_PORT, WORLD),
     Rule("Prometheus node exporter", "tcp", NODE_EXPORTER_PORT, METRICS),
     Rule("Prometheus mysqld exporter", "tcp", MYSQLD_EXPORTER_PORT, METRICS),
     Rule("Prometheus postfix exporter", "tcp", POSTFIX_EXPORTER_PORT, METRICS),
@@ -143,24 +144,16 @@ def cluster_cidrs(dcs: Iterable[DcAddresses]) -> tuple[list[str], list[str]]:
     return list(dict.fromkeys(v4)), list(dict.fromkeys(v6))
 
 
-def private_cidrs(dcs: Iterable[DcAddresses]) -> tuple[list[str], list[str]]:
-    """The nodes' private IPv4 addresses (the DC peer's path to the internal services; the
-    other data centre's are unreachable across Linode's private networks, and harmless)."""
-    v4 = [host_cidr(dc.nodes[slot].private_ipv4) for dc in dcs for slot in sorted(dc.nodes)]
-    return list(dict.fromkeys(v4)), []
-
-
-def source_cidrs(
-    config: StackConfig, dcs: Iterable[DcAddresses]
-) -> dict[str, tuple[list[str], list[str]]]:
-    """Each source as (IPv4 CIDRs, IPv6 CIDRs), from the data centres' addresses known."""
-    dcs = list(dcs)
+def source_cidrs(config: StackConfig) -> dict[str, tuple[list[str], list[str]]]:
+    """Each source as (IPv4 CIDRs, IPv6 CIDRs): config alone, never a node's address, so both
+    firewalls are whole before any node exists."""
     return {
         WORLD: (list(WORLD_CIDRS[0]), list(WORLD_CIDRS[1])),
         ADMIN: split_cidrs(config.admin_cidrs),
         METRICS: split_cidrs(config.metrics_cidrs),
-        NODES: node_cidrs(dcs),
-        CLUSTER: private_cidrs(dcs),
+        # The VPC is the account's and the data centre's alone: only this stack's two nodes
+        # have an interface in it (the other data centre's VPC is another region's).
+        CLUSTER: ([config.vpc_subnet], []),
         MESH: ([], []),  # on the mesh interface: no address rule
     }
 
@@ -172,7 +165,7 @@ def markdown(config: StackConfig) -> str:
         "|---|---|---|---|---|---|",
     ]
     for rule in port_table(config):
-        # Internal services: the mesh's inner network and the private network are IPv4.
+        # Internal services: the mesh's inner network and the VPC subnet are IPv4.
         v6 = "no" if rule.source in (CLUSTER, MESH) else "yes"
         lines.append(
             f"| {rule.port} | {rule.protocol} | {rule.service} | yes | {v6} "

@@ -10,7 +10,9 @@ and so is the MariaDB master) are not fixed here: the plan's scripts ask the hos
 - every other node is a GTID replica: the active data centre's standby of its peer (private
   network), the other data centre's nodes of the active data centre's writable node, over the
   mesh (the role script finds and follows it; GTID makes the move free);
-- Heartbeat pairs svr1 and svr2 of each data centre over the private network.
+- Heartbeat pairs svr1 and svr2 of each data centre over the private network: the data
+  centre's VPC subnet (``vpcSubnet``), in which the program fixes each node's address
+  (``vpc_address``) before the node exists.
 """
 
 from __future__ import annotations
@@ -22,11 +24,33 @@ from cluster.config import DC_NAMES, StackConfig, other_dc
 
 SLOTS = ("svr1", "svr2")
 DKIM_SELECTOR = "mail"
+# A node's interfaces, in the order the Instance lists them (Linode's legacy configuration
+# profile interfaces: the first is eth0, the next eth1): the public interface first, as Linode's
+# failover guide needs it (the default route, over which the BGP sessions run), then the VPC
+# interface, which carries the node's private address and no gateway.
+PUBLIC_INTERFACE = "eth0"
+VPC_INTERFACE = "eth1"
+# Each node's host number in its data centre's VPC subnet. Linode keeps a subnet's first two
+# and last two addresses for itself (API: a VPC interface's ``ipv4.vpc``); 11 and 12 are the
+# host numbers the lab gives its public addresses too.
+VPC_HOSTS = {"svr1": 11, "svr2": 12}
 
 
 def node_name(dc: str, slot: str) -> str:
     """``dc1-svr1``: a node's name, also its Linode label and the lab's host name."""
     return f"{dc}-{slot}"
+
+
+def vpc_address(subnet: str, slot: str) -> str:
+    """The private address of the node in ``slot``: fixed in its data centre's VPC subnet, so
+    known before the node exists (the Instance asks Linode for it, the lab gives it)."""
+    return str(ipaddress.IPv4Network(subnet)[VPC_HOSTS[slot]])
+
+
+def server_id(dc: str, slot: str) -> int:
+    """A node's MariaDB server_id, unique in the cluster and fixed by its place (1..4); also its
+    host number in the mesh."""
+    return DC_NAMES.index(dc) * len(SLOTS) + SLOTS.index(slot) + 1
 
 
 @dataclass(frozen=True)
@@ -44,7 +68,7 @@ class DcAddresses:
     nodes: dict[str, NodeAddresses]
     # The prefix length of the public LAN (for IPaddr2 in arp mode) and its interface.
     public_prefixlen: int = 24
-    interface: str = "eth0"
+    interface: str = PUBLIC_INTERFACE
     # The shared IPv6 address: on Linode an address of the IPv6 routed range (/64) shared by
     # both nodes of the data centre, moved like the shared IPv4. None: no shared IPv6 yet.
     shared_ipv6: str | None = None
@@ -115,12 +139,13 @@ class Topology:
                         public_ipv4=addr.public_ipv4,
                         private_ipv4=addr.private_ipv4,
                         public_ipv6=addr.public_ipv6,
-                        server_id=DC_NAMES.index(dc) * 2 + index + 1,
+                        server_id=server_id(dc, slot),
                         peer_name=node_name(dc, SLOTS[1 - index]),
                     )
                 )
         object.__setattr__(self, "nodes", tuple(nodes))
         self._check_mesh()
+        self._check_private()
 
     # -- names --------------------------------------------------------------------------------
     @property
@@ -233,9 +258,21 @@ class Topology:
     def mesh_addresses(self, dc: str) -> tuple[str, ...]:
         return tuple(self.mesh_address(n) for n in self.dc_nodes(dc))
 
+    def mesh_members(self) -> tuple[tuple[str, str], ...]:
+        """(name, mesh address) of every node of the cluster, whether its data centre's
+        addresses are known yet or not: the mesh addresses are fixed by place and the keys are
+        generated with the cluster's material, so a data centre deployed first already admits
+        the other's nodes (the other learns where to send; WireGuard learns it back)."""
+        return tuple(
+            (node_name(dc, slot), str(self.mesh_network.network_address + server_id(dc, slot)))
+            for dc in DC_NAMES
+            for slot in SLOTS
+        )
+
     @property
     def all_mesh_addresses(self) -> tuple[str, ...]:
-        return tuple(self.mesh_address(n) for n in self.nodes)
+        """Every node's mesh address, known data centre or not (``mesh_members``)."""
+        return tuple(address for _, address in self.mesh_members())
 
     def _check_mesh(self) -> None:
         """The mesh network must hold every node and collide with no address the nodes have:
@@ -253,6 +290,18 @@ class Topology:
                         f"meshCidr {net} contains {addr}, an address of {dc}: choose a range "
                         "the nodes do not use"
                     )
+
+    def _check_private(self) -> None:
+        """Two nodes with one private address (the two data centres' ``vpcSubnet`` overlap)
+        would be one host to MariaDB's grants and the certificates' names."""
+        seen: dict[str, str] = {}
+        for node in self.nodes:
+            other = seen.setdefault(node.private_ipv4, node.name)
+            if other != node.name:
+                raise ValueError(
+                    f"{node.name} and {other} have the same private address "
+                    f"{node.private_ipv4}: give the two data centres vpcSubnet ranges apart"
+                )
 
     # -- DNS ----------------------------------------------------------------------------------
     def name_servers(self) -> list[tuple[str, str]]:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepare a fresh Debian 12 machine to run mailcluster, as root (no sudo needed; with sudo if you
 # are not root): the Python virtualenv that Pulumi.yaml names (./venv) and the few Debian
-# packages the lab needs on this machine (debootstrap, zstd, the namespace and mount tools).
+# packages the lab needs on this machine (debootstrap, zstd, the namespace and mount tools,
+# systemd-nspawn, which boots the lab's nodes).
 # The mail daemons are NOT installed here: the lab's hosts and the daemons' checkers (tests/render)
 # run them inside the lab's base root filesystem, built by debootstrap (cluster/lab/base.py).
 # Idempotent and non-interactive: a second run installs nothing and takes about a second.
@@ -40,7 +41,7 @@ fi
 # None of them starts a daemon, so no policy-rc.d is needed.
 debs=(python3 python3-venv python3-pip
       debootstrap debian-archive-keyring zstd tar iproute2 util-linux mount e2fsprogs
-      bind9-dnsutils iputils-ping psmisc procps swaks)
+      systemd-container bind9-dnsutils iputils-ping psmisc procps swaks)
 mapfile -t need < <(missing_debs "${debs[@]}")
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -q

@@ -3,8 +3,10 @@
 
 IPv4:
 - dc1 "public" LAN 198.51.100.0/24, dc2 203.0.113.0/24 (TEST-NET-2/3), joined by the router;
-- "private" networks 198.18.1.0/24 and 198.18.2.0/24 (RFC 2544), one per DC, like Linode's
-  per-DC private addresses, on the same bridge and not routed;
+- each data centre's VPC: 198.18.1.0/24 and 198.18.2.0/24 (RFC 2544; the stacks' ``vpcSubnet``
+  in the lab), a bridge of its own reached by a second interface per host (``PRIVATE_INTERFACE``),
+  not routed, as a Linode VPC is one data centre's; the nodes' addresses in it are the ones the
+  program fixes (``topology.vpc_address``: .11 and .12);
 - the client ("the internet": users, foreign mail servers) 192.0.2.0/24 (TEST-NET-1).
 
 IPv6 (2001:db8::/32), on every routed network, as every Linode has IPv6:
@@ -13,24 +15,33 @@ IPv6 (2001:db8::/32), on every routed network, as every Linode has IPv6:
 - each DC's shared IPv6 comes from its own routed /64 (Linode's "IPv6 routed range", shared by
   the two nodes): 2001:db8:1:a::/64 and 2001:db8:2:a::/64, the address ::10;
 - each DC's four route servers: 2001:db8:1:34::1..4 and 2001:db8:2:34::1..4 (Linode's are
-  2600:3c0f:<dcid>:34::1..4). The private networks stay IPv4 only, as Linode's are.
+  2600:3c0f:<dcid>:34::1..4). The VPCs stay IPv4 only, as ours are on Linode.
 """
 
 from __future__ import annotations
 
 import ipaddress
 
-from cluster.topology import DcAddresses, NodeAddresses
+from cluster.topology import (
+    PUBLIC_INTERFACE,
+    VPC_INTERFACE,
+    DcAddresses,
+    NodeAddresses,
+    vpc_address,
+)
 
 PUBLIC_NETS = {"dc1": "198.51.100", "dc2": "203.0.113"}
 PRIVATE_NETS = {"dc1": "198.18.1", "dc2": "198.18.2"}
+# Each stack's vpcSubnet in the lab (model.py sets it): the private networks above.
+VPC_SUBNETS = {dc: f"{net}.0/24" for dc, net in PRIVATE_NETS.items()}
 CLIENT_NET = "192.0.2"
 ROUTER_HOST = 1  # .1 on every lab network
 SHARED_HOST = 10
 NODE_HOSTS = {"svr1": 11, "svr2": 12}
 CLIENT_HOST = 100
 PREFIXLEN = 24
-INTERFACE = "eth0"
+INTERFACE = PUBLIC_INTERFACE
+PRIVATE_INTERFACE = VPC_INTERFACE
 
 # The first four groups of each IPv6 /64 (host parts are written like the v4 ones: ::11).
 PUBLIC_NETS6 = {"dc1": "2001:db8:1:0", "dc2": "2001:db8:2:0"}
@@ -52,13 +63,13 @@ def v6_net(net: str) -> str:
 
 
 def lab_dc_addresses(dc: str) -> DcAddresses:
-    pub, priv, pub6 = PUBLIC_NETS[dc], PRIVATE_NETS[dc], PUBLIC_NETS6[dc]
+    pub, pub6 = PUBLIC_NETS[dc], PUBLIC_NETS6[dc]
     return DcAddresses(
         shared_ipv4=f"{pub}.{SHARED_HOST}",
         nodes={
             slot: NodeAddresses(
                 public_ipv4=f"{pub}.{host}",
-                private_ipv4=f"{priv}.{host}",
+                private_ipv4=vpc_address(VPC_SUBNETS[dc], slot),
                 public_ipv6=v6(pub6, host),
             )
             for slot, host in NODE_HOSTS.items()

@@ -1,4 +1,4 @@
-"""The lab's base root filesystem: Debian 12 minbase plus every package any host's plan needs.
+"""The lab's base root filesystem: Debian 13 minbase plus every package any host's plan needs.
 
 The package list is ``all_packages()`` (the union of the services' ``PACKAGES``) plus the few
 tools the lab itself needs in a host, so the base and the plan never drift: a package a service
@@ -28,11 +28,13 @@ from cluster.hostplan import all_packages
 from cluster.lab.paths import base_dir, cache_dir
 from cluster.lab.run import LabError, Progress, run
 
-SUITE = "bookworm"
-# What the lab needs inside a host beyond the plan: a syslog daemon for /dev/log, `ip` and `ping`
-# for status and tests, pgrep for status. The client uses this machine's python3, not the base.
-LAB_PACKAGES = ("rsyslog", "iproute2", "iputils-ping", "procps", "bird2")
-RECIPE_VERSION = "4"
+SUITE = "trixie"
+# What the lab needs inside a host beyond the plan: systemd as PID 1 (a Linode image has it; a
+# minbase root does not), a syslog daemon for /dev/log, `ip` and `ping` for status and tests,
+# pgrep for status. The client uses this machine's python3, not the base.
+LAB_PACKAGES = ("systemd", "systemd-sysv", "dbus", "rsyslog", "iproute2", "iputils-ping", "procps",
+                "bird2")  # fmt: skip
+RECIPE_VERSION = "5"
 SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
 # A machine whose apt has no Debian mirror (an Ubuntu CI runner): deb.debian.org, or these.
 MIRROR_ENV = "MAILCLUSTER_DEBIAN_MIRROR"
@@ -80,6 +82,10 @@ chroot "$root" apt-get clean
 rm -f "$root/usr/sbin/policy-rc.d" "$root/tmp/preseed" "$root"/etc/ssh/ssh_host_*
 rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/var/log/apt/*
 : > "$root/etc/machine-id"
+# dbus's postinst made a machine id for the image, and a first boot copies it into
+# /etc/machine-id (systemd prefers it to a random one): every host had the same id. Debian's own
+# installs link the two, so each host's systemd makes its own at its first boot.
+ln -sf /etc/machine-id "$root/var/lib/dbus/machine-id"
 : > "$root/etc/resolv.conf"
 # Hosts must never read this machine's kernel log.
 if [ -f "$root/etc/rsyslog.conf" ]; then
@@ -112,8 +118,9 @@ def _sha(*parts: str) -> str:
 
 
 def apt_mirror(sources: Path = SOURCES) -> str:
-    """The Debian mirror for bookworm: ``$MAILCLUSTER_DEBIAN_MIRROR``, else the one this
-    machine's apt uses (deb822 sources), else deb.debian.org when this machine has none."""
+    """The Debian mirror: ``$MAILCLUSTER_DEBIAN_MIRROR``, else the one this machine's apt uses
+    (deb822 sources; whatever release this machine runs, the mirror carries the base's too),
+    else deb.debian.org when this machine has none."""
     if os.environ.get(MIRROR_ENV):
         return os.environ[MIRROR_ENV]
     if not sources.exists():
@@ -122,9 +129,9 @@ def apt_mirror(sources: Path = SOURCES) -> str:
     for stanza in re.split(r"\n\s*\n", text):
         uris = re.search(r"^URIs:\s*(\S+)", stanza, re.M)
         suites = re.search(r"^Suites:\s*(.+)$", stanza, re.M)
-        if uris and suites and SUITE in suites.group(1).split():
+        if uris and suites and any(not x.endswith("-security") for x in suites.group(1).split()):
             return uris.group(1)
-    raise LabError(f"no {SUITE} mirror in {sources}")
+    raise LabError(f"no Debian mirror (a stanza with a release) in {sources}")
 
 
 def spec() -> BaseSpec:
@@ -155,7 +162,9 @@ def _stamp() -> Path:
 # What the lab runs on this machine, by the package that provides it. The client ("the
 # internet") runs this machine's own tools: the tests ping and dig from it.
 HOST_TOOLS = {"debootstrap": "debootstrap", "zstd": "zstd", "ip": "iproute2",
-              "unshare": "util-linux", "nsenter": "util-linux", "losetup": "mount",
+              "unshare": "util-linux", "nsenter": "util-linux", "setpriv": "util-linux",
+              "blkid": "util-linux",
+              "losetup": "mount", "systemd-nspawn": "systemd-container",
               "ping": "iputils-ping", "dig": "bind9-dnsutils"}  # fmt: skip
 
 
@@ -168,8 +177,8 @@ def ensure_host_tools() -> None:
 
 
 def debian_sources(mirror: str) -> str:
-    """The chroot's apt sources when this machine has none to copy: bookworm, its updates and
-    its security updates, as a Debian 12 installation has them."""
+    """The chroot's apt sources: the base's release, its updates and its security updates, as a
+    Debian 13 installation has them (never this machine's own file: it names its own release)."""
     security = os.environ.get(SECURITY_ENV) or DEFAULT_SECURITY_MIRROR
     return (
         f"Types: deb\nURIs: {mirror}\nSuites: {SUITE} {SUITE}-updates\nComponents: main\n"
@@ -184,10 +193,7 @@ def _install(root: Path, packages: tuple[str, ...], mirror: str = DEFAULT_MIRROR
     dpkg_cfg = root / "etc" / "dpkg" / "dpkg.cfg.d" / "01-mailcluster-lab-nodoc"
     dpkg_cfg.write_text(DPKG_EXCLUDES)
     target = root / "etc" / "apt" / "sources.list.d" / "debian.sources"
-    if SOURCES.exists() and not os.environ.get(MIRROR_ENV):
-        shutil.copy(SOURCES, target)
-    else:
-        target.write_text(debian_sources(mirror))
+    target.write_text(debian_sources(mirror))
     legacy = root / "etc" / "apt" / "sources.list"
     if legacy.exists():
         legacy.unlink()  # the deb822 file above says the same, plus security updates

@@ -1,7 +1,7 @@
 """Run the daemons' checkers inside the lab's base root filesystem, not on this machine.
 
 The render tests check every rendered file with the daemon's own tool. Those tools must be the
-ones the nodes get (Debian 12's packages, exactly the base's), whatever this machine runs: Debian,
+ones the nodes get (Debian 13's packages, exactly the base's), whatever this machine runs: Debian,
 Ubuntu on a CI runner, a laptop without the daemons. So each command runs chrooted into a copy of
 the base, unpacked from the same cached archive the lab uses (``base.spec()``: key = recipe +
 package list), with the caller's temporary directory visible at the same path.

@@ -1,6 +1,7 @@
 """`python -m cluster.lab COMMAND`: the lab's commands (a contract: users and tests script them).
 
 up                               build or reuse the base, start hosts and client, apply both
+                                 (a first deployment: dc1, dc2, then dc1 again to know dc2)
 down                             remove everything the lab made
 status [--json]                  hosts, addresses, services, replication, shared IP holders
 exec HOST -- CMD...              run a command in a host
@@ -10,6 +11,8 @@ crash HOST | boot HOST           power cut (disk stays) and power on
 rebuild HOST                     a fresh OS disk (the base), the same volume; boot; apply its stack
 wipe                             destroy all four nodes (OS disks and volumes); `up` builds new ones
 cut HOST|dc1|dc2 | heal ...      pull or plug a host's cable or a data centre's uplink
+volume attach HOST --to PEER     hot-plug a down host's volume into a running host (a rescue)
+volume detach HOST               take it back (refused while it is mounted there)
 mailbox add USER@DOMAIN PASSWORD via Postfix Admin's CLI on the active node
 """
 
@@ -29,7 +32,15 @@ from cluster.lab.apply import ApplyReport, apply_stack
 from cluster.lab.paths import CLIENT_NS, HOSTS
 from cluster.lab.run import LabError, Progress
 from cluster.lab.secrets import load_secrets
-from cluster.lab.stacks import keep_sets, parse_sets, stack_topology
+from cluster.lab.stacks import (
+    applied_topology,
+    forget_applied,
+    keep_sets,
+    parse_sets,
+    record_applied,
+    stack_topology,
+    stale_stacks,
+)
 from cluster.lab.state import HostRecord, LabState, locked
 from cluster.lab.status import collect, render_text, vip_holder
 
@@ -56,8 +67,9 @@ def do_apply(state: LabState, stacks: list[str], progress: Progress) -> list[App
     reports = []
     for stack in stacks:
         progress(f"apply: stack {stack}")
-        topo = stack_topology(state, stack)
+        topo = applied_topology(state, stack)  # what `pulumi up -s <stack>` would know
         report = apply_stack(state, topo, load_secrets(), lambda m: progress("  " + m))
+        record_applied(state, topo)
         # The data centre routes its shared addresses as the stack's method says (after the
         # nodes are ready for it: announcing, or holding the address on the LAN).
         routeservers.route_shared(topo.config.dc, topo.config.shared_ip_method)
@@ -68,12 +80,19 @@ def do_apply(state: LabState, stacks: list[str], progress: Progress) -> list[App
     return reports
 
 
+def apply_all(state: LabState, progress: Progress) -> list[ApplyReport]:
+    """Both stacks, then each whose apply did not know the other yet: a first deployment is
+    dc1, dc2, dc1 (as on Linode); a deployed lab, dc1 and dc2."""
+    reports = do_apply(state, list(DC_NAMES), progress)
+    return reports + do_apply(state, stale_stacks(state), progress)
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     progress = Progress(args.quiet)
     lifecycle.up_machines(progress)
     with locked() as state:
         if not args.no_apply:
-            do_apply(state, list(DC_NAMES), progress)
+            apply_all(state, progress)
         data = collect(state)
     print(summary(data))
     progress("up: done")
@@ -151,14 +170,16 @@ def cmd_client(args: argparse.Namespace) -> int:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     progress = Progress(args.quiet)
-    stacks = [args.stack] if args.stack else list(DC_NAMES)
     sets = parse_sets(args.set or [])
     with locked() as state:
         if sets:
             if not args.stack:
                 raise LabError("--set needs --stack (each stack has its own config)")
             keep_sets(state, args.stack, sets)  # a bad value fails before anything runs
-        reports = do_apply(state, stacks, progress)
+        if args.stack:
+            reports = do_apply(state, [args.stack], progress)
+        else:
+            reports = apply_all(state, progress)
     total = sum(r.run for r in reports)
     print(f"apply: {total} steps run, {sum(r.changed for r in reports)} changes")
     return 0
@@ -172,8 +193,8 @@ def cmd_crash(args: argparse.Namespace) -> int:
 
 def cmd_boot(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
-    lifecycle.boot(args.host)
-    print(f"{args.host}: booted in {time.monotonic() - t0:.1f}s")
+    state = lifecycle.boot(args.host)
+    print(f"{args.host}: booted in {time.monotonic() - t0:.1f}s (systemd: {state})")
     return 0
 
 
@@ -195,6 +216,8 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
 
 def cmd_wipe(args: argparse.Namespace) -> int:
     wiped = lifecycle.wipe()
+    with locked() as state:
+        forget_applied(state)  # four new nodes: `up` deploys them as for the first time
     print(f"wipe: destroyed {', '.join(wiped)} (disks and volumes); `up` builds them anew")
     return 0
 
@@ -207,6 +230,18 @@ def stack_of(host: str) -> str:
 def cmd_cut(args: argparse.Namespace) -> int:
     lifecycle.cut(args.target, heal=args.command == "heal")
     print(f"{args.target}: {'healed' if args.command == 'heal' else 'cut'}")
+    return 0
+
+
+def cmd_volume(args: argparse.Namespace) -> int:
+    if args.action == "attach":
+        if not args.to:
+            raise LabError("volume attach needs --to HOST: the running host that gets the volume")
+        path = lifecycle.attach_volume(args.host, args.to)
+        print(f"{args.host}'s volume: attached to {args.to} at {path}")
+        return 0
+    was = lifecycle.detach_volume(args.host)
+    print(f"{args.host}'s volume: " + (f"detached from {was}" if was else "not attached elsewhere"))
     return 0
 
 
@@ -271,6 +306,11 @@ def parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name)
         s.add_argument("target", choices=(*HOSTS, *DC_NAMES))
         s.set_defaults(func=cmd_cut)
+    s = sub.add_parser("volume", help="attach a down host's volume to a running host, detach it")
+    s.add_argument("action", choices=("attach", "detach"))
+    s.add_argument("host", choices=HOSTS, help="the host whose volume it is")
+    s.add_argument("--to", choices=HOSTS, help="attach: the running host that gets it")
+    s.set_defaults(func=cmd_volume)
     s = sub.add_parser("mailbox")
     s.add_argument("action", choices=("add",))
     s.add_argument("address")

@@ -88,7 +88,8 @@ class Lab:
     """The lab's command line, plus what every script of it needs on top."""
 
     def __init__(self) -> None:
-        self.up_seconds = 0.0
+        self.up_seconds = 0.0  # the session's `up`, and whether its base was in the cache
+        self.base_was_cached = True
 
     # -- the command line ----------------------------------------------------------------------
 

@@ -1,112 +1,79 @@
-"""Lab hosts: Debian 12 "machines" made of namespaces over the base root filesystem.
+"""Lab hosts: Debian 13 machines that boot systemd as PID 1 under ``systemd-nspawn``, as a Linode
+boots it.
 
-A host is ``ip netns exec mclab-HOST unshare --mount --uts --ipc --pid --fork`` running BOOT_SCRIPT
-as its PID 1. BOOT mounts an overlay (lower: the shared base; upper: the host's own disk, which
-survives crash and boot), /proc, /sys, /run and a private /dev holding the data volume's node at
-the path Linode uses, then chroots into INIT_SCRIPT, which does the part of a Debian boot that
-matters here (syslog, the SysV services that packages enabled) and reaps orphans.
+A host is ``unshare --mount`` running BOOT_SCRIPT, which mounts the host's OS disk (an overlay:
+lower the shared base, upper the host's own directory, which survives crash and boot), gives
+nspawn the private tmpfs it needs on /run/systemd/nspawn (LAB-NOTES "systemd in a lab node"),
+writes what a Linode's provisioning writes (hostname, /etc/hosts, the resolver), mounts the data
+volume as the host's fstab says (``volume.py`` says why the lab does it) and becomes
+``systemd-nspawn --boot`` in the host's network namespace. Every mount is in that private mount
+namespace, so none is left on this machine and all die with the host.
+
+What nspawn withholds by default and a node needs, and what the lab gives it:
+- CAP_NET_ADMIN (nft, ip, wg: nspawn keeps it only with --private-network) and CAP_IPC_LOCK
+  (Heartbeat locks itself into memory) on top of nspawn's default set, which has CAP_SYS_ADMIN
+  (mounts) and CAP_LINUX_IMMUTABLE (``chattr +i`` in mailcluster-datadir); no CAP_SYSLOG, so no
+  host reads this machine's kernel log (nspawn also hides /proc/kmsg);
+- /dev/net/tun (the mesh's wireguard-go: this kernel has no WireGuard module) and the volume's
+  block device at its Linode path, bound in;
+- net.* sysctls writable (the host's own network namespace:
+  ``SYSTEMD_NSPAWN_API_VFS_WRITABLE=network``); every other sysctl, /sys and /proc/sysrq-trigger
+  stay read-only, as nspawn makes them;
+- the unified cgroup hierarchy (``SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1``), below the host's cgroup
+  (``cgroups.py``): everything the host's systemd starts is counted and killed with the host.
+
+``--register=no --keep-unit``: this machine's PID 1 is not systemd (no machined, no bus).
+Docs: https://www.freedesktop.org/software/systemd/man/latest/systemd-nspawn.html
 """
 
 from __future__ import annotations
 
-import os
 import shlex
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from cluster.lab import cgroups
-from cluster.lab.paths import INIT_NAME, VOLUME_SIZE, base_dir, host_dir, host_ns
-from cluster.lab.run import LabError, run
+from cluster.lab import cgroups, volume
+from cluster.lab.paths import base_dir, host_dir, host_ns
+from cluster.lab.run import LabError
 from cluster.lab.state import HostRecord
 
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-BOOTED = "/run/mailcluster-lab-booted"
+# `systemctl is-system-running`: boot is over (degraded: some unit failed).
+BOOTED_STATES = ("running", "degraded")
+# ... and states a boot does not leave by waiting.
+BROKEN_STATES = ("maintenance", "stopping")
+NSPAWN_ENV = ("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1", "SYSTEMD_NSPAWN_API_VFS_WRITABLE=network")
+NSPAWN_CAPABILITIES = "CAP_NET_ADMIN,CAP_IPC_LOCK"
+TUN = "/dev/net/tun"
 
 BOOT_SCRIPT = r"""
 set -euo pipefail
-host=$1 base=$2 dir=$3 volume=$4 vol_major=$5 vol_minor=$6 fqdn=$7 public=$8
+dir=$1 base=$2 host=$3 fqdn=$4 public=$5 vol=$6 vol_point=$7 vol_type=$8 vol_opts=$9
+shift 9
 root=$dir/root
 mkdir -p "$dir/disk/upper" "$dir/disk/work" "$root"
 mount -t overlay overlay \
   -o "lowerdir=$base,upperdir=$dir/disk/upper,workdir=$dir/disk/work" "$root"
-mount -t proc -o nosuid,nodev,noexec proc "$root/proc"
-# Only net.* sysctls belong to a host (its network namespace); the rest are this machine's.
-mount --bind "$root/proc/sys" "$root/proc/sys"
-mount --bind "$root/proc/sys/net" "$root/proc/sys/net"
-mount -o remount,bind,ro "$root/proc/sys"
-if [ -e "$root/proc/sysrq-trigger" ]; then
-  mount --bind -o ro /proc/sysrq-trigger "$root/proc/sysrq-trigger"
-fi
-mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$root/sys"
-mount -t tmpfs -o nosuid,nodev,mode=0755 tmpfs "$root/run"
-mkdir -p "$root/run/lock"
-mount -t tmpfs -o nosuid,mode=0755,size=64m tmpfs "$root/dev"
-d=$root/dev
-mknod -m 666 "$d/null" c 1 3; mknod -m 666 "$d/zero" c 1 5; mknod -m 666 "$d/full" c 1 7
-mknod -m 666 "$d/random" c 1 8; mknod -m 666 "$d/urandom" c 1 9; mknod -m 666 "$d/tty" c 5 0
-# The TUN device: the mesh's userspace WireGuard (wireguard-go) needs it, as this kernel has no
-# WireGuard module. Its interfaces live in the host's own network namespace.
-mkdir -p "$d/net"; mknod -m 666 "$d/net/tun" c 10 200
-ln -s /proc/self/fd "$d/fd"; ln -s /proc/self/fd/0 "$d/stdin"
-ln -s /proc/self/fd/1 "$d/stdout"; ln -s /proc/self/fd/2 "$d/stderr"
-mkdir -p "$d/pts" "$d/shm" "$root${volume%/*}"
-# This machine's /dev/pts has ptmxmode=000: a private instance gives the host working ptys.
-mount -t devpts -o newinstance,ptmxmode=0666,mode=0620,gid=5 devpts "$d/pts"
-ln -s pts/ptmx "$d/ptmx"
-mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs "$d/shm"
-mknod -m 660 "$root$volume" b "$vol_major" "$vol_minor"
-# A Debian system has /etc/mtab -> /proc/self/mounts (debootstrap's minbase leaves it out).
-[ -e "$root/etc/mtab" ] || ln -s ../proc/self/mounts "$root/etc/mtab"
-hostname "$host"
+# nspawn keeps per-machine state here; on this machine's /run it would refuse to clean it up.
+mkdir -p /run/systemd/nspawn
+mount -t tmpfs -o mode=0755,size=16m tmpfs /run/systemd/nspawn
 echo "$host" > "$root/etc/hostname"
 printf '127.0.0.1\tlocalhost\n%s\t%s %s\n::1\tlocalhost ip6-localhost ip6-loopback\n' \
   "$public" "$fqdn" "$host" > "$root/etc/hosts"
 # Each host asks its own BIND, as the plan's resolver setting on Linode would.
 printf 'nameserver 127.0.0.1\n' > "$root/etc/resolv.conf"
-install -m 0755 "$dir/init" "$root/usr/local/sbin/@INIT@"
-cd "$root"
-exec chroot "$root" /usr/local/sbin/@INIT@
-""".replace("@INIT@", INIT_NAME)
-
-# PID 1 inside a host. bash reaps any child it is sent SIGCHLD for, adopted orphans included.
-INIT_SCRIPT = r"""#!/bin/bash
-# mailcluster lab: PID 1 of a lab host (a namespace "machine"), written at every boot.
-export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8
-exec </dev/null >>/var/log/mailcluster-lab-boot.log 2>&1
-echo "=== boot $(date -Is)"
-# rsyslog in bookworm has no SysV script; it provides /dev/log for every daemon.
-rsyslogd || echo "rsyslogd failed"
-cron || echo "cron failed"
-# Local filesystems from /etc/fstab (the mail volume), as systemd mounts them on a Linode: a
-# rebooted host must find its maildirs, not an empty /srv/mail.
-mount -a -t nonfs,nocifs || echo "mount -a failed"
-# Start what packages enabled in runlevel 2, as Debian's boot does, and as apt's postinst
-# scripts have done on a Linode by the time the plan's later steps run (the lab bakes the
-# packages into its base instead of installing them). named goes late: until the plan sets
-# `recursion no`, a stock named would make every lookup wait for an internet that the lab does
-# not have; heartbeat goes last, as its takeover scripts drive the others.
-late=
-for s in /etc/rc2.d/S*; do
-  [ -x "$s" ] || continue
-  case "$s" in
-    *named | *bind9) late="$s $late"; continue ;;
-    *heartbeat) late="$late $s"; continue ;;
-  esac
-  timeout 120 "$s" start || echo "$s start failed"
-done
-for s in $late; do timeout 120 "$s" start || echo "$s start failed"; done
-touch /run/mailcluster-lab-booted
-echo "=== up $(date -Is)"
-trap 'exit 0' TERM INT
-while :; do
-  sleep 3600 &
-  wait $! || true
-done
+# The volume's fstab line (nofail, as the plan writes it: a node whose volume does not mount
+# still boots).
+if [ -n "$vol_point" ]; then
+  mkdir -p "$root$vol_point"
+  mount -t "$vol_type" -o "$vol_opts" "$vol" "$root$vol_point" \
+    || echo "$host: the volume did not mount on $vol_point" >&2
+fi
+exec "$@"
 """
 
 
@@ -125,102 +92,145 @@ def start_ticks(pid: int) -> str:
 
 
 def alive(rec: HostRecord) -> bool:
-    """Whether the recorded PID 1 is still our host (not a pid reused by someone else)."""
+    """Whether the recorded systemd is still our host's (not a pid reused by someone else)."""
     if not rec.pid:
         return False
     fields = _read_stat(rec.pid)
     return fields is not None and fields[0] != "Z" and fields[19] == rec.start_ticks
 
 
+def _is_container_init(pid: int) -> bool:
+    """PID 1 of a PID namespace one level below ours: ``NSpid:`` shows its two pids, the last 1."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    for line in status.splitlines():
+        if line.startswith("NSpid:"):
+            return line.split()[1:] == [str(pid), "1"]
+    return False
+
+
 def _children(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            fields = _read_stat(int(entry.name))
-            if fields and fields[1] == str(pid):
-                out.append(int(entry.name))
-    return out
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
 
 
-def attach_volume(host: str, rec: HostRecord) -> tuple[int, int]:
-    """The data volume: a sparse image on a loop device (attached once; reused after a crash)."""
-    image = host_dir(host) / "volume.img"
-    if not image.exists():
-        image.parent.mkdir(parents=True, exist_ok=True)
-        with open(image, "wb") as f:
-            f.truncate(VOLUME_SIZE)
-    if rec.loop and Path(rec.loop).exists():
-        back = run(["losetup", "-n", "-O", "BACK-FILE", rec.loop], check=False).stdout.strip()
-        if back != str(image):
-            rec.loop = ""
-    if not rec.loop:
-        rec.loop = run(["losetup", "--find", "--show", str(image)]).stdout.strip()
-    st = os.stat(rec.loop)
-    return os.major(st.st_rdev), os.minor(st.st_rdev)
+def nspawn_argv(host: str, loop: str, volume_path: str) -> list[str]:
+    root = host_dir(host) / "root"
+    return [
+        "env", *NSPAWN_ENV, "systemd-nspawn", "--quiet", "--boot", "--register=no", "--keep-unit",
+        f"--directory={root}", f"--machine={host}",
+        f"--network-namespace-path=/run/netns/{host_ns(host)}",
+        "--console=pipe", "--link-journal=no", "--resolv-conf=off", "--timezone=off",
+        f"--capability={NSPAWN_CAPABILITIES}",
+        f"--bind={TUN}", f"--bind={loop}:{volume_path}",
+    ]  # fmt: skip
 
 
-def boot(host: str, rec: HostRecord, fqdn: str, public: str, volume: str) -> None:
-    """Start the host's PID 1 and record it; ``volume`` is the path of its data volume's device
-    node. The caller has prepared its network."""
+def boot(host: str, rec: HostRecord, fqdn: str, public: str, volume_path: str) -> None:
+    """Power on: start the host's systemd and record its pid. ``volume_path`` is where the host
+    finds its data volume's node. The caller has prepared its network."""
     if alive(rec):
         return
-    major, minor = attach_volume(host, rec)
+    rec.cgroup = cgroups.ensure(host)
+    cgroups.kill(rec.cgroup)  # nothing of an earlier life of this host may run on
+    cgroups.clear(rec.cgroup)
+    loop = volume.attach(host, rec)
+    tags = volume.probe(loop)
+    mount = volume.fstab_mount(volume.host_fstab(host), tags, volume_path)
+    vol_args = (
+        [mount.point, mount.fstype, mount.options] if mount and "TYPE" in tags else ["", "", ""]
+    )
     d = host_dir(host)
-    (d / "init").write_text(INIT_SCRIPT)
     pidfile = d / "launcher.pid"
     pidfile.unlink(missing_ok=True)
     boot_argv = [
-        "ip", "netns", "exec", host_ns(host),
-        "unshare", "--mount", "--uts", "--ipc", "--pid", "--fork", "--propagation", "private",
-        "bash", "-c", BOOT_SCRIPT, "boot", host, str(base_dir()), str(d),
-        volume, str(major), str(minor), fqdn, public,
+        "unshare", "--mount", "--propagation", "private",
+        "bash", "-c", BOOT_SCRIPT, "boot", str(d), str(base_dir()), host, fqdn, public, loop,
+        *vol_args, *nspawn_argv(host, loop, volume_path),
     ]  # fmt: skip
     # setsid --fork: the host outlives this process and belongs to no terminal or session of
-    # ours; the wrapper joins the host's cgroup (all the host forks inherits it) and records its
-    # pid (the `unshare`) before becoming it.
-    rec.cgroup = cgroups.ensure(host)
-    wrapper = f"echo $$ > {shlex.quote(str(pidfile))}; exec {shlex.join(boot_argv)}"
-    if rec.cgroup:
-        wrapper = f"echo $$ > {shlex.quote(rec.cgroup + '/cgroup.procs')} && {wrapper}"
-    with open(d / "console.log", "ab") as console:
+    # ours. The wrapper joins the host's cgroup (nspawn and the host inherit it) and records its
+    # pid, which stays nspawn's through the execs.
+    wrapper = (
+        f"echo $$ > {shlex.quote(rec.cgroup + '/cgroup.procs')} && "
+        f"echo $$ > {shlex.quote(str(pidfile))} && exec {shlex.join(boot_argv)}"
+    )
+    console = d / "console.log"
+    with open(console, "ab") as out:
+        out.write(f"=== boot {time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode())
+        out.flush()
         subprocess.run(
             ["setsid", "--fork", "sh", "-c", wrapper],
-            stdin=subprocess.DEVNULL, stdout=console, stderr=console, check=True,
+            stdin=subprocess.DEVNULL, stdout=out, stderr=out, check=True,
         )  # fmt: skip
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        if pidfile.exists() and pidfile.read_text().strip():
-            launcher = int(pidfile.read_text())
-            kids = _children(launcher)
-            if kids:
-                rec.launcher_pid, rec.pid = launcher, kids[0]
+        text = pidfile.read_text().strip() if pidfile.exists() else ""
+        if text:
+            launcher = int(text)
+            init = [p for p in _children(launcher) if _is_container_init(p)]
+            if init:
+                rec.launcher_pid, rec.pid = launcher, init[0]
                 rec.start_ticks = start_ticks(rec.pid)
                 return
             if _read_stat(launcher) is None:
                 break
         time.sleep(0.02)
-    raise LabError(f"{host}: did not start; see {d / 'console.log'}")
+    raise LabError(f"{host}: systemd did not start{console_tail(host)}")
 
 
-def wait_booted(host: str, rec: HostRecord, timeout: float = 300) -> None:
+def console_tail(host: str, lines: int = 15) -> str:
+    """The end of the host's console (nspawn's and the boot script's errors), for messages."""
+    path = host_dir(host) / "console.log"
+    try:
+        tail = path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return ""
+    return f"; {path} ends:\n" + "\n".join(tail)
+
+
+def system_state(host: str, rec: HostRecord) -> str:
+    """``systemctl is-system-running`` in the host ("offline" until its manager answers)."""
+    proc = exec_in(host, rec, ["systemctl", "is-system-running"], timeout=30)
+    return proc.stdout.strip() or "offline"
+
+
+def failed_units(host: str, rec: HostRecord) -> list[str]:
+    proc = exec_in(host, rec, ["systemctl", "list-units", "--failed", "--plain", "--no-legend"],
+                   timeout=30)  # fmt: skip
+    return [line.split()[0] for line in proc.stdout.splitlines() if line.split()]
+
+
+def wait_booted(host: str, rec: HostRecord, timeout: float = 300) -> str:
+    """Wait until the host's systemd has finished booting: "running", or "degraded" when a unit
+    failed. Returns the state."""
     deadline = time.monotonic() + timeout
+    state = "offline"
     while time.monotonic() < deadline:
         if not alive(rec):
-            raise LabError(f"{host}: PID 1 died while booting; see {host_dir(host)}/console.log")
-        if Path(f"/proc/{rec.pid}/root{BOOTED}").exists():
-            return
+            raise LabError(f"{host}: systemd died while booting{console_tail(host)}")
+        state = system_state(host, rec)
+        if state in BOOTED_STATES:
+            return state
+        if state in BROKEN_STATES:
+            break
         time.sleep(0.1)
-    raise LabError(f"{host}: not booted after {timeout:.0f}s")
+    failed = ", ".join(failed_units(host, rec)) if alive(rec) else "?"
+    raise LabError(
+        f"{host}: not booted after {timeout:.0f}s: systemd is {state!r}; failed units: "
+        f"{failed or 'none'} (`lab exec {host} -- journalctl -b` says why)"
+    )
 
 
-def kill(rec: HostRecord, timeout: float = 10) -> None:
-    """Power off: SIGKILL to PID 1 takes down every process of the host's PID namespace."""
-    if alive(rec):
-        os.kill(rec.pid, signal.SIGKILL)
-        deadline = time.monotonic() + timeout
-        while alive(rec) and time.monotonic() < deadline:
-            time.sleep(0.02)
-    rec.pid, rec.start_ticks = 0, ""
+def kill(rec: HostRecord) -> None:
+    """Power off: SIGKILL to every process of the host at once (its cgroup), nspawn included."""
+    cgroups.kill(rec.cgroup)
+    rec.pid, rec.launcher_pid, rec.start_ticks = 0, 0, ""
 
 
 def wipe_disk(host: str) -> None:
@@ -232,23 +242,29 @@ def wipe_disk(host: str) -> None:
         shutil.rmtree(disk)
 
 
-def delete_volume(host: str, rec: HostRecord) -> None:
-    """Detach and delete the host's data volume (the host must be down): its next boot gets a
-    new, empty one, as a new Linode gets a new Volume."""
-    if rec.loop:
-        run(["losetup", "-d", rec.loop], check=False)
-        rec.loop = ""
-    (host_dir(host) / "volume.img").unlink(missing_ok=True)
+def capability_list(mask: int) -> str:
+    """A capability mask as setpriv's list (``+cap_0,+cap_12,...``)."""
+    return ",".join(f"+cap_{n}" for n in range(mask.bit_length()) if mask >> n & 1)
+
+
+def _capabilities(pid: int) -> str:
+    """The capability bounding set of ``pid`` as setpriv's list."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("CapBnd:"):
+            return capability_list(int(line.split()[1], 16))
+    raise LabError(f"no CapBnd in /proc/{pid}/status")
 
 
 def nsenter_argv(rec: HostRecord, argv: Sequence[str]) -> list[str]:
-    """Run ``argv`` as a process of the host: its cgroup, all its namespaces, its root, a clean
-    env. The cgroup matters beyond accounting: a daemon that a command starts (``service X
-    start``) would otherwise run, and be counted, outside the host."""
-    join = ["sh", "-c", 'echo $$ > "$0" && exec "$@"', f"{rec.cgroup}/cgroup.procs"]
+    """Run ``argv`` as a process of the host: in its cgroup (so its CPU is counted and a crash
+    kills it), in all the namespaces of its systemd, with the capabilities the host's own
+    processes have (no more: nsenter alone would keep this machine's full set, CAP_SYSLOG
+    included), and a clean environment, as a login over SSH gets on a Linode."""
+    join = ["sh", "-c", 'echo $$ > "$0" && exec "$@"', cgroups.exec_procs(rec.cgroup)]
     return [
-        *(join if rec.cgroup else []),
-        "nsenter", "-t", str(rec.pid), "-m", "-u", "-i", "-n", "-p", "-r", "-w", "--",
+        *join,
+        "setpriv", f"--bounding-set=-all,{_capabilities(rec.pid)}",
+        "nsenter", "-t", str(rec.pid), "--all", "--root", "--wd", "--",
         "env", "-i", f"PATH={HOST_PATH}", "HOME=/root", "LANG=C.UTF-8", "USER=root",
         "LOGNAME=root", *argv,
     ]  # fmt: skip
@@ -273,10 +289,10 @@ def run_captured(
 ) -> subprocess.CompletedProcess[str]:
     """Run and capture output through unlinked files, not pipes.
 
-    In the lab `service X start` runs the SysV script, so the daemon inherits the caller's
-    stdout/stderr; on a systemd node (Linode) systemd starts it with its own. With pipes we would
-    wait for a daemon to exit before seeing EOF (and a daemon writing to a pipe we closed would
-    die of SIGPIPE); a file it may keep open for ever costs nothing.
+    A daemon that a command starts by itself (not through systemctl) inherits the command's
+    stdout and stderr. With pipes we would wait for that daemon to exit before seeing EOF (and a
+    daemon writing to a pipe we closed would die of SIGPIPE); a file it may keep open for ever
+    costs nothing.
     """
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(

@@ -10,7 +10,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from cluster.lab import base, cgroups, hosts, net, s3server
+from cluster.lab import base, cgroups, hosts, net, s3server, volume
 from cluster.lab.model import lab_topology, volume_path
 from cluster.lab.paths import CLIENT_NS, HOSTS, ROUTER_NS, lab_dir
 from cluster.lab.run import LabError, Progress, run
@@ -18,10 +18,11 @@ from cluster.lab.state import HostRecord, LabState, locked
 
 
 def start_host(state: LabState, host: str) -> bool:
-    """Network, volume and PID 1 of one host; False when it was already running."""
+    """Network, volume and systemd of one host; False when it was already running."""
     rec = state.hosts.setdefault(host, HostRecord())
     if hosts.alive(rec):
         return False
+    _check_volume_home(host, rec)
     net.port_down(host)  # no traffic while the host has no processes answering
     net.ensure_host_net(host, cut=[host, *state.cut])
     state.save()  # the loop device and pid are recorded before anything else can fail
@@ -58,16 +59,22 @@ def up_machines(progress: Progress) -> LabState:
             if start_host(state, host):
                 started.append(host)
         if started:
-            progress(f"hosts: started {', '.join(started)}; waiting for their boot")
+            progress(f"hosts: started {', '.join(started)}; waiting for their systemd")
         with ThreadPoolExecutor(len(HOSTS)) as pool:
-            list(pool.map(lambda h: hosts.wait_booted(h, state.hosts[h]), HOSTS))
-        progress("hosts: all four up")
+            states = list(pool.map(lambda h: hosts.wait_booted(h, state.hosts[h]), HOSTS))
+        booted = ", ".join(f"{h} {s}" for h, s in zip(HOSTS, states, strict=True))
+        progress(f"hosts: all four booted ({booted})")
         return state
 
 
 def crash(host: str) -> None:
-    """A power cut: PID 1 and every process of the host die at once, its port goes dark (the
-    kernel would otherwise still answer ARP for a shared IP left on eth0); the disk stays."""
+    """A power cut: every process of the host dies at once (SIGKILL to its cgroup), its port
+    goes dark (the kernel would otherwise still answer ARP for a shared IP left on eth0); the
+    disk and the volume stay.
+
+    Unlike a real power cut, the page cache survives: the host's disk is a directory and its
+    volume a loop device of this machine's kernel, so a write the host never flushed is still
+    there after the crash. No lab test can catch a missing fsync (in Postfix, Dovecot, MariaDB)."""
     _check_host(host)
     with locked() as state:
         rec = state.hosts.setdefault(host, HostRecord())
@@ -75,14 +82,16 @@ def crash(host: str) -> None:
         hosts.kill(rec)
 
 
-def boot(host: str) -> None:
+def boot(host: str) -> str:
+    """Power on: the host boots through its systemd (what packages and the plan enabled starts
+    in systemd's order; the volume is mounted as its fstab says). Returns systemd's state."""
     _check_host(host)
     with locked() as state:
         if hosts.alive(state.hosts.get(host, HostRecord())):
             raise LabError(f"{host} is already up")
         net.flush_host(host)  # an address held at the crash (a shared IP) goes with it
         start_host(state, host)
-        hosts.wait_booted(host, state.hosts[host])
+        return hosts.wait_booted(host, state.hosts[host])
 
 
 def rebuild(host: str) -> None:
@@ -93,12 +102,54 @@ def rebuild(host: str) -> None:
     _check_host(host)
     with locked() as state:
         rec = state.hosts.setdefault(host, HostRecord())
+        _check_volume_home(host, rec)
         net.port_down(host)
         hosts.kill(rec)
         hosts.wipe_disk(host)
         net.flush_host(host)
         start_host(state, host)
         hosts.wait_booted(host, state.hosts[host])
+
+
+def attach_volume(host: str, to: str) -> str:
+    """A rescue: ``host``'s volume hot-plugged into the running host ``to``, at the path Linode
+    gives an attached volume (its own program mounts it). ``host`` must be down: a volume
+    attaches to one machine at a time, and a host that runs writes to it. Returns the path."""
+    _check_host(host)
+    _check_host(to)
+    if to == host:
+        raise LabError(f"{host}'s volume is its own: attach it to another host")
+    with locked() as state:
+        rec = state.hosts.setdefault(host, HostRecord())
+        if hosts.alive(rec):
+            raise LabError(f"{host} is up and uses its volume: crash it first")
+        if rec.volume_on not in ("", to):
+            raise LabError(f"{host}'s volume is attached to {rec.volume_on}: detach it first")
+        peer = state.hosts.get(to, HostRecord())
+        if not hosts.alive(peer):
+            raise LabError(f"{to} is down: a volume is attached to a running host here")
+        loop = volume.attach(host, rec)
+        rec.volume_on = to
+        state.save()  # recorded before the device appears (down and boot must know)
+        path = volume_path(host)
+        volume.plug(loop, peer.pid, path)
+        return path
+
+
+def detach_volume(host: str) -> str:
+    """Take ``host``'s volume back from the host it was attached to (refused while that host has
+    it mounted). Returns that host's name, "" when the volume was not attached elsewhere."""
+    _check_host(host)
+    with locked() as state:
+        rec = state.hosts.setdefault(host, HostRecord())
+        on = rec.volume_on
+        if not on:
+            return ""
+        peer = state.hosts.get(on, HostRecord())
+        if hosts.alive(peer) and rec.loop:  # a crashed host lost the device with its /dev
+            volume.unplug(rec.loop, peer.pid, volume_path(host))
+        rec.volume_on = ""
+        return on
 
 
 def wipe() -> list[str]:
@@ -112,7 +163,8 @@ def wipe() -> list[str]:
             net.port_down(host)
             hosts.kill(rec)
             hosts.wipe_disk(host)
-            hosts.delete_volume(host, rec)
+            volume.delete(host, rec)
+            rec.volume_on = ""  # the hosts it was attached to are powered off too
             net.delete_host_ns(host)
             wiped.append(host)
     return wiped
@@ -142,6 +194,15 @@ def _settle(target: str) -> None:
                 break
 
 
+def _check_volume_home(host: str, rec: HostRecord) -> None:
+    """A host boots only with its own volume, which is attached to one machine at a time."""
+    if rec.volume_on:
+        raise LabError(
+            f"{host}'s volume is attached to {rec.volume_on} (a rescue): `volume detach {host}` "
+            "first"
+        )
+
+
 def _check_host(host: str) -> None:
     if host not in HOSTS:
         raise LabError(f"unknown host {host!r}; hosts: {', '.join(HOSTS)}")
@@ -157,15 +218,14 @@ def _kill_namespace_processes(ns: str) -> None:
 
 def down(progress: Progress) -> list[str]:
     """Undo everything the lab made: found from the state file and, should that be lost, by the
-    lab's names (mclab-* namespaces, loop devices backed by files under the lab directory)."""
+    lab's names (mclab-* namespaces, the lab's cgroups, loop devices backed by files under the
+    lab directory)."""
     undone: list[str] = []
     root = lab_dir()
+    with locked() if root.exists() else contextlib.nullcontext():
+        # Every process of every host, by its cgroup (a host's systemd and all it started).
+        undone += [f"host {host}" for host in cgroups.kill_all()]
     if root.exists():
-        with locked() as state:
-            for host, rec in state.hosts.items():
-                if hosts.alive(rec):
-                    hosts.kill(rec)
-                    undone.append(f"host {host}")
         for ns in net.lab_namespaces():
             _kill_namespace_processes(ns)
         deadline = time.monotonic() + 10

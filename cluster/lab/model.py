@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from cluster.config import DC_NAMES, StackConfig, load_config
-from cluster.lab.addresses import client_address, client_address6, lab_dc_addresses
+from cluster.lab.addresses import VPC_SUBNETS, client_address, client_address6, lab_dc_addresses
 from cluster.services.storage import device_path
 from cluster.stackfiles import read_stack_config
 from cluster.topology import Topology
@@ -38,7 +38,9 @@ LAB_OVERRIDES: Mapping[str, Any] = {
 
 
 def lab_config(stack: str, sets: Mapping[str, Any] | None = None) -> StackConfig:
-    raw = {**read_stack_config(stack), **LAB_OVERRIDES, **(sets or {})}
+    # Each data centre's VPC is the lab's network for it (net.py): fixed, like the addresses.
+    raw = {**read_stack_config(stack), **LAB_OVERRIDES, "vpcSubnet": VPC_SUBNETS[stack],
+           **(sets or {})}  # fmt: skip
     return load_config(raw, stack)
 
 

@@ -1,5 +1,7 @@
 """The lab's network: a switch, a router ("the internet") and a client, all in namespaces.
 
+       bridge dc1-vpc                          bridge dc2-vpc      (each DC's VPC: eth1)
+         |       |                               |       |
     [dc1-svr1] [dc1-svr2] [rs-dc1]     [dc2-svr1] [dc2-svr2] [rs-dc2]
          \\      |      /                  \\      |      /
           bridge dc1 ------[router]------ bridge dc2   (bridges live in the switch namespace)
@@ -13,8 +15,10 @@ Every link is a veth pair created *inside* the lab's namespaces (``ip -n``), so 
 appears in this machine's own network namespace, and there is no route or NAT out: the router
 only forwards between its three lab networks and has no default route.
 
-A host's eth0 carries its public and private addresses, like a Linode's; the private /24s are
-not routed (no router address on them), as Linode's private network is per data centre.
+A host's eth0 carries its public addresses, its eth1 its address in the data centre's VPC (a
+bridge of its own, no router on it: as a Linode VPC, one data centre's and routed nowhere), both
+exactly as the program fixes them (cluster/lab/addresses.py). A pulled cable is both: a host
+whose network is gone loses its public and its VPC interface at once.
 """
 
 from __future__ import annotations
@@ -47,6 +51,16 @@ def lab_namespaces() -> list[str]:
     if not NETNS_DIR.is_dir():
         return []
     return sorted(p.name for p in NETNS_DIR.iterdir() if p.name.startswith(NS_PREFIX))
+
+
+def vpc_bridge(dc: str) -> str:
+    """The bridge of ``dc``'s VPC in the switch namespace."""
+    return f"{dc}-vpc"
+
+
+def vpc_port(host: str) -> str:
+    """The switch-side end of a host's VPC cable (the public one is ``switch_port``)."""
+    return f"v-{host}"
 
 
 def host_addresses(host: str) -> tuple[str, str]:
@@ -93,7 +107,7 @@ def ensure_fabric(cut: list[str]) -> None:
         _ensure_ns(ns)
     # The switch is layer 2 only: no addresses, no IPv6 autoconfiguration chatter.
     _sysctl(SWITCH_NS, "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
-    for bridge in (*DC_NAMES, INTERNET_BRIDGE):
+    for bridge in (*DC_NAMES, *(vpc_bridge(dc) for dc in DC_NAMES), INTERNET_BRIDGE):
         if not _link_exists(SWITCH_NS, bridge):
             run(["ip", "-n", SWITCH_NS, "link", "add", bridge, "type", "bridge",
                  "forward_delay", "0", "stp_state", "0"])  # fmt: skip
@@ -141,16 +155,18 @@ def ensure_host_net(host: str, cut: list[str]) -> None:
     _ensure_ns(ns)
     dc = host.split("-")[0]
     _cable(switch_port(host), dc, ns, A.INTERFACE)
+    _cable(vpc_port(host), vpc_bridge(dc), ns, A.PRIVATE_INTERFACE)
     public, private = host_addresses(host)
     public6 = host_address6(host)
-    _set_address(
-        ns,
-        A.INTERFACE,
-        [f"{public}/{A.PREFIXLEN}", f"{private}/{A.PREFIXLEN}", f"{public6}/{A.PREFIXLEN6}"],
-    )
+    _set_address(ns, A.INTERFACE, [f"{public}/{A.PREFIXLEN}", f"{public6}/{A.PREFIXLEN6}"])
+    vpc_prefixlen = ipaddress.IPv4Network(A.VPC_SUBNETS[dc]).prefixlen
+    # IPv4 only, as the program's VPC is: no link-local IPv6 chatter on it either.
+    _sysctl(ns, f"net.ipv6.conf.{A.PRIVATE_INTERFACE}.disable_ipv6=1")
+    _set_address(ns, A.PRIVATE_INTERFACE, [f"{private}/{vpc_prefixlen}"])
     _default_route(ns, A.router_address(A.PUBLIC_NETS[dc]))
     _default_route(ns, A.router_address6(A.PUBLIC_NETS6[dc]))
-    _port(switch_port(host), up=host not in cut)
+    for port in (switch_port(host), vpc_port(host)):
+        _port(port, up=host not in cut)
 
 
 def _set_address(ns: str, dev: str, cidrs: list[str]) -> None:
@@ -176,12 +192,14 @@ def delete_host_ns(host: str) -> None:
     """The host's namespace and cable gone (a destroyed Linode's network goes with it, addresses
     on ``lo`` included); ``ensure_host_net`` makes new ones. The cable first: deleting one end
     of a veth deletes both at once, while a namespace's devices go later, asynchronously."""
-    run(["ip", "-n", SWITCH_NS, "link", "del", switch_port(host)], check=False)
+    for port in (switch_port(host), vpc_port(host)):
+        run(["ip", "-n", SWITCH_NS, "link", "del", port], check=False)
     run(["ip", "netns", "del", host_ns(host)], check=False)
 
 
 def flush_host(host: str) -> None:
-    run(["ip", "-n", host_ns(host), "addr", "flush", "dev", A.INTERFACE], check=False)
+    for dev in (A.INTERFACE, A.PRIVATE_INTERFACE):
+        run(["ip", "-n", host_ns(host), "addr", "flush", "dev", dev], check=False)
 
 
 def _default_route(ns: str, via: str) -> None:
@@ -199,14 +217,16 @@ def cut_target(target: str, *, up: bool) -> None:
     if target in DC_NAMES:
         _port(router_port(target), up=up)
     elif target in HOSTS:
-        _port(switch_port(target), up=up)
+        for port in (switch_port(target), vpc_port(target)):
+            _port(port, up=up)
     else:
         raise ValueError(f"cut/heal takes a host {HOSTS} or a data centre {DC_NAMES}")
 
 
 def port_down(host: str) -> None:
-    if _link_exists(SWITCH_NS, switch_port(host)):
-        _port(switch_port(host), up=False)
+    for port in (switch_port(host), vpc_port(host)):
+        if _link_exists(SWITCH_NS, port):
+            _port(port, up=False)
 
 
 def delete_all() -> list[str]:

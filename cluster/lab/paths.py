@@ -34,8 +34,7 @@ NS_PREFIX = f"mclab{LAB_NAME}-"
 SWITCH_NS = f"{NS_PREFIX}switch"
 ROUTER_NS = f"{NS_PREFIX}router"
 CLIENT_NS = f"{NS_PREFIX}client"
-CGROUP_NAME = f"mailcluster-lab{LAB_NAME}"  # one cgroup per host under it, to count CPU
-INIT_NAME = f"{CGROUP_NAME}-init"  # the hosts' PID 1 (a name `down` and tests can look for)
+CGROUP_NAME = f"mailcluster-lab{LAB_NAME}"  # one cgroup per host under it (cgroups.py)
 INTERNET_BRIDGE = "inet"  # the client side of the router ("the internet")
 VOLUME_SIZE = 2 * 1024**3  # a sparse image: costs only what the host writes
 

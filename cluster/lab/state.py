@@ -24,11 +24,14 @@ def state_file() -> Path:
 
 @dataclass
 class HostRecord:
-    launcher_pid: int = 0  # the `unshare` process on this machine's side
-    pid: int = 0  # the host's PID 1, as this machine sees it
+    launcher_pid: int = 0  # the host's systemd-nspawn, on this machine's side
+    pid: int = 0  # the host's PID 1 (its systemd), as this machine sees it
     start_ticks: str = ""  # /proc/<pid>/stat starttime: tells a reused pid from ours
     loop: str = ""  # the loop device of the data volume
-    cgroup: str = ""  # the host's cgroup directory (CPU accounting), "" without cgroup v2
+    cgroup: str = ""  # the host's cgroup directory (CPU accounting, crash)
+    # The running host this host's volume is hot-plugged into (a rescue: `volume attach`), ""
+    # while it is the host's own: a volume attaches to one machine at a time.
+    volume_on: str = ""
 
 
 @dataclass
@@ -38,6 +41,9 @@ class LabState:
     sets: dict[str, dict[str, Any]] = field(default_factory=dict)  # stack -> config overrides
     base: str = ""
     active_dc: str = ""  # the activeDc of the stack applied last: the latest failover intent
+    # stack -> the data centres its last apply knew (its own, and the other once that one was
+    # applied): what a stack's outputs and its StackReference give a `pulumi up` (stacks.py).
+    applied: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
     def load(cls) -> LabState:
@@ -52,6 +58,7 @@ class LabState:
             dict(data.get("sets", {})),
             data.get("base", ""),
             data.get("active_dc", ""),
+            dict(data.get("applied", {})),
         )
 
     def save(self) -> None:

@@ -31,6 +31,8 @@ SERVICES = {
 ROLE_TOOL = "/usr/local/sbin/mailcluster-role"
 
 PROBE = r"""
+echo "systemd $(systemctl is-system-running 2>/dev/null)"
+systemctl list-units --failed --plain --no-legend 2>/dev/null | awk '{print "failed " $1}'
 for pair in @PAIRS@; do
   pgrep -x "${pair#*=}" >/dev/null 2>&1 && echo "svc ${pair%=*}"
 done
@@ -49,10 +51,14 @@ fi
 
 
 def addresses_on(host: str) -> list[str]:
-    """IPv4 addresses on the host's eth0, read from outside (works while the host is down)."""
-    out = run(["ip", "-n", host_ns(host), "-o", "-4", "addr", "show", "dev", A.INTERFACE],
-              check=False).stdout.split()  # fmt: skip
-    return [out[i + 1].split("/")[0] for i, w in enumerate(out) if w == "inet"]
+    """IPv4 addresses on the host's eth0 and eth1 (its VPC interface), read from outside (works
+    while the host is down)."""
+    found: list[str] = []
+    for dev in (A.INTERFACE, A.PRIVATE_INTERFACE):
+        out = run(["ip", "-n", host_ns(host), "-o", "-4", "addr", "show", "dev", dev],
+                  check=False).stdout.split()  # fmt: skip
+        found += [out[i + 1].split("/")[0] for i, w in enumerate(out) if w == "inet"]
+    return found
 
 
 def route_servers_prefer(dc: str) -> dict[str, str | None]:
@@ -80,7 +86,9 @@ def vip_holder(dc: str, state: LabState) -> str | None:
 
 
 def _probe(host: str, rec: HostRecord) -> dict[str, Any]:
-    info: dict[str, Any] = {"services": [], "replication": None, "role": None}
+    info: dict[str, Any] = {
+        "services": [], "replication": None, "role": None, "systemd": None, "failed_units": [],
+    }  # fmt: skip
     try:
         proc = hosts.exec_in(host, rec, ["bash", "-c", PROBE], timeout=20)
     except Exception as e:  # a host dying under us is a status, not an error
@@ -90,6 +98,10 @@ def _probe(host: str, rec: HostRecord) -> dict[str, Any]:
         kind, _, rest = line.partition(" ")
         if kind == "svc":
             info["services"].append(rest)
+        elif kind == "systemd":
+            info["systemd"] = rest or "offline"
+        elif kind == "failed":
+            info["failed_units"].append(rest)
         elif kind == "role" and rest:
             try:
                 info["role"] = json.loads(rest)
@@ -170,6 +182,9 @@ def render_text(data: dict[str, Any]) -> str:
                 f"{f'role {role_name}; ' if role_name else ''}"
                 f"services: {', '.join(h['services']) or '-'}"
             )
+            if h.get("systemd") not in (None, "running"):
+                failed = ", ".join(h.get("failed_units") or []) or "none"
+                lines.append(f"            systemd: {h['systemd']}; failed units: {failed}")
             if h.get("replication"):
                 lines.append(f"            replication: {json.dumps(h['replication'])}")
     return "\n".join(lines)

@@ -16,6 +16,9 @@ tests script it). Exactly one target is required.
   backup run | list [--json] | check
   restore mailbox USER [--snapshot ID] [--to-folder NAME] | database [--snapshot ID]
   restore cluster --snapshot ID   disaster recovery into freshly built nodes
+  rescue NODE [--onto PEER] [--power-off]
+                                  a node lost for good: its volume attached to its DC peer, its
+                                  maildirs merged and its queue delivered there, then detached
 
 Exit status: 0 done (status: all checks pass), 1 status found a failing check or a test alert
 was not delivered, 2 an error (bad input, unreachable target), printed without a traceback.
@@ -33,6 +36,8 @@ from cluster.ops.accounts import Accounts
 from cluster.ops.alerts import send_test
 from cluster.ops.backup import Backups, render_snapshots
 from cluster.ops.failover import Applier, LabApplier, StackApplier, plan_failover, run_failover
+from cluster.ops.linode_volumes import LinodeApi
+from cluster.ops.rescue import LabVolumes, LinodeVolumes, Volumes, rescue
 from cluster.ops.status import collect, render_text
 from cluster.ops.switchover import switchover
 from cluster.ops.target import LabTarget, OpsError, StackTarget, Target
@@ -97,6 +102,12 @@ def parser() -> argparse.ArgumentParser:
     alerts = sub.add_parser("alerts", help="alerts to alertWebhook and alertEmail")
     alerts.add_subparsers(dest="action", required=True).add_parser("test")
     add_backup_commands(sub)
+    r = sub.add_parser("rescue", help="deliver a lost node's mail from its volume, on its peer")
+    r.add_argument("node", help="the node lost for good (down: it must not answer)")
+    r.add_argument("--onto", metavar="PEER", help="the node that takes its volume (default: the "
+                   "other node of its data centre)")  # fmt: skip
+    r.add_argument("--power-off", action="store_true", help="power the node off first when it "
+                   "does not answer but still runs (a hung or cut-off node)")  # fmt: skip
     return p
 
 
@@ -148,6 +159,24 @@ def applier_of(args: argparse.Namespace) -> Applier:
     if args.stack:
         return StackApplier(args.stack)
     raise OpsError("say where: --lab (the namespace lab) or --stack NAME (a deployed stack)")
+
+
+def volumes_of(args: argparse.Namespace) -> Volumes:
+    """Where volumes are attached: the lab, or the Linode API (its token checked first)."""
+    if args.lab:
+        return LabVolumes()
+    if args.stack:
+        return LinodeVolumes(LinodeApi.from_env(), args.stack)
+    raise OpsError("say where: --lab (the namespace lab) or --stack NAME (a deployed stack)")
+
+
+def run_rescue(args: argparse.Namespace) -> int:
+    volumes = volumes_of(args)
+    report = rescue(target_of(args), volumes, args.node, args.onto,
+                    lambda line: print(line, flush=True), power_off=args.power_off)  # fmt: skip
+    print(report.describe())
+    print(volumes.next_steps(report.dead))
+    return 0
 
 
 def confirmed(yes: bool) -> bool:
@@ -204,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "failover":
             return run_failover_command(args)
+        if args.command == "rescue":
+            return run_rescue(args)
         target = target_of(args)
         if args.command == "switchover":
             r = switchover(target, lambda line: print(line, flush=True))

@@ -1,16 +1,24 @@
 """``status``: every node's own checks (``mailcluster-health``) plus the ones that need the
-whole cluster: BIND serials equal to the master's, and one holder per shared IP.
+whole cluster: BIND serials equal to the master's, and one holder per shared IP; and each
+node's mailbox replication as its controller sees it (``mailcluster-replication status``).
 
-JSON: ``{"ok": bool, "checks": [{"name", "node", "ok", "value", "detail"}]}``.
+JSON: ``{"ok": bool, "checks": [{"name", "node", "ok", "value", "detail"}],
+"replication": {NODE: {"role", "targets": {TARGET: {"queue", "queue_events",
+"oldest_pending_s", "oldest_event_s", "last_success_s", "last_failure_s", "last_error",
+"failing_s", "sync_ms", "lag_ms"}}} | {"error"}}}``: ``*_s`` are ages in seconds (null: never);
+``sync_ms`` and ``lag_ms`` (a change's event to the end of its sync) are p50/p90/p99/max/n of the
+recent syncs. Only the targets a node pushes to now are listed.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from cluster.ops.target import Target, dc_of
 from cluster.services.health import HEALTH_SCRIPT
+from cluster.services.replication import SCRIPT as REPLICATION_SCRIPT
 from cluster.services.role import ROLE_SCRIPT
 
 CLUSTER = "cluster"  # the "node" of a check about the whole cluster
@@ -91,6 +99,39 @@ def cluster_checks(checks: list[Check], writer: str | None, nodes: tuple[str, ..
     return out
 
 
+def _age(now: float, at: Any) -> float | None:
+    return round(now - at, 1) if isinstance(at, int | float) else None
+
+
+def replication_state(target: Target, node: str) -> dict[str, Any]:
+    """What ``node`` pushes, to whom, and how it goes (its controller's state, condensed)."""
+    res = target.run(node, [REPLICATION_SCRIPT, "status", "--json"])
+    if res.returncode != 0:
+        return {"error": (res.stderr.strip() or f"exit {res.returncode}")[-300:]}
+    try:
+        state = json.loads(res.stdout)
+        now = state["now"]
+        targets = {
+            name: {
+                "queue": t["queue"],
+                "queue_events": t["queue_events"],
+                "oldest_pending_s": t["oldest_pending_s"],
+                "oldest_event_s": t["oldest_event_s"],
+                "last_success_s": _age(now, t["last_success"]),
+                "last_failure_s": _age(now, t["last_failure"]),
+                "last_error": t["last_error"],
+                "failing_s": _age(now, t["failing_since"]) if t["consecutive_failures"] else None,
+                "sync_ms": t["sync_ms"],
+                "lag_ms": t["lag_ms"],
+            }
+            for name, t in state["targets"].items()
+            if t["current"]
+        }
+        return {"role": state["role"], "targets": targets}
+    except (ValueError, KeyError, TypeError) as e:
+        return {"error": f"unexpected output of {REPLICATION_SCRIPT} status --json: {e!r}"}
+
+
 def collect(target: Target) -> dict[str, Any]:
     nodes = target.nodes()
     checks: list[Check] = []
@@ -98,7 +139,39 @@ def collect(target: Target) -> dict[str, Any]:
         checks += node_checks(target, node)
     reachable = tuple(c.node for c in checks if c.name == "node.reachable" and c.ok)
     checks += cluster_checks(checks, writer_of(target, reachable), nodes)
-    return {"ok": all(c.ok for c in checks), "checks": [asdict(c) for c in checks]}
+    return {
+        "ok": all(c.ok for c in checks),
+        "checks": [asdict(c) for c in checks],
+        "replication": {node: replication_state(target, node) for node in reachable},
+    }
+
+
+def _spread(ms: dict[str, Any]) -> str:
+    return "/".join("-" if ms.get(k) is None else str(ms[k]) for k in ("p50", "p90", "p99"))
+
+
+def render_replication(data: dict[str, Any]) -> list[str]:
+    lines = [
+        "  mailbox replication (queue, oldest waiting, last success; sync and change-to-synced "
+        "ms p50/p90/p99):"
+    ]
+    for node, rep in data.get("replication", {}).items():
+        if "error" in rep:
+            lines.append(f"    {node:<9} {rep['error']}")
+            continue
+        if not rep["targets"]:
+            lines.append(f"    {node:<9} {rep['role']}: pushes to no node")
+        for name, t in rep["targets"].items():
+            success = "never" if t["last_success_s"] is None else f"{t['last_success_s']:g}s ago"
+            line = (
+                f"    {node:<9} -> {name:<9} queue {t['queue']} ({t['queue_events']} "
+                f"changes), oldest {t['oldest_pending_s'] or 0:g}s, last success {success}, "
+                f"sync {_spread(t['sync_ms'])}, change {_spread(t['lag_ms'])}"
+            )
+            if t["failing_s"] is not None:
+                line += f"; FAILING for {t['failing_s']:g}s: {t['last_error']}"
+            lines.append(line)
+    return lines
 
 
 def render_text(data: dict[str, Any]) -> str:
@@ -107,4 +180,4 @@ def render_text(data: dict[str, Any]) -> str:
     for c in data["checks"]:
         mark = "ok  " if c["ok"] else "FAIL"
         lines.append(f"  {mark} {c['node']:<9} {c['name']:<28} {c['value']:<10} {c['detail']}")
-    return "\n".join(lines)
+    return "\n".join(lines + render_replication(data))

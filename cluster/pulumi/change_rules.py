@@ -42,8 +42,13 @@ class Rule:
     source: str
 
 
-# Sources. The provider is pulumi-linode 6.8 (requirements.txt), which bridges
-# linode/terraform-provider-linode v3; the docstrings quoted are the installed SDK's.
+# Sources. The provider is pulumi-linode 6.8 (requirements.txt), which bridges a
+# linode/terraform-provider-linode 4.x (its exact version is not recorded anywhere we could read:
+# LINODE-VPC-FACTS.md, section 0); the TF files named are read at the provider's 2026 head, and
+# the docstrings quoted are the installed SDK's (tests/unit/test_changes.py reads them back).
+# The SDK offers two interface models: the legacy configuration profile interfaces
+# (``Instance.interfaces``, what we use) and Linode interfaces (``interface_generation="linode"``
+# with ``linode_interfaces`` or ``linode.Interface``).
 TF = "linode/terraform-provider-linode"
 TF_INSTANCE = f"{TF} linode/instance/schema_resource.go"
 TF_INSTANCE_UPDATE = f"{TF} linode/instance/resource.go + helpers.go (update paths)"
@@ -57,6 +62,9 @@ TF_FW = f"{TF} linode/firewall/framework_schema_resource.go"
 TF_RDNS = f"{TF} linode/rdns/framework_resource_schema.go"
 TF_DOMAIN = f"{TF} linode/domain/framework_resource_schema.go"
 TF_OBJ_BUCKET = f"{TF} linode/objbucket/framework_resource_schema.go"
+TF_VPC = f"{TF} linode/vpc/framework_schema_resource.go"
+TF_SUBNET = f"{TF} linode/vpcsubnet/framework_schema_resource.go"
+VPC_FACTS = "/work/shared/LINODE-VPC-FACTS.md"
 PY_OBJ_KEY = "pulumi_linode 6.8 object_storage_key.py docstring"
 CMD = "pulumi/pulumi-command docs, remote.Command (triggers, create, stdin re-run the command)"
 TLS_RANDOM = "hashicorp/terraform-provider-tls and -random: every argument RequiresReplace"
@@ -70,6 +78,8 @@ _REP = Effect.REPLACE
 INSTANCE = "linode:index/instance:Instance"
 VOLUME = "linode:index/volume:Volume"
 INSTANCE_IP = "linode:index/instanceIp:InstanceIp"
+VPC = "linode:index/vpc:Vpc"
+VPC_SUBNET = "linode:index/vpcSubnet:VpcSubnet"
 IPV6_RANGE = "linode:index/ipv6Range:Ipv6Range"
 COMMAND = "command:remote:Command"
 OBJ_BUCKET = "linode:index/objectStorageBucket:ObjectStorageBucket"
@@ -95,6 +105,20 @@ RULES: dict[str, dict[str, Rule]] = {
         "authorizedUsers": Rule(_REP, f"{TF_INSTANCE}: authorized_users ForceNew"),
         "firewallId": Rule(_REP, f"{PY_INSTANCE}: changing firewall_id forces a new Linode"),
         "networkHelper": Rule(_REP, f"{FACTS}: network_helper replaces the instance"),
+        # The model of the interfaces: "linode" (Linode interfaces) cannot be undone and
+        # replaces the node; we pin "legacy_config" (datacentre.INTERFACE_GENERATION).
+        "interfaceGeneration": Rule(
+            _REP, f"{TF_INSTANCE}: interface_generation ForceNew ({VPC_FACTS} 1)"
+        ),
+        # Legacy configuration profile interfaces: not ForceNew, but with a vpc interface in
+        # the old or the new list the provider shuts the Linode down, updates its
+        # configuration profile and boots it (VPCInterfaceIncluded); Linode activates an added
+        # interface only at a boot, and a subnet_id cannot change once assigned.
+        "interfaces": Rule(
+            _DIS,
+            f"{TF_INSTANCE_UPDATE}: interface change with a vpc interface"
+            f" = shutdown, update config, boot ({VPC_FACTS} 1)",
+        ),
         # The provider resets the password by shutting the Linode down and booting it again.
         "rootPass": Rule(_DIS, f"{TF_INSTANCE_UPDATE}: root_pass = shutdown, reset, boot"),
         # A resize is a cold migration by default: shutdown, move, boot.
@@ -102,7 +126,8 @@ RULES: dict[str, dict[str, Rule]] = {
         "region": Rule(_DIS, f"{PY_INSTANCE}: changing region triggers a migration"),
         "label": Rule(_IN, f"{TF_INSTANCE}: label updatable"),
         "tags": Rule(_IN, f"{TF_INSTANCE}: tags updatable"),
-        "privateIp": Rule(_IN, f"{PY_INSTANCE}: private_ip can be enabled on an existing Linode"),
+        # Enabled on an existing Linode, never disabled: ignored after creation (datacentre).
+        "privateIp": Rule(_IN, f"{PY_INSTANCE}: private_ip can be enabled, not disabled"),
         "placementGroup": Rule(_IN, f"{TF_INSTANCE_UPDATE}: placement group assign/unassign"),
         "migrationType": Rule(_IN, f"{PY_INSTANCE}: only how a later resize runs"),
     },
@@ -138,6 +163,19 @@ RULES: dict[str, dict[str, Rule]] = {
         # IPv4 addresses and IPv6 ranges alike (a range as its address, no prefix length:
         # Linode API POST /networking/ips/share; v4beta for ranges, see datacentre.py).
         "addresses": Rule(_IN, f"{TF_SHARED}: addresses updatable"),
+    },
+    # The data centre's VPC (datacentre.DataCentre.vpc): only labels and the description can
+    # change in place; a subnet's range never ("Only the label of a subnet can be edited":
+    # linode/docs, vpc/guides/subnets), hence vpcSubnet is refused (KEY_CHANGES).
+    VPC: {
+        "region": Rule(_REP, f"{TF_VPC}: region RequiresReplace"),
+        "label": Rule(_IN, f"{TF_VPC}: label updatable"),
+        "description": Rule(_IN, f"{TF_VPC}: description updatable"),
+    },
+    VPC_SUBNET: {
+        "vpcId": Rule(_REP, f"{TF_SUBNET}: vpc_id RequiresReplace"),
+        "ipv4": Rule(_REP, f"{TF_SUBNET}: ipv4 RequiresReplace"),
+        "label": Rule(_IN, f"{TF_SUBNET}: label updatable"),
     },
     "linode:index/placementGroup:PlacementGroup": {
         "region": Rule(_REP, f"{TF_PG}: region RequiresReplace"),
@@ -245,6 +283,11 @@ KEY_CHANGES: dict[str, KeyChange] = {
                         "to it, then retire the old stack (its volumes are retained)"),
     "dc": KeyChange(Outcome.REFUSED,
                     "the nodes' names and labels are the data centre's: init a new stack instead"),
+    "vpcSubnet": KeyChange(Outcome.REFUSED,
+                           "Linode cannot change a subnet's range nor a VPC interface's subnet, "
+                           "and every private address of the data centre is in it: build the "
+                           "data centre as a new stack with the new range, fail over to it, "
+                           "then retire the old stack (its volumes are retained)"),
     "instanceType": KeyChange(Outcome.ROLLING,
                               "resizes svr2 (cold migration: down for minutes), hands the "
                               "shared IP and the role to svr2, then resizes svr1"),

@@ -14,7 +14,13 @@ from typing import Any
 import pulumi
 from pulumi.runtime import config as runtime_config
 
-from cluster.config import SECRET_KEYS, ConfigError, StackConfig, check_ip_sharing, load_config
+from cluster.config import (
+    SECRET_KEYS,
+    ConfigError,
+    StackConfig,
+    check_linode_region,
+    load_config,
+)
 from cluster.stackfiles import NAMESPACE
 
 
@@ -57,7 +63,7 @@ def check_peer(config: StackConfig) -> None:
 def load(raw: dict[str, Any] | None = None, stack: str | None = None) -> StackConfig:
     config = load_config(raw_config() if raw is None else raw, stack or pulumi.get_stack())
     check_peer(config)
-    check_ip_sharing(config)
+    check_linode_region(config)  # IP sharing and the VPC: only Linode's rules, not the lab's
     return config
 
 

@@ -1,8 +1,10 @@
 """The Linode infrastructure of one data centre, as a Pulumi ComponentResource.
 
-Per stack: an anti-affinity placement group; ``svr1`` and ``svr2`` (Debian 12, private IPs,
-IPv6); an extra public IPv4 on svr1 and an IPv6 routed /64 range routed to svr1, both shared
-with svr2 (the shared IPs Heartbeat moves); a block-storage volume per node; a cloud firewall;
+Per stack: an anti-affinity placement group; a VPC with one subnet (``vpcSubnet``); ``svr1`` and
+``svr2`` (Debian 12, IPv6, a public interface and a VPC interface whose address the program
+fixes, ``topology.vpc_address``); an extra public IPv4 on svr1 and an IPv6 routed /64 range
+routed to svr1, both shared with svr2 (the shared IPs Heartbeat moves); a block-storage volume
+per node; a cloud firewall whose rules name no node (the internal ports: the VPC subnet);
 reverse DNS; and, when asked, a Linode DNS Manager secondary zone. Reverse DNS and the secondary
 zone are declared by ``declare_dns`` once provisioning is known, because Linode checks that the
 forward name resolves and our own BIND serves it.
@@ -40,6 +42,7 @@ from cluster.pulumi.peer import (
     OUT_SHARED_IPV6_RANGE,
     OUT_TLS_CERTIFICATE,
     OUT_TOPOLOGY_DCS,
+    OUT_VPC_SUBNET,
     OUT_WEBMAIL_URL,
     PeerStack,
     addresses_to_dict,
@@ -47,10 +50,10 @@ from cluster.pulumi.peer import (
     node_address,
 )
 from cluster.services.storage import volume_label
-from cluster.topology import SLOTS, DcAddresses, node_name
+from cluster.topology import SLOTS, node_name, vpc_address
 
 IMAGE = "linode/debian12"
-# Every Linode resource carries this tag; the account-wide ones (placement group, firewall) are
+# Every Linode resource carries this tag; the account-wide ones (placement group, VPC, firewall) are
 # labelled "<TAG>-<dc>" (Linode labels are unique per account).
 TAG = "mailcluster"
 # Linode's strict anti-affinity: the two nodes never share a physical host, and Linode refuses
@@ -61,8 +64,19 @@ PLACEMENT_POLICY = "strict"
 # Inputs Linode acts on only when it creates a Linode; a change to any of them would replace
 # the node (change_rules.RULES). After creation the plan manages what they stood for: root's
 # authorized_keys and password (services/access.py), the node's networking (Network Helper
-# off), the firewall (the Firewall resource's own rules).
-INSTANCE_CREATE_ONLY = ["image", "authorizedKeys", "rootPass", "firewallId", "networkHelper"]
+# off), the firewall (the Firewall resource's own rules). ``privateIp``: nodes are created
+# without Linode's private IPv4 now (the VPC carries their private traffic), and a node that
+# has one keeps it: Linode can enable it but not disable it (pulumi_linode 6.8, private_ip).
+# ``interfaceGeneration``: a node created before it was set has it from the account's setting.
+INSTANCE_CREATE_ONLY = [
+    "image", "authorizedKeys", "rootPass", "firewallId", "networkHelper", "privateIp",
+    "interfaceGeneration",
+]  # fmt: skip
+# Linode's legacy configuration profile interfaces, the model of the ``interfaces`` input (the
+# newer "Linode interfaces", ``interface_generation="linode"``, replace a node and cannot be
+# undone: change_rules.RULES). Explicit, as the account setting ``interfaces_for_new_linodes``
+# decides the default (pulumi_linode 6.8, Instance.interface_generation).
+INTERFACE_GENERATION = "legacy_config"
 
 # The shared IPv6: an IPv6 routed range (Linode allows /64 and /56: terraform-provider-linode
 # linode/ipv6range/framework_schema_resource.go, prefix_length OneOf(56, 64)), routed to svr1
@@ -121,8 +135,8 @@ def inbound_rules(config: StackConfig) -> list[RuleSpec]:
 def _inbounds(
     config: StackConfig, sources: dict[str, tuple[list[str], list[str]]]
 ) -> list[linode.FirewallInboundArgs]:
-    """Linode refuses an ACCEPT rule without addresses: with no cluster address known yet (a
-    first `up` without a deployed peer), the internal ports have no rule at all (dropped)."""
+    """Linode refuses an ACCEPT rule without addresses: a source with none (``metricsCidrs``
+    empty) has no rule at all (dropped)."""
     out = []
     for rule in inbound_rules(config):
         v4, v6 = sources[rule.source]
@@ -141,15 +155,9 @@ def _inbounds(
     return out
 
 
-def _known_dcs(*data: dict[str, Any] | None) -> list[DcAddresses]:
-    return [dict_to_addresses(d) for d in data if d]
-
-
-def firewall_sources(
-    config: StackConfig, own: dict[str, Any] | None, peer: dict[str, Any] | None
-) -> dict[str, tuple[list[str], list[str]]]:
-    """Each rule source's (IPv4, IPv6) CIDRs from the addresses the stacks exported."""
-    return ports.source_cidrs(config, _known_dcs(own, peer))
+def firewall_sources(config: StackConfig) -> dict[str, tuple[list[str], list[str]]]:
+    """Each rule source's (IPv4, IPv6) CIDRs: the stack's config alone (ports.source_cidrs)."""
+    return ports.source_cidrs(config)
 
 
 @dataclass
@@ -158,9 +166,6 @@ class DataCentreArgs:
     peer: PeerStack
     root_password: pulumi.Input[str] | None = None
     tags: list[str] = field(default_factory=list)
-    # This DC's addresses as its last `up` exported them (None before the first): the
-    # firewall's cluster rule lists them, see _firewall.
-    deployed_addresses: dict[str, Any] | None = None
     # Rolling disruptive updates hand the shared IP to svr2 before svr1 goes down (needs SSH:
     # only with provisioning).
     handover: bool = False
@@ -174,6 +179,7 @@ class DataCentre(pulumi.ComponentResource):
 
     Attributes:
         placement_group: the anti-affinity group both nodes are in.
+        vpc, vpc_subnet: the data centre's VPC and the subnet of its nodes' private addresses.
         instances: ``{"svr1": Instance, "svr2": Instance}``.
         node_names: ``{"svr1": "dc1-svr1", ...}`` (Linode labels and host names).
         shared_ip: the extra public IPv4 on svr1; ``shared_ips``: its sharing with svr2.
@@ -203,7 +209,23 @@ class DataCentre(pulumi.ComponentResource):
             opts=child,
         )
         self.node_names = {slot: node_name(config.dc, slot) for slot in SLOTS}
-        self.firewall = self._firewall(args, tags)
+        # The private network of the data centre. Its range and the nodes' addresses in it are
+        # the program's choice, known before any node exists: the firewall names the range.
+        self.vpc = linode.Vpc(
+            f"{name}-vpc",
+            label=account_label,
+            region=config.region,
+            description=f"{TAG} {config.dc}: node-to-node traffic inside the data centre",
+            opts=child,
+        )
+        self.vpc_subnet = linode.VpcSubnet(
+            f"{name}-subnet",
+            vpc_id=self.vpc.id.apply(int),
+            label=account_label,
+            ipv4=config.vpc_subnet,
+            opts=child,
+        )
+        self.firewall = self._firewall(config, tags)
         self.instances: dict[str, linode.Instance] = {}
         self.volumes: dict[str, linode.Volume] = {}
         self.handover: remote.Command | None = None
@@ -220,7 +242,8 @@ class DataCentre(pulumi.ComponentResource):
                 # Without a root password Linode sets a random one it never reveals: SSH keys
                 # are the only way in, which is what we want unless the user asks otherwise.
                 root_pass=args.root_password,
-                private_ip=True,
+                interface_generation=INTERFACE_GENERATION,
+                interfaces=self._interfaces(slot),
                 # Linode's failover guide: Network Helper off on both nodes, or it rewrites the
                 # networking at boot; the plan configures the node's addresses itself.
                 network_helper=False,
@@ -296,7 +319,7 @@ class DataCentre(pulumi.ComponentResource):
                 # pulumi.get avoids the deprecation warning the ip_address property prints on
                 # every run; Linode still fills it with the primary public IPv4.
                 pulumi.get(inst, "ip_address"),
-                inst.private_ip_address,
+                vpc_address(config.vpc_subnet, slot),
                 inst.ipv6,
             )
             for slot, inst in self.instances.items()
@@ -328,6 +351,22 @@ class DataCentre(pulumi.ComponentResource):
             }
         )
 
+    def _interfaces(self, slot: str) -> list[linode.InstanceInterfaceArgs]:
+        """The public interface first and primary (eth0: the default route, over which the BGP
+        sessions to the route servers run, and the shared IP; Linode's failover guide), then
+        the VPC interface (eth1) at the node's fixed address, without 1:1 NAT (a public IPv4
+        NATed to a VPC address cannot be shared: Linode API, POST /networking/ips/share)."""
+        return [
+            linode.InstanceInterfaceArgs(purpose="public", primary=True),
+            linode.InstanceInterfaceArgs(
+                purpose="vpc",
+                subnet_id=self.vpc_subnet.id.apply(int),
+                ipv4=linode.InstanceInterfaceIpv4Args(
+                    vpc=vpc_address(self.config.vpc_subnet, slot)
+                ),
+            ),
+        ]
+
     def _instance_order(self, slot: str, args: DataCentreArgs) -> list[pulumi.Resource]:
         """What a node's Instance waits for. The engine updates independent resources in
         parallel, so a resize (or any update that reboots) would take both nodes down at once.
@@ -339,34 +378,23 @@ class DataCentre(pulumi.ComponentResource):
             return []
         return [r for r in (self.instances["svr2"], self.handover) if r is not None]
 
-    def _firewall(self, args: DataCentreArgs, tags: list[str]) -> linode.Firewall:
+    def _firewall(self, config: StackConfig, tags: list[str]) -> linode.Firewall:
         """The cloud firewall, declared before the nodes so each gets it at creation.
 
-        A Linode has one enabled firewall at a time (Linode API, POST /networking/firewalls), and
-        a rule can list only addresses, which Linode assigns when it creates the nodes. A rule
-        naming this DC's nodes from their Instances would make the firewall depend on them while
-        they depend on it (firewall_id): a cycle. So the cluster rule lists the peer DC's
-        addresses (its stack outputs) and this DC's as its last `up` exported them
-        (``deployed_addresses``). Never wider: no internal port is ever open beyond the
-        cluster's nodes. The limit: on a stack's first `up` (and after a node is rebuilt with
-        new addresses) the rule does not name this DC's own new nodes yet, so svr1 and svr2
-        cannot reach each other's internal ports until the stack's next `up` (README, "Deploy
-        to Linode"). VPC and VLAN addresses could be chosen in advance, but they change the
-        nodes' interfaces (a reboot) and the services' addresses; reserved IPs cover only the
-        public IPv4.
+        Its rules come from config alone (ports.source_cidrs): the internal ports are open to
+        the VPC subnet, which the program chose, and the mesh port to anyone. With Linode's
+        legacy configuration profile interfaces a firewall filters the public and the VPC
+        interfaces ("Public and VPC interfaces are subject to the firewall rules, while VLAN
+        interfaces are not": Linode API, POST /networking/firewalls), so the DC peer's traffic
+        passes it by the subnet rule. No rule needs a node's address, so the first `up` of a
+        stack creates the firewall whole, then the nodes behind it, then provisions them.
         """
-        config = args.config
-
-        def rules(peer: dict[str, Any] | None) -> list[linode.FirewallInboundArgs]:
-            return _inbounds(config, firewall_sources(config, args.deployed_addresses, peer))
-
-        inbounds = args.peer.addresses.apply(rules)
         return linode.Firewall(
             f"{self.prefix}-fw",
             label=f"{TAG}-{config.dc}",
             inbound_policy="DROP",
             outbound_policy="ACCEPT",
-            inbounds=inbounds,
+            inbounds=_inbounds(config, firewall_sources(config)),
             tags=tags,
             # The nodes join at creation (firewall_id). `linodes` was how they joined before:
             # ignoring it keeps an existing attachment instead of detaching it.
@@ -379,6 +407,7 @@ class DataCentre(pulumi.ComponentResource):
         return [
             *self.instances.values(),
             *self.volumes.values(),
+            self.vpc_subnet,
             self.shared_ip,
             self.shared_ipv6_range,
             self.shared_ips,
@@ -534,6 +563,7 @@ def stack_outputs(
         OUT_DC: cfg.dc,
         OUT_ACTIVE_DC: cfg.active_dc,
         OUT_REGION: cfg.region,
+        OUT_VPC_SUBNET: cfg.vpc_subnet,
         OUT_ADDRESSES: dc.addresses,
         OUT_SHARED_IPV4: dc.shared_ip.address,
         OUT_SHARED_IPV6: dc.shared_ipv6,

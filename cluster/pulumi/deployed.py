@@ -1,7 +1,7 @@
 """What this stack deployed last time, read back from its own outputs, and the changes refused.
 
 Why this stack's own outputs: they are exactly what the last successful ``up`` built (region,
-the mail host and so the domain, this data centre's addresses), they exist for every deployed
+the mail host and so the domain, the VPC subnet, the PTRs declared), they exist for every deployed
 stack already, and reading them needs no credentials beyond the state backend the CLI uses
 anyway. A Linode lookup by label would see the region but not the domain, and a
 ``StackReference`` resource would only give Outputs, too late to refuse before any resource is
@@ -19,7 +19,7 @@ import pulumi
 
 from cluster.config import ConfigError, StackConfig
 from cluster.pulumi.change_rules import KEY_CHANGES, REFUSED_KEYS
-from cluster.pulumi.peer import OUT_ADDRESSES, OUT_MAIL_HOST, OUT_REVERSE_DNS
+from cluster.pulumi.peer import OUT_MAIL_HOST, OUT_REVERSE_DNS, OUT_VPC_SUBNET
 
 READ_STACK_OUTPUTS = "pulumi:pulumi:readStackOutputs"
 
@@ -31,11 +31,6 @@ class Deployed:
     outputs: dict[str, Any]
 
     @property
-    def addresses(self) -> dict[str, Any] | None:
-        value = self.outputs.get(OUT_ADDRESSES)
-        return value if isinstance(value, dict) and value.get("nodes") else None
-
-    @property
     def ptr_addresses(self) -> list[str]:
         return [str(a) for a in self.outputs.get(OUT_REVERSE_DNS) or []]
 
@@ -44,7 +39,7 @@ class Deployed:
         if key == "domain":
             host = self.outputs.get(OUT_MAIL_HOST)
             return str(host).removeprefix("mail.") if host else None
-        found = self.outputs.get(key)
+        found = self.outputs.get(OUT_VPC_SUBNET if key == "vpcSubnet" else key)
         return str(found) if found else None
 
 
@@ -62,7 +57,12 @@ def read_deployed() -> Deployed:
 
 def refuse_unsafe_changes(config: StackConfig, deployed: Deployed) -> None:
     """Raise ``ConfigError`` for a change ``KEY_CHANGES`` refuses, saying what to do instead."""
-    attrs = {"domain": config.domain, "region": config.region, "dc": config.dc}
+    attrs = {
+        "domain": config.domain,
+        "region": config.region,
+        "dc": config.dc,
+        "vpcSubnet": config.vpc_subnet,
+    }
     errors = []
     for key in REFUSED_KEYS:
         was = deployed.value(key)

@@ -1,7 +1,8 @@
 """The handover before svr1 goes down: svr2 takes the shared IP and the mail role over.
 
 A ``remote.Command`` on svr2 whose ``triggers`` are the inputs whose change takes a node down
-(today the Linode plan: a resize). svr1's Instance depends on it (``DataCentre._instance_order``),
+(the Linode plan: a resize; the VPC interface: adding it to a node that has none powers the node
+off and on). svr1's Instance depends on it (``DataCentre._instance_order``),
 so a rolling update is: svr2 updated (and back), handover, svr1 updated. Heartbeat runs with
 ``auto_failback off``: svr2 stays the holder afterwards, as after any failover.
 """
@@ -57,8 +58,10 @@ stamp
 
 def disruptive_inputs(config: StackConfig) -> list[str]:
     """The config behind the Instance inputs change_rules.RULES calls disruptive and the
-    program sets (root_pass is create-time only: the plan sets the password)."""
-    return [config.instance_type]
+    program sets (root_pass is create-time only: the plan sets the password): the plan, and
+    the VPC interface (``interfaces``), whose subnet is refused once deployed (vpcSubnet) but
+    whose arrival on a node deployed without one is such an update."""
+    return [config.instance_type, f"vpc {config.vpc_subnet}"]
 
 
 def handover_command(

@@ -3,7 +3,7 @@
 Each stack exports its data centre's addresses as ``addresses`` (``DC_ADDRESSES`` shape below);
 the peer turns them back into ``DcAddresses`` for its ``Topology``. On the very first
 ``pulumi up -s dc1`` the dc2 stack has no outputs yet: every getter then yields ``None`` and dc1
-renders without dc2 (the README's deploy order runs dc1 once more after dc2).
+renders without dc2 (the README's deploy order runs dc1 once more after dc2: then it knows dc2).
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ OUT_TOPOLOGY_DCS = "topologyDcs"
 # These are for the user (`pulumi stack output`) and the README.
 OUT_DC = "dc"
 OUT_REGION = "region"
+# Read back by this stack's next `up` too (deployed.py): a changed vpcSubnet is refused.
+OUT_VPC_SUBNET = "vpcSubnet"
 OUT_SHARED_IPV4 = "sharedIpv4"
 OUT_SHARED_IPV6 = "sharedIpv6"
 OUT_SHARED_IPV6_RANGE = "sharedIpv6Range"
@@ -44,8 +46,9 @@ def addresses_to_dict(
     shared_ipv6: str | None = None,
 ) -> dict[str, Any]:
     """The exported shape: ``{"sharedIpv4": ..., "sharedIpv6": ... or None, "nodes": {slot:
-    {publicIpv4, privateIpv4, publicIpv6}}}``. A peer deployed before the shared IPv6 existed
-    exports no ``sharedIpv6``: ``dict_to_addresses`` reads that as None."""
+    {publicIpv4, privateIpv4, publicIpv6}}}``; ``privateIpv4`` is the node's address in its
+    data centre's VPC subnet. A peer deployed before the shared IPv6 existed exports no
+    ``sharedIpv6``: ``dict_to_addresses`` reads that as None."""
     return {
         "sharedIpv4": shared_ipv4,
         "sharedIpv6": shared_ipv6,
@@ -116,3 +119,21 @@ class PeerStack:
     @property
     def active_dc(self) -> pulumi.Output[str | None]:
         return self.output(OUT_ACTIVE_DC)
+
+    def remind_until_deployed(self, config: StackConfig) -> None:
+        """Warn while the peer stack has no outputs (the first ``up`` of dc1): this data
+        centre is configured without the other, and one more ``up`` after the peer's first
+        adds it (firewalls and the mesh already admit it: nothing else waits)."""
+        if self.ref is None:
+            return
+        stack, name = pulumi.get_stack(), self.name
+
+        def remind(addresses: dict[str, Any] | None) -> None:
+            if not addresses:
+                pulumi.log.warn(
+                    f"stack {name} (peerStack) has no outputs yet: {config.dc} is configured "
+                    f"without {config.peer_dc}. After `pulumi up -s {name}`, run `pulumi up "
+                    f"-s {stack}` once more so that {config.dc} knows {config.peer_dc}"
+                )
+
+        self.addresses.apply(remind)

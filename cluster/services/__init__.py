@@ -29,9 +29,12 @@ from cluster.services import (
     mesh,
     metrics,
     mta_sts,
+    nodepkg,
     postfix,
     postfixadmin,
     ratelimit,
+    replication,
+    rescue,
     role,
     rspamd,
     storage,
@@ -41,6 +44,8 @@ from cluster.services import (
 
 SERVICES: tuple[ModuleType, ...] = (
     base,
+    # The node package before every service whose programs come from it.
+    nodepkg,
     role,
     access,
     firewall,
@@ -51,6 +56,8 @@ SERVICES: tuple[ModuleType, ...] = (
     postfixadmin,
     rspamd,
     dovecot,
+    # The controller Dovecot's events go to.
+    replication,
     ratelimit,
     postfix,
     bind,
@@ -63,6 +70,7 @@ SERVICES: tuple[ModuleType, ...] = (
     metrics,
     alerts,
     backup,
+    rescue,
     # Last: Heartbeat's start and reconcile (the plan's final step) need every file above.
     bgp,
     heartbeat,

@@ -3,23 +3,23 @@
 Linode writes root's ``authorized_keys`` and password at creation only, and a change of either
 input would replace the node (``cluster/pulumi/change_rules.py``), so the Instance ignores them
 after creation and these steps keep them in step with ``sshKeys`` and ``rootPassword``. With
-Network Helper off (Linode's failover guide asks for it), nothing configures the private IPv4
-either: on Linode a step adds it.
+Network Helper off (Linode's failover guide asks for it), nothing configures the node's address
+on its VPC interface either: on Linode a step adds it (the lab's network gives it).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import shlex
 
 from cluster.hostcontext import HostContext
 from cluster.plan import CHANGED_MARK, Step, script_step
+from cluster.topology import VPC_INTERFACE
 
 PACKAGES: tuple[str, ...] = ()  # coreutils, passwd (chpasswd) and perl-base are essential
 
 AUTHORIZED_KEYS = "/root/.ssh/authorized_keys"
 PRIVATE_IF = "/etc/network/interfaces.d/mailcluster-private"
-# Linode's private network: 192.168.128.0/17 in every region, no gateway.
-PRIVATE_PREFIXLEN = 17
 
 # The whole file from stdin, atomically, 0600 in a 0700 directory (install -d would loosen an
 # existing directory's mode, so the directory is only created here).
@@ -61,28 +61,31 @@ def _authorized_keys(ctx: HostContext) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _private_address_script(address: str) -> str:
-    """Add the private IPv4 now and at boot. Nodes created before Network Helper was turned
-    off have it configured by Network Helper: an address already on eth0 while our stanza
-    does not exist is someone else's, and a stanza of ours would add it twice at boot."""
-    cidr = shlex.quote(f"{address}/{PRIVATE_PREFIXLEN}")
-    has = f"ip -o -4 addr show dev eth0 | grep -qF ' inet {address}/'"
+def _private_address_script(address: str, prefixlen: int) -> str:
+    """Add the node's VPC address to the VPC interface now and at boot (the subnet's prefix,
+    no gateway: the default route stays on the public interface). A node whose Network Helper
+    is on has it configured by Network Helper: an address already there while our stanza does
+    not exist is someone else's, and a stanza of ours would add it twice at boot."""
+    dev = VPC_INTERFACE
+    cidr = shlex.quote(f"{address}/{prefixlen}")
+    has = f"ip -o -4 addr show dev {dev} | grep -qF ' inet {address}/'"
     return f"""conf={PRIVATE_IF}
 if [ ! -e "$conf" ] && {has}; then
   exit 0
 fi
 want="# managed by mailcluster; edits are overwritten
-auto eth0
-iface eth0 inet static
+auto {dev}
+iface {dev} inet static
     address "{cidr}
 if [ "$(cat "$conf" 2>/dev/null)" != "$want" ]; then
   install -d -m 0755 "$(dirname "$conf")"
   printf '%s\\n' "$want" > "$conf"
   echo "{CHANGED_MARK} $conf"
 fi
+ip link set {dev} up
 if ! {has}; then
-  ip addr add {cidr} dev eth0
-  echo "{CHANGED_MARK} {address} on eth0"
+  ip addr add {cidr} dev {dev}
+  echo "{CHANGED_MARK} {address} on {dev}"
 fi
 """
 
@@ -95,7 +98,11 @@ def steps(ctx: HostContext) -> list[Step]:
         ),
     ]
     if ctx.platform == "linode":
+        prefixlen = ipaddress.IPv4Network(ctx.config.vpc_subnet).prefixlen
         out.append(
-            script_step("access.private-address", _private_address_script(ctx.node.private_ipv4))
+            script_step(
+                "access.private-address",
+                _private_address_script(ctx.node.private_ipv4, prefixlen),
+            )
         )
     return out

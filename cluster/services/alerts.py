@@ -1,14 +1,13 @@
 """Alerts: every node checks itself every minute and tells the operator (issue 11).
 
-``/usr/local/sbin/mailcluster-alerts`` (Python, stdlib only) derives conditions from
+``/usr/local/sbin/mailcluster-alerts`` (``mailnode/alerts.py``) derives conditions from
 ``mailcluster-health`` and from what only the node knows (a takeover, a fence), and sends each
 once when it starts (after its grace period) and again when it clears, to the webhook
 (``alertWebhook``) and by mail to ``alertEmail`` (default: the postmaster). Its docstring says
 which node owns which condition (the de-duplication across nodes).
 
-Every minute: a systemd timer on a systemd host (a Linode), cron where PID 1 is not systemd
-(the lab). Both are installed; the cron line does nothing when systemd runs, as Debian's own
-certbot and php packages do, so there is one script and one plan for both.
+Every minute: ``mailcluster-alerts.timer`` (units.periodic), each run stopped after
+``RUN_TIMEOUT_S`` so a hung check never delays the next minute's.
 """
 
 from __future__ import annotations
@@ -17,27 +16,27 @@ import json
 from typing import Any
 
 from cluster.hostcontext import HostContext
-from cluster.plan import CHANGED_MARK, PACKAGES_STEP, STATE_DIR, Step, script_step
-from cluster.services import health, heartbeat
+from cluster.plan import STATE_DIR, Step
+from cluster.services import health, heartbeat, nodepkg, units
 from cluster.services.role import RUN_DIR
 
 # python3 runs the script (and posts the webhook: urllib); dig asks each node's BIND for its
 # serial.
-PACKAGES: tuple[str, ...] = ("python3", "bind9-dnsutils", "cron")
+PACKAGES: tuple[str, ...] = ("python3", "bind9-dnsutils")
 
 ALERTS_SCRIPT = "/usr/local/sbin/mailcluster-alerts"
 ALERTS_CONFIG = "/etc/mailcluster/alerts.json"
 STATE_FILE = f"{STATE_DIR}/alerts/state.json"
-TIMER = "/etc/systemd/system/mailcluster-alerts.timer"
-SERVICE = "/etc/systemd/system/mailcluster-alerts.service"
-CRON = "/etc/cron.d/mailcluster-alerts"
-TIMER_STEP = "alerts.timer"
+UNIT = "mailcluster-alerts"  # .service and .timer
+TIMER = units.unit_path(f"{UNIT}.timer")
+SERVICE = units.unit_path(f"{UNIT}.service")
+RUN_TIMEOUT_S = 55  # under the timer's minute
 
 CRITICAL = "critical"
 WARNING = "warning"
-# The issue's grace periods: dsync failing for over 2 min, BIND serials disagreeing for over
-# 10 min; everything else alerts at the first check that sees it.
-DSYNC_GRACE_S = 2 * 60
+# The issue's grace periods: mailbox replication failing for over 2 min, BIND serials
+# disagreeing for over 10 min; everything else alerts at the first check that sees it.
+REPLICATION_GRACE_S = 2 * 60
 BIND_SERIALS_GRACE_S = 10 * 60
 # Undeliverable messages are retried each minute for this long (a fenced node's report waits
 # for its uplink), then dropped.
@@ -48,7 +47,8 @@ OUTBOX_MAX_AGE_S = 24 * 3600
 # (the writable master, once for the cluster). Thresholds are health.py's.
 RULES: tuple[dict[str, Any], ...] = (
     {"check": "mariadb.replication", "severity": CRITICAL, "grace_s": 0, "owner": "self"},
-    {"check": "dsync", "severity": CRITICAL, "grace_s": DSYNC_GRACE_S, "owner": "writer"},
+    # Mailbox replication (replication.py): each node reports the targets it pushes to.
+    {"check": "replication", "severity": CRITICAL, "grace_s": REPLICATION_GRACE_S, "owner": "self"},
     {"check": "postfix.queue", "severity": WARNING, "grace_s": 0, "owner": "self"},
     {"check": "disk", "severity": CRITICAL, "grace_s": 0, "owner": "self"},
     # The certificates are cluster secrets, the same files on every node: one report.
@@ -91,31 +91,18 @@ def config(ctx: HostContext) -> dict[str, Any]:
     }
 
 
-# systemd hosts: the timer, enabled and started (daemon-reload when a unit changed). Elsewhere
-# (the lab) the cron line runs the script.
-TIMER_SCRIPT = f"""if [ -d /run/systemd/system ]; then
-  systemctl daemon-reload
-  if ! systemctl is-enabled --quiet mailcluster-alerts.timer \\
-     || ! systemctl is-active --quiet mailcluster-alerts.timer; then
-    systemctl enable --now mailcluster-alerts.timer >/dev/null 2>&1
-    echo "{CHANGED_MARK} mailcluster-alerts.timer enabled"
-  fi
-fi
-"""
-
-
 def steps(ctx: HostContext) -> list[Step]:
     conf = ctx.literal_file(
         ALERTS_CONFIG, json.dumps(config(ctx), indent=1) + "\n", mode="0600", secret=True
     )
-    script = ctx.file(ALERTS_SCRIPT, mode="0755", after=(PACKAGES_STEP, conf))
-    service = ctx.file(SERVICE, script=ALERTS_SCRIPT)
-    timer = ctx.file(TIMER)
-    return [
-        conf,
-        script,
-        service,
-        timer,
-        script_step(TIMER_STEP, TIMER_SCRIPT, after=(script, service, timer)),
-        ctx.file(CRON, script=ALERTS_SCRIPT, after=(PACKAGES_STEP, script)),
-    ]
+    script = nodepkg.entry_point(ctx, ALERTS_SCRIPT.rsplit("/", 1)[1], "alerts", after=(conf,))
+    timer = units.periodic(
+        ctx,
+        UNIT,
+        f"{ALERTS_SCRIPT} run",
+        description="mailcluster alerts: check this node and notify the operator",
+        on_calendar="minutely",
+        timeout_s=RUN_TIMEOUT_S,
+        after=(script,),
+    )
+    return [conf, script, *timer]

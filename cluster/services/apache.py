@@ -24,7 +24,9 @@ PACKAGES: tuple[str, ...] = (
 
 SITE = "/etc/apache2/sites-available/mailcluster.conf"
 ROUNDCUBE_CONFIG = "/etc/roundcube/config.inc.php"
-MODULES = ("ssl", "rewrite", "headers", "cgi", "php8.2")
+# libapache2-mod-php is Debian 13's PHP 8.4: its module is named after the version.
+PHP_MODULE = "php8.4"
+MODULES = ("ssl", "rewrite", "headers", "cgi", PHP_MODULE)
 ROUNDCUBE_SQL = "/usr/share/roundcube/SQL/mysql.initial.sql"
 ENABLE_STEP = "apache.enable"
 ROUNDCUBE_SCHEMA_STEP = "roundcube.schema"
@@ -73,9 +75,7 @@ fi
             reload_or_start(
                 "apache2",
                 check="""apache2ctl -t 2>&1 | grep -v '^Syntax OK$' >&2 || true
-apache2ctl -t >/dev/null 2>&1 || { echo "apache2ctl -t failed: not reloading" >&2; exit 1; }
-# Not `apache2ctl status`: it exits 0 with Apache down when no text browser is installed.""",
-                running="pidof apache2 >/dev/null",
+apache2ctl -t >/dev/null 2>&1 || { echo "apache2ctl -t failed: not reloading" >&2; exit 1; }""",
             ),
             # The certificate files are the tls service's; a renewal reloads through its step.
             watch=(site, roundcube, enable),
@@ -87,9 +87,9 @@ apache2ctl -t >/dev/null 2>&1 || { echo "apache2ctl -t failed: not reloading" >&
             script_step(
                 ROUNDCUBE_SCHEMA_STEP,
                 f"""{ROLE_SCRIPT} is-writer || exit 0
-has=$(mysql --protocol=socket -uroot -N -B -e "SHOW TABLES FROM {db} LIKE 'system'")
+has=$(mariadb --protocol=socket -uroot -N -B -e "SHOW TABLES FROM {db} LIKE 'system'")
 if [ -z "$has" ]; then
-  mysql --protocol=socket -uroot {db} < {ROUNDCUBE_SQL}
+  mariadb --protocol=socket -uroot {db} < {ROUNDCUBE_SQL}
   echo "{CHANGED_MARK} roundcube schema"
 fi
 """,

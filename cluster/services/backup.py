@@ -12,10 +12,13 @@ copy that does not follow. ``/usr/local/sbin/mailcluster-backup`` (templates/) d
   ``backupRepository`` config, or the stack's Object Storage bucket; in the lab the client's S3
   server, ``cluster/lab/s3server.py``), encrypted with the generated ``backup_password``. They
   reach the node in two 0600 files; restic reads the password with ``RESTIC_PASSWORD_FILE``.
-- When: cron runs it every ``backupIntervalHours`` on every node; it does nothing unless
-  ``mailcluster-role is-writer`` (the node that serves mail: follows a failover), and ``flock``
-  keeps runs on one node apart. After each backup ``forget --prune`` enforces the retention
-  (``backupKeep*``); weekly cron runs ``restic check``.
+- When: a timer (``mailcluster-backup.timer``) runs it every ``backupIntervalHours`` on every
+  node; it does nothing unless ``mailcluster-role is-writer`` (the node that serves mail: follows
+  a failover), and ``flock`` keeps it apart from an operator's backup or restore. After each
+  backup ``forget --prune`` enforces the retention (``backupKeep*``); a weekly timer
+  (``mailcluster-backup-check.timer``) runs ``restic check``.
+- The repository is restic's format 2 (restic 0.18, Debian 13): compressed (``auto``) as well as
+  deduplicated and encrypted.
 - Snapshots carry the host name ``HOST_TAG`` (not the node's), so retention and restic's
   parent snapshot are the cluster's, whichever node ran the backup.
 - Stamps for the health checks (``LAST_SUCCESS``, ``LAST_CHECK``): see their comments.
@@ -25,15 +28,16 @@ from __future__ import annotations
 
 from cluster.hostcontext import HostContext
 from cluster.plan import PACKAGES_STEP, STATE_DIR, Step
-from cluster.services import bind, dovecot, mariadb, rspamd, storage
+from cluster.services import bind, mariadb, replication, rspamd, storage, units
 from cluster.services.apache import ROUNDCUBE_CONFIG
 from cluster.services.postfixadmin import CONFIG as POSTFIXADMIN_CONFIG
 from cluster.services.role import ROLE_SCRIPT, ROLE_SCRIPT_STEP
 
-PACKAGES: tuple[str, ...] = ("restic", "util-linux", "cron", "mariadb-client")
+PACKAGES: tuple[str, ...] = ("restic", "util-linux", "mariadb-client")
 
 BACKUP_SCRIPT = "/usr/local/sbin/mailcluster-backup"
-BACKUP_CRON = "/etc/cron.d/mailcluster-backup"
+BACKUP_UNIT = "mailcluster-backup"  # .service and .timer: the scheduled backup
+CHECK_UNIT = "mailcluster-backup-check"  # .service and .timer: the weekly repository check
 ENV_FILE = "/etc/mailcluster/secrets/backup.env"
 PASSWORD_FILE = "/etc/mailcluster/secrets/backup.password"
 CACHE_DIR = "/var/cache/mailcluster-backup"
@@ -57,9 +61,9 @@ LOCK_WAIT_S = 300  # an operator's backup or restore waits this long for a runni
 # Besides the hourly/daily/monthly ones, every snapshot of the last hours stays: an operator's
 # `backup run` would otherwise be pruned by the next hourly run of the same hour.
 KEEP_WITHIN = "2h"
-SYNC_TIMEOUT_S = 1800  # one full push of every mailbox to the DC peer after a cluster restore
-BACKUP_MINUTE = 17  # past the hour: away from the top of the hour that other cron jobs favour
-CHECK_TIME = "47 3 * * 0"  # weekly, Sunday 03:47
+SYNC_TIMEOUT_S = 1800  # one full push of every mailbox to every node after a cluster restore
+BACKUP_MINUTE = 17  # past the hour: away from the top of the hour that other jobs favour
+CHECK_CALENDAR = "Sun *-*-* 03:47:00"  # weekly (systemd.time(7))
 
 PATHS = (
     storage.VMAIL_DIR,
@@ -85,6 +89,13 @@ def keep_args(hourly: int, daily: int, monthly: int) -> str:
     pairs = (("hourly", hourly), ("daily", daily), ("monthly", monthly))
     return " ".join([f"--keep-within {KEEP_WITHIN}",
                      *(f"--keep-{kind} {n}" for kind, n in pairs if n > 0)])  # fmt: skip
+
+
+def backup_calendar(interval_hours: int) -> str:
+    """When the backup timer fires (systemd.time(7)): at BACKUP_MINUTE past every
+    ``interval_hours``-th hour of the day, counted from midnight."""
+    hours = "*" if interval_hours == 1 else f"00/{interval_hours}"
+    return f"*-*-* {hours}:{BACKUP_MINUTE:02d}:00"
 
 
 def env_file(repository: str, access_key: str, secret_key: str) -> str:
@@ -135,19 +146,27 @@ def steps(ctx: HostContext) -> list[Step]:
         databases=DATABASES,
         pfa_db=mariadb.POSTFIXADMIN_DB,
         scratch_db=SCRATCH_DB,
-        dsync_script=dovecot.DSYNC_SCRIPT,
+        replication_command=replication.SCRIPT,
         sync_timeout_s=SYNC_TIMEOUT_S,
         paths=PATHS,
         excludes=EXCLUDES,
         keep_args=keep_args(cfg.backup_keep_hourly, cfg.backup_keep_daily,
                             cfg.backup_keep_monthly),
     )  # fmt: skip
-    cron = ctx.file(
-        BACKUP_CRON,
-        after=(PACKAGES_STEP, script),
-        script=BACKUP_SCRIPT,
-        minute=BACKUP_MINUTE,
-        hours="*" if cfg.backup_interval_hours == 1 else f"*/{cfg.backup_interval_hours}",
-        check_time=CHECK_TIME,
+    scheduled = units.periodic(
+        ctx,
+        BACKUP_UNIT,
+        f"{BACKUP_SCRIPT} scheduled",
+        description="mailcluster backup (on the node that serves mail)",
+        on_calendar=backup_calendar(cfg.backup_interval_hours),
+        after=(script,),
     )
-    return [env, password, script, cron]
+    check = units.periodic(
+        ctx,
+        CHECK_UNIT,
+        f"{BACKUP_SCRIPT} check-scheduled",
+        description="mailcluster backup: the weekly repository check",
+        on_calendar=CHECK_CALENDAR,
+        after=(script,),
+    )
+    return [env, password, script, *scheduled, *check]

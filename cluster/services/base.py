@@ -5,7 +5,7 @@ from __future__ import annotations
 from cluster.hostcontext import HostContext
 from cluster.plan import CHANGED_MARK, STATE_DIR, Step, script_step
 
-PACKAGES: tuple[str, ...] = ("cron", "rsyslog", "procps", "iproute2", "ca-certificates")
+PACKAGES: tuple[str, ...] = ("rsyslog", "procps", "iproute2", "ca-certificates")
 
 
 def steps(ctx: HostContext) -> list[Step]:

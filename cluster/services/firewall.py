@@ -7,7 +7,7 @@ keeps them.
 
 The file is checked with ``nft -c`` before it is loaded, and loaded only when it differs from
 what this node loaded last or the table is missing, so a second apply changes nothing. Debian's
-``nftables.service`` loads it at boot on a Linode (enabled here on systemd hosts).
+``nftables.service`` (shipped disabled) loads it at boot: enabled here.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from cluster.config import StackConfig
 from cluster.hostcontext import HostContext
-from cluster.plan import CHANGED_MARK, STATE_DIR, Step, script_step
+from cluster.plan import CHANGED_MARK, STATE_DIR, Step, script_step, start_at_boot
 from cluster.ports import (
     CLUSTER,
     MESH,
@@ -28,7 +28,7 @@ from cluster.ports import (
     ports_by,
     source_cidrs,
 )
-from cluster.topology import DcAddresses, Topology
+from cluster.topology import VPC_INTERFACE, DcAddresses, Topology
 
 PACKAGES: tuple[str, ...] = ("nftables",)
 
@@ -44,7 +44,8 @@ STAMP = f"{STATE_DIR}/nftables.sha256"
 @dataclass(frozen=True)
 class HostRule:
     """One accept rule of the input chain: ``family`` "ip"/"ip6" with ``saddrs``, or None (both
-    families, any source); ``iifname`` for the mesh interface."""
+    families, any source); ``iifname``: only what arrives on that interface (the mesh's, or
+    the VPC's)."""
 
     comment: str
     protocol: str
@@ -69,10 +70,10 @@ def _set(items: Iterable[str | int]) -> str:
     return values[0] if len(values) == 1 else "{ " + ", ".join(values) + " }"
 
 
-def host_rules(config: StackConfig, dcs: Iterable[DcAddresses]) -> list[HostRule]:
-    """The input chain's accept rules for the data centres' addresses known."""
+def host_rules(config: StackConfig) -> list[HostRule]:
+    """The input chain's accept rules (config alone: no node's address, see ports.py)."""
     table = port_table(config)
-    sources = source_cidrs(config, dcs)
+    sources = source_cidrs(config)
     out: list[HostRule] = []
     for source in SOURCES:
         for protocol in ("tcp", "udp"):
@@ -87,23 +88,28 @@ def host_rules(config: StackConfig, dcs: Iterable[DcAddresses]) -> list[HostRule
             if source == WORLD:
                 out.append(HostRule(f"{names}: anyone", protocol, numbers))
                 continue
+            iifname = None
             if source in (CLUSTER, MESH):
                 out.append(HostRule(f"{names}: over the mesh", protocol, numbers,
                                     iifname=MESH_INTERFACE))  # fmt: skip
                 if source == MESH:
                     continue
-                names += ": from the nodes' private addresses (the DC peer)"
+                # Only as it arrives on the VPC interface: the subnet is private, but a packet
+                # claiming it on the public interface is not the DC peer.
+                names += ": from the data centre's VPC subnet (the DC peer)"
+                iifname = VPC_INTERFACE
             else:
                 names += f": {source} only"
             v4, v6 = sources[source]
             for family, cidrs in (("ip", v4), ("ip6", v6)):
                 if cidrs:
-                    out.append(HostRule(names, protocol, numbers, family, tuple(cidrs)))
+                    out.append(HostRule(names, protocol, numbers, family, tuple(cidrs), iifname))
     return out
 
 
 def known_dcs(topology: Topology) -> list[DcAddresses]:
-    """The data centres whose addresses are known, in name order (a stable rendering)."""
+    """The data centres whose addresses are known, in name order (a stable rendering; fail2ban
+    never bans their addresses)."""
     return [topology.dcs[dc] for dc in sorted(topology.dcs)]
 
 
@@ -114,7 +120,7 @@ def steps(ctx: HostContext) -> list[Step]:
         table=TABLE,
         ban_set4=BAN_SET4,
         ban_set6=BAN_SET6,
-        rules=host_rules(ctx.config, known_dcs(ctx.topology)),
+        rules=host_rules(ctx.config),
     )
     conf = ctx.file(CONF, mode="0755")
     return [
@@ -134,15 +140,5 @@ echo "{CHANGED_MARK} nftables {TABLE} loaded"
             watch=(rules, conf),
             after=("base.state-dir",),
         ),
-        script_step(
-            "firewall.boot",
-            f"""# Linode: load the same file at boot (Debian ships nftables.service disabled).
-# The lab has no systemd: its hosts' network namespaces outlive a reboot, and the rules too.
-if [ -d /run/systemd/system ] && ! systemctl is-enabled --quiet nftables 2>/dev/null; then
-  systemctl enable --quiet nftables
-  echo "{CHANGED_MARK} nftables loaded at boot"
-fi
-""",
-            after=(LOAD_STEP,),
-        ),
+        script_step("firewall.boot", start_at_boot("nftables"), after=(LOAD_STEP,)),
     ]

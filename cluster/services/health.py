@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from cluster.hostcontext import HostContext
 from cluster.plan import PACKAGES_STEP, Step
-from cluster.services import backup, dovecot, fail2ban, ratelimit, role, storage, sync, tls
+from cluster.services import backup, fail2ban, ratelimit, replication, role, storage, sync, tls
 from cluster.services.role import CLUSTER_CONF, ROLE_SCRIPT, ROLE_SCRIPT_STEP
 
-# cl_status is Heartbeat's; rndc BIND's; mysql MariaDB's: all there already. These are the
+# cl_status is Heartbeat's; rndc BIND's; mariadb MariaDB's: all there already. These are the
 # script's own tools.
 PACKAGES: tuple[str, ...] = ("openssl", "procps")
 
@@ -24,9 +24,6 @@ MAX_QUEUE = 100
 MAX_QUEUE_AGE_S = 30 * 60
 MAX_DISK_PCT = 85
 MIN_CERT_DAYS = 14
-# mailcluster-dsync syncs each minute (every DSYNC_INTERVAL_S s): a last success older than
-# this means the rounds stopped, even without a recorded failure.
-MAX_DSYNC_AGE_S = 5 * 60
 # mailcluster-websync pushes each minute.
 MAX_WEBSYNC_AGE_S = 5 * 60
 # mailcluster-backup's stamps: the last successful backup (its mtime; no file: no backup ran
@@ -58,10 +55,7 @@ def steps(ctx: HostContext) -> list[Step]:
             max_queue_age_s=MAX_QUEUE_AGE_S,
             max_disk_pct=MAX_DISK_PCT,
             min_cert_days=MIN_CERT_DAYS,
-            dsync_targets=dovecot.cross_dc_targets(ctx),
-            dsync_stamp_dir=dovecot.DSYNC_STAMP_DIR,
-            max_dsync_age_s=MAX_DSYNC_AGE_S,
-            peer_name=ctx.peer.name,
+            replication_command=replication.SCRIPT,
             websync_stamp=sync.WEBSYNC_STAMP,
             max_websync_age_s=MAX_WEBSYNC_AGE_S,
             backup_stamp=BACKUP_STAMP,

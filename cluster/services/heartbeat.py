@@ -1,7 +1,9 @@
 """Heartbeat: the shared IP of a data centre and the mail role move together between svr1/svr2.
 
-- Heartbeat v3 in haresources mode, ucast over the private network, sha1 authkeys (a cluster
-  secret, 0600), ``auto_failback off`` so a returning node stays the standby.
+- Heartbeat v3 in haresources mode, ucast over the data centre's VPC subnet on the VPC
+  interface only (Heartbeat binds both its ucast sockets to the device named in ``ucast``:
+  nothing arriving on the public interface reaches it), sha1 authkeys (a cluster secret,
+  0600), ``auto_failback off`` so a returning node stays the standby.
 - ``arp``: ``IPaddr2`` puts the shared IPv4 on the LAN interface of the active node (the lab,
   VLANs), and ``mailcluster-ipv6`` (resource-agents' IPaddr2 agent for IPv6) the shared IPv6.
   ``bgp``: the resource of bgp.py announces the shared IP that sits on ``lo`` of both nodes.
@@ -19,8 +21,9 @@
   deadtime, ``cl_status`` and ``hb_standby``.
 - After the IP, Heartbeat runs ``/etc/ha.d/resource.d/mailcluster`` ->
   ``/usr/local/sbin/mailcluster-role promote|demote|status`` (role.py). Before Heartbeat starts
-  on a node, ``/etc/ha.d/resource.d/startstop pre-start`` (or, under systemd, the unit's
-  drop-in) demotes it, so a rebooted old master never serves as a second master.
+  on a node, the drop-in of Debian's ``heartbeat.service`` (``BOOT_DROPIN``) demotes it, so a
+  rebooted old master never serves as a second master; it also gives the unit the reload the
+  plan uses (``heartbeat -r``: a restart in place that keeps the resources).
 - The plan's last step on every node is ``mailcluster-role reconcile``, after Heartbeat's start:
   it is declared here because it waits on Heartbeat (and on MariaDB's restarts), which role.py,
   imported by those modules, cannot name without an import cycle.
@@ -42,6 +45,7 @@ from cluster.plan import (
     script_step,
 )
 from cluster.services import bgp, mariadb, postfix, role, storage
+from cluster.topology import VPC_INTERFACE
 
 PACKAGES: tuple[str, ...] = ("heartbeat", "iputils-ping", "bsdutils", "util-linux")
 
@@ -130,7 +134,7 @@ def steps(ctx: HostContext) -> list[Step]:
     files = [
         ctx.file(
             "/etc/ha.d/ha.cf",
-            interface=ctx.topology.dcs[node.dc].interface,
+            interface=VPC_INTERFACE,
             node_names=sorted([node.name, ctx.peer.name]),
             ping_node=gateway(ctx),
             guard=GUARD_SCRIPT,
@@ -152,7 +156,6 @@ def steps(ctx: HostContext) -> list[Step]:
             promote_failed_mark=role.PROMOTE_FAILED_MARK,
         ),
         ctx.file(IPV6_RESOURCE_SCRIPT, mode="0755"),
-        ctx.file("/etc/ha.d/resource.d/startstop", mode="0755"),
         ctx.file(
             GUARD_SCRIPT,
             mode="0755",
@@ -167,17 +170,10 @@ def steps(ctx: HostContext) -> list[Step]:
             fence_stamp=FENCE_STAMP,
         ),
     ]
-    dropin = ctx.file(BOOT_DROPIN)
-    # systemd reads the drop-in (demote before Heartbeat starts) only after a daemon-reload.
-    # (systemctl exists only on systemd hosts such as Linode's; the lab has none.)
-    boot = script_step(
-        BOOT_STEP,
-        """if [ -d /run/systemd/system ]; then
-  systemctl daemon-reload
-fi
-""",
-        watch=(dropin,),
-    )
+    dropin = ctx.file(BOOT_DROPIN, role_script=role.ROLE_SCRIPT)
+    # systemd reads the drop-in (demote before Heartbeat starts, the reload) only after a
+    # daemon-reload.
+    boot = script_step(BOOT_STEP, "systemctl daemon-reload\n", watch=(dropin,))
     wait_tenths = (_timings(ctx)["initdead_ms"] + 15000) // 100
     start = script_step(
         START_STEP,

@@ -2,15 +2,17 @@
 
 Databases ``postfixadmin`` and ``roundcube``; least-privilege users: ``postfix`` and ``dovecot``
 SELECT on postfixadmin.* from 127.0.0.1/localhost, ``postfixadmin`` ALL on postfixadmin.*,
-``roundcube`` ALL on roundcube.*, ``repl`` REPLICATION SLAVE from each node's private and mesh
-address, REQUIRE SSL; with ``metricsCidrs``, ``exporter`` (the Prometheus mysqld exporter,
-metrics.py) from localhost with what its documentation asks and no more: PROCESS, REPLICATION
-CLIENT, SELECT on performance_schema, and SLAVE MONITOR (MariaDB 10.5 moved SHOW SLAVE STATUS
-from REPLICATION CLIENT to it), at most 3 connections (dropped again without it).
+``roundcube`` ALL on roundcube.*, ``repl`` REPLICATION SLAVE from each known node's private
+address and every node's mesh address (fixed by place: the other data centre's replicas are
+admitted before this stack knows their data centre), REQUIRE SSL; with ``metricsCidrs``,
+``exporter`` (the Prometheus mysqld exporter, metrics.py) from localhost with what its
+documentation asks and no more: PROCESS, REPLICATION CLIENT, SELECT on performance_schema, and
+SLAVE MONITOR (MariaDB 10.5 moved SHOW SLAVE STATUS from REPLICATION CLIENT to it), at most 3
+connections (dropped again without it).
 
 MariaDB listens on 127.0.0.1 (the local services), the node's private address (its data-centre
-peer replicates over the private network) and its mesh address (the other data centre's nodes
-replicate over the WireGuard mesh, see mesh.py): never on a public address.
+peer replicates over the data centre's VPC subnet) and its mesh address (the other data
+centre's nodes replicate over the WireGuard mesh, see mesh.py): never on a public address.
 
 Users and databases are created only on the master, with the binary log on, and reach the
 replicas by replication, so all four servers share one GTID history. How a replica gets the
@@ -25,14 +27,14 @@ Replication itself is configured by ``mailcluster-role`` (see role.py): the step
 ``mailcluster-role reconcile-db``, which on the master lifts read_only and on the others runs
 ``CHANGE MASTER TO ... MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1`` only when not already
 replicating from the right source. The replication password is read from a 0600 file; every
-other password reaches ``mysql`` on stdin.
+other password reaches ``mariadb`` on stdin.
 """
 
 from __future__ import annotations
 
 from cluster.hostcontext import HostContext
 from cluster.plan import CHANGED_MARK, PACKAGES_STEP, Step, reload_or_start, script_step
-from cluster.services import storage
+from cluster.services import storage, units
 from cluster.services.role import CLUSTER_CONF_STEP, ROLE_SCRIPT, ROLE_SCRIPT_STEP
 
 PACKAGES: tuple[str, ...] = ("mariadb-server", "mariadb-client")
@@ -53,7 +55,9 @@ DATA_DIRS = (
     storage.DataDir("mysql-log", "/var/log/mysql", "mysql", "adm", "2750"),
 )
 USERS_STEP = "mariadb.users"
-FOLLOW_CRON = "/etc/cron.d/mailcluster-dbfollow"
+# Replicas in the standby data centre follow the active data centre's master: this service runs
+# `mailcluster-role follow-loop` (every role.FOLLOW_INTERVAL_S s; idle in the active one).
+FOLLOW_UNIT = "mailcluster-dbfollow"
 ROLE_STEP = "mariadb.role"
 LOCAL_HOSTS = ("127.0.0.1", "localhost")
 # The databases created here: Postfix Admin's (domains, mailboxes, aliases) and Roundcube's.
@@ -89,7 +93,8 @@ def _user(name: str, host: str, password: str, grants: str, require_ssl: bool = 
 
 def repl_hosts(ctx: HostContext) -> tuple[str, ...]:
     """Where replicas connect from: a peer in the same data centre from its private address,
-    the other data centre's nodes from their mesh addresses."""
+    the other data centre's nodes from their mesh addresses (all four, whether their data
+    centre is known yet or not: ``Topology.all_mesh_addresses``)."""
     topo = ctx.topology
     return tuple(
         dict.fromkeys([n.private_ipv4 for n in topo.nodes] + list(topo.all_mesh_addresses))
@@ -174,11 +179,11 @@ def steps(ctx: HostContext) -> list[Step]:
             SERVICE_STEP,
             reload_or_start(
                 "mariadb",
-                running="mysqladmin --protocol=socket -uroot ping >/dev/null 2>&1",
+                running="mariadb-admin --protocol=socket -uroot ping >/dev/null 2>&1",
                 restart=True,
             )
             + """for _ in $(seq 1 300); do
-  mysqladmin --protocol=socket -uroot ping >/dev/null 2>&1 && exit 0
+  mariadb-admin --protocol=socket -uroot ping >/dev/null 2>&1 && exit 0
   sleep 0.1
 done
 echo "mariadb does not answer after 30 s" >&2
@@ -199,7 +204,7 @@ exit 1
   echo "not the master: accounts arrive by replication" >&2
   exit 0
 fi
-q() {{ mysql --protocol=socket -uroot -N -B "$@"; }}
+q() {{ mariadb --protocol=socket -uroot -N -B "$@"; }}
 fp() {{ q -e "{_FINGERPRINT}" | sha256sum; }}
 before=$(fp)
 q
@@ -224,8 +229,17 @@ fi
     if node.dc == topo.active_dc and node.name != master_candidate:
         # Within the active stack, replicas are set up after the master's accounts exist.
         remote = ((master_candidate, USERS_STEP),)
-    # Replicas in the standby data centre follow the active data centre's master (role.py).
-    out.append(ctx.file(FOLLOW_CRON, after=(PACKAGES_STEP, ROLE_SCRIPT_STEP)))
+    # Replicas in the standby data centre follow the active data centre's master (role.py); a
+    # changed cluster.conf (activeDc) or role script restarts the loop.
+    out += units.daemon(
+        ctx,
+        FOLLOW_UNIT,
+        f"{ROLE_SCRIPT} follow-loop",
+        description="mailcluster: standby replicas follow the active data centre's master",
+        watch=(CLUSTER_CONF_STEP, ROLE_SCRIPT_STEP),
+        after=(PACKAGES_STEP, ROLE_SCRIPT_STEP),
+        unit_after="mariadb.service",
+    )
     out.append(
         script_step(
             ROLE_STEP,

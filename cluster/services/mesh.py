@@ -9,16 +9,25 @@ can send it), so services that bind inner addresses talk only to cluster nodes.
 - Keys: one X25519 private key per node, a cluster secret (Pulumi ``RandomBytes``, the lab's
   secrets file); the public keys are derived from them (``ClusterSecrets.mesh_public_key``).
   The config file holding the node's key is 0600 and travels on stdin like every secret file.
-- Outer packets go to a peer's private address inside a data centre and its public address
-  across (``mesh_endpoint``), UDP ``ports.MESH_PORT``.
+- Outer packets go to a peer's private (VPC) address inside a data centre and its public
+  address across (``mesh_endpoint``), UDP ``ports.MESH_PORT``, which both firewalls open to
+  anyone: WireGuard answers nothing without a valid key.
+- Every node of the cluster is a peer, including those of a data centre whose addresses are
+  not known yet (dc1's first ``up`` comes before dc2 exists): their keys and mesh addresses are
+  known (the cluster's material, ``Topology.mesh_members``), only their endpoint is not. Such
+  a peer has no ``Endpoint``: WireGuard takes it from the peer's first authenticated packet, so
+  dc2's nodes reach dc1's (and replicate from it) as soon as dc2 is up, before dc1's next
+  ``up`` writes their endpoints down. A node with new public addresses (rebuilt) is found the
+  same way by the other data centre.
 - ``wg-quick`` brings the interface up: the kernel's WireGuard on Linode, and where the kernel
   has none (the lab), wg-quick's fallback, Debian's userspace ``wireguard-go`` on /dev/net/tun.
 - ``/usr/local/sbin/mailcluster-mesh up`` is the one way up: the plan's step runs it (creates
   the interface, or applies a changed peer list with ``wg syncconf`` without dropping the other
-  sessions), and the init script ``mailcluster-mesh`` runs it at boot (systemd's generator makes
-  a unit of it on Linode; the lab's init runs /etc/rc2.d), before MariaDB, Dovecot, BIND and
-  Heartbeat. Those bind inner addresses with ``ip_nonlocal_bind`` (base.py), so a boot order
-  mistake costs a few retries, never a failed start.
+  sessions), and ``mailcluster-mesh.service`` (a oneshot of ours) runs it at boot, ordered before
+  MariaDB, Dovecot, BIND and Heartbeat (``BEFORE``). Those bind inner addresses with
+  ``ip_nonlocal_bind`` (base.py), so a late mesh costs a few retries, never a failed start.
+  (Not wg-quick@.service: it knows no ``wg syncconf``, and its ordering after
+  network-online.target would hold up every daemon that waits for the mesh.)
 """
 
 from __future__ import annotations
@@ -26,8 +35,9 @@ from __future__ import annotations
 from typing import Any
 
 from cluster.hostcontext import HostContext
-from cluster.plan import CHANGED_MARK, PACKAGES_STEP, Step, script_step
+from cluster.plan import PACKAGES_STEP, Step, script_step
 from cluster.ports import MESH_INTERFACE, MESH_PORT
+from cluster.services import units
 from cluster.topology import Node
 
 # wireguard-go only runs where the kernel has no WireGuard (wg-quick tries the kernel first);
@@ -36,7 +46,10 @@ PACKAGES: tuple[str, ...] = ("wireguard-tools", "wireguard-go", "iproute2")
 
 CONF = f"/etc/wireguard/{MESH_INTERFACE}.conf"
 MESH_SCRIPT = "/usr/local/sbin/mailcluster-mesh"
-INIT_SCRIPT = "/etc/init.d/mailcluster-mesh"
+UNIT = "mailcluster-mesh.service"
+UNIT_FILE = units.unit_path(UNIT)
+# The units that use the mesh's addresses: started after it at boot.
+BEFORE = ("mariadb.service", "dovecot.service", "named.service", "heartbeat.service")
 BOOT_STEP = "mesh.boot"
 UP_STEP = "mesh.up"
 
@@ -49,16 +62,19 @@ def mesh_endpoint(node: Node, peer: Node) -> str:
 
 
 def peers(ctx: HostContext) -> list[dict[str, Any]]:
+    """Every other node of the cluster; ``endpoint`` None for a node whose data centre's
+    addresses this stack does not know yet."""
     topo, node = ctx.topology, ctx.node
+    known = {n.name: n for n in topo.nodes}
     return [
         {
-            "name": peer.name,
-            "public_key": ctx.secrets.mesh_public_key(peer.name),
-            "address": topo.mesh_address(peer),
-            "endpoint": mesh_endpoint(node, peer),
+            "name": name,
+            "public_key": ctx.secrets.mesh_public_key(name),
+            "address": address,
+            "endpoint": mesh_endpoint(node, known[name]) if name in known else None,
         }
-        for peer in topo.nodes
-        if peer.name != node.name
+        for name, address in topo.mesh_members()
+        if name != node.name
     ]
 
 
@@ -79,25 +95,13 @@ def steps(ctx: HostContext) -> list[Step]:
         **values,
     )
     script = ctx.file(MESH_SCRIPT, mode="0755", **values)
-    init = ctx.file(INIT_SCRIPT, mode="0755", mesh_script=MESH_SCRIPT, **values)
-    # Enabled for boot: systemd hosts (Linode) through the generator's view of the rc links.
-    boot = script_step(
-        BOOT_STEP,
-        f"""if ! ls /etc/rc2.d/S*mailcluster-mesh >/dev/null 2>&1; then
-  update-rc.d mailcluster-mesh defaults >/dev/null 2>&1
-  if [ -d /run/systemd/system ]; then
-    systemctl daemon-reload
-    systemctl enable --quiet mailcluster-mesh
-  fi
-  echo "{CHANGED_MARK} mailcluster-mesh started at boot"
-fi
-""",
-        after=(init,),
-    )
+    unit = ctx.file(UNIT_FILE, mesh_script=MESH_SCRIPT, before=BEFORE, **values)
+    # Enabled for boot, and started (its `up`) on the first apply.
+    boot = units.enable_step(BOOT_STEP, [UNIT], files=[unit], after=(conf, script))
     up = script_step(
         UP_STEP,
         f"{MESH_SCRIPT} up\n",
-        after=(PACKAGES_STEP,),
+        after=(PACKAGES_STEP, boot),
         watch=(conf, script),
     )
-    return [conf, script, init, boot, up]
+    return [conf, script, unit, boot, up]

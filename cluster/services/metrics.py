@@ -2,12 +2,12 @@
 
 Only with ``metricsCidrs`` set; empty (the default) is off: the packages are not installed, and
 turning it off again stops the exporters, keeps them from starting at boot and removes their
-credentials and the cron job. The ports are in the port table (cluster/ports.py, source
+credentials and the timer. The ports are in the port table (cluster/ports.py, source
 ``metrics``), so both firewalls admit them from ``metricsCidrs`` alone.
 
 - ``prometheus-node-exporter`` (9100): the machine (CPU, memory, disks, filesystems, network),
   plus the textfile collector's ``/var/lib/prometheus/node-exporter/*.prom`` (Debian's
-  default directory): there ``mailcluster-health-metrics``, from cron every minute, turns
+  default directory): there ``mailcluster-health-metrics``, every minute from its timer, turns
   ``mailcluster-health``'s lines (health.py: ``NAME<TAB>ok|fail<TAB>VALUE<TAB>DETAIL``, the
   only thing read of it) into ``mailcluster_check_*`` series.
 - ``prometheus-mysqld-exporter`` (9104): MariaDB (``mysql_up``, status, replication), as the
@@ -26,8 +26,8 @@ base.py). The
 postfix exporter takes a single listen address, so it listens on all (":9154" is both families
 in Go); the host firewall admits only ``metricsCidrs`` to it, as to the others.
 
-The default files are written before the packages are installed: on a systemd host the
-packages' postinst starts the daemons at once, and they must start with these arguments.
+The default files (the units' EnvironmentFile) are written before the packages are installed:
+the packages' postinst starts the daemons at once, and they must start with these arguments.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from cluster.plan import (
     start_at_boot,
 )
 from cluster.ports import MYSQLD_EXPORTER_PORT, NODE_EXPORTER_PORT, POSTFIX_EXPORTER_PORT
-from cluster.services import health, mariadb
+from cluster.services import health, mariadb, units
 
 PACKAGES: tuple[str, ...] = ()
 # Installed by this service's own step, and only with metricsCidrs set; the lab bakes them into
@@ -63,14 +63,17 @@ EXPORTER_USER = "prometheus"  # the packages' system user
 TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
 PROM_FILE = f"{TEXTFILE_DIR}/mailcluster.prom"
 HEALTH_METRICS = "/usr/local/sbin/mailcluster-health-metrics"
-CRON = "/etc/cron.d/mailcluster-health-metrics"
+HEALTH_UNIT = "mailcluster-health-metrics"  # .service and .timer, every minute
+HEALTH_SERVICE = units.unit_path(f"{HEALTH_UNIT}.service")
+HEALTH_TIMER = units.unit_path(f"{HEALTH_UNIT}.timer")
+TIMER_STEP = f"{HEALTH_UNIT}.enabled"  # units.periodic's enable step
 MYSQLD_CNF = "/etc/mailcluster/mysqld-exporter.cnf"
 MYSQL_SOCKET = "/run/mysqld/mysqld.sock"
-# mailcluster-health is stopped after this long, so cron runs never pile up.
+# mailcluster-health is stopped after this long: the metrics stay a minute old at most.
 HEALTH_TIMEOUT_S = 50
 DEFAULTS = {name: f"/etc/default/{name}" for name in EXPORTERS}
 # Every file this service writes (and removes again when off).
-FILES = (*DEFAULTS.values(), MYSQLD_CNF, HEALTH_METRICS, CRON)
+FILES = (*DEFAULTS.values(), MYSQLD_CNF, HEALTH_METRICS, HEALTH_SERVICE, HEALTH_TIMER)
 INSTALL_STEP = "metrics.packages"
 FIRST_RUN_STEP = "metrics.health-first-run"
 
@@ -130,10 +133,17 @@ def _on(ctx: HostContext) -> list[Step]:
         prom_file=PROM_FILE,
         timeout_s=HEALTH_TIMEOUT_S,
     )
-    cron = ctx.file(CRON, after=(install, script), script=HEALTH_METRICS)
+    timer = units.periodic(
+        ctx,
+        HEALTH_UNIT,
+        HEALTH_METRICS,
+        description="mailcluster health checks as node-exporter metrics",
+        on_calendar="minutely",
+        after=(install, script),
+    )
     first = script_step(
         FIRST_RUN_STEP,
-        f"""# The metrics exist from the first apply on, not only after cron's next minute.
+        f"""# The metrics exist from the first apply on, not only after the timer's next minute.
 [ -e {PROM_FILE} ] && exit 0
 {HEALTH_METRICS}
 echo "{CHANGED_MARK} {PROM_FILE} written"
@@ -154,7 +164,7 @@ echo "{CHANGED_MARK} {PROM_FILE} written"
         )
         for name in EXPORTERS
     ]
-    return [*defaults.values(), install, cnf, script, cron, first, *services]
+    return [*defaults.values(), install, cnf, script, *timer, first, *services]
 
 
 def _off() -> list[Step]:
@@ -165,25 +175,38 @@ def _off() -> list[Step]:
     services = [
         script_step(
             _service_step(name),
-            f"""[ -x /etc/init.d/{name} ] || exit 0
-{start_at_boot(name, enabled=False)}if service {name} status >/dev/null 2>&1; then
-  service {name} stop >/dev/null
+            # The package's unit: absent where the exporters were never installed.
+            f"""[ -e /usr/lib/systemd/system/{name}.service ] || exit 0
+{start_at_boot(name, enabled=False)}if systemctl is-active --quiet {name}; then
+  systemctl stop {name}
   echo "{CHANGED_MARK} {name} stopped"
 fi
 """,
         )
         for name in EXPORTERS
     ]
-    cron = absent_file_step(CRON)
-    # The collector's input goes after cron can no longer write it again.
+    timer = f"{HEALTH_UNIT}.timer"
+    stop = script_step(
+        TIMER_STEP,
+        f"""if systemctl is-enabled --quiet {timer} 2>/dev/null \\
+   || systemctl is-active --quiet {timer}; then
+  systemctl disable --now --quiet {timer}
+  echo "{CHANGED_MARK} {timer} stopped"
+fi
+""",
+    )
+    units_gone = [absent_file_step(p, after=(stop,)) for p in (HEALTH_TIMER, HEALTH_SERVICE)]
+    # The collector's input goes after the timer can no longer write it again.
     first = script_step(
         FIRST_RUN_STEP,
-        f"""if [ -e {PROM_FILE} ]; then
+        f"""systemctl daemon-reload
+if [ -e {PROM_FILE} ]; then
   rm -f {PROM_FILE}
   echo "{CHANGED_MARK} {PROM_FILE} removed"
 fi
 """,
-        after=(cron,),
+        after=units_gone,
     )
     files = [absent_file_step(p, after=services) for p in (*DEFAULTS.values(), MYSQLD_CNF)]
-    return [install, *services, cron, first, *files, absent_file_step(HEALTH_METRICS, (first,))]
+    return [install, *services, stop, *units_gone, first, *files,
+            absent_file_step(HEALTH_METRICS, (first,))]  # fmt: skip

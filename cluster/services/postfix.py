@@ -10,7 +10,9 @@
 - Postfix runs only on the node that serves mail: the role script (role.py) starts and stops it,
   so the reload step here reloads a running Postfix and never starts one, and the boot step
   keeps Postfix from starting by itself at boot (a rebooted standby would otherwise accept mail
-  next to the active node).
+  next to the active node). Debian 13's ``postfix.service`` is the default instance itself (no
+  longer a wrapper around ``postfix@-.service``): it is the unit disabled and given the queue's
+  mount requirement.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cluster.hostcontext import HostContext
-from cluster.plan import CHANGED_MARK, Step, reload_or_start, script_step
+from cluster.plan import CHANGED_MARK, Step, reload_or_start, script_step, start_at_boot
 from cluster.render import render
 from cluster.services import dovecot, mariadb, ratelimit, storage, tls
 
@@ -118,10 +120,12 @@ SUBMISSION_OPTIONS: tuple[str, ...] = (
     "smtpd_sender_restrictions=reject_non_fqdn_sender,reject_sender_login_mismatch,"
     "permit_sasl_authenticated,reject",
     "smtpd_relay_restrictions=permit_sasl_authenticated,reject",
-    # The sending limit (ratelimit.py) before the permit: over it, defer_if_permit answers 4xx.
-    # Commas, not spaces, between the restriction and its server: master.cf's -o takes one word.
-    "smtpd_recipient_restrictions=reject_non_fqdn_recipient,"
-    f"check_policy_service,{ratelimit.POLICY_SERVICE},permit_sasl_authenticated,reject",
+    "smtpd_recipient_restrictions=reject_non_fqdn_recipient,permit_sasl_authenticated,reject",
+    # The sending limit (ratelimit.py), asked at DATA with the message's recipient count: over
+    # it, defer_if_permit answers 4xx for the whole message. Commas, not spaces, between the
+    # restriction and its server: master.cf's -o takes one word.
+    "smtpd_data_restrictions=reject_unauth_pipelining,"
+    f"check_policy_service,{ratelimit.POLICY_SERVICE}",
     # A limiter that does not answer lets mail through (and Postfix logs a warning).
     "smtpd_policy_service_default_action=DUNNO",
     "milter_macro_daemon_name=ORIGINATING",
@@ -181,6 +185,8 @@ def steps(ctx: HostContext) -> list[Step]:
         )
         # Postfix's proxymap reads maps as root, smtpd (as postfix) may: 0640 root:postfix.
         files.append(ctx.literal_file(m.path, content, mode="0640", group="postfix", secret=True))
+    aliases_file = ctx.file("/etc/aliases", postmaster=ctx.config.postmaster, after=(main_cf,))
+    files.append(aliases_file)
     aliases = script_step(
         "postfix.aliases",
         f"""if [ ! -e /etc/aliases.db ] || [ /etc/aliases -nt /etc/aliases.db ]; then
@@ -188,14 +194,14 @@ def steps(ctx: HostContext) -> list[Step]:
   echo "{CHANGED_MARK} /etc/aliases.db"
 fi
 """,
-        after=(main_cf,),
+        after=(main_cf, aliases_file),
     )
     data = storage.data_steps(
         ctx,
         DATA_STEP,
         (QUEUE_DIR,),
         services=("postfix", "dovecot"),
-        units=("postfix@.service", "dovecot.service"),
+        units=("postfix.service", "dovecot.service"),
         after=(*files, aliases, dovecot.RELOAD_STEP),
         # `postfix check` makes the queue's directories a Postfix that never ran lacks; queue
         # file names carry their inode number, so a copied queue is renamed to match
@@ -219,18 +225,5 @@ postconf -n >/dev/null
 
 
 def _boot_step() -> Step:
-    """Postfix never starts by itself at boot: only where mailcluster-role starts it. (systemctl
-    exists only on systemd hosts such as Linode's; the lab has none and uses update-rc.d.)"""
-    return script_step(
-        BOOT_STEP,
-        f"""if [ -d /run/systemd/system ]; then
-  if systemctl is-enabled --quiet postfix 2>/dev/null; then
-    systemctl disable --quiet postfix
-    echo "{CHANGED_MARK} postfix not started at boot"
-  fi
-elif ls /etc/rc[2-5].d/S*postfix >/dev/null 2>&1; then
-  update-rc.d postfix disable >/dev/null 2>&1
-  echo "{CHANGED_MARK} postfix not started at boot"
-fi
-""",
-    )
+    """Postfix never starts by itself at boot: only where mailcluster-role starts it."""
+    return script_step(BOOT_STEP, start_at_boot("postfix", enabled=False))

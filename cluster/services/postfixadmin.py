@@ -107,7 +107,7 @@ def steps(ctx: HostContext) -> list[Step]:
         script_step(
             SCHEMA_STEP,
             f"""{ROLE_SCRIPT} is-writer || exit 0
-version() {{ mysql --protocol=socket -uroot -N -B -e "{version_sql}" 2>/dev/null || true; }}
+version() {{ mariadb --protocol=socket -uroot -N -B -e "{version_sql}" 2>/dev/null || true; }}
 before=$(version)
 cd /usr/share/postfixadmin/public
 log=$(runuser -u www-data -- php upgrade.php 2>&1) || {{ echo "$log" >&2; exit 1; }}

@@ -1,10 +1,10 @@
 """Sending limit: at most ``submissionRateLimitPerHour`` recipients per hour per authenticated
 user on submission (587/465), with Debian's ``policyd-rate-limit`` as Postfix's policy service.
 
-Why this one: Debian 12 packages it (with a SysV init script, so the lab runs it as a Linode
-does), it does exactly this job (per SASL user, a sliding window, a configurable temporary
-failure) and needs nothing else. rspamd's ratelimit module needs Redis, one more daemon to run
-and fail over; postfwd can do it too, but with a rule language for what is one line here.
+Why this one: Debian packages it (with a systemd unit), it does exactly this job (per SASL
+user, a sliding window, a configurable temporary failure) and needs nothing else. rspamd's
+ratelimit module needs Redis, one more daemon to run and fail over; postfwd can do it too, but
+with a rule language for what is one line here.
 
 Over the limit Postfix answers ``450 4.7.1 ... <LOG_TAG>: N recipients per hour reached``; the
 message stays with the client, which retries. Postfix logs the refusal on mail.log with
@@ -18,7 +18,7 @@ The counters are per node (SQLite): a takeover starts the window afresh on the n
 from __future__ import annotations
 
 from cluster.hostcontext import HostContext
-from cluster.plan import Step, pidfile_alive, reload_or_start, script_step
+from cluster.plan import Step, reload_or_start, script_step
 
 PACKAGES: tuple[str, ...] = ("policyd-rate-limit",)
 
@@ -26,19 +26,10 @@ CONF = "/etc/policyd-rate-limit.yaml"
 HOST = "127.0.0.1"
 PORT = 8552
 PIDFILE = "/run/policyd-rate-limit/policyd-rate-limit.pid"
-# What Postfix's smtpd_recipient_restrictions name on submission.
+# What Postfix's smtpd_data_restrictions name on submission.
 POLICY_SERVICE = f"inet:{HOST}:{PORT}"
 LOG_TAG = "mailcluster-ratelimit"
 SERVICE_STEP = "ratelimit.service"
-# Debian's init script stops with `start-stop-daemon --stop --pidfile` alone, which refuses the
-# daemon's own (non-root) pid file as insecure: stop it by its pid, checked to be the daemon.
-RESTART = f"""pid=$(cat {PIDFILE})
-if grep -qs policyd-rate-limit "/proc/$pid/cmdline"; then
-  kill "$pid"
-  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-fi
-rm -f {PIDFILE}
-service policyd-rate-limit start >/dev/null"""
 
 
 def steps(ctx: HostContext) -> list[Step]:
@@ -57,12 +48,7 @@ def steps(ctx: HostContext) -> list[Step]:
         # It has no reload: restart on a new limit (smtpd lets mail through while it is away).
         script_step(
             SERVICE_STEP,
-            reload_or_start(
-                "policyd-rate-limit",
-                running=pidfile_alive(PIDFILE),
-                restart=True,
-                reload=RESTART,
-            ),
+            reload_or_start("policyd-rate-limit", restart=True),
             watch=(conf,),
         ),
     ]

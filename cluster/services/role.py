@@ -3,7 +3,7 @@
 
 - The host name is the node name (Heartbeat's ``node`` lines and the lab name hosts by it).
 - ``cluster.conf``: shell-quoted facts about this node's place in the cluster (no secrets), read
-  by the role script, the guard and the cron scripts.
+  by the role script, the guard and the scripts the timers run.
 - ``/usr/local/sbin/mailcluster-role promote|demote|reconcile|reconcile-db|is-writer|...``: the
   one place that turns a node into the mail-serving master or back into a standby replica.
   Heartbeat calls it (heartbeat.py); the services ask it ``is-writer`` before one-time writes;
@@ -43,11 +43,8 @@ BGP_ANNOUNCE_FILE = "/run/bird/mailcluster-announce.conf"
 # How often a replica in the standby data centre checks that it reads from the active data
 # centre's master (``mailcluster-role follow``): a takeover there costs it at most this.
 FOLLOW_INTERVAL_S = 3
-# After a boot, the mailboxes whose messages changed in this many seconds before the node last
-# changed any are synced with the peer first (``mailcluster-role``'s catch-up): pair replication
-# is asynchronous, so a crash can leave a delivery that is only on this node's volume. Its lag
-# is seconds; a peer that was unreachable for minutes before the crash is covered too.
-CATCH_UP_RECENT_S = 600
+# Executables here run after every promote and demote (``run-parts --arg=promote|demote``).
+HOOKS_DIR = "/etc/mailcluster/role.d"
 
 
 def cluster_conf(ctx: HostContext) -> dict[str, str]:
@@ -110,7 +107,6 @@ fi
             node_state_dir=storage.NODE_STATE_DIR,
             bgp_announce_file=BGP_ANNOUNCE_FILE,
             follow_interval=FOLLOW_INTERVAL_S,
-            vmail_dir=storage.VMAIL_DIR,
-            catch_up_recent_s=CATCH_UP_RECENT_S,
+            hooks_dir=HOOKS_DIR,
         ),
     ]

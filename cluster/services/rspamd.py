@@ -1,6 +1,6 @@
 """rspamd: DKIM signing and spam filtering, as a milter for Postfix.
 
-Why rspamd rather than OpenDKIM + SpamAssassin (both also in Debian 12): one daemon and one
+Why rspamd rather than OpenDKIM + SpamAssassin (both also in Debian): one daemon and one
 milter instead of two (OpenDKIM plus spamass-milter in front of spamd), DKIM signing, DKIM/SPF/
 DMARC/ARC checking and spam scoring in one pass, far less CPU per message than SpamAssassin's
 Perl, and it needs no Redis for what we use (Redis-backed modules such as Bayes, greylisting and
@@ -18,7 +18,7 @@ DNS publishes.
 from __future__ import annotations
 
 from cluster.hostcontext import HostContext
-from cluster.plan import Step, pidfile_alive, reload_or_start, script_step
+from cluster.plan import Step, reload_or_start, script_step
 from cluster.render import render
 from cluster.topology import DKIM_SELECTOR
 
@@ -34,7 +34,7 @@ RESTART = (
     "# Restart, not reload: a reload re-binds changed worker sockets while the old workers hold\n"
     '# them ("Address already in use") and rspamd dies. A restart is no mail outage: Postfix\n'
     "# accepts without the milter while it is away (milter_default_action = accept).\n"
-    "service rspamd restart >/dev/null"
+    "systemctl restart rspamd"
 )
 DISABLED_MODULES: dict[str, str] = {
     "rbl": "DNS blocklists: internet lookups, none reachable in the lab; a policy choice.",
@@ -83,7 +83,6 @@ def steps(ctx: HostContext) -> list[Step]:
         reload_or_start(
             "rspamd",
             check="rspamadm configtest -q",
-            running=pidfile_alive("/run/rspamd/rspamd.pid"),
             restart=True,
             reload=RESTART,
         ),

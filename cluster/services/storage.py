@@ -18,10 +18,10 @@ it: ``/srv/mail/<name>`` is bind-mounted onto the Debian default path by
 running node's data once and lets the volume win on a rebuilt node (the script's header says
 how). Bind mounts onto the default paths, not config paths: packages, init scripts, Debian's
 AppArmor profiles (named's allows ``/var/lib/bind/**``) and every tool keep their usual paths,
-and one mechanism serves all four daemons. Under systemd (Linode) each daemon's unit gets
-``RequiresMountsFor=`` its paths (a drop-in), so a missing volume stops it with "Dependency
-failed"; everywhere (the lab has no systemd) the OS-disk directory under each bind mount is
-empty and immutable, so a daemon started without the volume fails instead of writing there.
+and one mechanism serves all four daemons. Each daemon's unit gets ``RequiresMountsFor=`` its
+paths (a drop-in), so systemd refuses to start it without the volume ("Dependency failed");
+behind that, the OS-disk directory under each bind mount is empty and immutable, so a daemon
+started by other means (by hand, without systemd) fails instead of writing there.
 
 ``NODE_STATE_DIR`` on the volume holds what the node must remember across a rebuild (that
 Heartbeat has run here) and the owners of the data directories by name.
@@ -117,11 +117,8 @@ def data_steps(
     fix = f"--fixup {shlex.quote(fixup)} " if fixup else ""
     step = script_step(
         name,
-        f"""# systemd reads the drop-ins (and fstab's new lines) only after a daemon-reload;
-# the lab has no systemd.
-if [ -d /run/systemd/system ]; then
-  systemctl daemon-reload
-fi
+        f"""# systemd reads the drop-ins (and fstab's new lines) only after a daemon-reload.
+systemctl daemon-reload
 {DATADIR_SCRIPT} {fix}{MOUNT_POINT} /etc/fstab {shlex.quote(",".join(services))} {args}
 """,
         after=(VOLUME_STEP, NODE_STATE_STEP, *after),

@@ -6,8 +6,9 @@ with least privilege.
   ``rrsync -wo /var/www/html`` (``command=``, ``restrict``: no shell, no forwarding, no pty):
   rsync can write below the docroot, which ``websync`` owns, and nowhere else; nothing as root.
   The authorized_keys file and its directories are root's: ``websync`` cannot widen them.
-- Sending: every minute cron runs /usr/local/sbin/mailcluster-websync on every node; it does
-  nothing unless this node is the active one (``mailcluster-role is-writer``), and then pushes
+- Sending: every minute a timer (``mailcluster-websync.timer``) runs
+  /usr/local/sbin/mailcluster-websync on every node; it does nothing unless this node is the
+  active one (``mailcluster-role is-writer``), and then pushes
   with ``rsync --delete`` over ssh to every other node's mesh address, with the key in
   /etc/mailcluster/secrets/websync (0600; a cluster secret, Pulumi's ``tls.PrivateKey``).
 - Host keys are not pinned: the mesh address already proves the peer (WireGuard accepts a
@@ -17,7 +18,8 @@ with least privilege.
 The docroot is the only content a user puts on the web server; the MTA-STS policy
 (/var/www/mta-sts) comes from the plan on every node, the ACME webroot matters only where
 certbot runs, and the graphs are per node. The old rsync daemon (root, password, plaintext,
-writable from the network) is stopped and its files removed.
+writable from the network) is stopped, kept from starting at boot, and its files removed
+(Debian's rsync.service starts only with /etc/rsyncd.conf, which goes too).
 """
 
 from __future__ import annotations
@@ -25,15 +27,15 @@ from __future__ import annotations
 import shlex
 
 from cluster.hostcontext import HostContext
-from cluster.plan import CHANGED_MARK, PACKAGES_STEP, Step, script_step
+from cluster.plan import CHANGED_MARK, PACKAGES_STEP, Step, script_step, start_at_boot
+from cluster.services import units
 from cluster.services.role import ROLE_SCRIPT_STEP
 
 # python3: Debian's rrsync is a Python script.
-PACKAGES: tuple[str, ...] = (
-    "rsync", "openssh-client", "openssh-server", "python3", "cron", "util-linux",
-)  # fmt: skip
+PACKAGES: tuple[str, ...] = ("rsync", "openssh-client", "openssh-server", "python3", "util-linux")
 
 WEBSYNC = "/usr/local/sbin/mailcluster-websync"
+WEBSYNC_UNIT = "mailcluster-websync"  # .service and .timer
 DOCROOT = "/var/www/html"
 USER = "websync"
 HOME = "/var/lib/mailcluster-websync"
@@ -79,11 +81,11 @@ fi
 
 def _retire_daemon_script() -> str:
     files = " ".join(shlex.quote(f) for f in OLD_DAEMON_FILES)
-    return f"""if [ -x /etc/init.d/rsync ] && service rsync status >/dev/null 2>&1; then
-  service rsync stop >/dev/null
+    return f"""if systemctl is-active --quiet rsync; then
+  systemctl stop rsync
   echo "{CHANGED_MARK} rsync daemon stopped"
 fi
-for f in {files}; do
+{start_at_boot("rsync", enabled=False)}for f in {files}; do
   if [ -e "$f" ]; then
     rm -f "$f"
     echo "{CHANGED_MARK} removed $f"
@@ -98,8 +100,8 @@ SSHD_SCRIPT = f"""if ! ls /etc/ssh/ssh_host_*_key >/dev/null 2>&1; then
   ssh-keygen -A >/dev/null
   echo "{CHANGED_MARK} ssh host keys"
 fi
-if ! service ssh status >/dev/null 2>&1; then
-  service ssh start >/dev/null
+if ! systemctl is-active --quiet ssh; then
+  systemctl start ssh
   echo "{CHANGED_MARK} sshd started"
 fi
 """
@@ -109,9 +111,6 @@ def steps(ctx: HostContext) -> list[Step]:
     user = script_step(USER_STEP, _user_script())
     keys = ctx.literal_file(AUTHORIZED_KEYS, authorized_keys(ctx), after=(user,))
     client = ctx.literal_file(CLIENT_KEY, ctx.secrets.websync_ssh_key, mode="0600", secret=True)
-    # RSYNC_ENABLE=false: the package's init script never starts the daemon again, at boot
-    # either.
-    default = ctx.file("/etc/default/rsync")
     websync = ctx.file(
         WEBSYNC,
         mode="0755",
@@ -126,8 +125,14 @@ def steps(ctx: HostContext) -> list[Step]:
         keys,
         script_step("sync.sshd", SSHD_SCRIPT, after=(keys,)),
         client,
-        default,
-        script_step("sync.retire-rsyncd", _retire_daemon_script(), after=(default,)),
+        script_step("sync.retire-rsyncd", _retire_daemon_script(), after=(PACKAGES_STEP,)),
         websync,
-        ctx.file("/etc/cron.d/mailcluster-websync", after=(PACKAGES_STEP, websync)),
+        *units.periodic(
+            ctx,
+            WEBSYNC_UNIT,
+            WEBSYNC,
+            description="mailcluster web sync: push the docroot from the active node",
+            on_calendar="minutely",
+            after=(websync,),
+        ),
     ]

@@ -14,7 +14,7 @@ Files, all under ``/etc/mailcluster/tls`` so Postfix, Dovecot and Apache name on
 Let's Encrypt (``tlsMode: letsencrypt``): HTTP-01 with ``certbot certonly --webroot`` on
 ``ACME_WEBROOT``, which Apache serves at ``/.well-known/acme-challenge/`` on port 80 of the shared
 IP. Only the node that holds the active data centre's shared IP (where mail.<domain> points) asks
-for the certificate; Debian's certbot cron job renews it there. The deploy hook copies the new
+for the certificate; Debian's certbot.timer renews it there. The deploy hook copies the new
 pair into this directory and reloads the daemons; the sync service copies the pair from the
 active node to the other three. This cannot be tested on a machine without internet: the lab
 forces ``selfsigned``.
@@ -129,7 +129,7 @@ if ! ip -o -4 addr show | grep -qF " {vip}/"; then
   exit 0
 fi
 if [ -e /etc/letsencrypt/live/{CERTBOT_NAME}/fullchain.pem ]; then
-  exit 0  # renewals: Debian's certbot cron job, same hook
+  exit 0  # renewals: Debian's certbot.timer, same hook
 fi
 certbot certonly --non-interactive --agree-tos -m {shlex.quote(email)} \\
   --cert-name {CERTBOT_NAME} --webroot -w {ACME_WEBROOT} {domains} \\

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from cluster.lab import base
 from cluster.lab.driver import Lab
 from cluster.lab.paths import HOSTS
 
@@ -31,6 +32,7 @@ def lab() -> Iterator[Lab]:
     if os.geteuid() != 0:
         pytest.fail("the lab tests need root (namespaces, mounts, loop devices)")
     lab = Lab()
+    lab.base_was_cached = base.cached(base.spec().key)
     t0 = time.monotonic()
     # MAILCLUSTER_LAB_UP_ARGS=--no-apply checks the lab's machinery while services are broken.
     lab.run("up", *os.environ.get("MAILCLUSTER_LAB_UP_ARGS", "").split(), timeout=1800)

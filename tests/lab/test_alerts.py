@@ -212,10 +212,10 @@ def test_a_sender_over_the_limit(lab: Lab, received: Received) -> None:
                             f"submissionRateLimitPerHour={LAB_SUBMISSION_LIMIT}"))  # fmt: skip
 
 
-def test_dsync_failing(lab: Lab, received: Received) -> None:
-    # Dovecot stopped on dc2-svr1: the active node's pushes to it fail; the alert comes from
-    # the active node after dsync's 2-minute grace.
-    provoke(lab, received, "dsync.dc2-svr1", writer(lab),
+def test_replication_failing(lab: Lab, received: Received) -> None:
+    # Dovecot stopped on dc2-svr1: the active node's pushes to it fail (its probe of an idle
+    # target within a minute); the alert comes from the active node after the 2-minute grace.
+    provoke(lab, received, "replication.dc2-svr1", writer(lab),
             lambda: lab.exec("dc2-svr1", "service", "dovecot", "stop"),
             lambda: lab.exec("dc2-svr1", "service", "dovecot", "start"),
             timeout=DSYNC_ALERT_WAIT_S)  # fmt: skip

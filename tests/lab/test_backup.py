@@ -188,9 +188,9 @@ def test_backup_runs_only_on_the_writer_and_one_at_a_time(lab: Lab) -> None:
     for host in others:
         proc = lab.exec(host, "mailcluster-backup", "run", check=False)
         assert proc.returncode == 3 and "not the writer" in proc.stderr
-        # cron's entry point does nothing there, quietly.
-        assert lab.exec(host, "mailcluster-backup", "cron", check=False).returncode == 0
-    # While a backup holds the node's lock, cron's run skips its turn and the operator's
+        # The timer's entry point does nothing there, quietly.
+        assert lab.exec(host, "mailcluster-backup", "scheduled", check=False).returncode == 0
+    # While a backup holds the node's lock, the timer's run skips its turn and the operator's
     # waits for it: never two at once.
     before = len(json.loads(ops("backup", "list", "--json").stdout))
     holder = subprocess.Popen(
@@ -199,7 +199,7 @@ def test_backup_runs_only_on_the_writer_and_one_at_a_time(lab: Lab) -> None:
     )  # fmt: skip
     try:
         time.sleep(4)
-        assert lab.exec(w, "mailcluster-backup", "cron").returncode == 0
+        assert lab.exec(w, "mailcluster-backup", "scheduled").returncode == 0
         assert len(json.loads(ops("backup", "list", "--json").stdout)) == before
         t0 = time.monotonic()
         snap = backup_now()

@@ -163,7 +163,7 @@ def test_off_stops_the_exporters_and_on_starts_them_again(lab: Lab) -> None:
         for name in metrics.EXPORTERS:
             st = lab.exec(host, "service", name, "status", check=False)
             assert st.returncode != 0, (name, st.stdout)
-        gone = lab.exec(host, "ls", metrics.MYSQLD_CNF, metrics.PROM_FILE, metrics.CRON,
+        gone = lab.exec(host, "ls", metrics.MYSQLD_CNF, metrics.PROM_FILE, metrics.HEALTH_TIMER,
                         check=False)  # fmt: skip
         assert gone.returncode != 0, gone.stdout
         # The firewall drops the ports again, even from the admin.

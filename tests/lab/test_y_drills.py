@@ -6,6 +6,7 @@ leaves the lab as it found it: activeDc=dc1 on both stacks, nothing cut, every h
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Iterator
@@ -403,18 +404,17 @@ def test_drill_3_data_centre_loss_failover_rejoin_failback(lab: Lab, unique: str
 
 
 def mailbox_in_sync(lab: Lab, host: str, user: str, within: int = 5) -> bool:
-    """Dovecot's replicator on ``host`` synced ``user``'s mailbox with the peer successfully in
-    the last ``within`` seconds, and does not count it as failed."""
-    out = lab.exec(host, "doveadm", "replicator", "status", user, check=False).stdout
-    for line in out.splitlines()[1:]:
-        f = line.split()
-        if len(f) >= 6 and f[0] == user:
-            try:
-                h, m, sec = (int(x) for x in f[4].split(":"))
-            except ValueError:
-                return False
-            return f[5] == "-" and h * 3600 + m * 60 + sec <= within
-    return False
+    """The replication controller on ``host`` has nothing waiting for its DC peer (``user``'s
+    mailbox among all), and synced with it successfully in the last ``within`` seconds."""
+    out = lab.exec(host, "mailcluster-replication", "status", "--json", check=False).stdout
+    try:
+        state = json.loads(out)
+        peer = next(iter(state["targets"].values()))  # the DC peer comes first
+    except (ValueError, KeyError, StopIteration):
+        return False
+    last = peer["last_success"]
+    return (peer["queue"] == 0 and peer["consecutive_failures"] == 0 and last is not None
+            and state["now"] - last <= within)  # fmt: skip
 
 
 def check_rebuilt(lab: Lab, host: str, master: str) -> dict[str, Any]:
@@ -460,8 +460,8 @@ def test_drill_5_rebuild_both_nodes_of_a_data_centre(lab: Lab, unique: str) -> N
                        f"{refusal['attempts']} probes unanswered, longest refusal "
                        f"{refusal['longest_outage']:.2f}s, slowest banner "
                        f"{refusal['slowest_banner']:.2f}s")  # fmt: skip
-        # Before the next step: the active node's replicator syncs the (flowing) mailbox with
-        # the rebuilt node again.
+        # Before the next step: the active node's replication controller syncs the (flowing)
+        # mailbox with the rebuilt node again.
         lab.wait_for("the mailbox in sync with the rebuilt node",
                      lambda: mailbox_in_sync(lab, master_host(master), user[0]),
                      timeout=120, interval=1)  # fmt: skip

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 from cluster.lab.driver import Lab
-from cluster.lab.paths import CLIENT_NS, INIT_NAME, NS_PREFIX, lab_dir, netns_etc
+from cluster.lab.paths import CGROUP_NAME, CLIENT_NS, NS_PREFIX, lab_dir, netns_etc
 
 
 def test_down_leaves_nothing(lab: Lab, keep: bool) -> None:
@@ -22,8 +22,15 @@ def test_down_leaves_nothing(lab: Lab, keep: bool) -> None:
     assert str(lab_dir()) not in mounts
     assert not lab_dir().exists()
     assert not netns_etc(CLIENT_NS).exists()
-    procs = subprocess.run(["pgrep", "-f", f"/{INIT_NAME}( |$)"], capture_output=True, text=True)
+    procs = subprocess.run(["pgrep", "-f", f"systemd-nspawn .*--directory={lab_dir()}/"],
+                           capture_output=True, text=True)  # fmt: skip
     assert procs.stdout.strip() == ""
+    # No cgroup of the lab's, in the cgroup2 hierarchy or in nspawn's v1 name=systemd mirror.
+    cgroup_mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()
+                     if line.split()[2] in ("cgroup", "cgroup2")]  # fmt: skip
+    assert cgroup_mounts
+    for mount in cgroup_mounts:
+        assert not (Path(mount) / CGROUP_NAME).exists(), mount
     # A second `down` finds nothing to do and says so.
     assert "nothing to remove" in lab.run("down").stdout
     if keep:

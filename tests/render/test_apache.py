@@ -44,7 +44,9 @@ def test_apache2ctl_accepts_rendered_tree(
     assert "mailcluster: changed" in first
     second = run("bash", "-c", enable.script, env=env)
     assert second == ""  # idempotent: nothing to enable the second time
-    run("apache2ctl", "-t", env=env)
+    # Apache 2.4 on Debian 13 without a warning; the MTA-STS webroot is made by its own step.
+    checked = run("bash", "-c", f"install -d {mta_sts.WEBROOT} && apache2ctl -t", env=env)
+    assert checked == "Syntax OK\n", checked
     vhosts = run("apache2ctl", "-t", "-D", "DUMP_VHOSTS", env=env)
     assert f"namevhost {topo.mail_host}" in vhosts
     assert f"namevhost mta-sts.{topo.domain}" in vhosts

@@ -63,13 +63,14 @@ def test_checkers_are_the_bases_own_files(checkroot: CheckRoot) -> None:
     # A file only the base has: the runner's / is the base.
     assert not Path("/", STAMP).exists()
     assert in_base("cat", f"/{STAMP}").stdout.split()[0] == base.spec().key
+    assert in_base("cat", "/etc/debian_version").stdout.startswith("13.")  # the nodes' release
     # The postconf that runs is the very file under the base (its inode: the base is mounted,
     # not copied), and not a postconf of this machine.
     script = 'postconf -d mail_version; p=$(command -v postconf); echo "$p"; stat -L -c %i "$p"'
     probe = in_base("sh", "-c", script)
     assert probe.returncode == 0, probe.stderr
     version, path, inode = probe.stdout.splitlines()
-    assert version.startswith("mail_version = 3.7.")  # Debian 12's Postfix
+    assert version.startswith("mail_version = 3.10.")  # Debian 13's Postfix
     assert path == "/usr/sbin/postconf"
     assert int(inode) == os.stat(checkroot.path(path)).st_ino
     assert not Path(path).exists() or identity(path) != identity(checkroot.path(path))

@@ -17,7 +17,7 @@ from cluster.lab.model import lab_topology
 from cluster.material import PASSWORD_FIELDS, ClusterSecrets
 from cluster.plan import HostPlan
 from cluster.services import heartbeat, role
-from cluster.topology import Topology
+from cluster.topology import VPC_INTERFACE, Topology
 
 
 def directives(text: str) -> list[list[str]]:
@@ -30,7 +30,8 @@ def test_ha_cf(plan: tuple[Topology, HostPlan]) -> None:
     peer = topo.peer(node)
     cf = {d[0]: d[1:] for d in directives(files(hp)["/etc/ha.d/ha.cf"])}
     assert sorted(cf["node"]) == sorted([node.name, peer.name])
-    assert cf["ucast"] == ["eth0", peer.private_ipv4]
+    # The VPC interface only: Heartbeat binds its ucast sockets to it.
+    assert cf["ucast"] == [VPC_INTERFACE, peer.private_ipv4]
     assert cf["auto_failback"] == ["off"]
     assert cf["keepalive"] == [f"{topo.config.heartbeat_keepalive_ms}ms"]
     assert cf["deadtime"] == [f"{topo.config.heartbeat_deadtime_ms}ms"]
@@ -106,6 +107,22 @@ def test_cluster_conf_reads_back_in_a_shell(plan: tuple[Topology, HostPlan]) -> 
     ]  # fmt: skip
 
 
+def test_the_unit_demotes_before_a_start_and_reloads_in_place(
+    plan: tuple[Topology, HostPlan],
+) -> None:
+    """Debian's heartbeat.service has no reload, and the plan reloads a running Heartbeat when
+    its files change (a restart would hand the resources to the peer): the drop-in adds
+    `heartbeat -r`, a restart in place that keeps them. Before any start, the node demotes."""
+    _, hp = plan
+    dropin = files(hp)[heartbeat.BOOT_DROPIN]
+    assert "\nExecReload=/usr/libexec/heartbeat/heartbeat -r\n" in dropin
+    assert f"\nExecStartPre={role.ROLE_SCRIPT} demote\n" in dropin
+    assert "\nAfter=mariadb.service\n" in dropin
+    order = [s.name for s in hp.ordered()]
+    assert order.index(heartbeat.BOOT_STEP) < order.index(heartbeat.START_STEP)
+    assert f"file:{heartbeat.BOOT_DROPIN}" in hp.step(heartbeat.BOOT_STEP).watch
+
+
 def test_last_step_is_reconcile(plan: tuple[Topology, HostPlan]) -> None:
     _, hp = plan
     last = hp.ordered()[-1]
@@ -122,7 +139,6 @@ SCRIPTS_BASH = (
 SCRIPTS_SH = (
     "/etc/ha.d/resource.d/mailcluster",
     heartbeat.IPV6_RESOURCE_SCRIPT,
-    "/etc/ha.d/resource.d/startstop",
 )
 
 
@@ -167,6 +183,7 @@ def test_no_secret_outside_secret_steps(
                 assert value not in step.stdin, f"{step.name}: secret in a non-secret step"
 
 
+@pytest.mark.checkers
 @pytest.mark.parametrize("promote_rc", [0, 1])
 def test_the_role_resource_never_fails_a_start_but_passes_on_a_failed_stop(
     plan: tuple[Topology, HostPlan], tmp_path: Path, promote_rc: int

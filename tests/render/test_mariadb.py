@@ -105,10 +105,3 @@ def test_accounts_only_on_master_candidates_and_replicas_after(
     assert hp.step(f"file:{mariadb.REPL_SECRET}").file.mode == "0600"  # type: ignore[union-attr]
     key = hp.step(f"file:{mariadb.DB_TLS_DIR}/key.pem")
     assert key.secret and key.file is not None and key.file.owner == "mysql"
-
-
-def test_same_inputs_same_digests(topologies: dict[str, Topology], secrets: ClusterSecrets) -> None:
-    topo = topologies["dc1"]
-    a = build_host_plan(topo, "dc1-svr1", secrets, "lab").digests()
-    b = build_host_plan(topo, "dc1-svr1", secrets, "lab").digests()
-    assert a == b

@@ -1,7 +1,7 @@
 """mailcluster-role against two real MariaDB servers (loopback, unusual ports, stopped after).
 
 The rendered role script and the rendered server config drive two mariadbd processes side by
-side, with stubs for what only a full host has (Heartbeat, Postfix, the init scripts):
+side, with stubs for what only a full host has (Heartbeat, Postfix, systemd):
 first apply (svr1 counts as holder before Heartbeat ran) -> svr1 writable master, svr2 a
 read-only GTID replica over TLS that receives the accounts; a crash of svr1 -> svr2 promoted;
 svr1 back -> it rejoins as a read-only replica of svr2 and receives what svr2 took; a second
@@ -33,17 +33,23 @@ from cluster.topology import Topology
 pytestmark = pytest.mark.checkers
 
 BASE_PORT = 23306 + os.getpid() % 500 * 2
+# Where a server answers the other: a loopback address that is not 127.0.0.1, for which
+# MariaDB's client skips the certificate's host name check (MDEV-31855); a node's private or
+# mesh address is checked like this one.
+PEER_IP = "127.0.0.2"
+# What replicas connect from (the kernel's source address for the loopback network).
+SOURCE_IP = "127.0.0.1"
 
 STUBS = {
     # Heartbeat not running: the pre-Heartbeat rule decides who holds the shared IP.
     "cl_status": "#!/bin/sh\nexit 1\n",
     "logger": "#!/bin/sh\nexit 0\n",
     "postfix": '#!/bin/sh\n[ "$1" = status ] && [ -e "$STUB_DIR/postfix.running" ]\n',
-    "service": """#!/bin/sh
+    "systemctl": """#!/bin/sh
 case "$1 $2" in
-  "postfix start") touch "$STUB_DIR/postfix.running" ;;
-  "postfix stop") rm -f "$STUB_DIR/postfix.running" ;;
-  *) echo "unexpected service $*" >&2; exit 1 ;;
+  "start postfix") touch "$STUB_DIR/postfix.running" ;;
+  "stop postfix") rm -f "$STUB_DIR/postfix.running" ;;
+  *) echo "unexpected systemctl $*" >&2; exit 1 ;;
 esac
 """,
 }
@@ -65,7 +71,7 @@ class Server:
 
 
 def mysql(server: Server, *args: str, stdin: str | None = None) -> str:
-    argv = ("mysql", f"--socket={server.socket}", "-uroot", *args)
+    argv = ("mariadb", f"--socket={server.socket}", "-uroot", *args)
     out = in_base(*argv, input=stdin)
     if out.returncode != 0:
         raise subprocess.CalledProcessError(out.returncode, argv, out.stdout, out.stderr)
@@ -84,8 +90,9 @@ def start(server: Server, cnf: Path, server_id: int) -> None:
     tls = server.dir.parent / "tls"
     server.proc = base().popen(
         ["mariadbd", f"--defaults-file={cnf}", "--user=root", f"--datadir={data}",
-         f"--socket={server.socket}", f"--port={server.port}", "--bind-address=127.0.0.1",
-         f"--server-id={server_id}", f"--pid-file={server.dir}/pid",
+         f"--socket={server.socket}", f"--port={server.port}",
+         f"--bind-address=127.0.0.1,{PEER_IP}", f"--server-id={server_id}",
+         f"--pid-file={server.dir}/pid",
          f"--log-error={server.dir}/error.log",
          f"--log-bin={server.dir}/mariadb-bin", f"--log-bin-index={server.dir}/mariadb-bin.index",
          f"--relay-log={server.dir}/relay-bin", f"--relay-log-index={server.dir}/relay-bin.index",
@@ -94,7 +101,7 @@ def start(server: Server, cnf: Path, server_id: int) -> None:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     for _ in range(300):
-        probe = in_base("mysqladmin", f"--socket={server.socket}", "-uroot", "ping")
+        probe = in_base("mariadb-admin", f"--socket={server.socket}", "-uroot", "ping")
         if probe.returncode == 0:
             return
         time.sleep(0.1)
@@ -151,9 +158,9 @@ def write_conf(lab: dict[str, object], me: Server, peer: Server, slot: str) -> P
     state.mkdir(exist_ok=True)
     conf.write_text(
         f"NODE=dc1-{slot}\nDC=dc1\nSLOT={slot}\nACTIVE_DC=dc1\nVIP=192.0.2.10\n"
-        "VIP_IFACE=lo\nSHARED_IP_METHOD=arp\nACTIVE_DB_NODES=127.0.0.1\n"
-        f"PEER_PRIVATE_IP=127.0.0.1\nDB_PORT={peer.port}\n"
-        f"MYSQL_SOCKET={me.socket}\nMYSQL_CA={tmp}/tls/ca.pem\nREPL_SECRET={tmp}/repl\n"
+        f"VIP_IFACE=lo\nSHARED_IP_METHOD=arp\nACTIVE_DB_NODES={PEER_IP}\n"
+        f"PEER_PRIVATE_IP={PEER_IP}\nDB_PORT={peer.port}\n"
+        f"MYSQL_SOCKET={me.socket}\nREPL_SECRET={tmp}/repl\n"
         f"STATE_DIR={state}\nRUN_DIR={me.dir}/run\nHOOKS={me.dir}/hooks\n"
         f"NODE_STATE_DIR={me.dir}/node-state\nVMAIL_DIR={me.dir}/vmail\n"
     )
@@ -202,27 +209,29 @@ def test_first_apply_failover_and_rejoin(
     out = role(lab, s1, conf1, "reconcile-db")
     assert "writable master" in out
     assert s1.sql("SELECT @@global.read_only") == "0"
-    # The users step's SQL, plus a repl account for the loopback the test replicates over.
+    # The users step's SQL, plus a repl account for the loopback the test replicates from.
     from cluster.hostcontext import HostContext
 
     ctx = HostContext(topologies["dc1"], topologies["dc1"].node("dc1-svr1"), secrets, "lab")
     sql = mariadb.users_sql(ctx) + mariadb._user(
-        "repl", "127.0.0.1", secrets.db_replication, "REPLICATION SLAVE ON *.*", True
+        "repl", SOURCE_IP, secrets.db_replication, "REPLICATION SLAVE ON *.*", True
     )
     mysql(s1, stdin=sql)
 
     out = role(lab, s2, conf2, "reconcile")
-    assert "replica of 127.0.0.1" in out
+    assert f"replica of {PEER_IP}" in out
     assert s2.sql("SELECT @@global.read_only") == "1"
     wait_for(lambda: s2.sql("SHOW DATABASES LIKE 'postfixadmin'") == "postfixadmin",
              "the accounts database on the replica")  # fmt: skip
     status = json.loads(role(lab, s2, conf2, "status", "--json"))
     assert status["role"] == "standby" and status["db"]["read_only"] is True
-    assert status["replication"]["master_host"] == "127.0.0.1"
+    assert status["replication"]["master_host"] == PEER_IP
     assert status["replication"]["io_running"] == "Yes"
     assert status["postfix_running"] is False
-    # Replication runs over TLS (repl REQUIRE SSL would refuse it otherwise).
-    assert "Master_SSL_Allowed: Yes" in mysql(s2, "-e", "SHOW SLAVE STATUS\\G")
+    # Replication runs over TLS (repl REQUIRE SSL would refuse it otherwise), the master's
+    # certificate verified (MariaDB 11.4+: by the replication password, see the role script).
+    slave = mysql(s2, "-e", "SHOW SLAVE STATUS\\G")
+    assert "Master_SSL_Allowed: Yes" in slave and "Master_SSL_Verify_Server_Cert: Yes" in slave
     grants = s2.sql("SHOW GRANTS FOR 'postfix'@'127.0.0.1'")
     assert "GRANT SELECT ON `postfixadmin`.* TO `postfix`@`127.0.0.1`" in grants
 
@@ -253,10 +262,42 @@ def test_first_apply_failover_and_rejoin(
     start(s1, cnf, 1)
     assert s1.sql("SELECT @@global.read_only") == "1"
     out = role(lab, s1, conf1, "reconcile")
-    assert "replica of 127.0.0.1" in out
+    assert f"replica of {PEER_IP}" in out
     wait_for(lambda: s1.sql("SELECT COUNT(*) FROM postfixadmin.t") == "2", "svr2's write on svr1")
     status1 = json.loads(role(lab, s1, conf1, "status", "--json"))
     assert status1["role"] == "standby" and status1["db"]["read_only"] is True
     assert status1["replication"]["sql_running"] == "Yes"
     assert status1["replication"]["last_io_error"] == ""
     assert CHANGED_MARK not in role(lab, s1, conf1, "reconcile")
+
+
+def test_the_standby_data_centre_reads_from_the_active_master_it_asked_over_tls(
+    lab: dict[str, object], topologies: dict[str, Topology], secrets: ClusterSecrets
+) -> None:
+    """A node of the standby data centre asks the active data centre's nodes, as the replication
+    user over TLS (MariaDB 11.8's client verifies the server's certificate by default, and ours
+    names the data centre, not the address: a CA given to the client would fail on the host
+    name), which one is writable, and replicates from it: not from the first of the list, which
+    here does not answer (127.0.0.3: nothing listens)."""
+    servers = lab["servers"]
+    assert isinstance(servers, dict)
+    cnf = lab["cnf"]
+    assert isinstance(cnf, Path)
+    s1, s2 = servers["svr1"], servers["svr2"]
+    start(s1, cnf, 1)
+    start(s2, cnf, 3)
+    conf1 = write_conf(lab, s1, s2, "svr1")
+    assert "writable master" in role(lab, s1, conf1, "reconcile-db")
+    mysql(s1, stdin=mariadb._user("repl", SOURCE_IP, secrets.db_replication,
+                                  "REPLICATION SLAVE ON *.*", True))  # fmt: skip
+    # s2 as dc2-svr1 (the standby data centre's holder, before Heartbeat ever ran there).
+    conf2 = write_conf(lab, s2, s1, "svr1")
+    text = conf2.read_text().replace("NODE=dc1-svr1\nDC=dc1\n", "NODE=dc2-svr1\nDC=dc2\n")
+    conf2.write_text(text.replace(f"ACTIVE_DB_NODES={PEER_IP}\n",
+                                  f"ACTIVE_DB_NODES='127.0.0.3 {PEER_IP}'\n"))  # fmt: skip
+    out = role(lab, s2, conf2, "reconcile-db")
+    assert f"replica of {PEER_IP}" in out, out
+    wait_for(lambda: s2.sql("SELECT 1 FROM mysql.user WHERE User='repl' LIMIT 1") == "1",
+             "the master's accounts on the other data centre's replica")  # fmt: skip
+    # And it stays there: the master still answers as writable.
+    assert CHANGED_MARK not in role(lab, s2, conf2, "follow")

@@ -77,12 +77,6 @@ def test_letsencrypt_mode_asks_only_on_the_active_dc(secrets: ClusterSecrets) ->
         assert "tls.bootstrap" in plan.step("postfix.reload").watch
 
 
-def test_same_inputs_same_digests(topologies: dict[str, Topology], secrets: ClusterSecrets) -> None:
-    a = build_host_plan(topologies["dc1"], "dc1-svr1", secrets, "lab").digests()
-    b = build_host_plan(topologies["dc1"], "dc1-svr1", secrets, "lab").digests()
-    assert a == b
-
-
 def test_volume_path_and_vmail_ids(
     topologies: dict[str, Topology], secrets: ClusterSecrets
 ) -> None:

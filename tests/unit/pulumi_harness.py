@@ -111,8 +111,11 @@ class ClusterMocks(pulumi.runtime.Mocks):
         stack: str,
         peer_outputs: Mapping[str, Any] | None,
         previous_outputs: Mapping[str, Any] | None = None,
+        renumbered: frozenset[str] = frozenset(),
     ) -> None:
         self.stack = stack
+        # Nodes (labels) Linode created anew since the last run, with new public addresses.
+        self.renumbered = renumbered
         self.peer_outputs = dict(peer_outputs or {})
         # This stack's own outputs from its last `up` (None: never deployed), as the engine's
         # builtin `pulumi:pulumi:readStackOutputs` would return them.
@@ -134,10 +137,11 @@ class ClusterMocks(pulumi.runtime.Mocks):
             # From the name, not a counter: resources register concurrently, so a counter can
             # swap svr1's and svr2's addresses between two runs of the same program.
             n = int(args.name.rsplit("svr", 1)[1])
+            new = 10 if args.inputs.get("label") in self.renumbered else 0
+            # No private IPv4: the nodes' private addresses are their VPC interfaces' (inputs).
             state = {
-                "ipAddress": f"{net}.{10 + n}",
-                "privateIpAddress": f"192.168.{128 + n}.{n}",
-                "ipv6": f"2001:db8:{self.stack[-1]}::{n}/128",
+                "ipAddress": f"{net}.{10 + new + n}",
+                "ipv6": f"2001:db8:{self.stack[-1]}::{new + n}/128",
             }
         elif args.typ == "linode:index/instanceIp:InstanceIp":
             state = {"address": f"{net}.99"}
@@ -287,13 +291,15 @@ def run_stack(
     secret_config: Mapping[str, str] | None = None,
     previous: Result | None = None,
     resolves: Callable[[str, str], bool] | None = None,
+    renumbered: frozenset[str] = frozenset(),
 ) -> Result:
     """Run the program for ``stack``; ``previous``: this stack's last run (its outputs are what
     the program reads back as the deployed state), ``None`` for a first deployment;
-    ``resolves``: the world's DNS (default: every name resolves, the glue is in place)."""
+    ``resolves``: the world's DNS (default: every name resolves, the glue is in place);
+    ``renumbered``: nodes Linode made anew (``--replace``), which got new public addresses."""
     global last_monitor
     forward_dns.resolves = resolves or _glue_in_place
-    mocks = ClusterMocks(stack, peer_outputs, previous.outputs if previous else None)
+    mocks = ClusterMocks(stack, peer_outputs, previous.outputs if previous else None, renumbered)
     monitor = last_monitor = RecordingMonitor(mocks)
     # set_mocks keeps an existing root Stack; a fresh run needs a fresh one for its outputs.
     settings.ROOT.set(None)
@@ -368,15 +374,12 @@ def full_secrets(result: Result, material: Result) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Deployment:
-    """The README's first deployment, under mocks, with the committed stack files:
-    ``up -s dc1`` (infrastructure only: a stack's first `up` never provisions), ``up -s dc1``
-    again (provisioned; dc2 not deployed yet), ``up -s dc2`` (infrastructure), ``up -s dc2``
-    again, ``up -s dc1`` once more (it learns dc2). Each provisioned `up` knows its own nodes'
-    addresses from the one before, so the firewall lets the nodes reach each other."""
+    """The README's first deployment, under mocks, with the committed stack files: ``up -s dc1``
+    (dc2 not deployed yet: dc1 is built, provisioned and serves alone), ``up -s dc2`` (built,
+    provisioned, replicating dc1), ``up -s dc1`` once more (it learns dc2). Every run
+    provisions: the firewalls name no node, so nothing waits for an address."""
 
     dc1_first: Result
-    dc1_alone: Result
-    dc2_first: Result
     dc2: Result
     dc1: Result
 
@@ -386,11 +389,20 @@ def committed_deployment() -> Deployment:
     from cluster.stackfiles import read_stack_config
 
     dc1_first = run_stack("dc1", read_stack_config("dc1"))
-    dc1_alone = run_stack("dc1", read_stack_config("dc1"), previous=dc1_first)
-    dc2_first = run_stack("dc2", read_stack_config("dc2"), dc1_alone.peer_view())
-    dc2 = run_stack("dc2", read_stack_config("dc2"), dc1_alone.peer_view(), previous=dc2_first)
-    dc1 = run_stack("dc1", read_stack_config("dc1"), dc2.peer_view(), previous=dc1_alone)
-    return Deployment(dc1_first, dc1_alone, dc2_first, dc2, dc1)
+    dc2 = run_stack("dc2", read_stack_config("dc2"), dc1_first.peer_view())
+    dc1 = run_stack("dc1", read_stack_config("dc1"), dc2.peer_view(), previous=dc1_first)
+    return Deployment(dc1_first, dc2, dc1)
+
+
+@functools.lru_cache(maxsize=1)
+def fourth_runs() -> tuple[Result, Result]:
+    """After the first deployment, one more ``up`` of each stack: (dc1, dc2)."""
+    from cluster.stackfiles import read_stack_config
+
+    d = committed_deployment()
+    dc1 = run_stack("dc1", read_stack_config("dc1"), d.dc2.peer_view(), previous=d.dc1)
+    dc2 = run_stack("dc2", read_stack_config("dc2"), d.dc1.peer_view(), previous=d.dc2)
+    return dc1, dc2
 
 
 ROOT_PASSWORD = "S3cretRootPw"

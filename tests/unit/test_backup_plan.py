@@ -15,7 +15,8 @@ from cluster.lab.model import lab_topology
 from cluster.material import generate
 from cluster.ops.backup import check_folder, check_snapshot, parse_snapshots, render_snapshots
 from cluster.ops.target import OpsError
-from cluster.services import backup
+from cluster.plan import FileSpec
+from cluster.services import backup, units
 from cluster.stackfiles import read_stack_config
 from cluster.topology import Topology
 
@@ -53,16 +54,24 @@ def test_secrets_reach_the_node_in_0600_files_only() -> None:
 
 def test_schedule_and_retention_come_from_config() -> None:
     files = _files(lab_topology("dc1"))
-    cron = files[backup.BACKUP_CRON].content  # type: ignore[attr-defined]
-    assert f"{backup.BACKUP_MINUTE} * * * * root {backup.BACKUP_SCRIPT} cron" in cron
-    assert f"{backup.CHECK_TIME} root {backup.BACKUP_SCRIPT} check-cron" in cron
+
+    def unit(name: str, kind: str) -> str:
+        spec = files[units.unit_path(f"{name}.{kind}")]
+        assert isinstance(spec, FileSpec)
+        return spec.content
+
+    assert f"OnCalendar=*-*-* *:{backup.BACKUP_MINUTE}:00\n" in unit(backup.BACKUP_UNIT, "timer")
+    assert f"ExecStart={backup.BACKUP_SCRIPT} scheduled\n" in unit(backup.BACKUP_UNIT, "service")
+    assert "OnCalendar=Sun *-*-* 03:47:00\n" in unit(backup.CHECK_UNIT, "timer")
+    assert f"ExecStart={backup.BACKUP_SCRIPT} check-scheduled\n" in unit(backup.CHECK_UNIT,
+                                                                          "service")  # fmt: skip
     script = files[backup.BACKUP_SCRIPT].content  # type: ignore[attr-defined]
     assert "--keep-hourly 48 --keep-daily 30 --keep-monthly 12" in script
     topo = lab_topology("dc1", {"backupIntervalHours": 6, "backupKeepHourly": 0,
                                 "backupKeepMonthly": 24})  # fmt: skip
     files = _files(topo)
-    cron = files[backup.BACKUP_CRON].content  # type: ignore[attr-defined]
-    assert f"{backup.BACKUP_MINUTE} */6 * * * root" in cron
+    # Every 6 hours from midnight, as cron's */6 was: 00:17, 06:17, 12:17, 18:17.
+    assert f"OnCalendar=*-*-* 00/6:{backup.BACKUP_MINUTE}:00\n" in unit(backup.BACKUP_UNIT, "timer")
     script = files[backup.BACKUP_SCRIPT].content  # type: ignore[attr-defined]
     assert "--keep-daily 30 --keep-monthly 24" in script and "--keep-hourly" not in script
 

@@ -1,5 +1,6 @@
 """The base's Debian mirror on a machine that is not Debian (an Ubuntu CI runner): a fallback,
-and apt sources for bookworm, its updates and its security updates, written for the chroot."""
+and apt sources for the base's release (trixie), its updates and its security updates, written
+for the chroot."""
 
 from __future__ import annotations
 
@@ -32,8 +33,8 @@ def test_sources_written_for_the_chroot(monkeypatch: pytest.MonkeyPatch) -> None
     text = base.debian_sources("http://deb.debian.org/debian")
     stanzas = [dict(ln.split(": ", 1) for ln in s.splitlines()) for s in text.split("\n\n")]
     assert [(s["URIs"], s["Suites"]) for s in stanzas] == [
-        ("http://deb.debian.org/debian", "bookworm bookworm-updates"),
-        ("http://deb.debian.org/debian-security", "bookworm-security"),
+        ("http://deb.debian.org/debian", "trixie trixie-updates"),
+        ("http://deb.debian.org/debian-security", "trixie-security"),
     ]
     assert {s["Signed-By"] for s in stanzas} == {base.KEYRING}
     # Another mirror is another base: the key follows it.

@@ -270,7 +270,9 @@ def test_active_dc_change_is_in_place(deployment: Deployment, dc: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("key", "value"), [("region", "eu-central"), ("domain", "example.org")]
+    ("key", "value"),
+    # fr-par: a region with VPCs and BGP IP sharing, so only the refusal stops it.
+    [("region", "fr-par"), ("domain", "example.org"), ("vpcSubnet", "10.0.9.0/24")],
 )  # fmt: skip
 def test_unsafe_change_is_refused_before_any_resource(
     deployment: Deployment, key: str, value: str
@@ -285,7 +287,10 @@ def test_unsafe_change_is_refused_before_any_resource(
 
 def test_first_deployment_is_not_refused(deployment: Deployment) -> None:
     # No previous outputs: any region and domain are fine (the committed deployment ran).
-    assert deployment.dc1_first.outputs["region"] == "us-east"
+    assert (
+        deployment.dc1_first.outputs["region"]
+        == load_config(read_stack_config("dc1"), "dc1").region
+    )
 
 
 def test_adding_the_shared_ipv6_to_a_deployed_stack_replaces_nothing(
@@ -330,10 +335,91 @@ def test_data_and_the_shared_ip_are_protected(deployment: Deployment) -> None:
                 assert res.options.retain_on_delete, res.name
             if res.typ == INSTANCE:
                 assert set(res.options.ignore_changes) >= {
-                    "authorizedKeys", "rootPass", "image", "firewallId", "networkHelper"
+                    "authorizedKeys", "rootPass", "image", "firewallId", "networkHelper",
+                    "privateIp", "interfaceGeneration",
                 }  # fmt: skip
                 assert res.inputs["networkHelper"] is False
                 assert res.options.delete_before_replace  # fixed, account-unique labels
+
+
+def test_every_instance_input_that_replaces_is_create_time_only(deployment: Deployment) -> None:
+    """An Instance input whose change replaces the node (the table says so) is one the program
+    sets only for Linode's creation: ignored after it, so no config change can replace a node."""
+    for result in (deployment.dc1, deployment.dc2):
+        for res in result.of_type("instance:Instance"):
+            replacing = {k for k in res.inputs if change_rules.rule(INSTANCE, k).effect
+                         is Effect.REPLACE}  # fmt: skip
+            assert replacing, "the check is not vacuous: image, firewallId ... are set"
+            assert replacing <= set(res.options.ignore_changes), res.name
+
+
+def test_the_interface_facts_are_the_installed_sdks() -> None:
+    """What change_rules cites from pulumi_linode 6.8 is what the installed SDK says: two
+    interface models (the legacy configuration profile interfaces we use, and Linode
+    interfaces, chosen by interface_generation with an account-wide default), a fixed VPC
+    address on a legacy interface, firewall_id replacing a node, a private IPv4 that cannot be
+    turned off, and the resource types the table names."""
+    import inspect
+
+    import pulumi_linode as linode
+    from pulumi_linode import instance, vpc, vpc_subnet
+
+    text = inspect.getsource(instance)
+    assert "Changing `firewall_id` forces the creation of a new Linode Instance" in text
+    assert "It can be enabled on an existing Linode but it can't be disabled." in text
+    assert ("(`linode`, `legacy_config`; default is determined by the account "
+            "`interfaces_for_new_linodes` setting)") in text  # fmt: skip
+    assert 'Requires `interface_generation = "linode"`' in text  # linode_interfaces
+    params = inspect.signature(linode.InstanceArgs).parameters
+    assert {"interfaces", "interface_generation", "linode_interfaces"} <= set(params)
+    iface = inspect.signature(linode.InstanceInterfaceArgs).parameters
+    assert {"purpose", "subnet_id", "ipv4", "primary"} <= set(iface)
+    assert {"vpc", "nat11"} == set(inspect.signature(linode.InstanceInterfaceIpv4Args).parameters)
+    assert f"'{change_rules.VPC}'" in inspect.getsource(vpc)
+    assert f"'{change_rules.VPC_SUBNET}'" in inspect.getsource(vpc_subnet)
+    # And the table holds them: the legacy interfaces power a node off and on, the model
+    # replaces it.
+    assert change_rules.rule(INSTANCE, "interfaces").effect is Effect.DISRUPTIVE
+    assert change_rules.rule(INSTANCE, "interfaceGeneration").effect is Effect.REPLACE
+    assert change_rules.rule(INSTANCE, "firewallId").effect is Effect.REPLACE
+    assert change_rules.rule(change_rules.VPC_SUBNET, "ipv4").effect is Effect.REPLACE
+
+
+def test_adding_the_vpc_to_a_deployed_stack_rolls_one_node_at_a_time(
+    deployment: Deployment,
+) -> None:
+    """A stack deployed before the VPC: no VPC or subnet, nodes with Linode's private IPv4 and
+    no interfaces, a handover stamped with the plan alone. The next `up` creates the VPC and
+    the subnet, and adds each node's VPC interface (a power cycle, change_rules.RULES): svr2
+    first, then the handover on svr2 (its trigger changed), then svr1. Nothing is replaced."""
+    after = deployment.dc1
+    vpc_types = {change_rules.VPC, change_rules.VPC_SUBNET}
+
+    def old(res: Registered) -> Registered | None:
+        if res.typ in vpc_types:
+            return None
+        if res.typ == INSTANCE:
+            inputs = {k: v for k, v in res.inputs.items()
+                      if k not in ("interfaces", "interfaceGeneration")}  # fmt: skip
+            return dataclasses.replace(res, inputs={**inputs, "privateIp": True})
+        if res.name == "dc1-svr2-handover":
+            triggers = [res.inputs["triggers"][0]]
+            return dataclasses.replace(res, inputs={**res.inputs, "triggers": triggers})
+        return res
+
+    kept = [r for r in map(old, after.resources) if r is not None]
+    before = Result(kept, after.outputs, after.secret_outputs)
+    d = diff(before, after)
+    assert_safe(d)
+    created = {r.urn for r in after.resources} - {r.urn for r in before.resources}
+    assert {after.by_urn(u).typ for u in created} == vpc_types
+    for slot in ("svr1", "svr2"):
+        assert d.effects[f"dc1-{slot}"] == {"interfaces": Effect.DISRUPTIVE}
+    assert d.outcome is Outcome.ROLLING
+    # The handover runs again: svr2 takes the role before svr1 powers off.
+    assert d.effect("dc1-svr2-handover") is Effect.REPLACE
+    svr1 = after.one_named(INSTANCE, "dc1-svr1")
+    assert after.one_named(COMMAND, "dc1-svr2-handover").urn in svr1.options.depends_on
 
 
 def test_the_rules_table_covers_every_input_we_set(deployment: Deployment) -> None:

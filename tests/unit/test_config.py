@@ -7,7 +7,14 @@ from typing import Any
 import pulumi
 import pytest
 
-from cluster.config import IP_SHARING, ConfigError, StackConfig
+from cluster.config import (
+    DEFAULT_VPC_SUBNETS,
+    IP_SHARING,
+    VPC_REGIONS,
+    ConfigError,
+    StackConfig,
+    load_config,
+)
 from cluster.pulumi import config as pulumi_config
 from cluster.stackfiles import read_stack_config
 
@@ -58,6 +65,13 @@ BAD_INPUTS = [
     ("metricsCidrs", good(metricsCidrs=["prometheus.example.com"])),  # a name, not a CIDR
     ("metricsCidrs", good(metricsCidrs=["2001:db8::1/48"])),  # host bits set
     ("metricsCidrs", good(metricsCidrs="203.0.113.0/24")),  # not a list
+    ("vpcSubnet", good(vpcSubnet="10.0.1.1/24")),  # host bits set
+    ("vpcSubnet", good(vpcSubnet="8.8.8.0/24")),  # public
+    ("vpcSubnet", good(vpcSubnet="10.0.1.0/29")),  # no room for the nodes' hosts 11 and 12
+    ("vpcSubnet", good(vpcSubnet="192.168.130.0/24")),  # Linode's private range
+    ("vpcSubnet", good(vpcSubnet="198.18.1.0/24")),  # the lab's range: not RFC 1918 (Linode)
+    ("vpcSubnet", good(vpcSubnet="10.199.0.0/16")),  # overlaps the default meshCidr
+    ("region", good(region="us-east")),  # Newark: BGP, but no VPC
 ]
 
 
@@ -84,6 +98,7 @@ def test_good_config_loads_with_defaults() -> None:
     assert (cfg.dc, cfg.region, cfg.volume_size_gb, cfg.active_dc) == ("dc2", "us-ord", 80,
                                                                        "dc1")  # fmt: skip
     assert cfg.mesh_cidr == "10.199.0.0/24"
+    assert cfg.vpc_subnet == DEFAULT_VPC_SUBNETS["dc2"] != DEFAULT_VPC_SUBNETS["dc1"]
     assert cfg.metrics_cidrs == ()  # metrics off
 
 
@@ -168,10 +183,42 @@ def test_shared_ip_method_must_be_what_the_region_supports(region: str, method: 
     assert "us-east (bgp)" in message  # says what is allowed
 
 
-def test_default_regions_share_ips_by_bgp() -> None:
+def test_default_regions_share_ips_by_bgp_and_have_vpcs() -> None:
+    regions = set()
     for dc in ("dc1", "dc2"):
         cfg = pulumi_config.load(good(), dc)
         assert IP_SHARING[cfg.region] == cfg.shared_ip_method == "bgp"
+        assert cfg.region in VPC_REGIONS
+        regions.add(cfg.region)
+    assert len(regions) == 2  # two data centres
+
+
+def test_a_region_without_vpcs_is_refused_naming_the_key_and_the_choices() -> None:
+    with pytest.raises(ConfigError) as err:
+        pulumi_config.load(good(region="us-east"), "dc1")
+    message = str(err.value)
+    assert "mailcluster:region: Linode documents no VPC in region 'us-east'" in message
+    # What has both VPCs and BGP sharing, by the two cited tables.
+    assert "fr-par, us-iad, us-ord" in message
+    assert "sharedIpMethod" not in message  # Newark does share by BGP
+
+
+def test_both_linode_problems_are_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as err:
+        pulumi_config.load(good(region="eu-central", sharedIpMethod="arp",
+                                vpcSubnet="198.18.5.0/24"), "dc1")  # fmt: skip
+    lines = str(err.value).splitlines()[1:]
+    keys = [line.split(":")[1] for line in lines]
+    assert keys == ["sharedIpMethod", "region", "vpcSubnet"], lines
+
+
+def test_the_vpc_subnet_is_the_data_centres_and_checked_only_for_linode_against_rfc1918() -> None:
+    raw = good(vpcSubnet="172.20.0.0/16")
+    assert pulumi_config.load(raw, "dc1").vpc_subnet == "172.20.0.0/16"
+    # The lab keeps its addresses in benchmark space: valid config, refused only for Linode.
+    assert load_config(good(vpcSubnet="198.18.1.0/24"), "dc1").vpc_subnet == "198.18.1.0/24"
+    with pytest.raises(ConfigError, match=r"mailcluster:vpcSubnet: 198\.18\.1\.0/24 is not in"):
+        pulumi_config.load(good(vpcSubnet="198.18.1.0/24"), "dc1")
 
 
 def test_the_lab_override_stays_valid() -> None:

@@ -12,6 +12,7 @@ from pulumi_harness import (
     Registered,
     Result,
     committed_deployment,
+    fourth_runs,
     is_wrapped_secret,
     plain_strings,
     run_stack,
@@ -20,9 +21,10 @@ from pulumi_harness import (
     variant_run,
 )
 
-from cluster.config import DEFAULT_REGIONS
+from cluster.config import DEFAULT_REGIONS, load_config
 from cluster.material import PASSWORD_FIELDS, PASSWORD_LENGTHS, generate
 from cluster.stackfiles import read_stack_config
+from cluster.topology import vpc_address
 
 INTERNAL_PORTS = {22, 3306, 694, 12345}
 WORLD = {"0.0.0.0/0", "::/0"}
@@ -80,10 +82,42 @@ def test_two_instances_in_region_in_one_anti_affinity_group(stack: tuple[str, Re
     for inst in instances:
         assert inst.inputs["region"] == region
         assert inst.inputs["image"] == "linode/debian12"
-        assert inst.inputs["privateIp"] is True
+        # No Linode private IPv4 (shared with every Linode of the region): the VPC carries
+        # the private traffic.
+        assert "privateIp" not in inst.inputs
         assert _id(inst.inputs["placementGroup"]["id"]) == pg.id
         assert inst.inputs["authorizedKeys"] == read_stack_config(dc)["sshKeys"]
         assert "rootPass" not in inst.inputs, "no root password unless given as a secret"
+
+
+def test_each_node_has_a_vpc_interface_at_its_fixed_address(stack: tuple[str, Result]) -> None:
+    dc, result = stack
+    config = load_config(read_stack_config(dc), dc)
+    vpc = result.one("vpc:Vpc")
+    subnet = result.one("vpcSubnet:VpcSubnet")
+    assert vpc.inputs["region"] == config.region
+    assert vpc.inputs["label"] == f"mailcluster-{dc}"
+    assert _id(subnet.inputs["vpcId"]) == vpc.id
+    assert subnet.inputs["ipv4"] == config.vpc_subnet
+    for inst in result.of_type("instance:Instance"):
+        slot = inst.inputs["label"].rsplit("-", 1)[1]
+        # Legacy configuration profile interfaces, pinned (the account setting decides the
+        # default; "linode" would replace the node: change_rules.RULES).
+        assert inst.inputs["interfaceGeneration"] == "legacy_config"
+        public, private = inst.inputs["interfaces"]
+        # The public interface first and primary: eth0, the default route over which the BGP
+        # sessions run (IP sharing keeps working with the VPC interface present).
+        assert public["purpose"] == "public" and public["primary"] is True
+        assert private["purpose"] == "vpc" and not private.get("primary")
+        assert _id(private["subnetId"]) == subnet.id
+        assert subnet.urn in inst.dependencies
+        # The address the program fixed before the node existed, and no 1:1 NAT (a NATed
+        # public IPv4 cannot be shared).
+        assert private["ipv4"] == {"vpc": vpc_address(config.vpc_subnet, slot)}
+        exported = result.outputs["nodes"][inst.inputs["label"]]["privateIpv4"]
+        assert exported == private["ipv4"]["vpc"]
+        assert ipaddress.IPv4Address(exported) in ipaddress.IPv4Network(config.vpc_subnet)
+    assert result.outputs["vpcSubnet"] == config.vpc_subnet
 
 
 def test_shared_ip_is_on_svr1_and_shared_with_svr2(stack: tuple[str, Result]) -> None:
@@ -218,7 +252,9 @@ def test_public_services_are_open_to_the_world(stack: tuple[str, Result]) -> Non
     world_udp = set().union(*(_ports(r) for r in _inbounds(result)
                               if r["protocol"] == "UDP" and _sources(r) >= WORLD))  # fmt: skip
     assert world_tcp == {25, 53, 80, 443, 465, 587, 993}  # no 143 unless imapPlaintext
-    assert world_udp == {53}
+    # DNS, and the WireGuard mesh: it answers only a packet made with a cluster key, so its
+    # rule names no address (the other data centre's nodes, whatever their addresses).
+    assert world_udp == {53, 51820}
 
 
 def test_ssh_only_from_admin_cidrs(stack: tuple[str, Result]) -> None:
@@ -228,35 +264,43 @@ def test_ssh_only_from_admin_cidrs(stack: tuple[str, Result]) -> None:
     assert _sources(ssh[0]) == set(read_stack_config(dc)["adminCidrs"])
 
 
-def test_internal_ports_only_from_the_nodes_private_addresses(deployment: Deployment) -> None:
-    # The other data centre comes over the mesh (UDP 51820, "nodes"): no public, shared or IPv6
-    # address may reach an internal port.
-    for result, peer in ((deployment.dc1, deployment.dc2), (deployment.dc2, deployment.dc1)):
-        expected: set[str] = set()
-        for addresses in (result.outputs["addresses"], peer.outputs["addresses"]):
-            for node in addresses["nodes"].values():
-                expected.add(f"{node['privateIpv4']}/32")
+def test_internal_ports_only_from_the_vpc_subnet(deployment: Deployment) -> None:
+    # The DC peer comes over the VPC (filtered by the Cloud Firewall with legacy interfaces),
+    # the other data centre over the mesh (UDP 51820): no public, shared or IPv6 address may
+    # reach an internal port, and the rule names no node.
+    for result, dc in ((deployment.dc1, "dc1"), (deployment.dc2, "dc2")):
+        subnet = load_config(read_stack_config(dc), dc).vpc_subnet
         internal = [r for r in _inbounds(result) if _ports(r) & (INTERNAL_PORTS - {22})]
         assert internal
         covered: set[int] = set()
         for rule in internal:
-            assert _sources(rule) == expected
+            assert _sources(rule) == {subnet}
+            assert not rule.get("ipv6s")
             covered |= _ports(rule)
         assert covered == INTERNAL_PORTS - {22}
+        for node in result.outputs["nodes"].values():
+            assert ipaddress.IPv4Address(node["privateIpv4"]) in ipaddress.IPv4Network(subnet)
 
 
-def test_first_up_opens_internal_ports_only_to_known_cluster_nodes(
+def test_the_firewall_is_whole_from_the_first_up_and_names_no_node(
     deployment: Deployment,
 ) -> None:
-    # The firewall exists before the nodes, so a stack's first `up` cannot name its own new
-    # nodes (their addresses do not exist yet): dc1's first `up` knows no cluster node at all
-    # and has no internal rule (dropped), dc2's first knows only dc1's. (This test asserted
-    # dc1's own addresses on its first `up` while the firewall was attached after boot.)
-    assert not [r for r in _inbounds(deployment.dc1_first) if _ports(r) & {3306, 694}]
-    dc1 = deployment.dc1_first.outputs["addresses"]
-    rule = next(r for r in _inbounds(deployment.dc2_first) if 3306 in _ports(r))
-    assert set(rule["ipv4s"]) == {f"{n['privateIpv4']}/32" for n in dc1["nodes"].values()}
-    assert not rule.get("ipv6s")
+    # The firewall exists before the nodes (each gets it at creation) and its rules come from
+    # config alone: the first `up` of a stack has every rule a later one has, and no rule
+    # names any node's own address (public, private, shared), of either data centre.
+    assert _inbounds(deployment.dc1_first) == _inbounds(deployment.dc1)
+    nodes = set()
+    for result in (deployment.dc1, deployment.dc2):
+        out = result.outputs
+        nodes |= {out["sharedIpv4"], out["sharedIpv6"]}
+        for node in out["nodes"].values():
+            nodes |= {node["publicIpv4"], node["privateIpv4"], node["publicIpv6"]}
+    for result in (deployment.dc1_first, deployment.dc2, deployment.dc1):
+        fw = result.one("firewall:Firewall")
+        sources = {s.split("/")[0] for r in _inbounds(result) for s in _sources(r)}
+        assert not sources & nodes, sources & nodes
+        instances = {r.urn for r in result.of_type("instance:Instance")}
+        assert not instances & set(fw.dependencies)
 
 
 def test_imap_plaintext_opens_143() -> None:
@@ -362,7 +406,7 @@ def test_outputs(stack: tuple[str, Result]) -> None:
     for node, inst in instances.items():
         exported = out["nodes"][node]
         assert exported["publicIpv4"] == inst.state["ipAddress"]
-        assert exported["privateIpv4"] == inst.state["privateIpAddress"]
+        assert exported["privateIpv4"] == inst.inputs["interfaces"][1]["ipv4"]["vpc"]
         assert exported["publicIpv6"] == inst.state["ipv6"].split("/")[0]
         assert exported["hostname"] == f"{node}.example.com"
     assert out["addresses"]["sharedIpv4"] == out["sharedIpv4"]
@@ -395,14 +439,11 @@ def test_rdns_matches_forward_names_after_provisioning(deployment: Deployment) -
 
 def test_standby_rdns_waits_until_the_active_dc_serves_its_names(deployment: Deployment) -> None:
     # dc2's first up: dc1's outputs show it rendered only dc1, so no PTR can resolve yet.
-    assert deployment.dc1_alone.outputs["topologyDcs"] == ["dc1"]
-    assert _rdns(deployment.dc2_first) == {}
-    # Nor on dc2's first provisioned up: dc1 has not rendered dc2's names yet.
+    assert deployment.dc1_first.outputs["topologyDcs"] == ["dc1"]
     assert _rdns(deployment.dc2) == {}
     # After dc1's next up dc1 serves dc2's names: dc2's next up sets its PTRs.
-    again = run_stack(
-        "dc2", read_stack_config("dc2"), deployment.dc1.peer_view(), previous=deployment.dc2
-    )
+    assert deployment.dc1.outputs["topologyDcs"] == ["dc1", "dc2"]
+    again = fourth_runs()[1]
     names = _rdns(again)
     assert names[again.outputs["sharedIpv4"]] == "dc2.example.com"
     assert names[again.outputs["sharedIpv6"]] == "dc2.example.com"

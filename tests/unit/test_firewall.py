@@ -4,6 +4,7 @@ firewall.py) admit the same ports from the same sources, per address family."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,9 @@ from cluster.lab.addresses import lab_dc_addresses
 from cluster.lab.model import LAB_SUBMISSION_LIMIT, lab_config, lab_topology
 from cluster.material import generate
 from cluster.pulumi.datacentre import _inbounds, firewall_sources, inbound_rules
-from cluster.pulumi.peer import addresses_to_dict, dict_to_addresses
 from cluster.services import firewall, postfix, ratelimit
 from cluster.stackfiles import read_stack_config
-from cluster.topology import SLOTS, DcAddresses, Topology
+from cluster.topology import SLOTS, VPC_INTERFACE, Topology
 
 ROOT = Path(__file__).resolve().parents[2]
 PUBLIC_TCP = {25, 53, 80, 443, 465, 587, 993}
@@ -29,19 +29,9 @@ EXPORTERS = {("tcp", 9100), ("tcp", 9104), ("tcp", 9154)}
 Entry = tuple[str, str, int, str]  # (family, protocol, port, source CIDR or "any")
 
 
-def exported(dc: DcAddresses) -> dict[str, Any]:
-    """A data centre's addresses as its stack exports them (what the peer and the firewall
-    read), through the program's own converter."""
-    return addresses_to_dict(
-        dc.shared_ipv4,
-        {s: (dc.nodes[s].public_ipv4, dc.nodes[s].private_ipv4, dc.nodes[s].public_ipv6)
-         for s in SLOTS},
-    )  # fmt: skip
-
-
-def cloud_entries(config: StackConfig, own: dict[str, Any], peer: dict[str, Any]) -> set[Entry]:
+def cloud_entries(config: StackConfig) -> set[Entry]:
     out: set[Entry] = set()
-    for rule in _inbounds(config, firewall_sources(config, own, peer)):
+    for rule in _inbounds(config, firewall_sources(config)):
         if rule.protocol == "ICMP":
             continue
         for port in (int(p) for p in str(rule.ports).split(",")):
@@ -55,7 +45,7 @@ def cloud_entries(config: StackConfig, own: dict[str, Any], peer: dict[str, Any]
 def host_entries(rules: list[firewall.HostRule]) -> set[Entry]:
     out: set[Entry] = set()
     for rule in rules:
-        if rule.iifname:
+        if rule.iifname == ports.MESH_INTERFACE:
             continue  # the mesh interface: traffic the cloud firewall saw as MESH_PORT
         for port in rule.ports:
             if rule.family is None:
@@ -76,37 +66,35 @@ def config(request: pytest.FixtureRequest) -> StackConfig:
 
 
 def test_cloud_and_host_firewalls_agree_per_port_source_and_family(config: StackConfig) -> None:
-    own, peer = exported(lab_dc_addresses("dc1")), exported(lab_dc_addresses("dc2"))
-    # The host's view is the program's: its Topology is built from the same exported addresses.
-    dcs = [dict_to_addresses(own), dict_to_addresses(peer)]
-    cloud = cloud_entries(config, own, peer)
-    host = host_entries(firewall.host_rules(config, dcs))
+    cloud = cloud_entries(config)
+    host = host_entries(firewall.host_rules(config))
     assert cloud == host, {"cloud only": cloud - host, "host only": host - cloud}
     assert (("ip", "tcp", 143, "any") in cloud) == config.imap_plaintext
 
 
 def test_the_public_set_and_who_may_reach_the_rest(config: StackConfig) -> None:
-    own, peer = exported(lab_dc_addresses("dc1")), exported(lab_dc_addresses("dc2"))
-    entries = cloud_entries(config, own, peer)
+    entries = cloud_entries(config)
     for family in ("ip", "ip6"):
         world = {(p, n) for f, p, n, s in entries if f == family and s == "any"}
-        expected = {("tcp", n) for n in PUBLIC_TCP} | {("udp", 53)}
+        # The mesh port too: WireGuard answers only a packet made with a cluster key.
+        expected = {("tcp", n) for n in PUBLIC_TCP} | {("udp", 53), ("udp", ports.MESH_PORT)}
         if config.imap_plaintext:
             expected.add(("tcp", 143))
         assert world == expected, family
     ssh = {s for f, p, n, s in entries if n == 22}
     assert ssh == set(config.admin_cidrs)
-    mesh = {s for f, p, n, s in entries if (p, n) == ("udp", ports.MESH_PORT)}
-    nodes4, nodes6 = ports.node_cidrs([lab_dc_addresses("dc1"), lab_dc_addresses("dc2")])
-    assert mesh == set(nodes4) | set(nodes6)
-    # No shared address may send to the mesh port: only the nodes themselves.
-    assert "198.51.100.10/32" not in mesh
-    # Internal ports: only the nodes' private IPv4 (the DC peer); no public, shared or IPv6
-    # address, so nothing internal is reachable from the internet even from a node's address.
+    # Internal ports: only the data centre's VPC subnet (the DC peer); no public, shared or
+    # IPv6 address, so nothing internal is reachable from the internet even from a node's
+    # address. The subnet holds exactly this data centre's nodes' private addresses.
     internal_sources = {s for f, p, n, s in entries if (p, n) in INTERNAL}
-    privates = {f"{dc.nodes[slot].private_ipv4}/32" for dc in (lab_dc_addresses("dc1"),
-                lab_dc_addresses("dc2")) for slot in SLOTS}  # fmt: skip
-    assert internal_sources == privates
+    assert internal_sources == {config.vpc_subnet}
+    subnet = ipaddress.IPv4Network(config.vpc_subnet)
+    dcs = {dc: lab_dc_addresses(dc) for dc in ("dc1", "dc2")}
+    for dc, addresses in dcs.items():
+        for slot in SLOTS:
+            inside = ipaddress.IPv4Address(addresses.nodes[slot].private_ipv4) in subnet
+            assert inside == (dc == config.dc), (dc, slot)
+            assert ipaddress.IPv4Address(addresses.nodes[slot].public_ipv4) not in subnet
     assert not {e for e in entries if (e[1], e[2]) in INTERNAL and e[0] == "ip6"}
     # The exporters: from metricsCidrs (both families), and not at all without them.
     exporters = {s for f, p, n, s in entries if (p, n) in EXPORTERS}
@@ -122,14 +110,18 @@ def test_4190_stays_closed_without_managesieve(config: StackConfig) -> None:
 
 def test_every_internal_port_and_web_sync_are_open_on_the_mesh_interface() -> None:
     config = lab_config("dc1")
-    rules = firewall.host_rules(config, [lab_dc_addresses("dc1")])
+    rules = firewall.host_rules(config)
     on_mesh = {(r.protocol, p) for r in rules if r.iifname == ports.MESH_INTERFACE
                for p in r.ports}  # fmt: skip
     assert on_mesh == INTERNAL | {("tcp", ports.SSH_PORT)}
+    # The internal ports from the VPC subnet, only as they arrive on the VPC interface.
+    on_vpc = {(r.protocol, p, r.saddrs) for r in rules if r.iifname == VPC_INTERFACE
+              for p in r.ports}  # fmt: skip
+    assert on_vpc == {(proto, port, (config.vpc_subnet,)) for proto, port in INTERNAL}
     # Web sync's ssh is the mesh's alone: the cloud firewall has no rule for it.
     assert [r.label for r in inbound_rules(config)] == [
-        "world-tcp", "world-udp", "admin-tcp", "metrics-tcp", "nodes-udp", "cluster-tcp",
-        "cluster-udp", "icmp"
+        "world-tcp", "world-udp", "admin-tcp", "metrics-tcp", "cluster-tcp", "cluster-udp",
+        "icmp"
     ]  # fmt: skip
     assert "metrics-tcp" not in [r.label for r in inbound_rules(
         lab_config("dc1", {"metricsCidrs": []}))]  # fmt: skip
@@ -141,8 +133,10 @@ def test_rendered_host_firewall_holds_every_rule_and_keeps_the_ban_sets() -> Non
                                                      for dc in ("dc1", "dc2")})  # fmt: skip
     plan = build_host_plan(topo, "dc2-svr2", secrets, "lab")
     text = next(f.content for f in plan.files if f.path == firewall.RULES)
-    for rule in firewall.host_rules(topo.config, firewall.known_dcs(topo)):
+    for rule in firewall.host_rules(topo.config):
         assert f"{rule.nft} accept\n" in text
+    subnet = topo.config.vpc_subnet
+    assert f'iifname "eth1" ip saddr {subnet} tcp dport {{ 3306, 12345 }} accept\n' in text
     assert "policy drop;" in text
     # Declared and never flushed: a reload keeps the bans.
     assert f"set {firewall.BAN_SET4} {{ type ipv4_addr; flags timeout; }}" in text
@@ -183,19 +177,22 @@ def test_defaults_are_sane() -> None:
 
 
 # -- the sending limit ---------------------------------------------------------------------------
-def test_submission_asks_the_rate_limit_before_it_permits() -> None:
-    option = next(o for o in postfix.SUBMISSION_OPTIONS
-                  if o.startswith("smtpd_recipient_restrictions="))  # fmt: skip
-    chain = option.split("=", 1)[1].split(",")
+def test_submission_asks_the_rate_limit_at_data() -> None:
+    """policyd-rate-limit counts a message's recipients at DATA (its count_mode 1): the policy
+    is in submission's smtpd_data_restrictions, and nowhere at RCPT."""
+    options = dict(o.split("=", 1) for o in postfix.SUBMISSION_OPTIONS)
+    chain = options["smtpd_data_restrictions"].split(",")
     policy = chain.index("check_policy_service")
     assert chain[policy + 1] == ratelimit.POLICY_SERVICE
-    assert policy < chain.index("permit_sasl_authenticated")
+    assert "check_policy_service" not in options["smtpd_recipient_restrictions"]
+    conf = (ROOT / "templates/etc/policyd-rate-limit.yaml.j2").read_text()
+    assert "\ncount_mode: 1\n" in conf
     # Port 25 (postscreen/smtpd from main.cf) is not limited: only authenticated submission.
     main_cf = (ROOT / "templates/etc/postfix/main.cf.j2").read_text()
     assert "check_policy_service" not in main_cf
 
 
-def test_rate_limit_config_carries_the_key_and_a_clear_4xx(config: StackConfig) -> None:
+def test_rate_limit_config_carries_the_key_and_a_clear_4xx() -> None:
     topo: Topology = lab_topology("dc1", {"submissionRateLimitPerHour": "37"})
     secrets = generate(topo.domain, ["dc1", "dc2"], {dc: topo.certificate_names(dc)
                                                      for dc in ("dc1", "dc2")})  # fmt: skip

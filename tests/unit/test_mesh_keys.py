@@ -79,6 +79,13 @@ def test_mesh_is_up_before_the_services_that_use_it(
     assert order.index(mesh.UP_STEP) < order.index("bind.reload")
     up = plan.step(mesh.UP_STEP)
     assert f"file:{mesh.CONF}" in up.watch
+    # At boot too: systemd starts the mesh's unit before each of them.
+    unit = {f.path: f.content for f in plan.files}[mesh.UNIT_FILE]
+    before = next(ln for ln in unit.splitlines() if ln.startswith("Before=")).split("=", 1)[1]
+    assert set(before.split()) == {"mariadb.service", "dovecot.service", "named.service",
+                                   "heartbeat.service"}  # fmt: skip
+    assert f"ExecStart={mesh.MESH_SCRIPT} up" in unit
+    assert "WantedBy=multi-user.target" in unit
 
 
 def test_web_sync_key_only_for_rrsync_from_mesh_addresses(
@@ -97,4 +104,27 @@ def test_web_sync_key_only_for_rrsync_from_mesh_addresses(
     assert key.startswith(secrets.websync_public_key.strip())
     # No rsync daemon any more: its config and password files are gone from the plan.
     assert "/etc/rsyncd.conf" not in files and "/etc/rsyncd.secrets" not in files
-    assert "RSYNC_ENABLE=false" in files["/etc/default/rsync"]
+    retire = build_host_plan(topo, node.name, secrets, "lab").step("sync.retire-rsyncd").script
+    assert "systemctl stop rsync" in retire and "/etc/rsyncd.conf" in retire
+
+
+def test_a_data_centre_deployed_first_already_admits_the_others_nodes(
+    topologies: dict[str, Topology], secrets: ClusterSecrets
+) -> None:
+    """dc1's first `up` knows nothing of dc2 but its nodes' keys and mesh addresses (the
+    cluster's material, fixed places): dc2's nodes are peers without an Endpoint (WireGuard
+    learns it from their first packet), and MariaDB already grants them replication, so dc2
+    replicates from dc1 as soon as dc2 is up. Once dc1 knows dc2, the endpoints are written."""
+    full = topologies["dc1"]
+    alone = Topology(full.config, {"dc1": full.dcs["dc1"]})
+    for topo, endpoints in ((alone, False), (full, True)):
+        conf = _files(topo, "dc1-svr1", secrets)[mesh.CONF]
+        _, *peers = _sections(conf)
+        by_key = {p["PublicKey"]: p for p in peers}
+        for other in ("dc1-svr2", "dc2-svr1", "dc2-svr2"):
+            peer = by_key[secrets.mesh_public_key(other)]
+            assert peer["AllowedIPs"] == f"{full.mesh_address(full.node(other))}/32"
+            assert ("Endpoint" in peer) == (endpoints or other.startswith("dc1")), (topo, other)
+        grants = build_host_plan(topo, "dc1-svr1", secrets, "lab").step("mariadb.users").stdin
+        for other in ("dc2-svr1", "dc2-svr2"):
+            assert f"'repl'@'{full.mesh_address(full.node(other))}'" in grants

@@ -12,7 +12,7 @@ from cluster.hostcontext import HostContext
 from cluster.hostplan import all_packages, build_host_plan
 from cluster.lab.model import lab_topology
 from cluster.material import ClusterSecrets, generate
-from cluster.plan import PACKAGES_STEP, HostPlan, file_step_name
+from cluster.plan import PACKAGES_STEP, HostPlan, file_step_name, start_at_boot
 from cluster.services import mariadb, metrics
 
 HOST = "dc1-svr1"
@@ -30,8 +30,8 @@ def plan(on: bool, host: str = HOST) -> HostPlan:
 
 
 def own_steps(p: HostPlan) -> set[str]:
-    paths = {file_step_name(f) for f in metrics.FILES}
-    return {s.name for s in p.steps if s.name.startswith("metrics.") or s.name in paths}
+    names = {file_step_name(f) for f in metrics.FILES} | {metrics.TIMER_STEP}
+    return {s.name for s in p.steps if s.name.startswith("metrics.") or s.name in names}
 
 
 def test_the_exporters_are_installed_only_when_on_but_baked_into_the_lab_base() -> None:
@@ -47,14 +47,17 @@ def test_the_exporters_are_installed_only_when_on_but_baked_into_the_lab_base() 
 def test_off_has_the_same_steps_so_a_switch_runs_each_of_them() -> None:
     on, off = plan(True), plan(False)
     assert own_steps(on) == own_steps(off)
-    assert len(own_steps(on)) == len(metrics.FILES) + 2 + len(metrics.EXPORTERS)
+    # The files, the packages, the first run, the timer's enable step, one step per exporter.
+    assert len(own_steps(on)) == len(metrics.FILES) + 3 + len(metrics.EXPORTERS)
     digests_on, digests_off = on.digests(), off.digests()
     for name in own_steps(on):
         assert digests_on[name] != digests_off[name], name
     assert not [s for s in off.steps if s.file and s.file.path in metrics.FILES]
     for name in metrics.EXPORTERS:
         script = off.step(f"metrics.{name}").script
-        assert f"service {name} stop" in script and f"update-rc.d {name} disable" in script
+        assert f"systemctl stop {name}" in script and start_at_boot(name, enabled=False) in script
+    assert "systemctl disable --now" in off.step(metrics.TIMER_STEP).script
+    assert metrics.HEALTH_TIMER in {f.path for f in on.files}
 
 
 def test_defaults_are_written_before_the_packages_start_the_daemons() -> None:

@@ -11,11 +11,12 @@ import pytest
 from cluster.ops import cli
 from cluster.ops.accounts import Accounts, check_address, check_domain
 from cluster.ops.backup import Backups
-from cluster.ops.status import collect, parse_health
+from cluster.ops.status import collect, parse_health, render_text
 from cluster.ops.target import OpsError, Result, StackTarget
 from cluster.services.backup import BACKUP_SCRIPT
 from cluster.services.health import HEALTH_SCRIPT
 from cluster.services.postfixadmin import MAILBOX_CLI
+from cluster.services.replication import SCRIPT as REPLICATION_SCRIPT
 from cluster.services.role import ROLE_SCRIPT
 
 NODES = ("dc1-svr1", "dc1-svr2", "dc2-svr1", "dc2-svr2")
@@ -32,6 +33,39 @@ def health(serial: str = "7", holder: bool = False, lag_ok: bool = True) -> str:
 
 
 FLUSH = ("doveadm", "auth", "cache", "flush")
+
+
+def replication_state(node: str, writer: bool) -> dict[str, object]:
+    """``mailcluster-replication status --json`` of a node (the parts ``ops status`` reads)."""
+    spread = {"p50": 120, "p90": 180, "p99": 300, "max": 310, "n": 50}
+    target = {
+        "current": True,
+        "queue": 2,
+        "queue_events": 1,
+        "oldest_pending_s": 0.4,
+        "oldest_event_s": 0.4,
+        "last_success": 990.0,
+        "last_failure": 900.0,
+        "last_error": "u@example.com: exit 75: refused",
+        "failing_since": None,
+        "consecutive_failures": 0,
+        "sync_ms": spread,
+        "lag_ms": spread,
+    }
+    targets = (
+        {
+            "dc2-svr1": target,
+            "dc2-svr2": {
+                **target,
+                "current": writer,
+                "failing_since": 940.0,
+                "consecutive_failures": 3,
+            },
+        }
+        if node == "dc1-svr1"
+        else {}
+    )
+    return {"now": 1000.0, "role": "writer" if writer else "standby", "targets": targets}
 
 
 class FakeTarget:
@@ -59,6 +93,8 @@ class FakeTarget:
             if argv[1] == "domain-list":
                 return Result(0, "example.com\n", "")
             return Result(0, "changed\n", "")
+        if list(argv) == [REPLICATION_SCRIPT, "status", "--json"]:
+            return Result(0, json.dumps(replication_state(node, node == self.writer)), "")
         if list(argv[:4]) == ["doveadm", "auth", "cache", "flush"]:
             if node not in self.outputs:
                 return Result(255, "", "ssh: connect to host: No route to host")
@@ -96,6 +132,23 @@ def test_a_stale_serial_a_second_holder_and_a_lost_node_fail() -> None:
         ("node.reachable", "dc1-svr2"),
     }
     assert data["ok"] is False
+
+
+def test_status_shows_what_each_node_pushes(capsys: pytest.CaptureFixture[str]) -> None:
+    data = collect(FakeTarget(healthy()))
+    rep = data["replication"]
+    assert set(rep) == set(NODES)
+    assert rep["dc1-svr2"] == {"role": "standby", "targets": {}}
+    far = rep["dc1-svr1"]["targets"]["dc2-svr2"]
+    assert (far["last_success_s"], far["last_failure_s"], far["failing_s"]) == (10.0, 100.0, 60.0)
+    assert rep["dc1-svr1"]["targets"]["dc2-svr1"]["failing_s"] is None
+    text = render_text(data)
+    assert "dc1-svr1  -> dc2-svr2  queue 2 (1 changes), oldest 0.4s, last success 10s ago" in text
+    assert "sync 120/180/300, change 120/180/300; FAILING for 60s: u@example.com: exit 75" in text
+    # A node whose controller does not answer says so, and the others are still shown.
+    outputs = healthy()
+    del outputs["dc2-svr2"]
+    assert "dc2-svr2" not in collect(FakeTarget(outputs))["replication"]
 
 
 def test_no_writer_is_a_failing_cluster_check() -> None:

@@ -22,6 +22,7 @@ from cluster.plan import (
     file_step,
     reload_or_start,
     script_step,
+    start_at_boot,
 )
 from cluster.render import TEMPLATES, environment
 from cluster.services import heartbeat, mariadb, metrics
@@ -191,9 +192,13 @@ def test_stack_plans_hold_their_cross_host_references(
         assert host not in plans or plans[host].step(name)
 
 
-def _bash(script: str) -> subprocess.CompletedProcess[str]:
-    # A stand-in for the init scripts: says what it was asked on stderr.
-    shim = 'service() { echo "service $*" >&2; }\n'
+def _bash(script: str, enabled: str = "disabled") -> subprocess.CompletedProcess[str]:
+    # A stand-in for systemd: systemctl says what it was asked on stderr; `is-enabled` answers
+    # ``enabled`` (and exits 1 unless it is "enabled", as systemctl does).
+    shim = (
+        'systemctl() { if [ "$1" = is-enabled ]; then echo ' + enabled + "; "
+        f'[ {enabled} = enabled ]; return; fi; echo "systemctl $*" >&2; }}\n'
+    )
     return subprocess.run(
         ["bash", "-c", "set -euo pipefail\n" + shim + script], capture_output=True, text=True
     )
@@ -201,11 +206,14 @@ def _bash(script: str) -> subprocess.CompletedProcess[str]:
 
 def test_reload_or_start_checks_then_reloads_or_starts() -> None:
     up = _bash(reload_or_start("d", running="true"))
-    assert (up.stdout, up.stderr) == (f"{CHANGED_MARK} d reloaded\n", "service d reload\n")
+    assert (up.stdout, up.stderr) == (f"{CHANGED_MARK} d reloaded\n", "systemctl reload d\n")
     down = _bash(reload_or_start("d", running="false"))
-    assert (down.stdout, down.stderr) == (f"{CHANGED_MARK} d started\n", "service d start\n")
+    assert (down.stdout, down.stderr) == (f"{CHANGED_MARK} d started\n", "systemctl start d\n")
     again = _bash(reload_or_start("d", running="true", restart=True))
-    assert (again.stdout, again.stderr) == (f"{CHANGED_MARK} d restarted\n", "service d restart\n")
+    assert (again.stdout, again.stderr) == (
+        f"{CHANGED_MARK} d restarted\n",
+        "systemctl restart d\n",
+    )
     custom = _bash(reload_or_start("d", running="true", reload="echo own >&2"))
     assert (custom.stdout, custom.stderr) == (f"{CHANGED_MARK} d reloaded\n", "own\n")
     # A failing check stops the step before anything is reloaded.
@@ -214,6 +222,31 @@ def test_reload_or_start_checks_then_reloads_or_starts() -> None:
     # start=False: a stopped daemon stays stopped, and nothing is reported.
     never = _bash(reload_or_start("d", running="false", start=False))
     assert never.returncode == 0 and never.stdout == "" and never.stderr == ""
+    # By default the unit's own state says whether it runs.
+    default = _bash(reload_or_start("d"))
+    assert default.stderr == "systemctl is-active --quiet d\nsystemctl reload d\n"
+
+
+def test_start_at_boot_enables_and_disables_once() -> None:
+    on = _bash(start_at_boot("d"), enabled="disabled")
+    assert (on.stdout, on.stderr) == (f"{CHANGED_MARK} d started at boot\n",
+                                      "systemctl enable --quiet d\n")  # fmt: skip
+    for state in ("static", "masked", "not-found"):  # only "enabled" starts at boot
+        assert _bash(start_at_boot("d"), enabled=state).stderr == "systemctl enable --quiet d\n"
+    again = _bash(start_at_boot("d"), enabled="enabled")
+    assert again.returncode == 0 and (again.stdout, again.stderr) == ("", "")
+    off = _bash(start_at_boot("d", enabled=False), enabled="enabled")
+    assert (off.stdout, off.stderr) == (f"{CHANGED_MARK} d not started at boot\n",
+                                        "systemctl disable --quiet d\n")  # fmt: skip
+    off_again = _bash(start_at_boot("d", enabled=False), enabled="disabled")
+    assert off_again.returncode == 0 and (off_again.stdout, off_again.stderr) == ("", "")
+
+
+def test_no_init_system_branches_in_the_plan_helpers() -> None:
+    """One code path: the helpers every service uses speak systemd only (issue 23)."""
+    for text in (reload_or_start("d"), start_at_boot("d"), start_at_boot("d", enabled=False)):
+        assert "/run/systemd/system" not in text and "update-rc.d" not in text
+        assert "service " not in text
 
 
 def test_one_spelling_of_the_changed_mark() -> None:

@@ -108,17 +108,19 @@ def test_dependencies_follow_the_plan(deployment: Deployment) -> None:
     assert checked > 0
 
 
-def test_first_up_of_a_stack_builds_only_the_infrastructure(deployment: Deployment) -> None:
-    # The nodes get their firewall at creation, and it can name them only once they exist: a
-    # first `up` provisioning them would leave svr1 and svr2 unable to reach each other.
-    for first in (deployment.dc1_first, deployment.dc2_first):
-        assert not first.of_type("remote:Command")
+def test_first_up_of_a_stack_provisions_its_nodes(deployment: Deployment) -> None:
+    # The firewall names no node (the internal ports: the VPC subnet), so a stack's first `up`
+    # builds its nodes behind it and provisions them in the same run (it used to build only
+    # the infrastructure, because the firewall could name the nodes only once they existed).
+    for first, dc in ((deployment.dc1_first, "dc1"), (deployment.dc2, "dc2")):
         assert first.of_type("instance:Instance")
-    assert deployment.dc1_alone.of_type("remote:Command")
+        hosts = {unwrap(c.inputs["connection"])["host"] for c in first.of_type("remote:Command")}
+        assert hosts == {n["publicIpv4"] for n in first.outputs["addresses"]["nodes"].values()}
+        assert len(hosts) == 2, dc
 
 
 def test_dc1_without_peer_still_provisions(deployment: Deployment) -> None:
-    result = deployment.dc1_alone
+    result = deployment.dc1_first
     plans = _plans(result, None, result, "dc1")
     commands = _commands(result)
     for node, plan in plans.items():

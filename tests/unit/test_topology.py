@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import replace
 
 import pytest
 
 from cluster.lab.model import lab_topology
 from cluster.ports import MESH_PORT
 from cluster.services.mesh import mesh_endpoint
-from cluster.topology import DcAddresses, NodeAddresses, Topology
+from cluster.topology import DcAddresses, NodeAddresses, Topology, vpc_address
 
 
 @pytest.mark.parametrize("active", ["dc1", "dc2"])
@@ -83,3 +84,37 @@ def test_a_mesh_range_holding_a_node_address_is_refused() -> None:
     node_net = lab_topology("dc1").node("dc1-svr1").private_ipv4.rsplit(".", 1)[0] + ".0/24"
     with pytest.raises(ValueError, match="meshCidr"):
         lab_topology("dc1", {"meshCidr": node_net})
+
+
+@pytest.mark.parametrize("stack", ["dc1", "dc2"])
+def test_private_addresses_are_fixed_in_each_vpc_subnet(stack: str) -> None:
+    topo = lab_topology(stack)
+    for dc, addresses in topo.dcs.items():
+        subnet = ipaddress.IPv4Network(lab_topology(dc).config.vpc_subnet)
+        for slot, node in addresses.nodes.items():
+            assert node.private_ipv4 == vpc_address(str(subnet), slot)
+            # Clear of the two first and two last addresses, which Linode keeps.
+            host = int(ipaddress.IPv4Address(node.private_ipv4)) - int(subnet.network_address)
+            assert 2 <= host <= subnet.num_addresses - 3
+    assert vpc_address("10.0.1.0/24", "svr1") == "10.0.1.11"
+    assert vpc_address("10.0.1.0/28", "svr2") == "10.0.1.12"  # the smallest subnet allowed
+
+
+def test_two_data_centres_with_one_private_address_are_refused() -> None:
+    topo = lab_topology("dc1")
+    clash = DcAddresses(topo.dcs["dc2"].shared_ipv4, {
+        slot: replace(node, private_ipv4=topo.dcs["dc1"].nodes[slot].private_ipv4)
+        for slot, node in topo.dcs["dc2"].nodes.items()
+    })  # fmt: skip
+    with pytest.raises(ValueError, match=r"same private address .*vpcSubnet"):
+        Topology(topo.config, {"dc1": topo.dcs["dc1"], "dc2": clash})
+
+
+def test_every_node_is_a_mesh_member_whether_its_dc_is_known_or_not() -> None:
+    full = lab_topology("dc1")
+    alone = Topology(full.config, {"dc1": full.dcs["dc1"]})
+    assert len(alone.nodes) == 2
+    members = alone.mesh_members()
+    assert [name for name, _ in members] == [n.name for n in full.nodes]
+    assert [address for _, address in members] == [full.mesh_address(n) for n in full.nodes]
+    assert alone.all_mesh_addresses == full.all_mesh_addresses
