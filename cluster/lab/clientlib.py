@@ -201,6 +201,9 @@ def stream(a: argparse.Namespace) -> dict[str, Any]:
     until the file ``--stop`` exists), each in its own session. Reports exactly which messages
     got a 250 (acked) and the SMTP codes of the others."""
     acked: list[str] = []
+    # The wall clock at each 250: the lab's hosts share this machine's clock, so a bench can
+    # compare it with the time a message's file appeared on a node.
+    acked_at: dict[str, float] = {}
     failed: list[dict[str, Any]] = []
     t0 = time.monotonic()
     i = 0
@@ -212,6 +215,7 @@ def stream(a: argparse.Namespace) -> dict[str, Any]:
         ok, code, err = _submit_one(a, subject)
         if ok:
             acked.append(subject)
+            acked_at[subject] = time.time()
         else:
             failed.append({"subject": subject, "code": code, "error": err[:200],
                            "at": round(t - t0, 3)})  # fmt: skip
@@ -219,8 +223,8 @@ def stream(a: argparse.Namespace) -> dict[str, Any]:
         time.sleep(max(0.0, 1.0 / a.rate - (time.monotonic() - t)))
     # 5xx would be a message refused for good: a failover may only ever cause retries.
     permanent = [f for f in failed if isinstance(f["code"], int) and f["code"] >= 500]
-    return {"ok": not permanent, "sent": i, "acked": acked, "failed": failed,
-            "permanent": permanent}  # fmt: skip
+    return {"ok": not permanent, "sent": i, "acked": acked, "acked_at": acked_at,
+            "failed": failed, "permanent": permanent}  # fmt: skip
 
 
 def subjects(a: argparse.Namespace) -> dict[str, Any]:

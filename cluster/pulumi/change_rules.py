@@ -345,7 +345,7 @@ for _key in ("backupAccessKey", "backupSecretKey"):
     KEY_CHANGES[_key] = KeyChange(Outcome.IN_PLACE, "rewrites the nodes' backup key pair (0600)")
 for _key in ("backupIntervalHours", "backupKeepHourly", "backupKeepDaily", "backupKeepMonthly"):
     KEY_CHANGES[_key] = KeyChange(
-        Outcome.IN_PLACE, "rewrites the backup schedule or retention (cron, the next forget)"
+        Outcome.IN_PLACE, "rewrites the backup schedule or retention (its timer, the next forget)"
     )
 KEY_CHANGES["imapPlaintext"] = KeyChange(Outcome.IN_PLACE, f"opens or closes 143; {_RE}")
 KEY_CHANGES["metricsCidrs"] = KeyChange(

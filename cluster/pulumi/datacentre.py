@@ -1,7 +1,7 @@
 """The Linode infrastructure of one data centre, as a Pulumi ComponentResource.
 
 Per stack: an anti-affinity placement group; a VPC with one subnet (``vpcSubnet``); ``svr1`` and
-``svr2`` (Debian 12, IPv6, a public interface and a VPC interface whose address the program
+``svr2`` (Debian 13, IPv6, a public interface and a VPC interface whose address the program
 fixes, ``topology.vpc_address``); an extra public IPv4 on svr1 and an IPv6 routed /64 range
 routed to svr1, both shared with svr2 (the shared IPs Heartbeat moves); a block-storage volume
 per node; a cloud firewall whose rules name no node (the internal ports: the VPC subnet);
@@ -52,7 +52,9 @@ from cluster.pulumi.peer import (
 from cluster.services.storage import volume_label
 from cluster.topology import SLOTS, node_name, vpc_address
 
-IMAGE = "linode/debian12"
+# Debian 13, the nodes' only release (README: no upgrade path from Debian 12). The slug is
+# Linode's (API spec, get-image: "linode/debian13", label "Debian 13"; shared/LINODE-VPC-FACTS.md).
+IMAGE = "linode/debian13"
 # Every Linode resource carries this tag; the account-wide ones (placement group, VPC, firewall) are
 # labelled "<TAG>-<dc>" (Linode labels are unique per account).
 TAG = "mailcluster"

@@ -32,8 +32,12 @@ from mailnode.replication.settings import PASSIVE, STANDBY, Settings, Target
 
 log = logging.getLogger("mailcluster-replication")
 
+# A failed sync waits 1 s, then 2, 4, ... at most a minute: the idle probe's interval, so a
+# target that was down (every row of it in backoff, so no probe) is tried again within a
+# minute of its return, as an idle one would be. When one sync to it succeeds again, every row
+# waiting out a backoff may start at once (Store.release).
 ROW_BACKOFF_S = 1.0
-ROW_BACKOFF_MAX_S = 300.0
+ROW_BACKOFF_MAX_S = 60.0
 TARGET_PAUSE_S = 1.0
 TARGET_PAUSE_MAX_S = 60.0
 # Recent syncs kept for the figures (durations, and how long a change waited until synced).
@@ -240,8 +244,10 @@ class Controller:
                     fig.lags.append(now - row.enqueued)
                 fig.last_success = now
                 if fig.consecutive_failures:
-                    log.info("%s: syncs succeed again (failing since %.0f s)", name,
-                             now - (fig.failing_since or now))  # fmt: skip
+                    released = self.store.release(name, now)
+                    log.info("%s: syncs succeed again (failing since %.0f s); %d waiting syncs "
+                             "may start now", name, now - (fig.failing_since or now),
+                             released)  # fmt: skip
                 fig.consecutive_failures = 0
                 fig.failing_since = None
                 fig.paused_until = 0.0

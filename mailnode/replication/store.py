@@ -161,6 +161,15 @@ class Store:
             (due, int(full), row.target, row.user),
         )
 
+    def release(self, target: str, now: float) -> int:
+        """Every row of ``target`` waiting out a backoff may start now (the target answers
+        again); returns how many."""
+        cur = self.db.execute(
+            "UPDATE pending SET due = ? WHERE target = ? AND running = 0 AND due > ?",
+            (now, target, now),
+        )
+        return cur.rowcount
+
     def drop(self, row: Row) -> None:
         self.db.execute("DELETE FROM pending WHERE target = ? AND user = ?",
                         (row.target, row.user))  # fmt: skip

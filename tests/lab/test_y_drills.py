@@ -131,6 +131,36 @@ def takeover_figures(
     return out
 
 
+# Our replication controller has a delivery on the peer's disk 0.1-0.2 s after its 250
+# (bench/replication.py, README "Replication paths"): a message acknowledged more than this
+# before a crash must be readable on the survivor before the crashed node returns. The margin
+# (5x the lab's worst on a busy 2-core machine) absorbs a slow second under load, and a
+# replication that only caught up at the next sweep or after the return would still fail.
+IN_DC_BOUND_S = 1.0
+# Fewer acknowledged messages than this before a crash, and a drill measures nothing: it fails
+# as broken rather than passing as lossless (a sender at 4-5 messages a second for 3-4 s).
+MIN_ACKED_BEFORE = 8
+
+
+def readable_during_outage(
+    lab: Lab, user: tuple[str, str], unique: str, result: dict[str, Any], t_crash: float
+) -> set[str]:
+    """Asserts, while the crashed node is still down: the sender got 250s both before the crash
+    (at least MIN_ACKED_BEFORE, IN_DC_BOUND_S earlier) and after it (service resumed), and each
+    message acknowledged more than IN_DC_BOUND_S before the crash is readable on the shared IP.
+    Returns the subjects readable now."""
+    acked_at: dict[str, float] = result["acked_at"]
+    due = {s for s, t in acked_at.items() if t < t_crash - IN_DC_BOUND_S}
+    assert len(due) >= MIN_ACKED_BEFORE, ("too few messages acknowledged before the crash", result)
+    assert any(t > t_crash for t in acked_at.values()), ("no 250 after the crash", result)
+    early = lab.subjects(VIP1, user, unique, len(acked_at), timeout=15)
+    print(f"crash: {len(acked_at)} acked, {len(set(acked_at) - early)} waiting for the crashed "
+          f"node's return, {len(due - early)} of them acknowledged over {IN_DC_BOUND_S} s "
+          "before the crash")  # fmt: skip
+    assert due <= early, sorted(due - early)
+    return early
+
+
 def imap_timeline(got: dict[str, Any], t_crash: float) -> str:
     """The probe's IMAPS attempts, seconds after the crash: start +duration outcome, one a line."""
     return "\n".join(f"{start - t_crash:6.2f} +{end - start:5.2f} {outcome}"
@@ -162,7 +192,9 @@ def test_drill_standby_never_accepts_mail(lab: Lab) -> None:
 
 
 def test_drill_replication_lag_is_measured(lab: Lab) -> None:
-    """A row written on the master is on every replica within 1 s (the target's p99)."""
+    """A row written on the master is on every replica within 5 s, as the lab CLI sees it
+    (each check costs ~0.3 s of the CLI itself; the lag proper, p99 well under 1 s, is
+    bench/failover.py's figure): replication runs to all three replicas."""
     master = next(h for h in DC1 if lab.role(h)["role"] == "active")
     lab.sql(master, "CREATE DATABASE IF NOT EXISTS mcdrill; CREATE TABLE IF NOT EXISTS "
         "mcdrill.lag (id BIGINT PRIMARY KEY, at DOUBLE)")  # fmt: skip
@@ -205,14 +237,12 @@ def test_drill_1_crash_the_active_node(lab: Lab, unique: str) -> None:
     result = stream.result(timeout=120)
     assert not result["permanent"], result["permanent"]
     acked = set(result["acked"])
-    assert len(acked) >= 10, result
     # The shared IP answers SMTP from dc1-svr2 (svr1 is dark; svr2 holds it and runs Postfix).
     r2 = lab.role("dc1-svr2")
     assert r2["vip_held"] and r2["postfix_running"]
     assert smtp_banner_from(lab, VIP1)
-    # Readable now: all but what svr1's Postfix queue held at the crash (see below).
-    early = lab.subjects(VIP1, user, unique, len(acked), timeout=15)
-    print(f"crash: {len(acked)} acked, {len(acked - early)} waiting for svr1's return")
+    # Readable now: all but what svr1 took in its last moment (its queue, the last sync).
+    readable_during_outage(lab, user, unique, result, t_crash)
     # The master moved: svr2 is writable, and a write through Postfix Admin works and is usable.
     assert r2["db"]["read_only"] is False and not r2["replication"]["configured"]
     fresh = new_user(lab)
@@ -301,7 +331,7 @@ def test_drill_4_database_stop_on_the_master(lab: Lab, unique: str) -> None:
     stream = lab.stream(VIP1, user, unique, rate=4)
     time.sleep(3)
     lab.exec(master, "service", "mariadb", "stop")
-    t0 = time.monotonic()
+    t0, t0_wall = time.monotonic(), time.time()
     # A submission while the master's database is down: a 4xx or a stalled session (Dovecot
     # auth queues the lookup) — never a 250 nor a 5xx. Sent beside the wait for the takeover.
     with ThreadPoolExecutor(1) as pool:
@@ -318,6 +348,10 @@ def test_drill_4_database_stop_on_the_master(lab: Lab, unique: str) -> None:
     temp = [f for f in result["failed"] if f["code"] is not None]
     assert all(400 <= int(f["code"]) < 500 for f in temp), temp
     assert early["ok"] or early.get("smtp_code") is None or 400 <= early["smtp_code"] < 500, early
+    # A floor, so that "nothing lost" cannot pass on nothing sent; and the sender got 250s
+    # again after the takeover (the stream ran on for 3 s).
+    assert len(result["acked"]) >= MIN_ACKED_BEFORE, result
+    assert max(result["acked_at"].values()) > t0_wall + took, result
     acked = set(result["acked"]) | ({unique + "-early"} if early["ok"] else set())
     got = lab.subjects(VIP1, user, unique, len(acked))
     assert acked <= got, sorted(acked - got)
@@ -460,6 +494,8 @@ def test_drill_5_rebuild_both_nodes_of_a_data_centre(lab: Lab, unique: str) -> N
                        f"{refusal['attempts']} probes unanswered, longest refusal "
                        f"{refusal['longest_outage']:.2f}s, slowest banner "
                        f"{refusal['slowest_banner']:.2f}s")  # fmt: skip
+        # A standby's rebuild never touches the shared IP: not one probe of ~1000 unanswered.
+        assert refusal["attempts"] > 100 and refusal["failed"] == 0, (host, refusal)
         # Before the next step: the active node's replication controller syncs the (flowing)
         # mailbox with the rebuilt node again.
         lab.wait_for("the mailbox in sync with the rebuilt node",
@@ -480,6 +516,8 @@ def test_drill_5_rebuild_both_nodes_of_a_data_centre(lab: Lab, unique: str) -> N
         figures.append(f"switchover to dc1-svr2: longest refusal "
                        f"{switch['longest_outage']:.2f}s, slowest banner "
                        f"{switch['slowest_banner']:.2f}s")  # fmt: skip
+        # As drill 6 asserts for the same operation (README: < 1 s).
+        assert switch["attempts"] > 20 and switch["longest_outage"] < 1.0, switch
         # 3. The other node, now the standby.
         rebuild("dc1-svr1", private_ip("dc1-svr2"))
         time.sleep(3)
@@ -563,6 +601,7 @@ def test_drill_7_arp_crash(lab: Lab, unique: str) -> None:
         time.sleep(2)
         result = stream.result(timeout=120)
         assert not result["permanent"], result["permanent"]
+        readable_during_outage(lab, user, unique, result, t_crash)
         lab.run("boot", "dc1-svr1")
         wait_rejoined(lab, "dc1-svr1", private_ip("dc1-svr2"))
         acked = set(result["acked"])

@@ -24,6 +24,7 @@ from cluster.stackfiles import read_stack_config
 
 BUCKET = "linode:index/objectStorageBucket:ObjectStorageBucket"
 KEY = "linode:index/objectStorageKey:ObjectStorageKey"
+RANDOM = "random:index/randomPassword:RandomPassword"
 COMMAND = "command:remote:Command"
 REGION = read_stack_config("dc1").get("region", DEFAULT_REGIONS["dc1"])
 
@@ -68,7 +69,11 @@ def test_both_dcs_get_the_same_repository_keys_and_password_as_secrets(
     assert f"RESTIC_REPOSITORY='s3:https://{REGION}-1.linodeobjects.com/" in env
     assert f"AWS_ACCESS_KEY_ID='{key['accessKey']}'" in env
     assert f"AWS_SECRET_ACCESS_KEY='{key['secretKey']}'" in env
-    assert len(password.strip()) == 48 or password.startswith("MockPw")
+    # The repository password is the stack's RandomPassword (48 letters and digits), not
+    # some other value: the mocks answer each RandomPassword with a result unique to it.
+    random = deployment.dc1.one_named(RANDOM, "dc1-material-backup-password")
+    assert random.inputs["length"] == 48 and random.inputs["special"] is False
+    assert password.strip() == random.state["result"]
     # Nowhere in plain text: not in any input of any resource; exported only in the secret
     # clusterSecrets output (for dc2's StackReference).
     for result in (deployment.dc1, deployment.dc2):

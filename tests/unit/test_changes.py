@@ -286,11 +286,17 @@ def test_unsafe_change_is_refused_before_any_resource(
 
 
 def test_first_deployment_is_not_refused(deployment: Deployment) -> None:
-    # No previous outputs: any region and domain are fine (the committed deployment ran).
+    # No previous outputs: any region and domain are fine (the committed deployment ran, and
+    # so does one in another region, with another domain).
     assert (
         deployment.dc1_first.outputs["region"]
         == load_config(read_stack_config("dc1"), "dc1").region
     )
+    raw = {**read_stack_config("dc1"), "region": "fr-par",
+           "domain": "example.org"}  # fmt: skip
+    other = run_stack("dc1", raw, deployment.dc2.peer_view())
+    assert other.outputs["region"] == "fr-par" and other.outputs["mailHost"] == "mail.example.org"
+    assert other.of_type("linode:index/instance:Instance")
 
 
 def test_adding_the_shared_ipv6_to_a_deployed_stack_replaces_nothing(

@@ -81,7 +81,7 @@ def test_two_instances_in_region_in_one_anti_affinity_group(stack: tuple[str, Re
     assert sorted(i.inputs["label"] for i in instances) == [f"{dc}-svr1", f"{dc}-svr2"]
     for inst in instances:
         assert inst.inputs["region"] == region
-        assert inst.inputs["image"] == "linode/debian12"
+        assert inst.inputs["image"] == "linode/debian13"
         # No Linode private IPv4 (shared with every Linode of the region): the VPC carries
         # the private traffic.
         assert "privateIp" not in inst.inputs

@@ -225,7 +225,7 @@ def test_failures_back_off_and_a_failing_target_pauses(rig: Rig) -> None:
     job = rig.run_one(FAR1, fail)
     assert job is not None
     row = next(r for r in rig.store.rows(FAR1) if r.user == job.row.user)
-    assert row.attempts == 1 and row.due == rig.now + 1.0  # 1 s, then 2, 4, ... 300 s
+    assert row.attempts == 1 and row.due == rig.now + 1.0  # 1 s, then 2, 4, ... 60 s
     # One failure: the target is not paused; the second in a row pauses it (1 s, then doubling)
     # and lets one sync at a time through.
     second = rig.run_one(FAR1, fail)
@@ -244,6 +244,43 @@ def test_failures_back_off_and_a_failing_target_pauses(rig: Rig) -> None:
     rig.run_one(FAR1)
     assert fig.consecutive_failures == 0 and fig.failing_since is None
     assert rig.claim(FAR1) is not None
+
+
+def test_a_target_back_from_an_outage_is_found_within_a_minute_and_drains_at_once(
+    rig: Rig,
+) -> None:
+    # Down for long: every row of it in backoff (so no idle probe), the backoff never beyond
+    # the probe's interval; the first sync that succeeds lets every waiting row start.
+    users = [f"u{i}@example.com" for i in range(4)]
+    rig.ctl.mark(users, queue.EVENT, False, rig.now)
+    fail = Outcome(False, error="exit 75: connect refused")
+    for _ in users:  # the peer first
+        rig.run_one(PEER)
+    fig = rig.ctl.figures[FAR1]
+    for _ in range(40):  # about 20 minutes of a dead target
+        rig.now = max(rig.now, fig.paused_until, rig.store.next_due(FAR1) or rig.now)
+        job = rig.claim(FAR1)
+        assert job is not None
+        rig.ctl.complete(job, fail, rig.now)
+        assert all(r.due - rig.now <= 60.0 for r in rig.store.rows(FAR1))
+    assert rig.now - (fig.failing_since or rig.now) > 600
+    # Back: within a minute a sync is tried, and succeeds.
+    back = rig.now
+    rig.now = max(fig.paused_until, rig.store.next_due(FAR1) or rig.now)
+    assert rig.now - back <= 60.0
+    assert rig.run_one(FAR1) is not None and fig.failing_since is None
+
+
+def test_the_first_success_after_a_failure_lets_every_waiting_sync_start(rig: Rig) -> None:
+    rig.ctl.mark(["a@example.com", "b@example.com"], queue.EVENT, False, rig.now)
+    for _ in range(2):  # the peer first
+        rig.run_one(PEER)
+    failed = rig.run_one(FAR1, Outcome(False, error="exit 75: connect refused"))
+    assert failed is not None
+    (row,) = [r for r in rig.store.rows(FAR1) if r.user == failed.row.user]
+    assert row.due > rig.now  # its backoff
+    assert rig.run_one(FAR1) is not None  # the other user's sync: the target answers again
+    assert [r.user for r in rig.store.candidates(FAR1, rig.now)] == [failed.row.user]
 
 
 def test_a_failed_sync_is_retried_as_a_full_sync(rig: Rig) -> None:

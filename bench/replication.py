@@ -1,0 +1,102 @@
+"""Replication recovery points in the lab: run for real, as root, with the lab up; not in CI.
+
+    python bench/replication.py [--rate 5] [--seconds 60]
+
+A steady sender over submission to dc1's shared IP (``--rate`` messages a second, each in its
+own session, as ``clientlib stream``) for ``--seconds``. Once every acknowledged message is on
+every node, the bench reads, on each node, when each message's file appeared there (the file's
+ctime: set when Dovecot renames it out of ``tmp/``, on any node; nothing renames it again here,
+since no IMAP client opens the mailbox) and compares it with the client's clock at the 250 (the
+lab's hosts share this machine's clock).
+
+Reported per node: the seconds from the 250 to the message's file on that node, as median, p99
+and max. On the holder that is Postfix's queue and the LMTP delivery; on the peer and on dc2's
+nodes it is the time an acknowledged message lived on fewer nodes: the recovery point of a crash
+of the holder (the peer) and of the loss of dc1 (dc2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from functools import partial
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from cluster.lab.driver import Lab, shared_ip  # noqa: E402
+from cluster.services.storage import VMAIL_DIR  # noqa: E402
+from mailnode.replication.controller import percentile  # noqa: E402
+
+DOMAIN = "example.com"
+VIP1 = shared_ip("dc1")
+DC1 = ("dc1-svr1", "dc1-svr2")
+DC2 = ("dc2-svr1", "dc2-svr2")
+LAB = Lab()
+
+# Prints {subject: ctime} for every message file of the mailbox given as argv[1].
+ARRIVALS = """
+import email.parser, json, os, sys
+box = sys.argv[1]
+out = {}
+for sub in ("new", "cur"):
+    d = os.path.join(box, sub)
+    for name in os.listdir(d) if os.path.isdir(d) else []:
+        path = os.path.join(d, name)
+        with open(path, "rb") as f:
+            head = email.parser.BytesHeaderParser().parse(f)
+        out[str(head["Subject"])] = os.stat(path).st_ctime
+print(json.dumps(out))
+"""
+
+
+def arrivals(host: str, address: str) -> dict[str, float]:
+    local, domain = address.split("@")
+    out = LAB.exec(host, "python3", "-c", ARRIVALS, f"{VMAIL_DIR}/{domain}/{local}").stdout
+    got: dict[str, float] = json.loads(out)
+    return got
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--rate", type=float, default=5)
+    p.add_argument("--seconds", type=float, default=60)
+    a = p.parse_args()
+    (holder,) = LAB.holders(DC1)
+    nodes = [holder, *(h for h in DC1 if h != holder), *DC2]
+    user = LAB.new_mailbox(DOMAIN, "rp")
+    sent = LAB.stream(VIP1, user, "rp", seconds=a.seconds, rate=a.rate).result(
+        timeout=a.seconds + 300
+    )
+    acked_at: dict[str, float] = sent["acked_at"]
+    if not acked_at or sent["failed"]:
+        raise SystemExit(f"the sender failed: {sent['failed'][:3]}")
+    found: dict[str, dict[str, float]] = {}
+
+    def complete(host: str) -> bool:
+        found[host] = arrivals(host, user[0])
+        return acked_at.keys() <= found[host].keys()
+
+    for host in nodes:
+        LAB.wait_for(f"every acknowledged message on {host}", partial(complete, host),
+                     timeout=900, interval=1)  # fmt: skip
+    report: dict[str, object] = {
+        "rate_per_s": a.rate,
+        "messages": len(acked_at),
+        "holder": holder,
+    }
+    for host in nodes:
+        delays = [found[host][s] - t for s, t in acked_at.items()]
+        report[host] = {
+            "median_s": round(statistics.median(delays), 3),
+            "p99_s": round(percentile(delays, 0.99) or 0.0, 3),
+            "max_s": round(max(delays), 3),
+        }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
