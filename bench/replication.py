@@ -1,9 +1,10 @@
 """Replication recovery points in the lab: run for real, as root, with the lab up; not in CI.
 
-    python bench/replication.py [--rate 5] [--seconds 60]
+    python bench/replication.py [--rate 5] [--seconds 60] [--mailboxes 1]
 
-A steady sender over submission to dc1's shared IP (``--rate`` messages a second, each in its
-own session, as ``clientlib stream``) for ``--seconds``. Once every acknowledged message is on
+A steady sender per mailbox over submission to dc1's shared IP (``--rate`` messages a second,
+each in its own session, as ``clientlib stream``; one sender reaches about 4-5 a second here)
+for ``--seconds``. Once every acknowledged message is on
 every node, the bench reads, on each node, when each message's file appeared there (the file's
 ctime: set when Dovecot renames it out of ``tmp/``, on any node; nothing renames it again here,
 since no IMAP client opens the mailbox) and compares it with the client's clock at the 250 (the
@@ -21,6 +22,7 @@ import argparse
 import json
 import statistics
 import sys
+import time
 from functools import partial
 from pathlib import Path
 
@@ -62,34 +64,39 @@ def arrivals(host: str, address: str) -> dict[str, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--rate", type=float, default=5)
+    p.add_argument("--rate", type=float, default=5, help="messages a second, per mailbox")
     p.add_argument("--seconds", type=float, default=60)
+    p.add_argument("--mailboxes", type=int, default=1, help="one sender per mailbox")
     a = p.parse_args()
     (holder,) = LAB.holders(DC1)
     nodes = [holder, *(h for h in DC1 if h != holder), *DC2]
-    user = LAB.new_mailbox(DOMAIN, "rp")
-    sent = LAB.stream(VIP1, user, "rp", seconds=a.seconds, rate=a.rate).result(
-        timeout=a.seconds + 300
-    )
-    acked_at: dict[str, float] = sent["acked_at"]
-    if not acked_at or sent["failed"]:
-        raise SystemExit(f"the sender failed: {sent['failed'][:3]}")
-    found: dict[str, dict[str, float]] = {}
+    users = [LAB.new_mailbox(DOMAIN, "rp") for _ in range(a.mailboxes)]
+    streams = [LAB.stream(VIP1, u, "rp", seconds=a.seconds, rate=a.rate) for u in users]
+    time.sleep(a.seconds)  # result() stops the sender
+    acked_at: dict[tuple[str, str], float] = {}
+    for user, stream in zip(users, streams, strict=True):
+        sent = stream.result(timeout=300)
+        if not sent["acked_at"] or sent["failed"]:
+            raise SystemExit(f"the sender failed: {sent['failed'][:3]}")
+        acked_at.update({(user[0], s): t for s, t in sent["acked_at"].items()})
+    found: dict[str, dict[tuple[str, str], float]] = {}
 
     def complete(host: str) -> bool:
-        found[host] = arrivals(host, user[0])
+        found[host] = {(u[0], s): t for u in users for s, t in arrivals(host, u[0]).items()}
         return acked_at.keys() <= found[host].keys()
 
     for host in nodes:
         LAB.wait_for(f"every acknowledged message on {host}", partial(complete, host),
                      timeout=900, interval=1)  # fmt: skip
     report: dict[str, object] = {
-        "rate_per_s": a.rate,
+        "rate_per_s_per_mailbox": a.rate,
+        "mailboxes": a.mailboxes,
         "messages": len(acked_at),
+        "seconds": a.seconds,
         "holder": holder,
     }
     for host in nodes:
-        delays = [found[host][s] - t for s, t in acked_at.items()]
+        delays = [found[host][k] - t for k, t in acked_at.items()]
         report[host] = {
             "median_s": round(statistics.median(delays), 3),
             "p99_s": round(percentile(delays, 0.99) or 0.0, 3),
