@@ -102,8 +102,15 @@ CREATE TABLE IF NOT EXISTS {DB}.{DB_TABLE} (
 
 
 def ignore_addresses(ctx: HostContext) -> list[str]:
+    """Never banned: loopback, the admins, every address of the cluster's nodes, and the mesh
+    (a node's traffic to another over WireGuard comes from its mesh address: websync's ssh,
+    the mailbox syncs; a ban of it, cluster-wide, cut that node off from every other)."""
     v4, v6 = cluster_cidrs(firewall.known_dcs(ctx.topology))
-    return list(dict.fromkeys(["127.0.0.0/8", "::1", *ctx.config.admin_cidrs, *v4, *v6]))
+    return list(
+        dict.fromkeys(
+            ["127.0.0.0/8", "::1", *ctx.config.admin_cidrs, *v4, *v6, ctx.config.mesh_cidr]
+        )
+    )
 
 
 def bans_config(ctx: HostContext) -> dict[str, Any]:

@@ -11,6 +11,7 @@ every ban the module caused is lifted on every node.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import secrets
 import sys
@@ -24,7 +25,7 @@ from cluster import ports
 from cluster.config import KEYS
 from cluster.hostplan import build_host_plan
 from cluster.lab import addresses as A
-from cluster.lab.driver import Lab, private_ip, public_ip, shared_ip
+from cluster.lab.driver import Lab, mesh_ip, private_ip, public_ip, shared_ip
 from cluster.lab.model import LAB_SUBMISSION_LIMIT, lab_topology
 from cluster.lab.secrets import load_secrets
 from cluster.plan import CHANGED_MARK
@@ -605,6 +606,11 @@ def test_admin_addresses_are_never_banned(lab: Lab) -> None:
             out = lab.exec(host, "fail2ban-client", "get", jail.name, "ignoreip").stdout
             ignored = {line.lstrip("|`- ").strip() for line in out.splitlines()[1:]}
             assert {ADMIN, A.client_address6(), private_ip(host)} <= ignored, (host, out)
+            # Every node's mesh address (its syncs and ssh to the others come from it).
+            nets = [ipaddress.ip_network(c, strict=False) for c in ignored if "/" in c]
+            for node in HOSTS:
+                mine = ipaddress.ip_address(mesh_ip(node))
+                assert any(mine in n for n in nets), (host, node, out)
 
 
 def test_security_steps_run_again_change_nothing(lab: Lab) -> None:

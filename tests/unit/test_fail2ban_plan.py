@@ -10,6 +10,7 @@ import pytest
 
 from cluster.hostplan import build_host_plan
 from cluster.lab import addresses as A
+from cluster.lab.driver import mesh_ip
 from cluster.material import ClusterSecrets
 from cluster.plan import HostPlan
 from cluster.services import fail2ban, firewall, nodepkg, units
@@ -36,7 +37,10 @@ def test_the_plans_configuration_is_what_the_node_program_reads(plan: HostPlan) 
     assert cfg.poll_s <= 2, "a ban reaches every node within a couple of seconds"
     # The admin, loopback and the cluster's nodes are never banned, by the program either.
     never = [str(n) for n in cfg.never_ban]
-    for address in ("127.0.0.1", "::1", A.client_address(), A.client_address6()):
+    # The mesh too: a node's syncs and ssh to another come from its mesh address (seen in the
+    # lab: dc1-svr2's banned on dc2-svr2, so no sync reached dc2-svr2).
+    meshes = [mesh_ip(h) for h in ("dc1-svr1", "dc1-svr2", "dc2-svr1", "dc2-svr2")]
+    for address in ("127.0.0.1", "::1", A.client_address(), A.client_address6(), *meshes):
         assert any(ipaddress.ip_address(address) in ipaddress.ip_network(n) for n in never), address
     assert not any(ipaddress.ip_address("192.0.2.150") in ipaddress.ip_network(n) for n in never)
 
