@@ -9,8 +9,10 @@ runs it with real threads, a real clock and ``doveadm``.
 - ``claim``: the next row a worker of a target may sync: the best waiting row whose user no
   other worker syncs right now (one sync per user at a time, across all targets). A change that
   waits for the DC peer too goes to the peer first (the tighter recovery point), unless the peer
-  is failing. A target that failed twice in a row gets one worker at a time and a pause that
-  doubles with each failure (1 s, 2 s, ... 60 s); a row that failed waits 1 s, 2 s, ... 300 s.
+  is failing; but once the other data centre's row has waited PEER_FIRST_MAX_S, the user's
+  syncs alternate: peer, far, peer, far (``_turn``). A target that failed twice in a row gets
+  one worker at a time and a pause that doubles with each failure (1 s, 2 s, ... 60 s); a row
+  that failed waits 1 s, 2 s, ... 60 s.
 - ``complete``: the outcome of a sync, into the queue (done, again, or retried later) and the
   target's figures.
 - ``set_role``: the targets follow the role; rows of targets that no longer are go.
@@ -40,6 +42,18 @@ ROW_BACKOFF_S = 1.0
 ROW_BACKOFF_MAX_S = 60.0
 TARGET_PAUSE_S = 1.0
 TARGET_PAUSE_MAX_S = 60.0
+# A change waits for the DC peer first (its recovery point is 1 s, the other DC's 2 s). Under a
+# steady stream the peer's row is ready again after each of its syncs, so "always the peer
+# first" kept the other DC waiting until the stream paused: p99 6.7-7.3 s, measured 7 December
+# 2026 (bench/replication.py). A far row that has waited this long takes the turn after the
+# peer's next sync, and the peer yields it once: the peer waits at most one far sync (lab:
+# 0.15 s median, 0.5 s p90), a far node at most this, two peer syncs and two far ones.
+PEER_FIRST_MAX_S = 0.5
+# A worker whose target has rows due that it may not take yet (their user is being synced to
+# another target, or it is the peer's turn) sleeps until a completion or a mark wakes it, or
+# this long: the time rule above is the one change no wake-up announces. (Waiting 0 s here
+# spun every such worker on the queue: 40 % of a core under a 5 messages/s stream.)
+BLOCKED_RECHECK_S = 0.25
 # Recent syncs kept for the figures (durations, and how long a change waited until synced).
 FIGURES_KEPT = 200
 # The reason code of the doveadm server's writes: other nodes' syncs arriving here. Dovecot's
@@ -99,6 +113,7 @@ class Controller:
         self.role_known = False
         self.targets: dict[str, Target] = {}
         self.in_flight: dict[str, str] = {}  # user -> target name
+        self.last_to: dict[str, str] = {}  # user -> the target of its last sync started
         self.running: dict[str, int] = {t.name: 0 for t in settings.all_targets}
         self.figures = {t.name: self._load_figures(t.name) for t in settings.all_targets}
         self.started = now
@@ -195,21 +210,22 @@ class Controller:
             if target is None or not self._may_start(name, now):
                 return None
             first = self.first_target
-            defer = (
+            peer_ok = (
                 first is not None
-                and first != name
                 and self._may_start(first, now)
                 and self.figures[first].consecutive_failures == 0
             )
             for row in self.store.candidates(name, now):
                 if row.user in self.in_flight:
                     continue
-                # A change goes to the DC peer first; a sweep's rows go wherever a worker is free.
-                if (defer and first is not None and row.priority == queue.EVENT
-                        and self.store.is_ready(first, row.user, now)):  # fmt: skip
+                # A change goes to the DC peer first (in turns, see _turn); a sweep's rows go
+                # wherever a worker is free.
+                if (peer_ok and first is not None and row.priority == queue.EVENT
+                        and not self._turn(name, first, row, now)):  # fmt: skip
                     continue
                 self.store.start(row)
                 self.in_flight[row.user] = name
+                self.last_to[row.user] = name
                 self.running[name] += 1
                 full = row.full
                 quick = row.priority == queue.EVENT and not full and row.attempts == 0
@@ -218,14 +234,48 @@ class Controller:
                 return Job(row, target, full, timeout)
             return None
 
+    def _turn(self, name: str, first: str, row: queue.Row, now: float) -> bool:
+        """Whether target ``name`` may sync ``row``'s change now, when the DC peer (``first``,
+        answering) may want the same user: the peer goes first, unless it had the user's last
+        sync and a far row has waited PEER_FIRST_MAX_S (see there)."""
+        user, peers_last = row.user, self.last_to.get(row.user) == first
+        # The other far targets that could take this user now, with their oldest change.
+        far = []
+        for f in self.targets:
+            if f in (first, name) or not self._may_start(f, now) \
+                    or self.running[f] >= self.settings.workers:  # fmt: skip
+                continue
+            since = self.store.change_waiting_since(f, user, now)
+            if since is not None:
+                far.append((since, f))
+        if name != first:
+            if self.store.is_ready(first, user, now) and not (
+                peers_last and now - row.enqueued >= PEER_FIRST_MAX_S
+            ):
+                return False
+            # Between the far nodes, the longest wait goes first (the target order on a tie):
+            # otherwise the worker that asks first would always win and the other starve.
+            order = list(self.targets)
+            return not any((since, order.index(f)) < (row.enqueued, order.index(name))
+                           for since, f in far)  # fmt: skip
+        # The peer yields once, after its own sync, to a far change that waited that long (its
+        # worker takes it; the peer's next sync follows).
+        return not (peers_last and any(now - since >= PEER_FIRST_MAX_S for since, _ in far))
+
     def next_wake(self, name: str, now: float, longest: float = 1.0) -> float:
         """Seconds a worker of ``name`` may sleep before something may start (at most
-        ``longest``: marks and completions wake it earlier)."""
+        ``longest``: marks and completions wake it earlier). Called after ``claim`` found
+        nothing: rows already due are blocked, and only a wake-up or BLOCKED_RECHECK_S frees
+        them."""
         with self.cond:
             if name not in self.targets:
                 return longest
             due = self.store.next_due(name)
             fig = self.figures[name]
+            if due is not None and due <= now:
+                due = min(
+                    now + BLOCKED_RECHECK_S, self.store.next_due(name, after=now) or now + longest
+                )
             wake = max(due if due is not None else now + longest, fig.paused_until)
             return max(0.0, min(longest, wake - now))
 

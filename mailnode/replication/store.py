@@ -118,12 +118,24 @@ class Store:
         )
         return cur.fetchone() is not None
 
-    def next_due(self, target: str) -> float | None:
-        """When the next waiting row of ``target`` may start."""
+    def next_due(self, target: str, after: float | None = None) -> float | None:
+        """When the next waiting row of ``target`` may start (``after``: of the rows not due
+        by then)."""
         row = self.db.execute(
-            "SELECT MIN(due) FROM pending WHERE target = ? AND running = 0", (target,)
+            "SELECT MIN(due) FROM pending WHERE target = ? AND running = 0 AND due > ?",
+            (target, float("-inf") if after is None else after),
         ).fetchone()
         return None if row is None or row[0] is None else float(row[0])
+
+    def change_waiting_since(self, target: str, user: str, now: float) -> float | None:
+        """When the oldest change of ``user`` for ``target`` was made, if a change (not a
+        sweep's row) of it waits and may start now."""
+        row = self.db.execute(
+            """SELECT enqueued FROM pending WHERE target = ? AND user = ? AND running = 0
+               AND due <= ? AND priority = ?""",
+            (target, user, now, EVENT),
+        ).fetchone()
+        return None if row is None else float(row[0])
 
     def start(self, row: Row) -> None:
         self.db.execute(
