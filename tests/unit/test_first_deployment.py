@@ -151,3 +151,60 @@ def test_a_node_made_anew_is_whole_after_one_up(deployment: Deployment) -> None:
     assert fw == [r.inputs for r in deployment.dc1.of_type("firewall:Firewall")]
     again = run_stack("dc1", raw, peer, previous=after, renumbered=renumbered)
     assert declared(again) == declared(after)
+
+
+def test_a_standby_node_made_anew_is_whole_after_one_up_of_its_stack(
+    deployment: Deployment,
+) -> None:
+    """The same for a node of the standby data centre (dc2-svr1 made anew): one `up` of dc2
+    provisions it whole against its new address, with the mesh endpoints and the replicas' source
+    it had before (they name dc1's addresses, which did not move), and the next `up` of dc2 is
+    the same again. What waits for dc1's next `up`, as any change of a dc2 address does: its
+    A/AAAA records in the zone dc1 masters, and so its PTR (Linode sets one only for a name that
+    resolves); dc1's mesh peers learn its new endpoint from its first handshake (WireGuard
+    roaming), so replication does not wait."""
+    _, dc2_settled = fourth_runs()
+    renumbered = frozenset({"dc2-svr1"})
+    raw, peer = read_stack_config("dc2"), deployment.dc1.peer_view()
+    after = run_stack("dc2", raw, peer, previous=dc2_settled, renumbered=renumbered)
+    old = dc2_settled.outputs["nodes"]["dc2-svr1"]
+    new = after.outputs["nodes"]["dc2-svr1"]
+    assert new["publicIpv4"] != old["publicIpv4"]
+    assert new["privateIpv4"] == old["privateIpv4"]
+    plans = provisioned(after, deployment.dc1, deployment.dc1)
+    before_plans = provisioned(dc2_settled, deployment.dc1, deployment.dc1)
+    for cmd in after.of_type("remote:Command"):
+        if cmd.name.startswith("dc2-svr1-"):
+            assert unwrap(cmd.inputs["connection"])["host"] == new["publicIpv4"]
+    assert endpoints(plans["dc2-svr1"]) == endpoints(before_plans["dc2-svr1"])
+    # The role's settings differ by the node's own new address only.
+    conf_before = content(before_plans["dc2-svr1"], role.CLUSTER_CONF)
+    assert content(plans["dc2-svr1"], role.CLUSTER_CONF) == conf_before.replace(
+        old["publicIpv4"], new["publicIpv4"]
+    )
+    fw = [r.inputs for r in after.of_type("firewall:Firewall")]
+    assert fw == [r.inputs for r in dc2_settled.of_type("firewall:Firewall")]
+    again = run_stack("dc2", raw, peer, previous=after, renumbered=renumbered)
+    assert declared(again) == declared(after)
+
+
+def test_each_stack_declares_the_ptrs_of_its_own_addresses_only(deployment: Deployment) -> None:
+    """Why dc2's PTRs wait for its next `up` after dc1's third run, rather than dc1's third run
+    declaring them: a PTR belongs to the stack whose addresses it names. A stack that declared
+    the other data centre's PTRs would call Linode's API for that region's addresses on every
+    `up`, a failover's `up` of the surviving stack included, while that region may be the one
+    that is down; and two stacks would write the shared addresses' names in turn."""
+    dc1_again, dc2_again = fourth_runs()
+    for result in (deployment.dc1_first, deployment.dc1, dc1_again, deployment.dc2, dc2_again):
+        a = result.outputs["addresses"]
+        own = {a["sharedIpv4"], a["sharedIpv6"]} | {
+            n[k] for n in a["nodes"].values() for k in ("publicIpv4", "publicIpv6")
+        }
+        dc = result.outputs["dc"]
+        names = {n["hostname"] for n in result.outputs["nodes"].values()}
+        vip = "mail.example.com" if dc == "dc1" else f"{dc}.example.com"
+        ptrs = {(r.inputs["address"], r.inputs["rdns"]) for r in result.of_type(RDNS)}
+        assert {address for address, _ in ptrs} <= own, (dc, ptrs)
+        assert {name for _, name in ptrs} <= names | {vip}, (dc, ptrs)
+    # dc2's first `up` declares none (its names are not in the zone yet), its next all six.
+    assert not deployment.dc2.of_type(RDNS) and len(dc2_again.of_type(RDNS)) == 6
