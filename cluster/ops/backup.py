@@ -81,6 +81,21 @@ def render_snapshots(snaps: list[Snapshot]) -> str:
     return "\n".join(lines)
 
 
+# An error's text is kept whole up to this; longer (restic lists every damaged pack), its
+# head (the script's own line: what failed) and its tail (restic's last words) are kept.
+MESSAGE_MAX = 800
+MESSAGE_HEAD = 200
+
+
+def failure_message(text: str) -> str:
+    """The script's error for the operator, on one screen: a long one keeps its first
+    MESSAGE_HEAD characters and its end (the tail alone lost "repository check failed")."""
+    text = text.removeprefix("mailcluster-backup: ") or "failed"
+    if len(text) <= MESSAGE_MAX:
+        return text
+    return f"{text[:MESSAGE_HEAD]} [...] {text[-(MESSAGE_MAX - MESSAGE_HEAD) :]}"
+
+
 class Backups:
     def __init__(self, target: Target) -> None:
         self.target = target
@@ -97,8 +112,7 @@ class Backups:
         if res.returncode in _STATUS:
             raise OpsError(_STATUS[res.returncode])
         if res.returncode != 0:
-            msg = (res.stderr.strip() or res.stdout.strip())[-800:] or "failed"
-            raise OpsError(msg.removeprefix("mailcluster-backup: "))
+            raise OpsError(failure_message(res.stderr.strip() or res.stdout.strip()))
         return res.stdout
 
     def run(self) -> str:

@@ -10,7 +10,7 @@ import pytest
 
 from cluster.ops import cli
 from cluster.ops.accounts import Accounts, check_address, check_domain
-from cluster.ops.backup import Backups
+from cluster.ops.backup import MESSAGE_MAX, Backups, failure_message
 from cluster.ops.status import collect, parse_health, render_text
 from cluster.ops.target import OpsError, Result, StackTarget
 from cluster.services.backup import BACKUP_SCRIPT
@@ -235,6 +235,17 @@ def test_a_restored_database_empties_every_auth_cache() -> None:
     flushed = [c for c in target.calls[restored:] if c[1][:4] == FLUSH]
     assert [c[0] for c in flushed] == list(NODES)
     assert all(c[1] == FLUSH for c in flushed)  # every user
+
+
+def test_a_long_backup_error_keeps_what_failed_and_restics_last_words() -> None:
+    # restic's check lists every damaged pack: the tail alone lost the script's own line.
+    packs = "".join(f"error: {i:064x} pack file cannot be listed\n" for i in range(40))
+    text = f"mailcluster-backup: repository check failed: {packs}Fatal: repository contains errors"
+    msg = failure_message(text)
+    assert msg.startswith("repository check failed: ") and msg.endswith("contains errors")
+    assert len(msg) <= MESSAGE_MAX + len(" [...] ")
+    assert failure_message("mailcluster-backup: wrong password") == "wrong password"
+    assert failure_message("") == "failed"
 
 
 def test_a_node_that_cannot_flush_is_named_and_the_change_stands(
