@@ -216,6 +216,9 @@ def stream(a: argparse.Namespace) -> dict[str, Any]:
         if ok:
             acked.append(subject)
             acked_at[subject] = time.time()
+            if a.progress:  # one line per 250, so the caller can wait for N of them
+                with open(a.progress, "a") as f:
+                    f.write(subject + "\n")
         else:
             failed.append({"subject": subject, "code": code, "error": err[:200],
                            "at": round(t - t0, 3)})  # fmt: skip
@@ -479,6 +482,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--rate", type=float, default=5)
     s.add_argument("--stop", default="")
     s.add_argument("--session-timeout", type=float, default=10)
+    s.add_argument("--progress", default="", help="append each acknowledged subject here")
     s.set_defaults(func=stream)
     s = sub.add_parser("subjects")
     common(s, 993)

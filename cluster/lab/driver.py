@@ -72,9 +72,33 @@ def last_json(out: str) -> dict[str, Any]:
 class Background:
     """A clientlib command running in the client while the caller does other things."""
 
-    def __init__(self, argv: list[str], stop_file: Path | None = None) -> None:
+    def __init__(
+        self, argv: list[str], stop_file: Path | None = None, progress_file: Path | None = None
+    ) -> None:
         self.stop_file = stop_file
+        self.progress_file = progress_file
         self.proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, text=True)
+
+    def progress(self) -> int:
+        """The lines of progress reported so far."""
+        assert self.progress_file is not None, "this command reports no progress"
+        if not self.progress_file.exists():
+            return 0
+        return len(self.progress_file.read_text().splitlines())
+
+    def wait_progress(self, count: int, timeout: float = 30) -> float:
+        """Until the command reported ``count`` lines of progress (a stream: acknowledged
+        messages), instead of sleeping for what a warm-up usually takes. Returns the seconds."""
+        assert self.progress_file is not None, "this command reports no progress"
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if self.progress() >= count:
+                return time.monotonic() - t0
+            if self.proc.poll() is not None:
+                raise DriverError(f"the command ended before {count} lines of progress: "
+                                  f"{self.proc.communicate()[0]}")  # fmt: skip
+            time.sleep(0.1)
+        raise DriverError(f"timed out after {timeout:.0f}s waiting for {count} lines of progress")
 
     def result(self, timeout: float = 300) -> dict[str, Any]:
         """Ask it to stop (when it takes a stop file), then its JSON result."""
@@ -195,11 +219,13 @@ class Lab:
         except (IndexError, ValueError) as e:
             raise DriverError(f"clientlib {args[0]}: {proc.stdout}\n{proc.stderr}") from e
 
-    def start_clientlib(self, *args: str, stop_file: Path | None = None) -> Background:
+    def start_clientlib(
+        self, *args: str, stop_file: Path | None = None, progress_file: Path | None = None
+    ) -> Background:
         """A clientlib command in the background (directly in the client namespace: no CLI
         start-up delay, for probes that must start at once)."""
         argv = [sys.executable, "-m", "cluster.lab.clientlib", *args]
-        return Background(lifecycle.client_argv(argv), stop_file)
+        return Background(lifecycle.client_argv(argv), stop_file, progress_file)
 
     def watch_port(self, host: str, port: int = 25, interval: float = 0.05) -> Background:
         """Connections to ``host``:``port`` every ``interval`` s from the client until
@@ -231,15 +257,25 @@ class Lab:
         self, host: str, user: tuple[str, str], prefix: str, seconds: float = 120,
         rate: float = 5,
     ) -> Background:  # fmt: skip
-        """The client's steady sender over 587 (clientlib stream) until ``result()``."""
-        stop = Path(tempfile.mkdtemp()) / "stop"
+        """The client's steady sender over 587 (clientlib stream) until ``result()``;
+        ``wait_progress(n)`` waits for its n-th 250."""
+        tmp = Path(tempfile.mkdtemp())
+        stop, progress = tmp / "stop", tmp / "acked"
         return self.start_clientlib("stream", "--host", host, "--ca", self.ca,
                                     "--user", user[0], "--password", user[1],
                                     "--subject", prefix, "--seconds", str(seconds),
                                     "--rate", str(rate), "--stop", str(stop),
-                                    stop_file=stop)  # fmt: skip
+                                    "--progress", str(progress),
+                                    stop_file=stop, progress_file=progress)  # fmt: skip
 
     # -- inside the hosts ----------------------------------------------------------------------
+
+    def inbox_subjects(self, host: str, user: str) -> list[str]:
+        """Every INBOX subject of ``user`` on ``host`` as Dovecot there has it (duplicates
+        kept), read with doveadm on the node: also where nothing serves IMAP."""
+        out = self.exec(host, "doveadm", "-f", "tab", "fetch", "-u", user, "hdr.subject",
+                        "mailbox", "INBOX", "all").stdout  # fmt: skip
+        return sorted(line for line in out.splitlines()[1:] if line)
 
     def role(self, host: str, *, check: bool = True) -> dict[str, Any]:
         """``mailcluster-role status --json`` on the host. With ``check=False`` a host that

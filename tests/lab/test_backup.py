@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import time
+from datetime import datetime
 
 from cluster.lab.driver import REPO, Lab, shared_ip
 from cluster.lab.s3server import BUCKET, endpoint
@@ -31,13 +32,6 @@ def writer(lab: Lab) -> str:
         if lab.exec(host, "mailcluster-role", "is-writer", check=False).returncode == 0:
             return host
     raise AssertionError("no writer")
-
-
-def inbox_subjects(lab: Lab, host: str, user: str) -> list[str]:
-    """Every INBOX subject of ``user`` on ``host`` as Dovecot there has it (duplicates kept)."""
-    out = lab.exec(host, "doveadm", "-f", "tab", "fetch", "-u", user, "hdr.subject",
-                   "mailbox", "INBOX", "all").stdout  # fmt: skip
-    return sorted(line for line in out.splitlines()[1:] if line)
 
 
 def backup_now() -> str:
@@ -73,18 +67,18 @@ def test_backup_then_restore_an_expunged_message(lab: Lab, unique: str) -> None:
     assert lab.clientlib("expunge", "--host", VIP, "--ca", lab.ca, "--user", user[0],
                          "--password", user[1], "--subject", lost)["expunged"] == 1  # fmt: skip
     deliver(lab, user, newer)
-    assert inbox_subjects(lab, w, user[0]) == sorted([kept, newer])
+    assert lab.inbox_subjects(w, user[0]) == sorted([kept, newer])
 
     restored = ops("restore", "mailbox", user[0], "--snapshot", snap)
     assert restored.returncode == 0, restored.stderr
     assert "1 messages restored" in restored.stdout
     # Back in place, nothing doubled, the newer message untouched; the peer gets it by dsync.
-    assert inbox_subjects(lab, w, user[0]) == sorted([kept, lost, newer])
+    assert lab.inbox_subjects(w, user[0]) == sorted([kept, lost, newer])
     assert lab.subjects(VIP, user, unique, 3) == {kept, lost, newer}
     peer = w.replace("svr1", "svrX").replace("svr2", "svr1").replace("svrX", "svr2")
     deadline = time.monotonic() + 60
-    while inbox_subjects(lab, peer, user[0]) != sorted([kept, lost, newer]):
-        assert time.monotonic() < deadline, inbox_subjects(lab, peer, user[0])
+    while lab.inbox_subjects(peer, user[0]) != sorted([kept, lost, newer]):
+        assert time.monotonic() < deadline, lab.inbox_subjects(peer, user[0])
         time.sleep(1)
 
     # Into a folder of its own: the whole snapshot's INBOX, the live INBOX untouched.
@@ -95,7 +89,7 @@ def test_backup_then_restore_an_expunged_message(lab: Lab, unique: str) -> None:
     out = lab.exec(w, "doveadm", "-f", "tab", "fetch", "-u", user[0], "hdr.subject",
                    "mailbox", restored_inbox, "all").stdout  # fmt: skip
     assert sorted(out.splitlines()[1:]) == sorted([kept, lost])
-    assert inbox_subjects(lab, w, user[0]) == sorted([kept, lost, newer])
+    assert lab.inbox_subjects(w, user[0]) == sorted([kept, lost, newer])
 
 
 def test_restore_a_deleted_mailbox(lab: Lab, unique: str) -> None:
@@ -111,7 +105,9 @@ def test_restore_a_deleted_mailbox(lab: Lab, unique: str) -> None:
         lab.exec(host, "rm", "-rf", f"{VMAIL_DIR}/{domain}/{local}")
     gone = lab.clientlib("login", "--host", VIP, "--ca", lab.ca, "--user", user[0],
                          "--password", user[1], "--timeout", "3")  # fmt: skip
-    assert not gone["ok"]
+    # Dovecot's own answer (it knows no such user now), not a failed connection: the same
+    # login worked before the deletion (deliver) and works after the restore (below).
+    assert not gone["ok"] and "[AUTHENTICATIONFAILED]" in gone["error"], gone
 
     restored = ops("restore", "mailbox", user[0], "--snapshot", snap)
     assert restored.returncode == 0, restored.stderr
@@ -137,7 +133,7 @@ def test_wrong_password_and_damaged_repository_change_nothing(lab: Lab, unique: 
     deliver(lab, user, f"{unique} a")
     snap = backup_now()
     w = writer(lab)
-    before = inbox_subjects(lab, w, user[0])
+    before = lab.inbox_subjects(w, user[0])
     count = len(json.loads(ops("backup", "list", "--json").stdout))
 
     # A wrong password: every command says so, and nothing changes.
@@ -151,7 +147,7 @@ def test_wrong_password_and_damaged_repository_change_nothing(lab: Lab, unique: 
             assert "wrong password" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     finally:
         lab.exec(w, "bash", "-c", f"umask 077; cat > {PASSWORD_FILE}", input=good)
-    assert inbox_subjects(lab, w, user[0]) == before
+    assert lab.inbox_subjects(w, user[0]) == before
     assert len(json.loads(ops("backup", "list", "--json").stdout)) == count
 
     # A damaged repository (every data pack overwritten): the restore fails before it touches
@@ -167,7 +163,7 @@ def test_wrong_password_and_damaged_repository_change_nothing(lab: Lab, unique: 
     try:
         proc = ops("restore", "mailbox", user[0], "--snapshot", snap)
         assert proc.returncode == 2 and "cannot restore" in proc.stderr, proc.stderr
-        assert inbox_subjects(lab, w, user[0]) == []
+        assert lab.inbox_subjects(w, user[0]) == []
         check = ops("backup", "check")
         assert check.returncode == 2 and "repository check failed" in check.stderr
         assert lab.exec(w, "cat", LAST_CHECK).stdout.split()[1] == "failed"
@@ -182,28 +178,65 @@ def test_wrong_password_and_damaged_repository_change_nothing(lab: Lab, unique: 
     assert lab.exec(w, "cat", LAST_CHECK).stdout.split()[1] == "ok"
 
 
-def test_backup_runs_only_on_the_writer_and_one_at_a_time(lab: Lab) -> None:
+def snapshot_count() -> int:
+    return len(json.loads(ops("backup", "list", "--json").stdout))
+
+
+def lock_held(lab: Lab, host: str) -> bool:
+    """Whether something holds the backup lock on ``host`` (a non-blocking flock fails)."""
+    proc = lab.exec(host, "flock", "-n", LOCK_FILE, "true", check=False)
+    assert proc.returncode in (0, 1), proc.stderr
+    return proc.returncode == 1
+
+
+def test_backup_runs_only_on_the_writer_and_one_at_a_time(lab: Lab, unique: str) -> None:
     w = writer(lab)
     others = [h for h in LabTarget().nodes() if h != w]
+    before = snapshot_count()
     for host in others:
         proc = lab.exec(host, "mailcluster-backup", "run", check=False)
         assert proc.returncode == 3 and "not the writer" in proc.stderr
         # The timer's entry point does nothing there, quietly.
         assert lab.exec(host, "mailcluster-backup", "scheduled", check=False).returncode == 0
+    assert snapshot_count() == before, "a node that is not the writer made a snapshot"
     # While a backup holds the node's lock, the timer's run skips its turn and the operator's
-    # waits for it: never two at once.
-    before = len(json.loads(ops("backup", "list", "--json").stdout))
+    # waits for it: never two at once. The holder keeps the lock until the test releases it.
+    release = f"/run/{unique}.release"
+    hold = f"while [ ! -e {release} ]; do sleep 0.1; done"
     holder = subprocess.Popen(
         [sys.executable, "-m", "cluster.lab", "exec", w, "--", "flock", LOCK_FILE,
-         "sleep", "15"], cwd=REPO,
+         "sh", "-c", hold], cwd=REPO,
     )  # fmt: skip
+    run: subprocess.Popen[str] | None = None
     try:
-        time.sleep(4)
+        lab.wait_for("the holder to take the backup lock", lambda: lock_held(lab, w),
+                     timeout=30, interval=0.2)  # fmt: skip
         assert lab.exec(w, "mailcluster-backup", "scheduled").returncode == 0
-        assert len(json.loads(ops("backup", "list", "--json").stdout)) == before
-        t0 = time.monotonic()
-        snap = backup_now()
-        assert time.monotonic() - t0 > 8, "the run did not wait for the lock"
+        assert snapshot_count() == before
+        run = subprocess.Popen([sys.executable, "-m", "cluster.ops", "--lab", "backup", "run"],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)  # fmt: skip
+        # The operator's run reached the lock and waits there (the script's `flock -w`).
+        waiting = "pgrep -f '^flock -w [0-9]+ 9$'"
+        lab.wait_for("the operator's backup to wait for the lock", lambda: lab.exec(
+            w, "sh", "-c", waiting, check=False).returncode == 0, timeout=60,
+            interval=0.2)  # fmt: skip
+        assert run.poll() is None, "the operator's backup ended while the lock was held"
+        released = time.time()
+        lab.exec(w, "touch", release)
+        assert holder.wait(timeout=60) == 0
+        out, err = run.communicate(timeout=600)
+        assert run.returncode == 0, err
+        snap = out.split()[-1]
+        listed = {s["id"]: s for s in json.loads(ops("backup", "list", "--json").stdout)}
+        assert snap in listed, listed
+        # restic stamps a snapshot when its backup starts (to the second): after the release.
+        started = datetime.fromisoformat(listed[snap]["time"]).timestamp()
+        assert started >= int(released), (listed[snap], released)
         assert lab.exec(w, "cat", LAST_SUCCESS).stdout.split()[1] == snap
     finally:
+        lab.exec(w, "touch", release, check=False)
         holder.wait(timeout=60)
+        if run is not None and run.poll() is None:
+            run.communicate(timeout=600)
+        lab.exec(w, "rm", "-f", release, check=False)

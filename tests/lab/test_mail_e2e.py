@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import sys
 import time
 from typing import Any
 
@@ -149,11 +150,33 @@ def test_sending_as_another_user_is_refused(
     assert sent["smtp_code"] is not None and 500 <= sent["smtp_code"] < 600, sent
 
 
+# Runs in the client: the EHLO keywords of submission (587) before and after STARTTLS.
+EHLO_FEATURES = r"""
+import json, smtplib, ssl, sys
+s = smtplib.SMTP(sys.argv[1], 587, local_hostname="client.example.net", timeout=30)
+s.ehlo()
+plain = dict(s.esmtp_features)
+s.starttls(context=ssl.create_default_context(cafile=sys.argv[2]))
+s.ehlo()
+print(json.dumps({"plain": plain, "tls": dict(s.esmtp_features)}))
+s.quit()
+"""
+
+
 def test_submission_requires_tls_before_auth(
     lab: Lab, vip: str, user: tuple[str, str], unique: str
 ) -> None:
     sent = _submit(lab, vip, user, sender=user[0], to=user[0], subject=unique, starttls=False)
+    # smtplib's own refusal to log in: the server's EHLO (the session works) listed no AUTH.
     assert not sent["ok"], "AUTH was offered without STARTTLS"
+    assert sent["error"] == (
+        "SMTPNotSupportedError: SMTP AUTH extension not supported by server."
+    ), sent
+    # The same session with STARTTLS lists AUTH: it is offered after TLS, and only then.
+    proc = lab.client(sys.executable, "-c", EHLO_FEATURES, vip, lab.ca)
+    features = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "starttls" in features["plain"] and "auth" not in features["plain"], features
+    assert "PLAIN" in features["tls"].get("auth", "").split(), features
 
 
 # -- DNS -------------------------------------------------------------------------------------
@@ -222,9 +245,24 @@ def test_postfixadmin_over_https_on_the_shared_ip(lab: Lab, vip: str) -> None:
     assert re.search(r"postfix\s*admin", page["body"], re.I), "no Postfix Admin page"
 
 
+# Runs in the client: one plain-HTTP GET, redirects not followed (clientlib's http follows
+# them): its status and Location header.
+HTTP_NO_REDIRECT = r"""
+import http.client, json, sys
+conn = http.client.HTTPConnection(sys.argv[1], 80, timeout=30)
+conn.request("GET", sys.argv[3], headers={"Host": sys.argv[2]})
+resp = conn.getresponse()
+print(json.dumps({"status": resp.status, "location": resp.getheader("Location")}))
+"""
+
+
 def test_plain_http_is_not_serving_webmail(lab: Lab, vip: str) -> None:
-    page = lab.clientlib("http", "--url", f"http://{vip}/", "--host-header", f"webmail.{DOMAIN}")
-    assert "rcmloginuser" not in page.get("body", ""), "webmail served without TLS"
+    """Port 80 answers, and only with Apache's permanent redirect to the same page over
+    HTTPS (ACME's /.well-known/ aside)."""
+    host = f"webmail.{DOMAIN}"
+    proc = lab.client(sys.executable, "-c", HTTP_NO_REDIRECT, vip, host, "/?_task=login")
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got == {"status": 301, "location": f"https://{host}/?_task=login"}, got
 
 
 # -- Accounts --------------------------------------------------------------------------------

@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
+from cluster.lab import addresses as A
 from cluster.lab.driver import Lab, mesh_ip, private_ip, public_ip, shared_ip
 from cluster.lab.secrets import load_secrets
 from cluster.ports import HEARTBEAT_PORT, MESH_INTERFACE, MESH_PORT
 from cluster.services.replication import SCRIPT as REPLICATION_SCRIPT
 from cluster.services.storage import VMAIL_DIR
+from cluster.services.sync import CLIENT_KEY
 from cluster.topology import VPC_INTERFACE
 
 HOSTS = ("dc1-svr1", "dc1-svr2", "dc2-svr1", "dc2-svr2")
@@ -22,6 +26,7 @@ DC2 = HOSTS[2:]
 # Node-to-node ports: MariaDB, Dovecot's doveadm (dsync), the old rsync daemon.
 INTERNAL_TCP = {3306, 12345, 873}
 DOMAIN = "example.com"
+ADMIN = A.client_address()  # the client's address, in the lab's adminCidrs
 
 
 def handshakes(lab: Lab, host: str) -> dict[str, int]:
@@ -156,7 +161,8 @@ def test_replication_of_every_kind_crosses_the_mesh(lab: Lab, unique: str) -> No
         axfr = lab.exec(host, "dig", "+short", f"@{mesh_ip(master)}", DOMAIN, "AXFR").stdout
         assert "SOA" in axfr or DOMAIN in axfr, axfr
         refused = lab.exec(host, "dig", f"@{public_ip(master)}", DOMAIN, "AXFR").stdout
-        assert "Transfer failed" in refused or "XFR size" not in refused, refused
+        # dig's own line for a transfer the server answered with REFUSED (not a timeout).
+        assert "; Transfer failed." in refused, refused
     log = lab.exec(master, "sh", "-c", "grep -h 'transfer of' /var/log/syslog | tail -n 20"
                    ).stdout  # fmt: skip
     assert any(mesh_ip(h) in log for h in DC2), log
@@ -255,21 +261,39 @@ def test_web_sync_over_the_mesh_with_least_privilege(lab: Lab, unique: str) -> N
         assert got == ["websync", str(len(unique) + 1)], (host, got)
         # No root daemon receives it: no rsync daemon runs anywhere.
         assert lab.exec(host, "pgrep", "-f", "rsync --daemon", check=False).returncode == 1
-    ssh = ["ssh", "-i", "/etc/mailcluster/secrets/websync", "-o", "BatchMode=yes",
-           "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-           "-o", "ConnectTimeout=5"]  # fmt: skip
+    opts = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+            "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=5"]  # fmt: skip
+    ssh = ["ssh", "-i", CLIENT_KEY, *opts]
     target = next(h for h in DC2)
-    # The key runs rrsync and nothing else: no shell, no other directory.
+    # The key runs rrsync and nothing else: no shell, no other directory (rrsync's own
+    # refusals, after a login that worked).
     shell = lab.exec(master, *ssh, f"websync@{mesh_ip(target)}", "id", check=False)
     assert "uid=" not in shell.stdout, shell.stdout
+    assert "rrsync error: SSH_ORIGINAL_COMMAND does not run rsync" in shell.stderr, shell.stderr
     outside = lab.exec(master, "rsync", "-e", " ".join(ssh), "/etc/hostname",
                        f"websync@{mesh_ip(target)}:../../../etc/", check=False)  # fmt: skip
     assert outside.returncode != 0
+    assert "rrsync error: do not use .. in arg" in outside.stderr, outside.stderr
     assert lab.exec(target, "cat", "/etc/hostname").stdout.strip() == target
-    # From a public address (not the mesh) the key is refused outright (from=).
+    # A node's public address does not even reach sshd (the firewall drops it).
     public = lab.exec(master, "rsync", "-e", " ".join(ssh), "/etc/hostname",
                       f"websync@{public_ip(target)}:", check=False)  # fmt: skip
-    assert public.returncode != 0
+    assert f"{public_ip(target)} port 22: Connection timed out" in public.stderr, public.stderr
+    # From outside the mesh the key itself is refused (from=): the same key from the admin's
+    # address, the only one outside the mesh whose SYN reaches sshd.
+    since = int(lab.exec(target, "date", "+%s").stdout)
+    with tempfile.TemporaryDirectory() as tmp:
+        key = Path(tmp) / "websync"
+        key.touch(mode=0o600)
+        key.write_text(lab.exec(master, "cat", CLIENT_KEY).stdout)
+        admin = lab.client("ssh", "-i", str(key), "-o", "IdentitiesOnly=yes", *opts,
+                           f"websync@{public_ip(target)}", "true", check=False)  # fmt: skip
+    assert admin.returncode == 255 and "Permission denied (publickey" in admin.stderr, admin
+    # sshd's reason, in its journal (which may lag the client's exit by a moment).
+    refused = f"correct key but not from a permitted host (host={ADMIN}, ip={ADMIN},"
+    journal = ("journalctl", "-u", "ssh", "--no-pager", f"--since=@{since}")
+    lab.wait_for(f"sshd on {target} to log the from= refusal", lambda: refused in lab.exec(
+        target, *journal).stdout, timeout=10, interval=0.5)  # fmt: skip
     # Deleted on the active node: deleted everywhere.
     lab.exec(master, "rm", "-f", page)
     lab.exec(master, "/usr/local/sbin/mailcluster-websync")

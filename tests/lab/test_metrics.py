@@ -163,9 +163,12 @@ def test_off_stops_the_exporters_and_on_starts_them_again(lab: Lab) -> None:
         for name in metrics.EXPORTERS:
             st = lab.exec(host, "service", name, "status", check=False)
             assert st.returncode != 0, (name, st.stdout)
-        gone = lab.exec(host, "ls", metrics.MYSQLD_CNF, metrics.PROM_FILE, metrics.HEALTH_TIMER,
-                        check=False)  # fmt: skip
-        assert gone.returncode != 0, gone.stdout
+        # Each file is gone (ls fails as soon as one is, and lists the others).
+        files = (metrics.MYSQLD_CNF, metrics.PROM_FILE, metrics.HEALTH_TIMER)
+        gone = lab.exec(host, "ls", *files, check=False)
+        assert gone.stdout == "", gone.stdout
+        for path in files:
+            assert f"cannot access '{path}': No such file or directory" in gone.stderr, gone
         # The firewall drops the ports again, even from the admin.
         got = scrape(lab, [(public_ip(host), p) for p in EXPORTER_PORTS], timeout=2)
         assert set(got.values()) == {"filtered"}, got

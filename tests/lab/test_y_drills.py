@@ -131,10 +131,37 @@ def takeover_figures(
     return out
 
 
+# Drill 4's limit from the MariaDB stop to the peer active: see the drill.
+DB_STOP_HANDOVER_LIMIT_S = 15
+# Drill 7's (arp) limit from the crash to SMTP 220 and an IMAPS login: Heartbeat's deadtime,
+# then IPaddr2 with its gratuitous ARP and the promote (MariaDB writable for the login's
+# lookups). The lab measures 1.9-3.1 s with the 1 s deadtime; 4 s more than the deadtime is
+# the README's figure and leaves 2 s on a busy 2-core machine, while a takeover that waited
+# for a second deadtime or a failed first promote (10 s bound) would not fit.
+ARP_LIMIT_AFTER_DEADTIME_S = 4
+# Drill 3's limit from the failover command to mail accepted in dc2: the README's target
+# (< 2 min + TTL; the TTL is the clients' part). The lab measures 6-8 s.
+DC_FAILOVER_LIMIT_S = 120
+
+# Drill 3: how long the stream runs before dc1 is cut, and the bound across data centres: a
+# message acknowledged in dc1 longer than this before the cut is readable in dc2 after the
+# failover. The issue's target is 2 s. Measured here (7 December 2026, 2 cores): the oldest
+# message missing in dc2 was acknowledged 3.4 s before the cut with the user's syncs taking
+# turns (controller.PEER_FIRST_MAX_S), 7.6 s before they did; 10 s leaves 6 s for a busy
+# machine, and a far target that fell behind a whole stream (12 s) fails it.
+DC_LOSS_STREAM_S = 12
+CROSS_DC_BOUND_S = 10
+
 # Fewer acknowledged messages than this before a crash, and a drill measures nothing: it fails
-# as broken rather than passing as lossless (the drills' senders run 3-4 s at 4-5 messages a
-# second before the fault: 12-20 messages).
+# as broken rather than passing as lossless. The drills wait for WARM_ACKS 250s before the
+# fault (the sender's 4-5 a second: 2-3 s), not for a fixed time: a slow start under load
+# (7 December 2026: 7 in the first 3 s) then costs time, not the drill.
 MIN_ACKED_BEFORE = 8
+WARM_ACKS = MIN_ACKED_BEFORE + 2
+# After a crash the sender's session to the dead node waits out its 10 s timeout (no RST
+# comes from a dead node) before the next one reaches the survivor: its first 250 after the
+# crash is expected within that plus the takeover, and is waited for, not slept for.
+AFTER_CRASH_ACK_WAIT_S = 30
 
 
 def sender_around_the_crash(result: dict[str, Any], t_crash: float) -> None:
@@ -153,7 +180,9 @@ def imap_timeline(got: dict[str, Any], t_crash: float) -> str:
 
 
 def smtp_banner_from(lab: Lab, host: str) -> str:
-    """The EHLO greeting over the VIP: the name says which host answered."""
+    """The first line of the EHLO answer from ``host``: proof that *a* Postfix answered there.
+    It cannot say which node (every node's myhostname is mail.<domain>); where that matters the
+    drills check the holder with ``role()`` and the route with ``wait_routed``."""
     code = (
         "import smtplib,sys; s=smtplib.SMTP(sys.argv[1],25,timeout=5); "
         "print(s.ehlo()[1].decode().splitlines()[0]); s.quit()"
@@ -162,18 +191,28 @@ def smtp_banner_from(lab: Lab, host: str) -> str:
 
 
 def test_drill_standby_never_accepts_mail(lab: Lab) -> None:
-    """Ports 25/587 on every standby's own address and on the standby DC's shared IP: refused
-    (or 4xx), never a 250 for a RCPT."""
+    """Ports 25/587 on every node's own address and on the standby DC's shared IP: no listener
+    (the connection refused: Postfix listens on the shared IP and loopback only, the standby
+    DC runs none) or a 4xx, never a 250 for a RCPT. The same send to dc1's shared IP gets its
+    250, so the client reaches the cluster and the message is one Postfix would take."""
+
+    def send(target: str, port: str) -> dict[str, Any]:
+        return lab.clientlib("send", "--host", target, "--port", port, "--sender",
+                             "someone@example.net", "--to", user[0],
+                             "--subject", "standby-probe")  # fmt: skip
+
     user = new_user(lab)
+    assert send(VIP1, "25")["ok"], "the active data centre's shared IP must take this message"
     targets = [public_ip(h) for h in (*DC1, *DC2)] + [VIP2]
     for target in targets:
         for port in ("25", "587"):
-            got = lab.clientlib("send", "--host", target, "--port", port, "--sender",
-                                "someone@example.net", "--to", user[0],
-                                "--subject", "standby-probe")  # fmt: skip
+            got = send(target, port)
             assert not got["ok"], (target, port, got)
             code = got.get("smtp_code")
-            assert code is None or 400 <= int(code) < 500, (target, port, got)
+            if code is None:  # not a timeout nor any error: the address answered, nothing listens
+                assert got["error"].startswith("ConnectionRefusedError"), (target, port, got)
+            else:
+                assert 400 <= int(code) < 500, (target, port, got)
 
 
 def test_drill_replication_lag_is_measured(lab: Lab) -> None:
@@ -208,8 +247,8 @@ def test_drill_1_crash_the_active_node(lab: Lab, unique: str) -> None:
     ensure_holder(lab, "dc1-svr1")
     user = new_user(lab)
     stream = lab.stream(VIP1, user, unique)
-    time.sleep(4)
-    t_crash = time.time()
+    stream.wait_progress(WARM_ACKS)
+    t_crash, acked_before = time.time(), stream.progress()
     lab.crash_now("dc1-svr1")
     probes = takeover_probes(lab, user)
     lab.wait_for("dc1-svr2 to take over", lambda: lab.role("dc1-svr2")["role"] == "active",
@@ -218,7 +257,7 @@ def test_drill_1_crash_the_active_node(lab: Lab, unique: str) -> None:
     lab.wait_routed("dc1", "dc1-svr2", timeout=hold + 10)
     print(f"crash: the route servers route to dc1-svr2 {time.time() - t_crash:.1f}s after it")
     takeover_figures(probes, t_crash, hold + 1, "bgp")
-    time.sleep(2)
+    stream.wait_progress(acked_before + 1, timeout=AFTER_CRASH_ACK_WAIT_S)
     result = stream.result(timeout=120)
     assert not result["permanent"], result["permanent"]
     acked = set(result["acked"])
@@ -253,7 +292,7 @@ def test_drill_1_crash_the_active_node(lab: Lab, unique: str) -> None:
     # listens on the shared IP it does not hold and on 127.0.0.1, never on its own address.
     refused = lab.clientlib("send", "--host", public_ip("dc1-svr1"), "--port", "25", "--sender",
                             "a@example.net", "--to", user[0], "--subject", "x")  # fmt: skip
-    assert not refused["ok"] and refused.get("smtp_code") is None, refused
+    assert refused["error"].startswith("ConnectionRefusedError"), refused
 
     # Its queue drains: what it held at the crash (acknowledged or not: the client may have lost
     # the 250 with the crash) is delivered, not left for Postfix's next retry minutes later.
@@ -318,11 +357,12 @@ def test_drill_4_database_stop_on_the_master(lab: Lab, unique: str) -> None:
     peer = DC1[1] if master == DC1[0] else DC1[0]
     user = new_user(lab)
     stream = lab.stream(VIP1, user, unique, rate=4)
-    time.sleep(3)
-    lab.exec(master, "service", "mariadb", "stop")
+    stream.wait_progress(WARM_ACKS)
+    lab.exec(master, "systemctl", "stop", "mariadb")
     t0, t0_wall = time.monotonic(), time.time()
-    # A submission while the master's database is down: a 4xx or a stalled session (Dovecot
-    # auth queues the lookup) — never a 250 nor a 5xx. Sent beside the wait for the takeover.
+    # A submission while the master's database is down: a 4xx, a stalled session (Dovecot
+    # auth queues the lookup) or, once the peer serves, a 250 (then it must be readable
+    # below) — never a 5xx. Sent beside the wait for the takeover.
     with ThreadPoolExecutor(1) as pool:
         early_f = pool.submit(lab.send, VIP1, user, unique + "-early")
         lab.wait_for(f"{peer} to take over", lambda: lab.role(peer)["role"] == "active",
@@ -330,7 +370,10 @@ def test_drill_4_database_stop_on_the_master(lab: Lab, unique: str) -> None:
         took = time.monotonic() - t0
         early = early_f.result()
     print(f"db stop: {peer} active {took:.1f}s after the stop; early send: {early}")
-    assert took < 15
+    # README: ~5 s (the guard's 3 s grace, then hb_standby). The lab measures 7.7 s on a busy
+    # 2-core machine (with the CLI's 0.3 s polling); 15 s is twice that, and a guard that
+    # missed the stop would leave the role for good (the wait above fails at 30 s).
+    assert took < DB_STOP_HANDOVER_LIMIT_S, took
     time.sleep(3)
     result = stream.result(timeout=120)
     assert not result["permanent"], result["permanent"]
@@ -361,7 +404,23 @@ def test_drill_3_data_centre_loss_failover_rejoin_failback(lab: Lab, unique: str
     lab.wait_for("the mailbox in dc2", lambda: lab.sql(
         "dc2-svr1", f"SELECT COUNT(*) FROM postfixadmin.mailbox WHERE username='{user[0]}'"
     ) == "1", timeout=20)  # fmt: skip
+    # The mailbox's first syncs to dc2 done: the first sync of a new mailbox can stall for
+    # 30 s (a dsync I/O stall, README "Known limits"); the drill measures the steady state.
+    for host in DC2:
+        lab.wait_for(f"the first messages on {host}", lambda h=host: sorted(acked) == [
+            s for s in lab.inbox_subjects(h, user[0]) if s.startswith(unique)
+        ], timeout=120, interval=1)  # fmt: skip
+    # The whole-DC loss under a steady send: the stream stops and dc1 is cut at once, with the
+    # last seconds' mail still on its way to dc2.
+    stream = lab.stream(VIP1, user, f"{unique} stream", rate=5)
+    time.sleep(DC_LOSS_STREAM_S)
+    streamed = stream.result(timeout=60)
+    t_cut = time.time()
     lab.run("cut", "dc1")
+    assert not streamed["permanent"], streamed["permanent"]
+    acked_at: dict[str, float] = streamed["acked_at"]
+    assert len(acked_at) >= DC_LOSS_STREAM_S * 5 // 2, ("the stream got too few 250s", streamed)
+    acked |= set(acked_at)
     try:
         # The operator's one command: dc1 cannot be reached, so only dc2 is promoted and the
         # rejoin is left for a second run.
@@ -386,7 +445,18 @@ def test_drill_3_data_centre_loss_failover_rejoin_failback(lab: Lab, unique: str
             assert lab.send(VIP2, user, s)["ok"]
             acked.add(s)
         assert lab.send(VIP2, dc2_user, unique + " dc2-new")["ok"]
-        print(f"dc failover: mail accepted in dc2 {time.monotonic() - t0:.1f}s after the apply")
+        took = time.monotonic() - t0
+        print(f"dc failover: mail accepted in dc2 {took:.1f}s after the apply")
+        assert took < DC_FAILOVER_LIMIT_S, took
+        # The recovery point across data centres: what was acknowledged in dc1 more than
+        # CROSS_DC_BOUND_S before the cut is readable in dc2 now; the rest after the rejoin.
+        old_enough = {m for m, t in acked_at.items() if t < t_cut - CROSS_DC_BOUND_S}
+        in_dc2 = lab.subjects(VIP2, user, f"{unique} stream", len(acked_at), timeout=10)
+        missing = {m: round(t_cut - acked_at[m], 2) for m in set(acked_at) - in_dc2}
+        print(f"dc loss: {len(acked_at)} acknowledged in dc1 in {DC_LOSS_STREAM_S}s, "
+              f"{len(missing)} not in dc2 at the failover, acknowledged that long before the "
+              f"cut: {sorted(missing.values(), reverse=True)[:10]} s")  # fmt: skip
+        assert old_enough <= in_dc2, {m: missing[m] for m in old_enough - in_dc2}
         assert {s for s in acked if " dc2 " in s} <= lab.subjects(VIP2, user, f"{unique} dc2", 3)
     finally:
         lab.run("heal", "dc1")
@@ -584,18 +654,24 @@ def test_drill_7_arp_crash(lab: Lab, unique: str) -> None:
         assert smtp_banner_from(lab, VIP1)
         deadtime = lab.stack_config("dc1").heartbeat_deadtime_ms / 1000
         user = new_user(lab)
+        # One submission first, through the method switch just applied: the stream's sessions
+        # then measure the crash, not a first session that stalls (seen once, 7 December 2026:
+        # 1 sent, 0 acknowledged; its cause was not found, so this send also says where).
+        warm = lab.send(VIP1, user, unique + " warm-up")
+        assert warm["ok"], ("submission over the shared IP fails in arp mode", warm)
         stream = lab.stream(VIP1, user, unique)
-        time.sleep(3)
-        t_crash = time.time()
+        stream.wait_progress(WARM_ACKS)
+        t_crash, acked_before = time.time(), stream.progress()
         lab.crash_now("dc1-svr1")
         probes = takeover_probes(lab, user)
-        takeover_figures(probes, t_crash, deadtime + 4, "arp")
-        time.sleep(2)
+        takeover_figures(probes, t_crash, deadtime + ARP_LIMIT_AFTER_DEADTIME_S, "arp")
+        stream.wait_progress(acked_before + 1, timeout=AFTER_CRASH_ACK_WAIT_S)
         result = stream.result(timeout=120)
         assert not result["permanent"], result["permanent"]
-        # No floor here yet (drills 1 and 4 have one): in arp mode the sender's first session
-        # was seen to hang to the end (7 December 2026: 1 sent, 0 acknowledged), so "nothing
-        # acknowledged lost" below can be about nothing. Open in issue 27.
+        print(f"arp crash: warm-up submission {warm['seconds']:.2f}s; "
+              f"{result['sent']} sent, {len(result['acked'])} acknowledged; "
+              f"failed: {result['failed']}")  # fmt: skip
+        sender_around_the_crash(result, t_crash)
         lab.run("boot", "dc1-svr1")
         wait_rejoined(lab, "dc1-svr1", private_ip("dc1-svr2"))
         acked = set(result["acked"])
@@ -637,11 +713,18 @@ def test_drill_8_a_promote_that_fails_at_takeover_keeps_the_shared_ip(lab: Lab) 
         lab.wait_for("the failed promote in dc1-svr2's log",
                      lambda: failed_promotes() > before, timeout=40, interval=1)  # fmt: skip
         failed_at = time.time()
-        time.sleep(3)
-        r2 = lab.role("dc1-svr2")
-        assert r2["vip_held"] and r2["role"] == "active", r2
+        # From the failed promote until the repair (3 s and the health check): every sample
+        # of svr2 holds the shared IP as the active node (the route servers follow it below).
+        samples = []
+        while time.time() - failed_at < 3:
+            r2 = lab.role("dc1-svr2")
+            samples.append(r2)
+            assert r2["vip_held"] and r2["role"] == "active", r2
+            time.sleep(0.5)
+        assert len(samples) >= 3, samples
         health = lab.exec("dc1-svr2", "/usr/local/sbin/mailcluster-health").stdout
         assert any(line.startswith("mariadb.replication\tfail") for line in health.splitlines())
+        assert lab.role("dc1-svr2")["vip_held"]
         lab.exec("dc1-svr2", "mv", f"{binary}.off", binary)
         broken = False
         t_fixed = time.time()

@@ -14,6 +14,7 @@ import pytest
 
 from cluster.lab.driver import REPO, Lab, shared_ip
 from cluster.lab.paths import HOSTS
+from cluster.services.storage import VMAIL_DIR
 
 pytestmark = pytest.mark.drill
 
@@ -51,9 +52,21 @@ def test_wipe_every_node_and_restore_the_cluster(lab: Lab, unique: str) -> None:
         assert lab.exec(host, "true", check=False).returncode != 0
     lab.run("up", timeout=3600)
     built = time.monotonic() - t0
+    # A positive control: a mailbox made on the fresh cluster logs in (Dovecot serves on the
+    # shared IP), so the refusal below is Dovecot's answer about the old user.
+    control = lab.new_mailbox(DOMAIN, "fresh")
+    usable = lab.clientlib("login", "--host", VIP, "--ca", lab.ca, "--user", control[0],
+                           "--password", control[1], "--timeout", "60")  # fmt: skip
+    assert usable["ok"], usable
     fresh = lab.clientlib("login", "--host", VIP, "--ca", lab.ca, "--user", users[0][0],
                           "--password", users[0][1], "--timeout", "3")  # fmt: skip
-    assert not fresh["ok"], "a fresh cluster already knows the user: the wipe did not wipe"
+    assert not fresh["ok"] and "[AUTHENTICATIONFAILED]" in fresh["error"], (
+        "not Dovecot's refusal of the wiped user (did the wipe wipe?)", fresh)  # fmt: skip
+    # The control goes again: the restore is to bring back the snapshot's cluster, no more.
+    assert ops("mailbox", "del", control[0]).returncode == 0
+    local, domain = control[0].split("@")
+    for host in HOSTS:
+        lab.exec(host, "rm", "-rf", f"{VMAIL_DIR}/{domain}/{local}")
     assert snap in [s["id"] for s in json.loads(ops("backup", "list", "--json").stdout)]
 
     t1 = time.monotonic()

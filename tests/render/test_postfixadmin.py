@@ -135,8 +135,26 @@ def test_schema_domain_and_mailbox(
     assert password not in row
     verify = in_base("doveadm", "pw", "-t", hashed, "-p", password)
     assert verify.returncode == 0 and "(verified)" in verify.stdout + verify.stderr
-    assert pfa("add", f"alice@{topo.domain}", "0", "", stdin=password).returncode != 0
-    assert pfa("add", f"bob@{topo.domain}", "0", "", stdin="short").returncode != 0
+    # Refusals must be the helper's own, not any failure: a PHP fatal error or a missing
+    # include also exits non-zero. Each writes nothing.
+    duplicate = pfa("add", f"alice@{topo.domain}", "0", "", stdin=password)
+    assert duplicate.returncode == 1 and duplicate.stdout == "", duplicate.stdout + duplicate.stderr
+    assert duplicate.stderr == (
+        f"mailcluster-mailbox: alice@{topo.domain} exists (use passwd to change its password)\n"
+    )
+    assert sql(db, "SELECT password FROM postfixadmin.mailbox") == hashed
+    # The minimum length is the rendered config's rule (its regex and the number its message
+    # states must agree); the text is Postfix Admin's own ($PALANG['password_too_short']), so
+    # this proves its validation ran on our config.
+    rule = re.search(r"'/\^\.\{(\d+),\}\$/' => 'password_too_short (\d+)'", local)
+    assert rule and rule[1] == rule[2], local
+    assert len("short") < int(rule[1])
+    short = pfa("add", f"bob@{topo.domain}", "0", "", stdin="short")
+    assert short.returncode == 1, short.stdout + short.stderr
+    assert short.stderr.startswith("mailcluster-mailbox: "), short.stderr
+    assert f"Password is too short - requires {rule[1]} characters" in short.stderr, short.stderr
+    assert short.stdout == "", short.stdout
+    assert sql(db, "SELECT username FROM postfixadmin.mailbox") == f"alice@{topo.domain}"
 
     # Roundcube's schema from Debian's own file, as the roundcube.schema step loads it.
     sql(db, "", stdin="USE roundcube;\n" + checkroot.path(apache.ROUNDCUBE_SQL).read_text())

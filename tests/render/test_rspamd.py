@@ -50,9 +50,15 @@ def test_configtest_catches_a_broken_file(
     """The checker really reads our directory: a syntax error there fails it."""
     plan = build_host_plan(topologies["dc1"], "dc1-svr1", secrets, "lab")
     confdir = write_tree(plan, tmp_path) / "etc/rspamd"
-    with open(confdir / "local.d/actions.conf", "a") as fh:
+    broken = confdir / "local.d/actions.conf"
+    with open(broken, "a") as fh:
         fh.write("reject = ;\n")
-    assert "syntax OK" not in rspamadm(confdir, "configtest", "-s").stdout
+    line = len(broken.read_text().splitlines())
+    test = rspamadm(confdir, "configtest", "-s")
+    # Not just "no syntax OK" (true when rspamadm does not run at all): it ran, failed, and its
+    # UCL parser names our file and the line we broke.
+    assert test.returncode != 0 and test.stdout == "syntax BAD\n", test.stdout + test.stderr
+    assert f"error while parsing {broken}: line: {line}," in test.stderr, test.stderr
 
 
 def test_dkim_key_file(topologies: dict[str, Topology], secrets: ClusterSecrets) -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -33,8 +35,10 @@ from cluster.pulumi.change_rules import (
     COMMAND,
     INSTANCE,
     INSTANCE_IP,
+    IPV6_RANGE,
     KEPT_TYPES,
     KEY_CHANGES,
+    RULES,
     VOLUME,
     Effect,
     Outcome,
@@ -389,6 +393,85 @@ def test_the_interface_facts_are_the_installed_sdks() -> None:
     assert change_rules.rule(INSTANCE, "interfaceGeneration").effect is Effect.REPLACE
     assert change_rules.rule(INSTANCE, "firewallId").effect is Effect.REPLACE
     assert change_rules.rule(change_rules.VPC_SUBNET, "ipv4").effect is Effect.REPLACE
+
+
+# What the installed pulumi_linode says a change of an input does, in its own argument docs.
+# The SDK holds no schema and no replace_on_changes (the provider decides a replacement in its
+# Diff, out of reach of the SDK): its wording is its only signal, and these phrases are every
+# kind of it that the package uses (grep of pulumi_linode 6.8 for forces/replace/migration/
+# updated/existing). A phrase in the doc of an input, or of an input type nested in it (an
+# object storage key's bucket access), decides for the whole input, as RULES does.
+SDK_REPLACES = "forces the creation of a new"
+SDK_UPDATES = ("will trigger a migration", "may be updated", "can be enabled on an existing")
+# The RULES entries the SDK words, and nothing else: the SDK says nothing of the firewall's,
+# rDNS', instance IP's, VPC's (its region), subnet's, shared IPs', placement group's, domain's
+# or bucket's inputs, nor of an instance's image, authorized keys or root password. Those rest
+# on the provider's Go sources that RULES cites. (A new phrase in an SDK upgrade fails this
+# test on purpose: add the entry once RULES agrees with it.)
+SDK_WORDED = {
+    (INSTANCE, "firewallId"),  # forces a new Linode Instance
+    (INSTANCE, "region"),  # triggers a migration
+    (INSTANCE, "privateIp"),  # can be enabled on an existing Linode
+    (VOLUME, "region"),  # forces a new Linode Volume
+    (IPV6_RANGE, "linodeId"),  # may be updated to reassign the range
+    ("linode:index/objectStorageKey:ObjectStorageKey", "bucketAccesses"),  # permissions: new key
+}
+
+
+def _sdk_docs(typ: str) -> dict[str, str]:
+    """Input name (as RULES spells it) -> the installed SDK's doc of that input of ``typ``,
+    with the docs of the input types nested in it."""
+    import pulumi_linode
+
+    name = typ.rsplit(":", 1)[1]
+    module = inspect.getmodule(getattr(pulumi_linode, name))
+    assert module is not None and f"'{typ}'" in inspect.getsource(module), typ
+    # VpcSubnetArgs is a nested type's name: the resource's own arguments are VpcSubnetInitArgs.
+    args = getattr(module, f"{name}InitArgs", None) or getattr(module, f"{name}Args")
+
+    def docs(cls: type, seen: frozenset[type]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for py, prop in vars(cls).items():
+            if not isinstance(prop, property):
+                continue
+            text = prop.__doc__ or ""
+            returns = repr(prop.fget.__annotations__.get("return", "")) if prop.fget else ""
+            for nested_name in set(re.findall(r"\b([A-Z]\w*Args)\b", returns)):
+                nested = getattr(module, nested_name)
+                if nested not in seen:
+                    text += " " + " ".join(docs(nested, seen | {nested}).values())
+            out[re.sub(r"_([a-z0-9])", lambda m: m[1].upper(), py)] = " ".join(text.split())
+        return out
+
+    return docs(args, frozenset({args}))
+
+
+def test_rules_agree_with_the_installed_sdks_wording() -> None:
+    """RULES is our reading of the provider; where the installed SDK words what a change does,
+    the two must agree (replace, or an update of the running resource)."""
+    worded: dict[tuple[str, str], Effect] = {}
+    for typ, rules in RULES.items():
+        if not typ.startswith("linode:"):
+            continue
+        docs = _sdk_docs(typ)
+        for key, rule in rules.items():
+            # A misspelt key would leave the real input to the unknown-input default.
+            assert key in docs, f"{typ}: the SDK has no input {key!r}"
+            said = f"{typ}.{key}: RULES says {rule.effect.label}, the SDK: {docs[key]!r}"
+            if SDK_REPLACES in docs[key]:
+                assert rule.effect is Effect.REPLACE, said
+                worded[(typ, key)] = rule.effect
+            if any(phrase in docs[key] for phrase in SDK_UPDATES):
+                assert rule.effect is not Effect.REPLACE, said
+                worded[(typ, key)] = rule.effect
+    assert set(worded) == SDK_WORDED
+    # A resize or a move is a migration, "cold" unless migration_type says otherwise: the
+    # node is powered off, one at a time (the rolling outcome of instanceType).
+    migration = _sdk_docs(INSTANCE)["migrationType"]
+    assert "when updating the type or region of a Linode" in migration
+    assert "default `cold`" in migration
+    assert change_rules.rule(INSTANCE, "type").effect is Effect.DISRUPTIVE
+    assert change_rules.rule(INSTANCE, "region").effect is Effect.DISRUPTIVE
 
 
 def test_adding_the_vpc_to_a_deployed_stack_rolls_one_node_at_a_time(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import types
 from typing import Any
 
@@ -21,7 +22,7 @@ from pulumi_harness import (
 
 from cluster import hostcontext, hostplan, services
 from cluster.config import StackConfig, load_config
-from cluster.plan import HostPlan, script_step
+from cluster.plan import CHANGED_MARK, HostPlan, Step, script_step
 from cluster.pulumi.provision import applied_command, plan_structure, real_plans, resource_name
 from cluster.stackfiles import read_stack_config
 
@@ -51,6 +52,42 @@ def _pair_of(deployment: Deployment, dc: str) -> tuple[Result, Result]:
     return deployment.dc2, deployment.dc1
 
 
+# The applier's contract, stated here rather than recomputed with applied_command (the program
+# calls that very function, so comparing with it alone proves only that it is called):
+# - every step is its plan command verbatim: bash under strict modes (Step.command);
+# - a secret step's output never reaches Pulumi (its error message, logs, CI), a failure names
+#   only the step, the node and the exit code, and the exit code is the step's own;
+# - a secret reaches the host on stdin, never on the command line.
+STRICT_BASH = "bash -c 'set -euo pipefail\n"
+SECRET_SILENCE = " >/dev/null 2>&1 || { "
+
+
+def assert_applied(create: str, node: str, step: Step) -> None:
+    """``create`` is what the applier promises to run for ``step`` on ``node``."""
+    assert create.startswith(STRICT_BASH), (step.name, create[:80])
+    # The remote shell must parse it: a quoting slip (say a quote in a step name inside the
+    # failure message) would fail every `up`, not one test.
+    parsed = subprocess.run(["sh", "-n", "-c", create], capture_output=True, text=True,
+                            check=False)  # fmt: skip
+    assert parsed.returncode == 0, (step.name, parsed.stderr)
+    if not step.secret:
+        assert create == step.command, step.name
+        return
+    command, silence, handler = create.partition(SECRET_SILENCE)
+    assert silence and command == step.command, step.name
+    assert handler.startswith("rc=$?;") and handler.endswith("exit $rc; }"), handler
+    assert f"mailcluster: step {step.name} failed" in handler and f" on {node} " in handler
+    # (Empty when there is nothing to feed: no rootPassword configured.)
+    assert not step.stdin or step.stdin not in create, step.name
+
+
+def run_applied(create: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """Run a Command's create as the host does: remote.Command hands it to the login shell over
+    SSH, the lab's applier to ``sh -c`` (cluster/lab/apply.py)."""
+    return subprocess.run(["sh", "-c", create], input=stdin, capture_output=True, text=True,
+                          timeout=30, check=False)  # fmt: skip
+
+
 def _commands(result: Result) -> dict[str, Any]:
     """The plan's Commands (the handover before a rolling update belongs to DataCentre: see
     test_changes.py)."""
@@ -73,6 +110,8 @@ def test_one_command_per_step_per_node_with_the_plans_content(
         public_ip = result.outputs["nodes"][node]["publicIpv4"]
         for step in plan.steps:
             cmd = commands[resource_name(node, step.name)]
+            assert_applied(cmd.inputs["create"], node, step)
+            # And built by the function the tests below run for real.
             assert cmd.inputs["create"] == applied_command(node, step.name, step.secret,
                                                            step.command)  # fmt: skip
             assert unwrap(cmd.inputs.get("stdin", "")) == step.stdin
@@ -126,6 +165,7 @@ def test_dc1_without_peer_still_provisions(deployment: Deployment) -> None:
     for node, plan in plans.items():
         for step in plan.steps:
             create = commands[resource_name(node, step.name)].inputs["create"]
+            assert_applied(create, node, step)
             assert create == applied_command(node, step.name, step.secret, step.command)
     # Steps that exist only once the peer is known run `true` until then.
     known = {resource_name(n, s.name) for n, p in plans.items() for s in p.steps}
@@ -215,6 +255,72 @@ def test_secret_steps_get_secret_stdin_and_triggers(
         assert secret.urn in reload.dependencies
     for cmd in commands.values():
         assert not any(password in s for s in plain_strings(cmd.inputs))
+    # One golden string per kind, for the fixed steps above, through the whole program: what
+    # Linode's hosts are handed, spelt out (the checks above would pass a reworded wrapper).
+    assert commands[resource_name("dc1-svr1", "zz.reload")].inputs["create"] == (
+        "bash -c 'set -euo pipefail\ntrue\n'"
+    )
+    assert commands[resource_name("dc1-svr1", "zz.secret")].inputs["create"] == (
+        "bash -c 'set -euo pipefail\ncat >/dev/null\n' >/dev/null 2>&1 || { rc=$?; "
+        "echo 'mailcluster: step zz.secret failed (exit '$rc'); its output is withheld because "
+        "the step handles a secret: run it by hand on dc1-svr1 to see why' >&2; exit $rc; }"
+    )
+
+
+# -- the wrapper, run: what a host does with a create string ---------------------------------
+@pytest.mark.parametrize("secret", [False, True], ids=["plain", "secret"])
+@pytest.mark.parametrize(
+    ("script", "mode"),
+    [
+        ("false\necho reached\n", "errexit"),
+        ('echo "$not_set"\necho reached\n', "nounset"),
+        ("false | cat\necho reached\n", "pipefail"),
+    ],
+    ids=["errexit", "nounset", "pipefail"],
+)
+def test_a_failing_line_fails_the_step(script: str, mode: str, secret: bool) -> None:
+    """The strict modes hold under the applier, the secret wrapper's `||` included (a shell
+    ignores `set -e` on the left of `||`: the modes must live in the step's own bash)."""
+    step = script_step("zz.strict", script, stdin="x" * 12 if secret else "", secret=secret)
+    proc = run_applied(applied_command("dc1-svr1", step.name, step.secret, step.command),
+                       step.stdin)  # fmt: skip
+    assert proc.returncode != 0, (mode, proc)
+    assert "reached" not in proc.stdout, mode
+    if secret:
+        assert proc.stdout == ""
+        assert proc.stderr.startswith(
+            f"mailcluster: step zz.strict failed (exit {proc.returncode});"
+        ), proc.stderr
+
+
+def test_a_secret_steps_failure_withholds_its_output_and_keeps_its_code() -> None:
+    password = "s3cret-Passw0rd-on-stdin"
+    # Echoes what it was fed on both streams, then fails with its own code.
+    script = 'read -r pw\necho "out $pw"\necho "err $pw" >&2\nexit 3\n'
+    step = script_step("zz.leaky", script, stdin=password + "\n", secret=True)
+    create = applied_command("dc1-svr2", step.name, step.secret, step.command)
+    assert password not in create
+    proc = run_applied(create, step.stdin)
+    assert proc.returncode == 3
+    assert proc.stdout == ""
+    assert password not in proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("mailcluster: step zz.leaky failed (exit 3);"), line
+    assert " on dc1-svr2 " in line
+
+
+def test_a_secret_step_reads_its_stdin_and_succeeds_quietly() -> None:
+    """stdin reaches the step through the wrapper (the wrapper redirects only its output), and
+    a success prints nothing, its change line included."""
+    password = "another-s3cret-of-31-characters"
+    # Checks the length only: the value itself must not be on the command line.
+    script = f'read -r pw\n[ "${{#pw}}" -eq {len(password)} ] || exit 4\necho "{CHANGED_MARK} pw"\n'
+    step = script_step("zz.quiet", script, stdin=password + "\n", secret=True)
+    proc = run_applied(applied_command("dc1-svr1", step.name, True, step.command), step.stdin)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
+    # The same step unwrapped shows its change line: the silence is the wrapper's.
+    plain = run_applied(applied_command("dc1-svr1", step.name, False, step.command), step.stdin)
+    assert (plain.returncode, plain.stdout) == (0, f"{CHANGED_MARK} pw\n")
 
 
 def test_resource_names_are_readable_and_unique() -> None:
