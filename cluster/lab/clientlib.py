@@ -352,6 +352,7 @@ def watch(a: argparse.Namespace) -> dict[str, Any]:
     import threading
 
     results: list[tuple[float, bool]] = []
+    finished: set[float] = set()  # the start times of attempts that reported
     slowest = 0.0
     lock = threading.Lock()
 
@@ -361,34 +362,40 @@ def watch(a: argparse.Namespace) -> dict[str, Any]:
         ok = _banner(a.host, a.port, a.attempt_timeout)
         with lock:
             results.append((t, ok))
+            finished.add(t)
             if ok:
                 slowest = max(slowest, time.monotonic() - t1)
 
-    threads = []
+    threads: list[tuple[float, threading.Thread]] = []
     t0 = time.monotonic()
     while time.monotonic() - t0 < a.seconds and not (a.stop and os.path.exists(a.stop)):
-        th = threading.Thread(target=attempt, args=(time.monotonic() - t0,), daemon=True)
+        t = time.monotonic() - t0
+        th = threading.Thread(target=attempt, args=(t,), daemon=True)
         th.start()
-        threads.append(th)
+        threads.append((t, th))
         time.sleep(a.interval)
-    for th in threads:
-        th.join(a.attempt_timeout + 1)
-    results.sort()
+    # An attempt takes at most its connect and its banner timeouts; one still running after
+    # that (and a second) counts as failed, so an outage at the very end is not left out.
+    deadline = time.monotonic() + 2 * a.attempt_timeout + 1
+    for _, th in threads:
+        th.join(max(0.0, deadline - time.monotonic()))
+    with lock:  # a copy: a late attempt must not change what is counted
+        done = sorted([*results, *((t, False) for t, _ in threads if t not in finished)])
     longest, start = 0.0, None
     outages = []
-    for t, ok in results:
+    for t, ok in done:
         if not ok and start is None:
             start = t
         elif ok and start is not None:
             outages.append(round(t - start, 3))
             longest, start = max(longest, t - start), None
     if start is not None:  # still down at the end
-        end = results[-1][0]
+        end = done[-1][0]
         outages.append(round(end - start, 3))
         longest = max(longest, end - start)
-    failed = sum(1 for _, ok in results if not ok)
+    failed = sum(1 for _, ok in done if not ok)
     seconds = round(time.monotonic() - t0, 3)
-    return {"ok": True, "attempts": len(results), "failed": failed, "outages": outages,
+    return {"ok": True, "attempts": len(done), "failed": failed, "outages": outages,
             "longest_outage": round(longest, 3), "slowest_banner": round(slowest, 3),
             "seconds": seconds}  # fmt: skip
 
