@@ -66,6 +66,10 @@ def arrivals(host: str, address: str) -> dict[str, float]:
     return got
 
 
+def warmed_up(host: str, address: str) -> bool:
+    return "warm-up" in arrivals(host, address)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--rate", type=float, default=5, help="messages a second, per mailbox")
@@ -86,8 +90,8 @@ def main() -> None:
         for host in nodes:
             for user in users:
                 LAB.wait_for(f"the warm-up message on {host}",
-                             lambda h=host, u=user: "warm-up" in arrivals(h, u[0]),
-                             timeout=300, interval=0.5)  # fmt: skip
+                             partial(warmed_up, host, user[0]), timeout=900,
+                             interval=0.5)  # fmt: skip
         first_sync_s = round(time.monotonic() - t0, 1)
     streams = [LAB.stream(VIP1, u, "rp", seconds=a.seconds, rate=a.rate) for u in users]
     time.sleep(a.seconds)  # result() stops the sender

@@ -60,6 +60,29 @@ def test_status_of_a_healthy_lab(lab: Lab) -> None:
     assert writer["value"] in ("dc1-svr1", "dc1-svr2")
 
 
+def test_a_message_cut_off_by_a_crash_is_not_queued_mail(lab: Lab) -> None:
+    """A crash in the middle of a receipt leaves a file in Postfix's incoming queue that Postfix
+    never finished (mode 0600): not a message anyone got a 250 for, and on a standby no Postfix
+    runs to remove it. An hour old, it must not fail the queue check; the same file marked
+    finished (0700, a message acknowledged and not yet delivered) must."""
+    host, name = "dc2-svr2", "/var/spool/postfix/incoming/MCLABCUT1"
+
+    def queue_check() -> dict[str, Any]:
+        _, data = status(lab)
+        return next(c for c in data["checks"] if (c["name"], c["node"]) == ("postfix.queue", host))
+
+    lab.exec(host, "sh", "-c", f"install -m 0600 -o postfix /dev/null {name} && "
+             f"touch -d '-1 hour' {name}")  # fmt: skip
+    try:
+        unfinished = queue_check()
+        lab.exec(host, "chmod", "0700", name)
+        finished = queue_check()
+    finally:
+        lab.exec(host, "rm", "-f", name)
+    assert unfinished["ok"] and unfinished["value"] == "0", unfinished
+    assert not finished["ok"] and finished["value"] == "1", finished
+
+
 def test_status_names_a_stopped_replica_and_recovers(lab: Lab) -> None:
     lab.sql("dc2-svr2", "STOP SLAVE")
     try:
