@@ -222,7 +222,6 @@ def test_a_change_during_its_sync_is_synced_again(rig: Rig) -> None:
     assert [r.user for r in rig.store.rows(PEER)] == ["b@example.com"]
 
 
-
 def stream_lags(rig: Rig, order: tuple[str, ...], seconds: float = 60) -> dict[str, float]:
     """One mailbox changing every 0.2 s (5 messages a second) for ``seconds``, one worker per
     target, syncs as long as the lab's (the DC peer 0.3 s, the other DC's nodes 0.5 s over the
@@ -248,7 +247,7 @@ def stream_lags(rig: Rig, order: tuple[str, ...], seconds: float = 60) -> dict[s
 
 @pytest.mark.parametrize("order", [(PEER, FAR1, FAR2), (FAR2, FAR1, PEER)])
 def test_under_a_steady_stream_every_target_gets_its_turn(rig: Rig, order: tuple[str, ...]) -> None:
-    """"The peer first" must not mean "the other DC when the stream pauses": its row would be
+    """The peer first must not mean the other DC only when the stream pauses: its row would be
     ready again after every peer sync (the far nodes waited 7 s at p99 in the lab). The user's
     syncs alternate once a far change waited PEER_FIRST_MAX_S, whichever worker asks first.
     A change for the peer waits at most the peer's running sync, one far sync and its own;
