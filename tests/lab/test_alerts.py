@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from cluster.lab.driver import REPO, Lab, shared_ip
+from cluster.lab.driver import REPO, Lab, private_ip, shared_ip
 from cluster.lab.model import ALERT_WEBHOOK_PORT, LAB_SUBMISSION_LIMIT
 from cluster.services.alerts import REPLICATION_GRACE_S, UNIT
 from cluster.services.health import BACKUP_STAMP
@@ -271,3 +271,13 @@ def test_a_takeover(lab: Lab, received: Received) -> None:
     # An event: it clears at the next check.
     received.wait_post("takeover", new, True, t0, ALERT_WAIT_S, kick=new)
     assert received.senders("takeover", t0) == {new}
+
+    # The lab settled for the next file: the old active node a replica of the new one again
+    # (with the kicks this test ends before its demote is done; test_auth_cache then found a
+    # standby whose database was being turned into a replica).
+    def rejoined() -> bool:
+        repl = lab.role(old, check=False).get("replication", {})
+        return bool(repl.get("master_host") == private_ip(new)
+                    and repl.get("io_running") == repl.get("sql_running") == "Yes")  # fmt: skip
+
+    lab.wait_for(f"{old} to replicate from {new} again", rejoined, timeout=90, interval=1)

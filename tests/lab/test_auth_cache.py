@@ -41,6 +41,13 @@ def test_a_known_user_logs_in_while_the_database_is_down(lab: Lab) -> None:
     # The active DC's standby: it runs Postfix, and its guard leaves its database alone (only
     # the master's stop is a failover).
     host = next(h for h in ("dc1-svr1", "dc1-svr2") if lab.role(h)["role"] != "active")
+
+    def replicating() -> bool:
+        repl = lab.role(host)["replication"]
+        return bool(repl["io_running"] == repl["sql_running"] == "Yes")
+
+    # A settled standby first (a takeover just before leaves it demoting for a few seconds).
+    lab.wait_for(f"{host} replicating", replicating, 90)
     user, password = lab.new_mailbox("example.com", "ac")
     lab.wait_for(f"{user} to log in on {host}", lambda: smtp_auth(lab, host, user, password)["ok"])
     # Past the TTL: what carries the login now is Dovecot's fallback to an expired entry, the
@@ -54,9 +61,4 @@ def test_a_known_user_logs_in_while_the_database_is_down(lab: Lab) -> None:
         assert smtp_auth(lab, host, user, password + "x") == {"ok": False, "code": 535}
     finally:
         lab.exec(host, "service", "mariadb", "start")
-
-    def replicating() -> bool:
-        repl = lab.role(host)["replication"]
-        return bool(repl["io_running"] == repl["sql_running"] == "Yes")
-
     lab.wait_for(f"{host} replicating again", replicating, 60)
