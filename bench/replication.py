@@ -11,8 +11,8 @@ since no IMAP client opens the mailbox) and compares it with the client's clock 
 lab's hosts share this machine's clock).
 
 Each mailbox is new: first one message is sent and waited for on every node (``first_sync_s``,
-reported: a new mailbox's first sync can stall for 30 s, README "Known limits"), then the
-stream starts (``--no-warm-up`` streams at once, and the stall, if it comes, is in the figures).
+reported: the first sync creates the mailbox on every target), then the stream starts
+(``--no-warm-up`` streams at once, and the first syncs are in the figures).
 
 Reported per node: the seconds from the 250 to the message's file on that node, as median, p99
 and max. On the holder that is Postfix's queue and the LMTP delivery; on the peer and on dc2's

@@ -91,7 +91,7 @@ _ALWAYS: tuple[Rule, ...] = (
     Rule("Prometheus mysqld exporter", "tcp", MYSQLD_EXPORTER_PORT, METRICS),
     Rule("Prometheus postfix exporter", "tcp", POSTFIX_EXPORTER_PORT, METRICS),
     Rule("MariaDB replication", "tcp", MARIADB_PORT, CLUSTER),
-    Rule("Dovecot replication (doveadm/dsync)", "tcp", DOVEADM_PORT, CLUSTER),
+    Rule("Dovecot replication (doveadm/dsync)", "tcp", DOVEADM_PORT, MESH),
     Rule("Heartbeat (ucast)", "udp", HEARTBEAT_PORT, CLUSTER),
     Rule("web sync (ssh, forced rrsync to websync)", "tcp", SSH_PORT, MESH),
 )

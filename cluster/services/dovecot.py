@@ -12,8 +12,15 @@ test holds this). Its sockets for Postfix are in Postfix's queue directory, whic
 keeps on the volume.
 
 Replication (Dovecot 2.4 has no replicator): every node runs Dovecot, whose doveadm server takes
-dsync from the other nodes over TLS on the private and mesh addresses only, with the shared
-``doveadm_password`` and the cluster CA (whose certificates name those addresses). The
+dsync from the other nodes on its mesh address only, with the shared ``doveadm_password``, over
+plain TCP: WireGuard already encrypts every packet between two nodes and proves who sent it
+(mesh.py), and dsync over Dovecot 2.4.1's TLS hangs for good now and then. Seen in the lab
+(about one sync in a hundred under a stream of mail; 23 in 35 minutes): the pushing side waits
+for a reply that the target has sent and that neither socket holds any more. That is the bug
+upstream fixed in August 2026, after 2.4.4 (dovecot/core c4fab4f95d and 4c82c59844: "That's how
+istream-multiplex ended up losing the SSL istream's i_stream_set_input_pending() calls"; the
+doveadm protocol multiplexes dsync and its log over the TLS stream). Over plain TCP the data
+waits in the socket, where the ioloop sees it. The
 ``notify`` and ``push_notification`` plugins raise ``push_notification_finished`` for every
 committed change in any process, and an event exporter posts it to the node's replication
 controller on loopback, which runs its syncs through the doveadm HTTP API on loopback
@@ -107,7 +114,6 @@ def conf_values(ctx: HostContext) -> dict[str, Any]:
         "cluster_key": tls.CLUSTER_KEY,
         "public_cert": tls.CHAIN,
         "public_key": tls.KEY,
-        "ca_file": tls.CA,
         "tls_ciphers": tls.MOZILLA_INTERMEDIATE_CIPHERS,
         "vmail_dir": storage.VMAIL_DIR,
         "vmail_uid": storage.VMAIL_UID,
@@ -116,9 +122,8 @@ def conf_values(ctx: HostContext) -> dict[str, Any]:
         "auth_cache_size": AUTH_CACHE_SIZE,
         "auth_cache_ttl_s": AUTH_CACHE_TTL_S,
         "doveadm_port": DOVEADM_PORT,
-        # Other nodes' syncs arrive over the private network (the DC peer) or the mesh (the
-        # other data centre): never on a public address.
-        "doveadm_addresses": f"{node.private_ipv4} {topo.mesh_address(node)}",
+        # Other nodes' syncs arrive over the mesh only: never on a public or VPC address.
+        "doveadm_address": topo.mesh_address(node),
         "events_url": EVENTS_URL,
         "doveadm_http_port": DOVEADM_HTTP_PORT,
         "doveadm_requests_per_process": DOVEADM_REQUESTS_PER_PROCESS,

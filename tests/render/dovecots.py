@@ -3,8 +3,8 @@
 Each ``Dovecot`` runs the plan's own ``dovecot.conf`` template (rendered with
 ``dovecot.conf_values`` of a lab node) with only what a test machine needs changed: its paths
 under the test's directory, its listeners on loopback with ports of its own, users from a
-passwd-file instead of MariaDB, and a test CA whose certificate names 127.0.0.1. Everything else
-(the event exporter and its filter, the plugins, the doveadm server over TLS, the namespaces) is
+passwd-file instead of MariaDB, and a test CA's certificate. Everything else (the event exporter
+and its filter, the plugins, the doveadm server over plain TCP as on the mesh, the namespaces) is
 what the nodes run. Dovecot runs as root in the base (``checkroot``), its mail as uid 5000 as on
 a node.
 """
@@ -114,7 +114,6 @@ class Dovecot:
         secrets = cluster_secrets()
         tls = etc / "tls"
         tls.mkdir(exist_ok=True)
-        (tls / "ca.pem").write_text(secrets.ca_cert_pem)
         (tls / "cert.pem").write_text(secrets.tls["dc1"].cert_pem)
         (tls / "key.pem").write_text(secrets.tls["dc1"].key_pem)
         topo = lab_topology("dc1")
@@ -126,12 +125,11 @@ class Dovecot:
             "cluster_key": str(tls / "key.pem"),
             "public_cert": str(tls / "cert.pem"),
             "public_key": str(tls / "key.pem"),
-            "ca_file": str(tls / "ca.pem"),
             "vmail_dir": str(self.vmail),
             # The base has no vmail user; root may use the socket too.
             "vmail_user": "root",
             "doveadm_port": self.doveadm_port,
-            "doveadm_addresses": "127.0.0.1",
+            "doveadm_address": "127.0.0.1",
             "doveadm_http_port": self.http_port,
             "imap_addresses": "127.0.0.1",
             "imap_port": self.imap_port,
@@ -159,7 +157,7 @@ class Dovecot:
     @property
     def target(self) -> str:
         """This server as a dsync destination."""
-        return f"tcps:127.0.0.1:{self.doveadm_port}"
+        return f"tcp:127.0.0.1:{self.doveadm_port}"
 
     def start(self) -> None:
         self.proc = base().popen(

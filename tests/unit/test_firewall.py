@@ -25,6 +25,8 @@ from cluster.topology import SLOTS, VPC_INTERFACE, Topology
 ROOT = Path(__file__).resolve().parents[2]
 PUBLIC_TCP = {25, 53, 80, 443, 465, 587, 993}
 INTERNAL = {("tcp", 3306), ("tcp", 12345), ("udp", 694)}
+# Over the VPC as well as the mesh: all but dsync, which is plain TCP and so mesh-only.
+ON_VPC = INTERNAL - {("tcp", 12345)}
 EXPORTERS = {("tcp", 9100), ("tcp", 9104), ("tcp", 9154)}
 Entry = tuple[str, str, int, str]  # (family, protocol, port, source CIDR or "any")
 
@@ -117,7 +119,7 @@ def test_every_internal_port_and_web_sync_are_open_on_the_mesh_interface() -> No
     # The internal ports from the VPC subnet, only as they arrive on the VPC interface.
     on_vpc = {(r.protocol, p, r.saddrs) for r in rules if r.iifname == VPC_INTERFACE
               for p in r.ports}  # fmt: skip
-    assert on_vpc == {(proto, port, (config.vpc_subnet,)) for proto, port in INTERNAL}
+    assert on_vpc == {(proto, port, (config.vpc_subnet,)) for proto, port in ON_VPC}
     # Web sync's ssh is the mesh's alone: the cloud firewall has no rule for it.
     assert [r.label for r in inbound_rules(config)] == [
         "world-tcp", "world-udp", "admin-tcp", "metrics-tcp", "cluster-tcp", "cluster-udp",
@@ -136,7 +138,7 @@ def test_rendered_host_firewall_holds_every_rule_and_keeps_the_ban_sets() -> Non
     for rule in firewall.host_rules(topo.config):
         assert f"{rule.nft} accept\n" in text
     subnet = topo.config.vpc_subnet
-    assert f'iifname "eth1" ip saddr {subnet} tcp dport {{ 3306, 12345 }} accept\n' in text
+    assert f'iifname "eth1" ip saddr {subnet} tcp dport 3306 accept\n' in text
     assert "policy drop;" in text
     # Declared and never flushed: a reload keeps the bans.
     assert f"set {firewall.BAN_SET4} {{ type ipv4_addr; flags timeout; }}" in text

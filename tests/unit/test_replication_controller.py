@@ -29,7 +29,7 @@ PEER, FAR1, FAR2 = "dc1-svr2", "dc2-svr1", "dc2-svr2"
 
 
 def target(name: str, address: str) -> dict[str, str]:
-    return {"name": name, "destination": f"tcps:{address}:12345", "server": f"{address}:12345"}
+    return {"name": name, "destination": f"tcp:{address}:12345", "server": f"{address}:12345"}
 
 
 def raw_settings(tmp: Path, **over: Any) -> dict[str, Any]:
@@ -517,7 +517,7 @@ def test_an_idle_target_is_probed_with_its_last_user(rig: Rig) -> None:
             ("b@example.com", queue.SWEEP, False)
         ]
     # A target that stopped answering fails at its probe: the health check says so.
-    rig.runner.outcomes[("b@example.com", "tcps:198.19.10.3:12345")] = Outcome(
+    rig.runner.outcomes[("b@example.com", "tcp:198.19.10.3:12345")] = Outcome(
         False, error="exit 75: connect refused"
     )
     rig.drain()
@@ -702,7 +702,7 @@ def test_bad_settings_name_every_bad_key(tmp_path: Path) -> None:
         port=70000,
         active_dc="yes",
         doveadm=[],
-        writer_targets=[{"name": "x", "destination": "tcp:1.2.3.4:1", "server": "1.2.3.4:1"}],
+        writer_targets=[{"name": "x", "destination": "tcps:1.2.3.4:1", "server": "1.2.3.4:1"}],
         extra=1,
     )
     del bad["vmail_dir"]
@@ -715,7 +715,7 @@ def test_bad_settings_name_every_bad_key(tmp_path: Path) -> None:
         "active_dc: true or false",
         "doveadm: a command",
         "vmail_dir: a non-empty string",
-        "writer_targets[0].destination: must be tcps:HOST:PORT",
+        "writer_targets[0].destination: must be tcp:HOST:PORT",
         "extra: unknown key",
     ):
         assert part in msg, msg

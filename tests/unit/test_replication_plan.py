@@ -32,9 +32,9 @@ def test_the_controllers_config_follows_the_topology(
     peer = topo.peer(me)
     if me.dc == topo.active_dc:
         other = [n for n in topo.nodes if n.dc != me.dc]
+        # Every target at its mesh address (plain TCP inside WireGuard), the peer first.
         assert [t.destination for t in cfg.writer_targets] == [
-            f"tcps:{peer.private_ipv4}:{dovecot.DOVEADM_PORT}",
-            *(f"tcps:{topo.mesh_address(n)}:{dovecot.DOVEADM_PORT}" for n in other),
+            f"tcp:{topo.mesh_address(n)}:{dovecot.DOVEADM_PORT}" for n in (peer, *other)
         ]
         assert [t.name for t in cfg.standby_targets] == [peer.name]
     else:

@@ -98,8 +98,8 @@ def test_an_event_is_answered_and_synced_at_once(
     # To the peer first, at once (no poll interval: the mark wakes a worker); then the other
     # data centre, one sync per user at a time.
     started = [d for _, d, _ in runner.started]
-    assert started[0] == "tcps:198.18.1.12:12345"
-    assert sorted(started[1:]) == ["tcps:198.19.10.3:12345", "tcps:198.19.10.4:12345"]
+    assert started[0] == "tcp:198.18.1.12:12345"
+    assert sorted(started[1:]) == ["tcp:198.19.10.3:12345", "tcp:198.19.10.4:12345"]
     first = runner.started[0][2] - t0
     print(
         f"event answered in {answered * 1000:.1f} ms, first sync began {first * 1000:.1f} ms "
@@ -132,9 +132,9 @@ def test_the_client_commands(
     # sweep --wait: every mailbox to every target, waited for.
     assert cli.main(["--config", str(conf), "sweep", "--wait", "10"]) == 0
     assert {d for u, d, _ in runner.started if u == "a@example.com"} == {
-        "tcps:198.18.1.12:12345",
-        "tcps:198.19.10.3:12345",
-        "tcps:198.19.10.4:12345",
+        "tcp:198.18.1.12:12345",
+        "tcp:198.19.10.3:12345",
+        "tcp:198.19.10.4:12345",
     }
     service.stop()
     assert cli.main(["--config", str(conf), "health"]) == 0
@@ -182,27 +182,27 @@ def test_syncs_go_through_the_doveadm_http_api(tmp_path: Path) -> None:
     secret.write_text("s3cret\n")
     doveadm = Doveadm(("doveadm",), api.url, str(secret), 10, 30)
     try:
-        done = doveadm.sync("a@example.com", "tcps:10.0.0.2:12345", False, 5)
+        done = doveadm.sync("a@example.com", "tcp:10.0.0.2:12345", False, 5)
         assert done.ok and not done.again and done.error == ""
         auth, body = api.requests[0]
         # Basic auth as doveadm:<doveadm_password>, the password from its 0600 file.
         assert auth == "Basic " + base64.b64encode(b"doveadm:s3cret").decode()
-        params = {"user": "a@example.com", "destination": ["tcps:10.0.0.2:12345"],
+        params = {"user": "a@example.com", "destination": ["tcp:10.0.0.2:12345"],
                   "lockTimeout": 10, "timeout": 30}  # fmt: skip
         assert body == [["sync", params, "sync"]]
-        doveadm.sync("a@example.com", "tcps:10.0.0.2:12345", True, 5)
+        doveadm.sync("a@example.com", "tcp:10.0.0.2:12345", True, 5)
         assert api.requests[1][1][0][1]["fullSync"] is True
         api.answer = (200, [["error", {"type": "exitCode", "exitCode": 2}, "sync"]])
-        assert doveadm.sync("a@example.com", "tcps:x:1", False, 5).again
+        assert doveadm.sync("a@example.com", "tcp:x:1", False, 5).again
         api.answer = (200, [["error", {"type": "exitCode", "exitCode": 67}, "sync"]])
-        assert doveadm.sync("gone@example.com", "tcps:x:1", False, 5).gone
+        assert doveadm.sync("gone@example.com", "tcp:x:1", False, 5).gone
         api.answer = (401, {"error": "unauthorized"})
-        failed = doveadm.sync("a@example.com", "tcps:x:1", False, 5)
+        failed = doveadm.sync("a@example.com", "tcp:x:1", False, 5)
         assert not failed.ok and "HTTP 401" in failed.error
         api.answer, api.delay = (200, [["doveadmResponse", [], "sync"]]), 1.0
-        slow = doveadm.sync("a@example.com", "tcps:x:1", False, 0.2)
+        slow = doveadm.sync("a@example.com", "tcp:x:1", False, 0.2)
         assert not slow.ok and slow.error.startswith("no answer after") and slow.seconds < 0.9
     finally:
         api.close()
-    gone = doveadm.sync("a@example.com", "tcps:x:1", False, 5)
+    gone = doveadm.sync("a@example.com", "tcp:x:1", False, 5)
     assert not gone.ok and "Connection refused" in gone.error
