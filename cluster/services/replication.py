@@ -45,8 +45,8 @@ PORT = dovecot.EVENTS_PORT
 # The doveadm password, for the doveadm HTTP API the controller's syncs go through.
 DOVEADM_SECRET = "/etc/mailcluster/secrets/doveadm"
 # Syncs per target at once (one user never has two at a time). A sync of a small mailbox takes
-# ~30 ms between two Dovecot 2.4.1 (measured in the lab's base, TLS over loopback; more over a
-# WAN), so four keep a burst of changes to many users from queueing behind each other.
+# ~30 ms between two Dovecot 2.4.1 (measured in the lab's base, then over TLS on loopback; more
+# over a WAN), so four keep a burst of changes to many users from queueing behind each other.
 WORKERS = 4
 ROLE_INTERVAL_S = 2.0
 # The backstop for lost events: every mailbox to every target, as a full sync. Events carry

@@ -2,7 +2,8 @@
 
 A sync is ``doveadm sync -u USER -l LOCK -T IO [-f] tcp:HOST:PORT``, a two-way merge with the
 target's doveadm server at its mesh address
-(https://doc.dovecot.org/2.4.1/core/man/doveadm-sync.1.html), asked of this node's own doveadm server through its HTTP API on loopback
+(https://doc.dovecot.org/2.4.1/core/man/doveadm-sync.1.html), asked of this node's own doveadm
+server through its HTTP API on loopback
 (https://doc.dovecot.org/2.4.1/core/admin/doveadm.html#doveadm-http-api): a doveadm server
 process kept warm runs it, which costs the pushing node a seventh of the CPU of a doveadm
 command (dovecot.py has the figures).

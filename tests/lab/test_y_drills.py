@@ -144,6 +144,20 @@ ARP_LIMIT_AFTER_DEADTIME_S = 4
 # (< 2 min + TTL; the TTL is the clients' part). The lab measures 6-8 s.
 DC_FAILOVER_LIMIT_S = 120
 
+# Drill 2: from the cut of the active node's link to the peer serving on the shared IP (the cut
+# node fenced, the peer active, the route servers routing to it). The route servers drop the cut
+# node's route when its BGP hold time (9 s) runs out; the lab measures 6.4-13.3 s (README's
+# figures table, 2 cores). hold + 8 s (17 s) is 3.7 s over the worst seen, and a takeover that
+# waited for a second hold time (18 s or more) fails it.
+CUT_SETTLE_OVER_HOLD_S = 8
+
+# Drill 6: the slowest SMTP banner on a shared address during a planned switchover. A SYN sent
+# as the route moves is lost and TCP sends it again after 1 s (Linux's initial RTO), so a client
+# may wait a second: the lab measures 1.01-1.02 s (7 December 2026, 2 cores). 1.5 s leaves 0.5 s
+# for a busy machine; a second lost SYN (3 s) or a Postfix that answers late fails it, where the
+# watch's own 2 s attempt timeout would count a 1.9 s stall as served.
+SWITCHOVER_SLOWEST_BANNER_S = 1.5
+
 # Drill 3: how long the stream runs before dc1 is cut, and the bound across data centres: a
 # message acknowledged in dc1 longer than this before the cut is readable in dc2 after the
 # failover. The target is p99 <= 2 s; bench/replication.py measures p99 1.3-1.6 s, max 2.4 s
@@ -309,7 +323,9 @@ def test_drill_1_crash_the_active_node(lab: Lab, unique: str) -> None:
           f"that long before the crash: {sorted(waiting.values(), reverse=True)} s")  # fmt: skip
     assert len(old) >= MIN_ACKED_BEFORE // 2, ("too little mail older than the bound", result)
     late = {m: waiting[m] for m in old - early}
-    assert not late, f"acknowledged over {IN_DC_BOUND_S:.0f} s before the crash, not on the peer: {late}"
+    assert not late, (
+        f"acknowledged over {IN_DC_BOUND_S:.0f} s before the crash, not on the peer: {late}"
+    )
     # The master moved: svr2 is writable, and a write through Postfix Admin works and is usable.
     assert r2["db"]["read_only"] is False and not r2["replication"]["configured"]
     fresh = new_user(lab)
@@ -361,7 +377,10 @@ def test_drill_2_cut_the_active_nodes_link(lab: Lab, unique: str) -> None:
                      timeout=30, interval=0.5)  # fmt: skip
         # With bgp the route servers drop the cut node's route when its hold time runs out.
         lab.wait_routed("dc1", "dc1-svr2")
-        print(f"cut: settled after {time.monotonic() - t0:.1f}s")
+        settled = time.monotonic() - t0
+        print(f"cut: settled after {settled:.1f}s")
+        hold = lab.stack_config("dc1").bgp_hold_time_s
+        assert settled < hold + CUT_SETTLE_OVER_HOLD_S, settled
         # Exactly one node holds the shared IP, seen inside the hosts ...
         assert lab.holders(DC1) == ["dc1-svr2"]
         # ... and from the client: SMTP on the VIP answers, every time, and mail goes through.
@@ -491,7 +510,9 @@ def test_drill_3_data_centre_loss_failover_rejoin_failback(lab: Lab, unique: str
               f"{len(missing)} not in dc2 at the failover, acknowledged that long before the "
               f"cut: {sorted(missing.values(), reverse=True)[:10]} s")  # fmt: skip
         late = {m: missing[m] for m in old_enough - in_dc2}
-        assert not late, f"acknowledged over {CROSS_DC_BOUND_S} s before the cut, not in dc2: {late}"
+        assert not late, (
+            f"acknowledged over {CROSS_DC_BOUND_S} s before the cut, not in dc2: {late}"
+        )
         assert {s for s in acked if " dc2 " in s} <= lab.subjects(VIP2, user, f"{unique} dc2", 3)
     finally:
         lab.run("heal", "dc1")
@@ -667,6 +688,7 @@ def test_drill_6_planned_switchover_withdraws_first(lab: Lab, unique: str) -> No
         for fam, g in got.items()))  # fmt: skip
     for fam, g in got.items():
         assert g["attempts"] > 20 and g["longest_outage"] < 1.0, (fam, g)
+        assert g["slowest_banner"] < SWITCHOVER_SLOWEST_BANNER_S, (fam, g)
     assert not result["permanent"], result["permanent"]
     acked = set(result["acked"])
     assert len(acked) > 10, result
