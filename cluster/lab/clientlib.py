@@ -9,6 +9,7 @@ cluster CA (``--ca``): a test that passes proves the certificate a user would se
 from __future__ import annotations
 
 import argparse
+import collections
 import email.message
 import imaplib
 import json
@@ -71,18 +72,20 @@ def _imap(a: argparse.Namespace, timeout: float = 30) -> imaplib.IMAP4_SSL:
     return conn
 
 
-def _subjects(conn: imaplib.IMAP4_SSL, prefix: str) -> set[str]:
+def _subjects(conn: imaplib.IMAP4_SSL, prefix: str) -> list[str]:
+    """The subject of every INBOX message matching ``prefix``, one per message: a message
+    delivered twice is there twice."""
     conn.select("INBOX", readonly=True)
     typ, data = conn.search(None, "SUBJECT", f'"{prefix}"')
     ids = data[0].split() if typ == "OK" and data and data[0] else []
     if not ids:
-        return set()
+        return []
     typ, fetched = conn.fetch(b",".join(ids).decode(), "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
-    found = set()
+    found = []
     for item in fetched:
         if isinstance(item, tuple):
             line = item[1].decode(errors="replace").strip()
-            found.add(line.removeprefix("Subject:").strip())
+            found.append(line.removeprefix("Subject:").strip())
     return found
 
 
@@ -231,10 +234,19 @@ def stream(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def subjects(a: argparse.Namespace) -> dict[str, Any]:
-    """The subjects starting with ``subject`` in INBOX, once ``count`` are there (or timeout)."""
+    """The subjects starting with ``subject`` in INBOX, once ``count`` different ones are there,
+    or, with ``--expect`` (a JSON list), once every expected one is (or timeout). ``subjects``
+    lists each once; ``copies`` counts those found more than once (a message delivered twice).
+    Polling for the expected set, not a count: a message that arrived without its 250 must not
+    end the wait while an acknowledged one is still on its way."""
     t0 = time.monotonic()
-    found: set[str] = set()
+    expect = set(json.loads(a.expect)) if getattr(a, "expect", "") else None
+    found: list[str] = []
     last = ""
+
+    def complete() -> bool:
+        return expect <= set(found) if expect is not None else len(set(found)) >= a.count
+
     while True:
         try:
             conn = _imap(a)
@@ -242,14 +254,15 @@ def subjects(a: argparse.Namespace) -> dict[str, Any]:
                 found = _subjects(conn, a.subject)
             finally:
                 conn.logout()
-            if len(found) >= a.count:
+            if complete():
                 break
         except (OSError, imaplib.IMAP4.error) as e:
             last = f"{type(e).__name__}: {e}"
         if time.monotonic() - t0 > a.timeout:
             break
         time.sleep(a.interval)
-    return {"ok": len(found) >= a.count, "subjects": sorted(found), "error": last,
+    copies = {s: n for s, n in collections.Counter(found).items() if n > 1}
+    return {"ok": complete(), "subjects": sorted(set(found)), "copies": copies, "error": last,
             "seconds": time.monotonic() - t0}  # fmt: skip
 
 
@@ -495,6 +508,7 @@ def parser() -> argparse.ArgumentParser:
     common(s, 993)
     s.add_argument("--subject", required=True)
     s.add_argument("--count", type=int, default=1)
+    s.add_argument("--expect", default="", help="a JSON list: wait until all of these are there")
     s.add_argument("--timeout", type=float, default=30)
     s.add_argument("--interval", type=float, default=0.5)
     s.set_defaults(func=subjects)

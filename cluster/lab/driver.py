@@ -7,6 +7,7 @@ fails or a wait that times out is a failed expectation, and pytest reports it as
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import secrets
@@ -252,6 +253,21 @@ class Lab:
                              "--password", user[1], "--subject", prefix, "--count", str(count),
                              "--timeout", str(timeout))  # fmt: skip
         return set(got["subjects"])
+
+    def mail(
+        self, host: str, user: tuple[str, str], prefix: str, expect: Iterable[str],
+        timeout: float = 60,
+    ) -> collections.Counter[str]:  # fmt: skip
+        """How many copies of each message whose subject starts with ``prefix`` the user's INBOX
+        holds over IMAPS, once every subject of ``expect`` is there (or ``timeout`` passed): a
+        message delivered twice counts 2."""
+        got = self.clientlib("subjects", "--host", host, "--ca", self.ca, "--user", user[0],
+                             "--password", user[1], "--subject", prefix,
+                             "--expect", json.dumps(sorted(expect)),
+                             "--timeout", str(timeout))  # fmt: skip
+        counts = collections.Counter({s: 1 for s in got["subjects"]})
+        counts.update({s: n - 1 for s, n in got["copies"].items()})
+        return counts
 
     def stream(
         self, host: str, user: tuple[str, str], prefix: str, seconds: float = 120,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from cluster.lab import base, hosts, volume
@@ -57,16 +55,6 @@ def test_set_values_are_typed_like_pulumi_config() -> None:
 
 def test_marker_names_are_plain_file_names() -> None:
     assert marker_name("file:/etc/postfix/main.cf") == "file__etc_postfix_main.cf"
-
-
-def test_mirror_is_read_from_apt_sources(tmp_path: Path) -> None:
-    sources = tmp_path / "debian.sources"
-    sources.write_text(
-        "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n\n"
-        "Types: deb\n# a comment\nURIs: http://mirror.example/debian\n"
-        "Suites: bookworm bookworm-updates\nComponents: main\n"
-    )
-    assert base.apt_mirror(sources) == "http://mirror.example/debian"
 
 
 def test_base_key_follows_the_package_list() -> None:

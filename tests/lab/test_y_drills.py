@@ -6,11 +6,12 @@ leaves the lab as it found it: activeDc=dc1 on both stacks, nothing cut, every h
 
 from __future__ import annotations
 
+import collections
 import json
 import secrets
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -203,6 +204,31 @@ def sender_around_the_crash(result: dict[str, Any], t_crash: float) -> None:
     assert any(t > t_crash for t in acked_at.values()), ("no 250 after the crash", result)
 
 
+# A second copy of a message is at-least-once delivery, not loss: Postfix delivers again a message
+# whose LMTP delivery a crash or a stop cut off after Dovecot had saved it (its queue file not yet
+# removed). That message was acknowledged just before the fault: its delivery follows the 250
+# within 0.8 s at p99 (bench/replication.py, the holder's own delivery). A copy of a message
+# acknowledged more than this before a fault, after one, or with no fault at all is mail that
+# replication or a merge duplicated. 10 s leaves room for a delivery slowed by a busy machine.
+COPY_WINDOW_S = 10
+
+
+def copies_only_around_faults(
+    got: collections.Counter[str], acked_at: dict[str, float], faults: Iterable[float]
+) -> None:
+    """Every message read more than once was acknowledged at most COPY_WINDOW_S before one of
+    ``faults`` (wall-clock times); the copies are printed either way."""
+    faults = list(faults)
+    twice = {s: n for s, n in got.items() if n > 1}
+    if twice:
+        print(f"copies: {twice}")
+    unexplained = {
+        s: n for s, n in twice.items()
+        if not any(0 <= f - acked_at.get(s, float("inf")) <= COPY_WINDOW_S for f in faults)
+    }  # fmt: skip
+    assert not unexplained, ("delivered more than once, not around a fault", unexplained, faults)
+
+
 def imap_timeline(got: dict[str, Any], t_crash: float) -> str:
     """The probe's IMAPS attempts, seconds after the crash: start +duration outcome, one a line."""
     return "\n".join(f"{start - t_crash:6.2f} +{end - start:5.2f} {outcome}"
@@ -336,9 +362,10 @@ def test_drill_1_crash_the_active_node(lab: Lab, unique: str) -> None:
     lab.run("boot", "dc1-svr1")
     r1 = wait_rejoined(lab, "dc1-svr1", private_ip("dc1-svr2"))
     assert r1["role"] == "standby"
-    # Every message that got a 250 is readable (svr1's queue delivered once it is back).
-    got = lab.subjects(VIP1, user, unique, len(acked))
-    assert acked <= got, sorted(acked - got)
+    # Every message that got a 250 is readable (svr1's queue delivered once it is back), once.
+    mail = lab.mail(VIP1, user, unique, acked)
+    assert acked <= set(mail), sorted(acked - set(mail))
+    copies_only_around_faults(mail, result["acked_at"], [t_crash])
     lab.wait_for("the new mailbox on svr1", lambda: lab.sql(
         "dc1-svr1", f"SELECT COUNT(*) FROM postfixadmin.mailbox WHERE username='{fresh[0]}'"
     ) == "1", timeout=20)  # fmt: skip
@@ -443,8 +470,10 @@ def test_drill_4_database_stop_on_the_master(lab: Lab, unique: str) -> None:
     assert len(result["acked"]) >= MIN_ACKED_BEFORE, result
     assert max(result["acked_at"].values()) > t0_wall + took, result
     acked = set(result["acked"]) | ({unique + "-early"} if early["ok"] else set())
-    got = lab.subjects(VIP1, user, unique, len(acked))
-    assert acked <= got, sorted(acked - got)
+    mail = lab.mail(VIP1, user, unique, acked)
+    assert acked <= set(mail), sorted(acked - set(mail))
+    # The faults: the stop, and the old master's Postfix stopped at its demote.
+    copies_only_around_faults(mail, result["acked_at"], [t0_wall, t0_wall + took])
     rp = lab.role(peer)
     assert rp["db"]["read_only"] is False
     wait_rejoined(lab, master, private_ip(peer))
@@ -545,9 +574,11 @@ def test_drill_3_data_centre_loss_failover_rejoin_failback(lab: Lab, unique: str
         s = f"{unique} dc1-after {i}"
         assert lab.send(VIP1, user, s)["ok"]
         acked.add(s)
-    # Count: every message acknowledged in either data centre is in dc1 now.
-    got = lab.subjects(VIP1, user, unique, len(acked), timeout=90)
-    assert acked <= got, sorted(acked - got)
+    # Count: every message acknowledged in either data centre is in dc1 now, once (the merge
+    # after the rejoin copies what one side lacks; it must not copy what both have).
+    mail = lab.mail(VIP1, user, unique, acked, timeout=90)
+    assert acked <= set(mail), sorted(acked - set(mail))
+    copies_only_around_faults(mail, acked_at, [t_cut])
     assert lab.subjects(VIP1, dc2_user, unique, 1) == {unique + " dc2-new"}
     assert lab.status()["active_dc"] == "dc1"
 
@@ -629,6 +660,7 @@ def test_drill_5_rebuild_both_nodes_of_a_data_centre(lab: Lab, unique: str) -> N
         rebuild("dc1-svr2", private_ip("dc1-svr1"))
         # 2. The role to the rebuilt node: a planned switchover (hb_standby on the active node).
         watch = lab.watch_port(VIP1, 25, interval=0.05)
+        t_switch = time.time()
         ensure_holder(lab, "dc1-svr2")
         switch = watch.result()
         figures.append(f"switchover to dc1-svr2: longest refusal "
@@ -644,14 +676,17 @@ def test_drill_5_rebuild_both_nodes_of_a_data_centre(lab: Lab, unique: str) -> N
     assert not result["permanent"], result["permanent"]
     acked = set(result["acked"])
     assert len(acked) >= 50, result
-    got = lab.subjects(VIP1, user, unique, len(acked), timeout=90)
-    lost = acked - got
+    mail = lab.mail(VIP1, user, unique, acked, timeout=90)
+    lost = acked - set(mail)
     figures.append(
         f"messages: {result['sent']} sent, {len(acked)} acknowledged, {len(lost)} "
         f"lost, {len(result['failed'])} refused or deferred (retried by senders)"
     )
     print("rebuild drill: " + "; ".join(figures))
     assert not lost, sorted(lost)
+    # A rebuild of a standby is no fault for the mail it never delivers: copies only around
+    # the switchover (the old holder's Postfix stopped at its demote).
+    copies_only_around_faults(mail, result["acked_at"], [t_switch])
     for host in (*DC1, *DC2):
         lab.wait_for(f"rows on {host}", lambda h=host: lab.sql(h, rows_q) == rows, timeout=30)
         assert lab.sql(host, accounts_q) == accounts, host
@@ -673,7 +708,7 @@ def test_drill_6_planned_switchover_withdraws_first(lab: Lab, unique: str) -> No
     stream = lab.stream(VIP1, user, unique)
     watches = {fam: lab.watch_port(addr, 25, interval=0.05) for fam, addr in FAMILIES.items()}
     time.sleep(3)
-    t0 = time.monotonic()
+    t0, t0_wall = time.monotonic(), time.time()
     out = lab.ops("switchover").stdout
     assert "switchover dc1-svr1 -> dc1-svr2" in out, out
     lab.wait_routed("dc1", "dc1-svr2")
@@ -692,8 +727,10 @@ def test_drill_6_planned_switchover_withdraws_first(lab: Lab, unique: str) -> No
     assert not result["permanent"], result["permanent"]
     acked = set(result["acked"])
     assert len(acked) > 10, result
-    got_subjects = lab.subjects(VIP1, user, unique, len(acked))
+    mail = lab.mail(VIP1, user, unique, acked)
+    got_subjects = set(mail)
     assert acked <= got_subjects, sorted(acked - got_subjects)
+    copies_only_around_faults(mail, result["acked_at"], [t0_wall])
     print(f"switchover under load: {len(acked)} acknowledged, "
           f"{len(acked - got_subjects)} lost")  # fmt: skip
     wait_rejoined(lab, "dc1-svr1", private_ip("dc1-svr2"))
@@ -732,8 +769,9 @@ def test_drill_7_arp_crash(lab: Lab, unique: str) -> None:
         lab.run("boot", "dc1-svr1")
         wait_rejoined(lab, "dc1-svr1", private_ip("dc1-svr2"))
         acked = set(result["acked"])
-        got = lab.subjects(VIP1, user, unique, len(acked))
-        assert acked <= got, sorted(acked - got)
+        mail = lab.mail(VIP1, user, unique, acked)
+        assert acked <= set(mail), sorted(acked - set(mail))
+        copies_only_around_faults(mail, result["acked_at"], [t_crash])
     finally:
         lab.run("apply", "--stack", "dc1", "--set", "sharedIpMethod=bgp")
     # Back to bgp on the running cluster: the holder announces, the router follows.

@@ -11,13 +11,24 @@ import pytest
 from cluster.lab import base
 
 
-def test_mirror_from_this_machines_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\n\n"
+        "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n",
+        # The security stanza first, and a comment inside a stanza.
+        "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n\n"
+        "Types: deb\n# a comment\nURIs: http://mirror.example/debian\n"
+        "Suites: bookworm bookworm-updates\nComponents: main\n",
+    ],
+    ids=["main-first", "security-first"],
+)
+def test_mirror_from_this_machines_sources(
+    text: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv(base.MIRROR_ENV, raising=False)
     sources = tmp_path / "debian.sources"
-    sources.write_text(
-        "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\n\n"
-        "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n"
-    )
+    sources.write_text(text)
     assert base.apt_mirror(sources) == "http://mirror.example/debian"
 
 
