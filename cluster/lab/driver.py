@@ -16,12 +16,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
 from cluster.config import StackConfig
 from cluster.lab import addresses as A
-from cluster.lab import cgroups, lifecycle, routeservers
+from cluster.lab import cgroups, holdwatch, lifecycle, routeservers
 from cluster.lab.model import lab_topology
 from cluster.lab.run import LabError
 from cluster.lab.secrets import ca_file
@@ -107,6 +108,43 @@ class Background:
             self.stop_file.touch()
         out, _ = self.proc.communicate(timeout=timeout)
         return last_json(out)
+
+
+class HoldWatch:
+    """``holdwatch.WATCH`` running in each of ``hosts`` until ``result()`` (see holdwatch.py)."""
+
+    def __init__(self, lab: Lab, hosts: Iterable[str]) -> None:
+        self.lab, self.hosts = lab, list(hosts)
+        tag = secrets.token_hex(4)
+        self.stop, self.out = f"/run/mclab-holdwatch-{tag}.stop", f"/run/mclab-holdwatch-{tag}"
+        for host in self.hosts:
+            # setsid -f: the watch outlives this exec (its output goes to a file, not to us).
+            lab.exec(host, "setsid", "-f", "python3", "-c", holdwatch.WATCH,
+                     holdwatch.ANNOUNCE_FILE, self.stop, self.out,
+                     str(holdwatch.INTERVAL_S))  # fmt: skip
+        for host in self.hosts:  # started: its first line is written
+            lab.wait_for(f"the hold watch on {host}", partial(self._output, host), timeout=20,
+                         interval=0.2)  # fmt: skip
+
+    def _output(self, host: str, ended: bool = False) -> str:
+        """The watch's output on ``host`` so far ("" while there is none, or, with ``ended``,
+        while it has not ended)."""
+        text = self.lab.exec(host, "cat", self.out, check=False).stdout
+        return text if text.strip() and (not ended or text.rstrip().endswith("end")) else ""
+
+    def result(self) -> list[tuple[float, float]]:
+        """Stop the watches; the stretches (unix times) during which two or more held."""
+        for host in self.hosts:
+            self.lab.exec(host, "touch", self.stop)
+        timelines, ends = {}, []
+        for host in self.hosts:
+            text = self.lab.wait_for(f"the hold watch on {host} to end",
+                                     partial(self._output, host, True), timeout=10,
+                                     interval=0.2)  # fmt: skip
+            timelines[host], end = holdwatch.parse(text)
+            ends.append(end)
+            self.lab.exec(host, "rm", "-f", self.stop, self.out)
+        return holdwatch.overlaps(timelines, min(ends))
 
 
 class Lab:
@@ -235,6 +273,11 @@ class Lab:
         return self.start_clientlib("watch", "--host", host, "--port", str(port),
                                     "--interval", str(interval), "--stop", str(stop),
                                     stop_file=stop)  # fmt: skip
+
+    def watch_holders(self, hosts: Iterable[str]) -> HoldWatch:
+        """Whether each of ``hosts`` holds its shared IP (bgp), every 50 ms inside the node,
+        until ``result()``: the stretches during which two held at once."""
+        return HoldWatch(self, hosts)
 
     def send(self, host: str, user: tuple[str, str], subject: str, port: int = 587) -> Any:
         """A message from ``user`` to itself over submission: STARTTLS, AUTH."""

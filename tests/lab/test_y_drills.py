@@ -416,6 +416,8 @@ def test_drill_2_cut_the_active_nodes_link(lab: Lab, unique: str) -> None:
         user = new_user(lab)
         assert lab.send(VIP1, user, unique)["ok"]
         assert lab.subjects(VIP1, user, unique, 1) == {unique}
+        # From here until svr1 has rejoined, every 50 ms inside both nodes: never two holders.
+        watch = lab.watch_holders(DC1)
     finally:
         lab.run("heal", "dc1-svr1")
     # After the heal: within ~30 s svr1 rejoins as the standby; never two holders meanwhile.
@@ -431,6 +433,8 @@ def test_drill_2_cut_the_active_nodes_link(lab: Lab, unique: str) -> None:
         time.sleep(0.5)
     assert lab.holders(DC1) == ["dc1-svr2"], seen
     wait_rejoined(lab, "dc1-svr1", private_ip("dc1-svr2"), timeout=30)
+    two = watch.result()
+    assert not two, ("two nodes announced the shared IP at once (unix times)", two)
 
 
 def test_drill_4_database_stop_on_the_master(lab: Lab, unique: str) -> None:
@@ -707,6 +711,7 @@ def test_drill_6_planned_switchover_withdraws_first(lab: Lab, unique: str) -> No
     user = new_user(lab)
     stream = lab.stream(VIP1, user, unique)
     watches = {fam: lab.watch_port(addr, 25, interval=0.05) for fam, addr in FAMILIES.items()}
+    holders = lab.watch_holders(DC1)
     time.sleep(3)
     t0, t0_wall = time.monotonic(), time.time()
     out = lab.ops("switchover").stdout
@@ -715,6 +720,9 @@ def test_drill_6_planned_switchover_withdraws_first(lab: Lab, unique: str) -> No
     took = time.monotonic() - t0
     time.sleep(3)
     got = {fam: w.result() for fam, w in watches.items()}
+    # Withdraws first: at no 50 ms sample did both nodes announce the shared IP.
+    two = holders.result()
+    assert not two, ("two nodes announced the shared IP at once (unix times)", two)
     result = stream.result(timeout=120)
     print(f"switchover ({lab.shared_ip_method('dc1')}, {took:.1f}s to settle; {out.strip()}): "
           + "; ".join(
