@@ -287,14 +287,23 @@ class Lab:
             "--subject", subject,
         )  # fmt: skip
 
+    def _read_mail(
+        self, host: str, user: tuple[str, str], prefix: str, *wait: str, timeout: float
+    ) -> dict[str, Any]:
+        """``clientlib subjects`` for the user's INBOX over IMAPS; ``wait``: its --count or
+        --expect."""
+        got: dict[str, Any] = self.clientlib(
+            "subjects", "--host", host, "--ca", self.ca, "--user", user[0],
+            "--password", user[1], "--subject", prefix, *wait, "--timeout", str(timeout),
+        )  # fmt: skip
+        return got
+
     def subjects(
         self, host: str, user: tuple[str, str], prefix: str, count: int, timeout: float = 60
     ) -> set[str]:
         """The subjects starting with ``prefix`` in the user's INBOX over IMAPS, once ``count``
         are there (or ``timeout`` passed)."""
-        got = self.clientlib("subjects", "--host", host, "--ca", self.ca, "--user", user[0],
-                             "--password", user[1], "--subject", prefix, "--count", str(count),
-                             "--timeout", str(timeout))  # fmt: skip
+        got = self._read_mail(host, user, prefix, "--count", str(count), timeout=timeout)
         return set(got["subjects"])
 
     def mail(
@@ -304,10 +313,8 @@ class Lab:
         """How many copies of each message whose subject starts with ``prefix`` the user's INBOX
         holds over IMAPS, once every subject of ``expect`` is there (or ``timeout`` passed): a
         message delivered twice counts 2."""
-        got = self.clientlib("subjects", "--host", host, "--ca", self.ca, "--user", user[0],
-                             "--password", user[1], "--subject", prefix,
-                             "--expect", json.dumps(sorted(expect)),
-                             "--timeout", str(timeout))  # fmt: skip
+        got = self._read_mail(host, user, prefix, "--expect", json.dumps(sorted(expect)),
+                              timeout=timeout)  # fmt: skip
         counts = collections.Counter({s: 1 for s in got["subjects"]})
         counts.update({s: n - 1 for s, n in got["copies"].items()})
         return counts

@@ -269,8 +269,8 @@ def test_a_takeover(lab: Lab, received: Received) -> None:
     received.wait_mail(subject("takeover", new, "CRITICAL"), before)
     print(f"alert takeover from {new}: mail {time.time() - t0:.0f}s after hb_standby")
     # An event: it clears at the next check.
-    # Its "resolved" by the timer too, as before 7 December: test_auth_cache, next, got a 454
-    # twice when this file ended sooner (cause not found; see the closing note of issue 27).
+    # Its "resolved" by the timer too, as in every full run since 7 December. (That was a
+    # guess at test_auth_cache's 454; its cause was Dovecot's SQL pool, see test_auth_cache.py.)
     received.wait_post("takeover", new, True, t0, ALERT_WAIT_S)
     assert received.senders("takeover", t0) == {new}
 
