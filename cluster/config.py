@@ -146,6 +146,8 @@ class StackConfig:
     ban_find_time_s: int
     ban_time_s: int
     submission_rate_limit_per_hour: int
+    spam_junk_score: float = 6.0
+    spam_reject_score: float = 15.0
     mesh_cidr: str = DEFAULT_MESH_CIDR
     vpc_subnet: str = DEFAULT_VPC_SUBNETS["dc1"]
     metrics_cidrs: tuple[str, ...] = ()
@@ -190,6 +192,21 @@ def _as_int(lo: int, hi: int, unit: str = "") -> Callable[[Any], int]:
             raise ValueError(f"must be a whole number from {lo} to {hi}{unit}") from None
         if not lo <= number <= hi:
             raise ValueError(f"must be from {lo} to {hi}{unit}, got {number}")
+        return number
+
+    return check
+
+
+def _as_score(lo: float, hi: float) -> Callable[[Any], float]:
+    """An rspamd score: a number (decimals allowed) from ``lo`` to ``hi``."""
+
+    def check(value: Any) -> float:
+        try:
+            number = float(str(value))
+        except ValueError:
+            raise ValueError(f"must be a number from {lo:g} to {hi:g}") from None
+        if not lo <= number <= hi:  # NaN fails this too
+            raise ValueError(f"must be from {lo:g} to {hi:g}, got {value}")
         return number
 
     return check
@@ -423,6 +440,12 @@ KEYS: dict[str, Key] = {
     "submissionRateLimitPerHour": Key("submission_rate_limit_per_hour", 200,
                                       _as_int(1, 100000, " recipients"),
                                       "recipients one authenticated user may send to per hour"),
+    # rspamd's defaults (add header 6, reject 15): scores from its symbols, no Bayes here.
+    "spamJunkScore": Key("spam_junk_score", 6, _as_score(1, 100),
+                         "rspamd score from which mail is filed into the user's Junk"),
+    "spamRejectScore": Key("spam_reject_score", 15, _as_score(1, 1000),
+                           "rspamd score from which mail is refused at SMTP (above "
+                           "spamJunkScore)"),
     "alertEmail": Key("alert_emails", [], _emails,
                       "addresses that get alerts by mail (default: the postmaster)"),
     "alertWebhook": Key("alert_webhook", "", _webhook,
@@ -546,6 +569,12 @@ def load_config(raw: Mapping[str, Any], stack: str) -> StackConfig:
             errors.append(
                 "mailcluster:backupKeepHourly: backupKeepHourly, backupKeepDaily and "
                 "backupKeepMonthly are all 0: forget --prune would delete every snapshot"
+            )
+        if values["spam_reject_score"] <= values["spam_junk_score"]:
+            errors.append(
+                f"mailcluster:spamRejectScore: must be above spamJunkScore "
+                f"({values['spam_junk_score']:g}), got {values['spam_reject_score']:g}: mail "
+                "between the two is filed into Junk, mail from spamRejectScore up is refused"
             )
         mesh, vpc = (ipaddress.IPv4Network(values[k]) for k in ("mesh_cidr", "vpc_subnet"))
         if mesh.overlaps(vpc):

@@ -58,6 +58,7 @@ SSH_PORT = 22
 IMAP_PLAINTEXT_PORT = 143
 MARIADB_PORT = 3306
 DOVEADM_PORT = 12345
+MANAGESIEVE_PORT = 4190  # RFC 5804's port
 HEARTBEAT_PORT = 694
 # Debian's exporters' own default ports (and Prometheus' port allocation wiki).
 NODE_EXPORTER_PORT = 9100
@@ -85,6 +86,7 @@ _ALWAYS: tuple[Rule, ...] = (
     Rule("submissions (implicit TLS)", "tcp", 465, WORLD),
     Rule("submission (STARTTLS)", "tcp", 587, WORLD),
     Rule("IMAPS", "tcp", 993, WORLD),
+    Rule("ManageSieve (STARTTLS)", "tcp", MANAGESIEVE_PORT, WORLD),
     Rule("SSH", "tcp", SSH_PORT, ADMIN),
     Rule("WireGuard mesh", "udp", MESH_PORT, WORLD),
     Rule("Prometheus node exporter", "tcp", NODE_EXPORTER_PORT, METRICS),
@@ -96,14 +98,14 @@ _ALWAYS: tuple[Rule, ...] = (
     Rule("web sync (ssh, forced rrsync to websync)", "tcp", SSH_PORT, MESH),
 )
 
+_IMAPS = next(r for r in _ALWAYS if r.port == 993)
+
 
 def port_table(config: StackConfig) -> tuple[Rule, ...]:
-    """Every rule for this stack's config. ManageSieve (4190) has no config key: Dovecot's
-    managesieve is not installed, so 4190 stays closed; a ``manageSieve`` key would add its row
-    here, as ``imapPlaintext`` adds 143."""
+    """Every rule for this stack's config (``imapPlaintext`` adds 143 after IMAPS)."""
     rules = [r for r in _ALWAYS if r.source != METRICS or config.metrics_cidrs]
     if config.imap_plaintext:
-        rules.insert(rules.index(_ALWAYS[7]) + 1, Rule("IMAP (STARTTLS)", "tcp", 143, WORLD))
+        rules.insert(rules.index(_IMAPS) + 1, Rule("IMAP (STARTTLS)", "tcp", 143, WORLD))
     return tuple(rules)
 
 

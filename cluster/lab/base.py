@@ -165,7 +165,9 @@ HOST_TOOLS = {"debootstrap": "debootstrap", "zstd": "zstd", "ip": "iproute2",
               "unshare": "util-linux", "nsenter": "util-linux", "setpriv": "util-linux",
               "blkid": "util-linux",
               "losetup": "mount", "systemd-nspawn": "systemd-container",
-              "ping": "iputils-ping", "dig": "bind9-dnsutils"}  # fmt: skip
+              "ping": "iputils-ping", "dig": "bind9-dnsutils",
+              # The ManageSieve client of the tests (a user's, from the client namespace).
+              "sieve-connect": "sieve-connect"}  # fmt: skip
 
 
 def ensure_host_tools() -> None:

@@ -332,7 +332,7 @@ KEY_CHANGES: dict[str, KeyChange] = {
                     "dnsTtl", "dmarcPolicy", "mtaStsMode", "postmaster",
                     "heartbeatKeepaliveMs", "heartbeatDeadtimeMs", "banMaxRetry",
                     "banFindTimeSeconds", "banTimeSeconds", "submissionRateLimitPerHour",
-                    "alertEmail", "alertWebhook")
+                    "spamJunkScore", "spamRejectScore", "alertEmail", "alertWebhook")
     },
 }  # fmt: skip
 KEY_CHANGES["backupRepository"] = KeyChange(

@@ -8,6 +8,7 @@ not running. Roundcube's schema comes from Debian's own SQL file, loaded once on
 
 from __future__ import annotations
 
+from cluster import ports
 from cluster.hostcontext import HostContext
 from cluster.plan import CHANGED_MARK, Step, reload_or_start, script_step
 from cluster.services import mariadb, mta_sts, tls
@@ -24,6 +25,8 @@ PACKAGES: tuple[str, ...] = (
 
 SITE = "/etc/apache2/sites-available/mailcluster.conf"
 ROUNDCUBE_CONFIG = "/etc/roundcube/config.inc.php"
+# Roundcube's filters, vacation and forwarding (its managesieve plugin, in roundcube-plugins).
+MANAGESIEVE_CONFIG = "/etc/roundcube/plugins/managesieve/config.inc.php"
 # libapache2-mod-php is Debian 13's PHP 8.4: its module is named after the version.
 PHP_MODULE = "php8.4"
 MODULES = ("ssl", "rewrite", "headers", "cgi", PHP_MODULE)
@@ -52,6 +55,12 @@ def steps(ctx: HostContext) -> list[Step]:
         mail_host=topo.mail_host,
         ca_file=tls.CA if ctx.config.tls_mode == "selfsigned" else "",
     )
+    managesieve = ctx.file(
+        MANAGESIEVE_CONFIG,
+        mail_host=topo.mail_host,
+        managesieve_port=ports.MANAGESIEVE_PORT,
+        ca_file=tls.CA if ctx.config.tls_mode == "selfsigned" else "",
+    )
     graphs = ctx.file("/var/www/graphs/index.html")
     mods = " ".join(MODULES)
     enable = script_step(
@@ -68,6 +77,7 @@ fi
     out: list[Step] = [
         site,
         roundcube,
+        managesieve,
         graphs,
         enable,
         script_step(
@@ -78,7 +88,7 @@ fi
 apache2ctl -t >/dev/null 2>&1 || { echo "apache2ctl -t failed: not reloading" >&2; exit 1; }""",
             ),
             # The certificate files are the tls service's; a renewal reloads through its step.
-            watch=(site, roundcube, enable),
+            watch=(site, roundcube, managesieve, enable),
         ),
     ]
     if topo.initialises_database(ctx.node):

@@ -33,10 +33,18 @@ from typing import Any
 
 from cluster import ports
 from cluster.hostcontext import HostContext
-from cluster.plan import Step, reload_or_start, script_step
-from cluster.services import mariadb, storage, tls
+from cluster.plan import CHANGED_MARK, PACKAGES_STEP, Step, reload_or_start, script_step
+from cluster.services import mariadb, nodepkg, rspamd, storage, tls
 
-PACKAGES: tuple[str, ...] = ("dovecot-core", "dovecot-imapd", "dovecot-lmtpd", "dovecot-mysql")
+PACKAGES: tuple[str, ...] = (
+    "dovecot-core",
+    "dovecot-imapd",
+    "dovecot-lmtpd",
+    "dovecot-mysql",
+    # Pigeonhole: Sieve in LMTP and IMAP (imapsieve), and ManageSieve.
+    "dovecot-sieve",
+    "dovecot-managesieved",
+)
 
 CONF = "/etc/dovecot/dovecot.conf"
 # The read-only database user mariadb.py creates for Dovecot.
@@ -98,7 +106,29 @@ EVENTS_CONNECTIONS = 4
 # push_notification_finished; "OR event=managesieve_command_finished" here is all they need (the
 # controller syncs the user of any event, and dsync carries Sieve scripts as attributes through
 # Pigeonhole's doveadm plugin, which the base already has).
-EVENTS_FILTER = "event=push_notification_finished AND NOT reason_code=doveadm:cmd_dsync_server"
+EVENTS_FILTER = (
+    "(event=push_notification_finished AND NOT reason_code=doveadm:cmd_dsync_server)"
+    " OR (event=managesieve_command_finished AND (cmd_name=PUTSCRIPT OR cmd_name=SETACTIVE"
+    " OR cmd_name=DELETESCRIPT OR cmd_name=RENAMESCRIPT))"
+)
+MANAGESIEVE_PORT = ports.MANAGESIEVE_PORT
+# A user's Sieve storage: enough for hand-written filters and Roundcube's, bounded so a
+# ManageSieve client cannot fill the volume (Pigeonhole's defaults are unlimited).
+SIEVE_MAX_SCRIPTS = 20
+SIEVE_MAX_STORAGE = "1M"
+# The global before-script that files spam into Junk (sieve.py renders and compiles it).
+SPAM_SCRIPT_NAME = "spam-to-junk"
+SIEVE_DIR = "/etc/dovecot/sieve"
+SPAM_SCRIPT = f"{SIEVE_DIR}/{SPAM_SCRIPT_NAME}.sieve"
+# Quota warnings by mail, highest first (only the first threshold crossed runs).
+QUOTA_WARNING_PERCENTS = (95, 80)
+QUOTA_WARNING_COMMAND = "mailcluster-quota-warning"
+QUOTA_WARNING_PROGRAM = f"/usr/local/sbin/{QUOTA_WARNING_COMMAND}"
+# Postfix's policy client asks here, inside its chroot (postfix.py names it).
+QUOTA_STATUS_SOCKET = f"{SOCKET_DIR}/quota-status"
+# A temporary refusal: the sender's server retries while the user makes room (RFC 3463 4.2.2
+# "mailbox full").
+QUOTA_STATUS_OVERQUOTA = "452 4.2.2 Mailbox is full"
 
 
 def conf_values(ctx: HostContext) -> dict[str, Any]:
@@ -107,7 +137,7 @@ def conf_values(ctx: HostContext) -> dict[str, Any]:
     vip = topo.shared_ip(node.dc)
     vip6 = topo.shared_ipv6(node.dc)
     return {
-        "protocols": "imap lmtp",
+        "protocols": "imap lmtp sieve",
         "base_dir": BASE_DIR,
         "log_path": "syslog",
         "cluster_cert": tls.CLUSTER_CHAIN,
@@ -139,6 +169,15 @@ def conf_values(ctx: HostContext) -> dict[str, Any]:
         "lmtp_socket": LMTP_SOCKET,
         "auth_socket": AUTH_SOCKET,
         "postmaster": ctx.config.postmaster,
+        "managesieve_port": MANAGESIEVE_PORT,
+        "sieve_max_scripts": SIEVE_MAX_SCRIPTS,
+        "sieve_max_storage": SIEVE_MAX_STORAGE,
+        "spam_script_name": SPAM_SCRIPT_NAME,
+        "spam_script": SPAM_SCRIPT,
+        "quota_warnings": QUOTA_WARNING_PERCENTS,
+        "quota_warning_program": QUOTA_WARNING_PROGRAM,
+        "quota_status_socket": QUOTA_STATUS_SOCKET,
+        "quota_status_overquota": QUOTA_STATUS_OVERQUOTA,
         # Relative: resolved beside dovecot.conf, so a checker can load a rendered copy.
         "sql_include": SQL_CONF.rsplit("/", 1)[1],
         "secrets_include": SECRETS_CONF.rsplit("/", 1)[1],
@@ -156,7 +195,25 @@ def sql_values(ctx: HostContext) -> dict[str, Any]:
     }
 
 
+def sieve_steps(ctx: HostContext) -> list[Step]:
+    """The global spam-to-Junk script and its compiled form: deliveries run as the mail uid and
+    could not write the binary beside a script in /etc."""
+    script = ctx.file(SPAM_SCRIPT, spam_header=rspamd.SPAM_HEADER, after=(PACKAGES_STEP,))
+    binary = SPAM_SCRIPT.removesuffix(".sieve") + ".svbin"
+    compiled = script_step(
+        "dovecot.sieve-compiled",
+        f"""if [ ! {binary} -nt {SPAM_SCRIPT} ]; then
+  sievec {SPAM_SCRIPT}
+  echo "{CHANGED_MARK} {binary} compiled"
+fi""",
+        watch=(script,),
+    )
+    return [script, compiled]
+
+
 def steps(ctx: HostContext) -> list[Step]:
+    sieve = sieve_steps(ctx)
+    quota_warning = nodepkg.entry_point(ctx, QUOTA_WARNING_COMMAND, "quota_warning")
     files = [
         ctx.file(CONF, **conf_values(ctx)),
         ctx.file(SQL_CONF, mode="0600", secret=True, **sql_values(ctx)),
@@ -174,6 +231,6 @@ def steps(ctx: HostContext) -> list[Step]:
 # Dovecot runs on every node (each is a replication target): reload it, or start it.""",
         ),
         watch=(*files, *tls.public_pair_steps(ctx), *tls.cluster_pair_steps()),
-        after=(storage.VMAIL_STEP,),
+        after=(storage.VMAIL_STEP, *sieve, quota_warning),
     )
-    return [*files, reload]
+    return [*sieve, quota_warning, *files, reload]

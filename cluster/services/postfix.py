@@ -113,6 +113,9 @@ def map_refs(*names: str) -> str:
 
 
 # Overrides for 587 and 465: SASL required, and only as yourself.
+# Dovecot's quota-status service (dovecot.py), relative to the queue directory as smtpd sees it
+# in its chroot: a full mailbox is refused at RCPT with a 452, on port 25 and on submission.
+QUOTA_POLICY = "unix:" + dovecot.QUOTA_STATUS_SOCKET.removeprefix("/var/spool/postfix/")
 SUBMISSION_OPTIONS: tuple[str, ...] = (
     "smtpd_sasl_auth_enable=yes",
     "smtpd_tls_auth_only=yes",
@@ -120,13 +123,15 @@ SUBMISSION_OPTIONS: tuple[str, ...] = (
     "smtpd_sender_restrictions=reject_non_fqdn_sender,reject_sender_login_mismatch,"
     "permit_sasl_authenticated,reject",
     "smtpd_relay_restrictions=permit_sasl_authenticated,reject",
-    "smtpd_recipient_restrictions=reject_non_fqdn_recipient,permit_sasl_authenticated,reject",
+    "smtpd_recipient_restrictions=reject_non_fqdn_recipient,"
+    f"check_policy_service,{QUOTA_POLICY},permit_sasl_authenticated,reject",
     # The sending limit (ratelimit.py), asked at DATA with the message's recipient count: over
     # it, defer_if_permit answers 4xx for the whole message. Commas, not spaces, between the
     # restriction and its server: master.cf's -o takes one word.
     "smtpd_data_restrictions=reject_unauth_pipelining,"
     f"check_policy_service,{ratelimit.POLICY_SERVICE}",
-    # A limiter that does not answer lets mail through (and Postfix logs a warning).
+    # A limiter or quota service that does not answer lets mail through (Postfix logs a
+    # warning; Dovecot's LMTP checks the quota again at delivery).
     "smtpd_policy_service_default_action=DUNNO",
     "milter_macro_daemon_name=ORIGINATING",
 )
@@ -163,6 +168,7 @@ def steps(ctx: HostContext) -> list[Step]:
         tls_chain=tls.CHAIN,
         tls_ciphers=tls.MOZILLA_INTERMEDIATE_CIPHERS,
         dnsbl_sites=", ".join(DNSBL_SITES),
+        quota_policy=QUOTA_POLICY,
     )
     files = [
         main_cf,

@@ -27,8 +27,9 @@ PACKAGES: tuple[str, ...] = ("rspamd",)
 LOCAL_D = "/etc/rspamd/local.d"
 DKIM_DIR = "/var/lib/rspamd/dkim"
 MILTER_BIND = "127.0.0.1:11332"
-REJECT_SCORE = 15
-ADD_HEADER_SCORE = 6
+# The header the spam-to-Junk Sieve script tests (dovecot.py): "Yes" on mail scored at the Junk
+# score (the "add header" action) or more; rspamd removes a copy the sender brought.
+SPAM_HEADER = "X-Spam"
 # The script says why, for whoever reads it on the host.
 RESTART = (
     "# Restart, not reload: a reload re-binds changed worker sockets while the old workers hold\n"
@@ -70,10 +71,10 @@ def steps(ctx: HostContext) -> list[Step]:
         ctx.file(f"{LOCAL_D}/options.inc", local_addrs=["127.0.0.0/8", "::1"]),
         ctx.file(
             f"{LOCAL_D}/actions.conf",
-            reject_score=REJECT_SCORE,
-            add_header_score=ADD_HEADER_SCORE,
+            reject_score=ctx.config.spam_reject_score,
+            add_header_score=ctx.config.spam_junk_score,
         ),
-        ctx.file(f"{LOCAL_D}/milter_headers.conf"),
+        ctx.file(f"{LOCAL_D}/milter_headers.conf", spam_header=SPAM_HEADER),
     ]
     for module, reason in DISABLED_MODULES.items():
         content = render(f"{LOCAL_D}/disabled-module.conf", **ctx.common(), reason=reason)

@@ -33,7 +33,7 @@ from cluster.lab.checkroot import NsPopen, terminate
 from cluster.lab.model import lab_topology
 from cluster.material import ClusterSecrets, generate
 from cluster.render import render
-from cluster.services import dovecot
+from cluster.services import dovecot, rspamd
 
 PASSWORD = "secret-pw"
 DOVEADM_PASSWORD = "doveadm-test-secret"
@@ -88,15 +88,23 @@ class Dovecot:
     """One Dovecot server with its own directory, ports and users."""
 
     def __init__(
-        self, name: str, home: Path, events_url: str, users: list[str], sql: str = ""
+        self,
+        name: str,
+        home: Path,
+        events_url: str,
+        users: list[str],
+        sql: str = "",
+        fields: dict[str, str] | None = None,
     ) -> None:
         """``sql``: the plan's SQL include, rendered for a test database, instead of the
-        passwd-file of ``users``."""
+        passwd-file of ``users``; ``fields``: a user's userdb fields there (``key=value ...``,
+        e.g. a quota)."""
         self.name = name
         self.home = home
         self.doveadm_port = free_port()
         self.imap_port = free_port()
         self.http_port = free_port()
+        self.sieve_port = free_port()
         self.vmail = home / "vmail"
         self.run_dir = home / "run"
         self.conf = home / "etc" / "dovecot.conf"
@@ -118,6 +126,19 @@ class Dovecot:
         (tls / "key.pem").write_text(secrets.tls["dc1"].key_pem)
         topo = lab_topology("dc1")
         ctx = HostContext(topo, topo.node("dc1-svr1"), secrets, "lab")
+        # The plan's spam-to-Junk script, compiled as the plan compiles it.
+        self.spam_script = etc / "sieve" / "spam-to-junk.sieve"
+        self.spam_script.parent.mkdir(exist_ok=True)
+        self.spam_script.write_text(
+            render(dovecot.SPAM_SCRIPT, **ctx.common(), spam_header=rspamd.SPAM_HEADER)
+        )
+        compiled = in_base("sievec", str(self.spam_script))
+        assert compiled.returncode == 0, compiled.stderr
+        # Instead of the node's warning program: one that records its arguments.
+        self.quota_warnings = home / "quota-warnings.log"
+        warn = etc / "quota-warning"
+        warn.write_text(f'#!/bin/sh\necho "$@" >> {self.quota_warnings}\n')
+        warn.chmod(0o755)
         values = dovecot.conf_values(ctx) | {
             "base_dir": f"{self.run_dir}/",
             "log_path": str(self.log),
@@ -136,12 +157,23 @@ class Dovecot:
             "imaps_port": 0,
             "lmtp_socket": str(self.lmtp_socket),
             "auth_socket": str(self.lmtp_socket.parent / "auth"),
+            "quota_status_socket": str(self.lmtp_socket.parent / "quota-status"),
+            "managesieve_port": self.sieve_port,
+            "spam_script": str(self.spam_script),
+            "quota_warning_program": str(warn),
             "events_url": events_url,
             "sql_include": "userdb.conf.ext",
         }
-        self.conf.write_text(render(dovecot.CONF, **ctx.common(), **values))
+        conf = render(dovecot.CONF, **ctx.common(), **values)
+        # The base has no mail user to own the warning's socket (a node's is vmail, 0600): here
+        # the mail processes (uid 5000) reach the root-owned socket by its mode.
+        listener = "unix_listener quota-warning {\n    mode = 0600"
+        assert listener in conf
+        self.conf.write_text(conf.replace(listener, listener.replace("0600", "0666")))
         (etc / "userdb.conf.ext").write_text(sql or USERDB.format(path=etc / "users"))
-        (etc / "users").write_text("".join(f"{u}:{{PLAIN}}{PASSWORD}::::::\n" for u in users))
+        (etc / "users").write_text(
+            "".join(f"{u}:{{PLAIN}}{PASSWORD}::::::{(fields or {}).get(u, '')}\n" for u in users)
+        )
         (etc / dovecot.SECRETS_CONF.rsplit("/", 1)[1]).write_text(
             render(dovecot.SECRETS_CONF, doveadm_password=DOVEADM_PASSWORD)
         )
@@ -192,13 +224,17 @@ class Dovecot:
             raise AssertionError(f"{self.name}: doveadm {' '.join(args)}: {proc.stderr}")
         return proc
 
-    def deliver(self, user: str, subject: str) -> None:
-        """A message into ``user``'s INBOX over LMTP, as Postfix hands it over."""
+    def deliver(
+        self, user: str, subject: str, *, headers: str = "", body: str = "body\r\n"
+    ) -> None:
+        """A message for ``user`` over LMTP, as Postfix hands it over (``headers``: more header
+        lines, each ending in CRLF, as rspamd's milter would have added them)."""
         with smtplib.LMTP(str(self.lmtp_socket)) as lmtp:
             lmtp.sendmail(
                 "sender@example.org",
                 [user],
-                f"From: sender@example.org\r\nTo: {user}\r\nSubject: {subject}\r\n\r\nbody\r\n",
+                f"From: sender@example.org\r\nTo: {user}\r\nSubject: {subject}\r\n{headers}"
+                f"\r\n{body}",
             )
 
     def maildir(self, user: str) -> Path:

@@ -19,7 +19,7 @@ from cluster.lab.checkroot import terminate
 from cluster.lab.model import lab_topology
 from cluster.material import ClusterSecrets
 from cluster.render import render
-from cluster.services import dovecot, replication
+from cluster.services import dovecot, replication, tls
 from cluster.topology import Topology
 
 
@@ -80,7 +80,12 @@ def test_doveconf_accepts_config(
     users = f"{topo.shared_ip(me.dc)} {vip6} 127.0.0.1"
     assert ports["imaps"] == (993, users)
     assert ports["imap"] == (143 if plaintext else 0, users)
-    assert "pop3" not in setting(root, "protocols")
+    # ManageSieve where IMAP is, STARTTLS only (ssl = required before any login), with the
+    # certificate users see.
+    assert ports["sieve"] == (4190, users)
+    assert setting(root, "ssl") == "required"
+    assert f"  ssl_server {{\n    cert_file = {tls.CHAIN}\n" in block(config, "protocol sieve")
+    assert setting(root, "protocols").split() == ["imap", "lmtp", "sieve"]
     # dsync from the other nodes: the mesh only (never public, never the VPC), plain TCP inside
     # WireGuard (dovecot.py: 2.4.1's TLS can hang a dsync).
     assert ports["doveadm"] == (dovecot.DOVEADM_PORT, topo.mesh_address(me))

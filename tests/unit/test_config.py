@@ -84,6 +84,11 @@ BAD_INPUTS = [
     ("banFindTimeSeconds", good(banFindTimeSeconds=10)),
     ("banTimeSeconds", good(banTimeSeconds=10)),
     ("submissionRateLimitPerHour", good(submissionRateLimitPerHour=0)),
+    ("spamJunkScore", good(spamJunkScore="high")),
+    ("spamJunkScore", good(spamJunkScore="nan")),
+    ("spamRejectScore", good(spamRejectScore=0)),
+    # Reject at or under the Junk score: nothing would ever be filed into Junk.
+    ("spamRejectScore", good(spamJunkScore=8, spamRejectScore=8)),
     ("alertEmail", good(alertEmail=["ops at example.com"])),
     ("alertWebhook", good(alertWebhook="ftp://hooks.example.com/x")),
     ("backupRepository", good(backupRepository="/srv/restic")),  # not S3
@@ -120,6 +125,15 @@ def test_good_config_loads_with_defaults() -> None:
     assert cfg.mesh_cidr == "10.199.0.0/24"
     assert cfg.vpc_subnet == DEFAULT_VPC_SUBNETS["dc2"] != DEFAULT_VPC_SUBNETS["dc1"]
     assert cfg.metrics_cidrs == ()  # metrics off
+
+
+def test_spam_scores_default_to_rspamds_and_take_decimals() -> None:
+    cfg = pulumi_config.load(good(), "dc1")
+    assert (cfg.spam_junk_score, cfg.spam_reject_score) == (6.0, 15.0)
+    cfg = pulumi_config.load(good(spamJunkScore="5.5", spamRejectScore=12), "dc1")
+    assert (cfg.spam_junk_score, cfg.spam_reject_score) == (5.5, 12.0)
+    with pytest.raises(ConfigError, match=r"spamRejectScore: must be above spamJunkScore \(9\)"):
+        pulumi_config.load(good(spamJunkScore=9, spamRejectScore=7), "dc1")
 
 
 def test_metrics_cidrs_take_both_families_and_may_be_empty() -> None:

@@ -254,7 +254,7 @@ def test_public_services_are_open_to_the_world(stack: tuple[str, Result]) -> Non
                               if r["protocol"] == "TCP" and _sources(r) >= WORLD))  # fmt: skip
     world_udp = set().union(*(_ports(r) for r in _inbounds(result)
                               if r["protocol"] == "UDP" and _sources(r) >= WORLD))  # fmt: skip
-    assert world_tcp == {25, 53, 80, 443, 465, 587, 993}  # no 143 unless imapPlaintext
+    assert world_tcp == {25, 53, 80, 443, 465, 587, 993, 4190}  # no 143 unless imapPlaintext
     # DNS, and the WireGuard mesh: it answers only a packet made with a cluster key, so its
     # rule names no address (the other data centre's nodes, whatever their addresses).
     assert world_udp == {53, 51820}

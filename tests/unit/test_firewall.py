@@ -23,7 +23,7 @@ from cluster.stackfiles import read_stack_config
 from cluster.topology import SLOTS, VPC_INTERFACE, Topology
 
 ROOT = Path(__file__).resolve().parents[2]
-PUBLIC_TCP = {25, 53, 80, 443, 465, 587, 993}
+PUBLIC_TCP = {25, 53, 80, 443, 465, 587, 993, 4190}
 INTERNAL = {("tcp", 3306), ("tcp", 12345), ("udp", 694)}
 # Over the VPC as well as the mesh: all but dsync, which is plain TCP and so mesh-only.
 ON_VPC = INTERNAL - {("tcp", 12345)}
@@ -106,8 +106,10 @@ def test_the_public_set_and_who_may_reach_the_rest(config: StackConfig) -> None:
         assert on == (EXPORTERS if config.metrics_cidrs else set()), family
 
 
-def test_4190_stays_closed_without_managesieve(config: StackConfig) -> None:
-    assert 4190 not in {r.port for r in ports.port_table(config)}
+def test_managesieve_is_public_like_imaps(config: StackConfig) -> None:
+    rule = next(r for r in ports.port_table(config) if r.port == 4190)
+    assert (rule.protocol, rule.source, rule.service) == ("tcp", ports.WORLD,
+                                                          "ManageSieve (STARTTLS)")  # fmt: skip
 
 
 def test_every_internal_port_and_web_sync_are_open_on_the_mesh_interface() -> None:
@@ -186,12 +188,32 @@ def test_submission_asks_the_rate_limit_at_data() -> None:
     chain = options["smtpd_data_restrictions"].split(",")
     policy = chain.index("check_policy_service")
     assert chain[policy + 1] == ratelimit.POLICY_SERVICE
-    assert "check_policy_service" not in options["smtpd_recipient_restrictions"]
+    assert ratelimit.POLICY_SERVICE not in options["smtpd_recipient_restrictions"]
     conf = (ROOT / "templates/etc/policyd-rate-limit.yaml.j2").read_text()
     assert "\ncount_mode: 1\n" in conf
     # Port 25 (postscreen/smtpd from main.cf) is not limited: only authenticated submission.
     main_cf = (ROOT / "templates/etc/postfix/main.cf.j2").read_text()
-    assert "check_policy_service" not in main_cf
+    assert "ratelimit" not in main_cf and str(ratelimit.POLICY_SERVICE) not in main_cf
+
+
+def test_a_full_mailbox_is_refused_at_rcpt_on_both_ports() -> None:
+    """Dovecot's quota-status is asked at RCPT by port 25's smtpd (main.cf) and by submission,
+    before any permit (a full mailbox is refused whoever sends), and fails open."""
+    options = dict(o.split("=", 1) for o in postfix.SUBMISSION_OPTIONS)
+    chain = options["smtpd_recipient_restrictions"].split(",")
+    assert chain[chain.index("check_policy_service") + 1] == postfix.QUOTA_POLICY
+    assert chain.index(postfix.QUOTA_POLICY) < chain.index("permit_sasl_authenticated")
+    assert postfix.QUOTA_POLICY == "unix:private/quota-status"
+    topo: Topology = lab_topology("dc1")
+    secrets = generate(topo.domain, ["dc1", "dc2"], {dc: topo.certificate_names(dc)
+                                                     for dc in ("dc1", "dc2")})  # fmt: skip
+    plan = build_host_plan(topo, "dc1-svr1", secrets, "lab")
+    main_cf = next(f.content for f in plan.files if f.path == "/etc/postfix/main.cf")
+    rcpt = re.search(r"^smtpd_recipient_restrictions = (.*?)\n(?!\s)", main_cf, re.M | re.S)
+    assert rcpt, main_cf
+    policy = "check_policy_service { unix:private/quota-status, default_action=DUNNO }"
+    assert policy in rcpt.group(1)
+    assert rcpt.group(1).index(policy) < rcpt.group(1).index("permit_mynetworks")
 
 
 def test_rate_limit_config_carries_the_key_and_a_clear_4xx() -> None:
