@@ -41,7 +41,7 @@ fi
 # None of them starts a daemon, so no policy-rc.d is needed.
 debs=(python3 python3-venv python3-pip
       debootstrap debian-archive-keyring zstd tar iproute2 util-linux mount e2fsprogs
-      systemd-container bind9-dnsutils iputils-ping psmisc procps swaks)
+      systemd-container bind9-dnsutils iputils-ping psmisc procps swaks sieve-connect)
 mapfile -t need < <(missing_debs "${debs[@]}")
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -q
