@@ -44,6 +44,10 @@ PASSWORD_LENGTHS: dict[str, int] = {
     # restic's repository key: without it the backups cannot be read (README: keep a copy of
     # it outside the cluster). 48 letters and digits: 285 bits.
     "backup_password": 48,
+    # Valkey's password (rspamd's Bayes store, services/bayes.py), on every node alike.
+    "valkey": 32,
+    # rspamd's controller, which the learn program posts moves to (mailnode/learn.py).
+    "rspamd_controller": 32,
 }
 PASSWORD_FIELDS = tuple(PASSWORD_LENGTHS)
 # A WireGuard private key is 32 random bytes (base64); WireGuard clamps them itself.
@@ -89,6 +93,9 @@ class ClusterSecrets:
     backup_repository: str = ""
     backup_access_key: str = ""
     backup_secret_key: str = ""
+    # Added after the first deployments (PASSWORD_LENGTHS): a set without them gets them.
+    valkey: str = ""
+    rspamd_controller: str = ""
 
     @property
     def dkim_public_key_b64(self) -> str:

@@ -59,6 +59,7 @@ IMAP_PLAINTEXT_PORT = 143
 MARIADB_PORT = 3306
 DOVEADM_PORT = 12345
 MANAGESIEVE_PORT = 4190  # RFC 5804's port
+VALKEY_PORT = 6379  # rspamd's Bayes store (services/bayes.py)
 HEARTBEAT_PORT = 694
 # Debian's exporters' own default ports (and Prometheus' port allocation wiki).
 NODE_EXPORTER_PORT = 9100
@@ -94,6 +95,7 @@ _ALWAYS: tuple[Rule, ...] = (
     Rule("Prometheus postfix exporter", "tcp", POSTFIX_EXPORTER_PORT, METRICS),
     Rule("MariaDB replication", "tcp", MARIADB_PORT, CLUSTER),
     Rule("Dovecot replication (doveadm/dsync)", "tcp", DOVEADM_PORT, MESH),
+    Rule("Valkey replication (rspamd's Bayes)", "tcp", VALKEY_PORT, MESH),
     Rule("Heartbeat (ucast)", "udp", HEARTBEAT_PORT, CLUSTER),
     Rule("web sync (ssh, forced rrsync to websync)", "tcp", SSH_PORT, MESH),
 )

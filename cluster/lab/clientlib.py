@@ -117,6 +117,25 @@ def _subjects(conn: imaplib.IMAP4_SSL, prefix: str, folder: str = "INBOX") -> li
     return [str(m.get("Subject", "")).strip() for m in _headers(conn, prefix, folder)]
 
 
+def move(a: argparse.Namespace) -> dict[str, Any]:
+    """What a user's mail program does to file mail by hand: UID MOVE (RFC 6851) of every
+    message in ``folder`` whose subject matches ``subject`` into ``to``."""
+    conn = _imap(a)
+    try:
+        typ, _ = conn.select(f'"{a.folder}"')
+        if typ != "OK":
+            return {"ok": False, "error": f"no folder {a.folder}"}
+        typ, data = conn.uid("SEARCH", "SUBJECT", f'"{a.subject}"')
+        uids = data[0].split() if typ == "OK" and data and data[0] else []
+        if uids:
+            typ, answer = conn.uid("MOVE", b",".join(uids).decode(), f'"{a.to}"')
+            if typ != "OK":
+                return {"ok": False, "error": f"MOVE: {answer!r}"}
+    finally:
+        conn.logout()
+    return {"ok": bool(uids), "moved": len(uids)}
+
+
 def headers(a: argparse.Namespace) -> dict[str, Any]:
     """Every header of the messages in ``folder`` whose subject matches ``subject``, once at
     least ``count`` are there (or timeout): ``messages`` is a list of {name: [values]}."""
@@ -570,6 +589,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=float, default=30)
     s.add_argument("--interval", type=float, default=0.5)
     s.set_defaults(func=subjects)
+    s = sub.add_parser("move")
+    common(s, 993)
+    s.add_argument("--subject", required=True)
+    s.add_argument("--folder", default="INBOX")
+    s.add_argument("--to", required=True)
+    s.set_defaults(func=move)
     s = sub.add_parser("headers")
     common(s, 993)
     s.add_argument("--subject", required=True)

@@ -1,6 +1,7 @@
 """``status``: every node's own checks (``mailcluster-health``) plus the ones that need the
 whole cluster: BIND serials equal to the master's, and one holder per shared IP; and each
-node's mailbox replication as its controller sees it (``mailcluster-replication status``).
+node's mailbox replication as its controller sees it (``mailcluster-replication status``), and
+what rspamd has learned on each node (``mailcluster-bayes status``).
 
 JSON: ``{"ok": bool, "checks": [{"name", "node", "ok", "value", "detail"}],
 "replication": {NODE: {"role", "targets": {TARGET: {"queue", "queue_events",
@@ -17,6 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from cluster.ops.target import Target, dc_of
+from cluster.services.bayes import SCRIPT as BAYES_SCRIPT
 from cluster.services.health import HEALTH_SCRIPT
 from cluster.services.replication import SCRIPT as REPLICATION_SCRIPT
 from cluster.services.role import ROLE_SCRIPT
@@ -132,6 +134,20 @@ def replication_state(target: Target, node: str) -> dict[str, Any]:
         return {"error": f"unexpected output of {REPLICATION_SCRIPT} status --json: {e!r}"}
 
 
+def bayes_state(target: Target, node: str) -> dict[str, Any]:
+    """What rspamd has learned, as the node's Valkey holds it, and where that replicates from."""
+    res = target.run(node, [BAYES_SCRIPT, "status", "--json"])
+    if res.returncode != 0:
+        return {"error": (res.stderr.strip() or f"exit {res.returncode}")[-300:]}
+    try:
+        state = json.loads(res.stdout)
+        return {"learned": {k: int(v) for k, v in state["learned"].items()},
+                "role": str(state["role"]), "source": str(state["source"]),
+                "link": str(state["link"])}  # fmt: skip
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        return {"error": f"unexpected output of {BAYES_SCRIPT} status --json: {e!r}"}
+
+
 def collect(target: Target) -> dict[str, Any]:
     nodes = target.nodes()
     checks: list[Check] = []
@@ -143,6 +159,7 @@ def collect(target: Target) -> dict[str, Any]:
         "ok": all(c.ok for c in checks),
         "checks": [asdict(c) for c in checks],
         "replication": {node: replication_state(target, node) for node in reachable},
+        "bayes": {node: bayes_state(target, node) for node in reachable},
     }
 
 
@@ -174,10 +191,22 @@ def render_replication(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def render_bayes(data: dict[str, Any]) -> list[str]:
+    lines = ["  spam learning (rspamd's Bayes: messages learned per class; its Valkey):"]
+    for node, b in data.get("bayes", {}).items():
+        if "error" in b:
+            lines.append(f"    {node:<9} {b['error']}")
+            continue
+        source = f"replica of {b['source']} (link {b['link']})" if b["source"] else b["role"]
+        lines.append(f"    {node:<9} spam {b['learned']['spam']}, ham {b['learned']['ham']}; "
+                     f"{source}")  # fmt: skip
+    return lines
+
+
 def render_text(data: dict[str, Any]) -> str:
     lines = [f"{'OK' if data['ok'] else 'FAILING'}: {sum(not c['ok'] for c in data['checks'])} "
              f"of {len(data['checks'])} checks fail"]  # fmt: skip
     for c in data["checks"]:
         mark = "ok  " if c["ok"] else "FAIL"
         lines.append(f"  {mark} {c['node']:<9} {c['name']:<28} {c['value']:<10} {c['detail']}")
-    return "\n".join(lines + render_replication(data))
+    return "\n".join(lines + render_replication(data) + render_bayes(data))

@@ -17,6 +17,7 @@ from cluster.services import (
     apache,
     backup,
     base,
+    bayes,
     bgp,
     bind,
     dovecot,
@@ -54,6 +55,8 @@ SERVICES: tuple[ModuleType, ...] = (
     tls,
     mariadb,
     postfixadmin,
+    # rspamd's Bayes store before rspamd, which connects to it.
+    bayes,
     rspamd,
     dovecot,
     # The controller Dovecot's events go to.

@@ -33,7 +33,13 @@ from typing import Any
 
 from cluster import ports
 from cluster.hostcontext import HostContext
-from cluster.plan import CHANGED_MARK, PACKAGES_STEP, Step, reload_or_start, script_step
+from cluster.plan import (
+    CHANGED_MARK,
+    Step,
+    file_step_name,
+    reload_or_start,
+    script_step,
+)
 from cluster.services import mariadb, nodepkg, rspamd, storage, tls
 
 PACKAGES: tuple[str, ...] = (
@@ -116,10 +122,19 @@ MANAGESIEVE_PORT = ports.MANAGESIEVE_PORT
 # ManageSieve client cannot fill the volume (Pigeonhole's defaults are unlimited).
 SIEVE_MAX_SCRIPTS = 20
 SIEVE_MAX_STORAGE = "1M"
-# The global before-script that files spam into Junk (sieve.py renders and compiles it).
-SPAM_SCRIPT_NAME = "spam-to-junk"
+# The global scripts (compiled by the plan): the before-script that files spam into Junk, and
+# imapsieve's two that teach rspamd from the user's moves into and out of Junk.
 SIEVE_DIR = "/etc/dovecot/sieve"
+SPAM_SCRIPT_NAME = "spam-to-junk"
 SPAM_SCRIPT = f"{SIEVE_DIR}/{SPAM_SCRIPT_NAME}.sieve"
+REPORT_SPAM_NAME = "report-spam"
+REPORT_SPAM_SCRIPT = f"{SIEVE_DIR}/{REPORT_SPAM_NAME}.sieve"
+REPORT_HAM_NAME = "report-ham"
+REPORT_HAM_SCRIPT = f"{SIEVE_DIR}/{REPORT_HAM_NAME}.sieve"
+# The only programs a Sieve pipe may run: mailcluster-learn (mailnode/learn.py) and no other.
+SIEVE_PIPE_DIR = "/usr/local/lib/mailcluster/sieve-pipe"
+LEARN_COMMAND = "mailcluster-learn"
+LEARN_PASSWORD = "/etc/mailcluster/secrets/rspamd-controller"
 # Quota warnings by mail, highest first (only the first threshold crossed runs).
 QUOTA_WARNING_PERCENTS = (95, 80)
 QUOTA_WARNING_COMMAND = "mailcluster-quota-warning"
@@ -174,6 +189,11 @@ def conf_values(ctx: HostContext) -> dict[str, Any]:
         "sieve_max_storage": SIEVE_MAX_STORAGE,
         "spam_script_name": SPAM_SCRIPT_NAME,
         "spam_script": SPAM_SCRIPT,
+        "report_spam_name": REPORT_SPAM_NAME,
+        "report_spam_script": REPORT_SPAM_SCRIPT,
+        "report_ham_name": REPORT_HAM_NAME,
+        "report_ham_script": REPORT_HAM_SCRIPT,
+        "sieve_pipe_dir": SIEVE_PIPE_DIR,
         "quota_warnings": QUOTA_WARNING_PERCENTS,
         "quota_warning_program": QUOTA_WARNING_PROGRAM,
         "quota_status_socket": QUOTA_STATUS_SOCKET,
@@ -196,19 +216,42 @@ def sql_values(ctx: HostContext) -> dict[str, Any]:
 
 
 def sieve_steps(ctx: HostContext) -> list[Step]:
-    """The global spam-to-Junk script and its compiled form: deliveries run as the mail uid and
-    could not write the binary beside a script in /etc."""
-    script = ctx.file(SPAM_SCRIPT, spam_header=rspamd.SPAM_HEADER, after=(PACKAGES_STEP,))
-    binary = SPAM_SCRIPT.removesuffix(".sieve") + ".svbin"
-    compiled = script_step(
-        "dovecot.sieve-compiled",
-        f"""if [ ! {binary} -nt {SPAM_SCRIPT} ]; then
-  sievec {SPAM_SCRIPT}
-  echo "{CHANGED_MARK} {binary} compiled"
-fi""",
-        watch=(script,),
+    """The global Sieve scripts and their compiled forms (deliveries and IMAP run as the mail
+    uid and could not write a binary beside a script in /etc), and the learn program the
+    report scripts pipe to, with the controller's password for the mail uid alone."""
+    scripts = [
+        ctx.file(SPAM_SCRIPT, spam_header=rspamd.SPAM_HEADER),
+        ctx.file(REPORT_SPAM_SCRIPT, learn_program=LEARN_COMMAND),
+        ctx.file(REPORT_HAM_SCRIPT, learn_program=LEARN_COMMAND),
+    ]
+    compile_lines = "\n".join(
+        f"""if [ ! {path.removesuffix(".sieve")}.svbin -nt {path} ]; then
+  sievec -c {CONF} {path}
+  echo "{CHANGED_MARK} {path.removesuffix(".sieve")}.svbin compiled"
+fi"""
+        for path in (SPAM_SCRIPT, REPORT_SPAM_SCRIPT, REPORT_HAM_SCRIPT)
     )
-    return [script, compiled]
+    # With dovecot.conf's Sieve plugins (imapsieve, the pipe): after it is in place.
+    conf_files = tuple(map(file_step_name, (CONF, SQL_CONF, SECRETS_CONF)))
+    compiled = script_step("dovecot.sieve-compiled", compile_lines, watch=scripts, after=conf_files)
+    learn = nodepkg.entry_point(ctx, LEARN_COMMAND, "learn")
+    pipe = ctx.literal_file(
+        f"{SIEVE_PIPE_DIR}/{LEARN_COMMAND}",
+        "#!/bin/sh\n# managed by mailcluster; edits are overwritten\n"
+        f'exec /usr/local/sbin/{LEARN_COMMAND} "$@"\n',
+        mode="0755",
+        after=(learn,),
+    )
+    password = ctx.literal_file(
+        LEARN_PASSWORD,
+        ctx.secrets.rspamd_controller + "\n",
+        mode="0600",
+        owner=storage.VMAIL_USER,
+        group=storage.VMAIL_USER,
+        secret=True,
+        after=(storage.VMAIL_STEP,),
+    )
+    return [*scripts, compiled, learn, pipe, password]
 
 
 def steps(ctx: HostContext) -> list[Step]:

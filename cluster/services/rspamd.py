@@ -3,8 +3,8 @@
 Why rspamd rather than OpenDKIM + SpamAssassin (both also in Debian): one daemon and one
 milter instead of two (OpenDKIM plus spamass-milter in front of spamd), DKIM signing, DKIM/SPF/
 DMARC/ARC checking and spam scoring in one pass, far less CPU per message than SpamAssassin's
-Perl, and it needs no Redis for what we use (Redis-backed modules such as Bayes, greylisting and
-rate limits just stay off). Its init script works without systemd (the lab).
+Perl. Of its Redis-backed modules only Bayes is on, in Valkey (services/bayes.py); greylisting
+and rate limits stay off (the Redis servers are named in the classifier's file alone).
 
 No internet in the lab (and a cut-off data centre may have none): modules that only query
 internet services (RBLs, fuzzy hashes, ASN lookups, phishing feeds) are disabled, and DNS
@@ -17,6 +17,7 @@ DNS publishes.
 
 from __future__ import annotations
 
+from cluster import ports
 from cluster.hostcontext import HostContext
 from cluster.plan import Step, reload_or_start, script_step
 from cluster.render import render
@@ -66,7 +67,21 @@ def steps(ctx: HostContext) -> list[Step]:
             key_path=dkim_key_path(domain),
         ),
         ctx.file(f"{LOCAL_D}/worker-proxy.inc", milter_bind=MILTER_BIND),
-        ctx.file(f"{LOCAL_D}/worker-controller.inc"),
+        ctx.file(
+            f"{LOCAL_D}/worker-controller.inc",
+            mode="0640",
+            group="_rspamd",
+            secret=True,
+            controller_password=ctx.secrets.rspamd_controller,
+        ),
+        ctx.file(
+            f"{LOCAL_D}/classifier-bayes.conf",
+            mode="0640",
+            group="_rspamd",
+            secret=True,
+            valkey_port=ports.VALKEY_PORT,
+            valkey_password=ctx.secrets.valkey,
+        ),
         ctx.file(f"{LOCAL_D}/worker-normal.inc"),
         ctx.file(f"{LOCAL_D}/options.inc", local_addrs=["127.0.0.0/8", "::1"]),
         ctx.file(

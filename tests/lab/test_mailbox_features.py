@@ -11,6 +11,7 @@ tests/render/test_sieve_quota_dovecot.py.
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 
 from cluster.lab.driver import Lab
-from cluster.services import dovecot, rspamd, storage
+from cluster.services import bayes, dovecot, rspamd, storage
 
 DOMAIN = "example.com"
 MAIL_HOST = f"mail.{DOMAIN}"
@@ -225,3 +226,41 @@ def test_quota_warnings_then_a_full_mailbox_is_refused_at_rcpt_with_452(
                     "--subject", "too much", "--body-bytes", "120000")  # fmt: skip
     assert not refused["ok"] and refused["smtp_code"] == 452, refused
     assert f"4.2.2 <{address}>: Recipient address rejected: Mailbox is full" in refused["error"]
+
+
+def learned(lab: Lab, node: str) -> dict[str, int]:
+    """What rspamd has learned, as the node's Valkey holds it (``mailcluster-bayes status``)."""
+    out = lab.exec(node, bayes.SCRIPT, "status", "--json").stdout
+    counts: dict[str, int] = json.loads(out)["learned"]
+    return counts
+
+
+def test_moves_into_and_out_of_junk_teach_rspamd_on_every_node(
+    lab: Lab, vip: str, active: str
+) -> None:
+    """imapsieve on the active node pipes a message moved into Junk to rspamd as spam, one moved
+    back out as ham; its Valkey holds the counts, and every other node's Valkey has them too
+    (replicated over the mesh as MariaDB is). ``ops status`` shows them per node."""
+    user = lab.new_mailbox(DOMAIN, "learn")
+    tag = secrets.token_hex(4)
+    before = {n: learned(lab, n) for n in NODES}
+    assert len({json.dumps(c, sort_keys=True) for c in before.values()}) == 1, before
+    for i in range(3):
+        assert _submit(lab, vip, user, user[0], f"teach {tag} {i}", "--body-bytes",
+                       str(2000 + i))["ok"]  # fmt: skip
+    assert len(_headers(lab, vip, user, tag, count=3)) == 3
+    common = ("--host", vip, "--ca", lab.ca, "--user", user[0], "--password", user[1])
+    moved = lab.clientlib("move", *common, "--subject", tag, "--to", "Junk")
+    assert moved == {"ok": True, "moved": 3}, moved
+    back = lab.clientlib("move", *common, "--subject", f"teach {tag} 0", "--folder", "Junk",
+                         "--to", "INBOX")  # fmt: skip
+    assert back == {"ok": True, "moved": 1}, back
+    # Three learned as spam, then one of them as ham: rspamd moves that one between the counts.
+    want = {"spam": before[active]["spam"] + 2, "ham": before[active]["ham"] + 1}
+    # rspamd learns inside the IMAP command: the active node has them at once.
+    assert learned(lab, active) == want
+    for node in NODES:
+        lab.wait_for(f"the learned counts on {node}", lambda n=node: learned(lab, n) == want,
+                     timeout=10, interval=0.2)  # fmt: skip
+    status = lab.ops("status", check=False).stdout
+    assert f"{active:<9} spam {want['spam']}, ham {want['ham']}; master" in status, status

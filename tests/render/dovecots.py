@@ -132,8 +132,23 @@ class Dovecot:
         self.spam_script.write_text(
             render(dovecot.SPAM_SCRIPT, **ctx.common(), spam_header=rspamd.SPAM_HEADER)
         )
-        compiled = in_base("sievec", str(self.spam_script))
-        assert compiled.returncode == 0, compiled.stderr
+        self.report_scripts = {}
+        for path in (dovecot.REPORT_SPAM_SCRIPT, dovecot.REPORT_HAM_SCRIPT):
+            script = etc / "sieve" / path.rsplit("/", 1)[1]
+            script.write_text(render(path, **ctx.common(), learn_program=dovecot.LEARN_COMMAND))
+            self.report_scripts[path] = script
+        # Instead of the node's learn program: one that records the class and the subject.
+        self.learned = home / "learned.log"
+        self.learned.touch(mode=0o666)  # the program runs as the mail uid
+        self.learned.chmod(0o666)
+        pipe_dir = etc / "sieve-pipe"
+        pipe_dir.mkdir()
+        learn = pipe_dir / dovecot.LEARN_COMMAND
+        learn.write_text(
+            f'#!/bin/sh\nsubject=$(grep -m1 "^Subject: " | cut -c10-)\n'
+            f'echo "$1 $subject" >> {self.learned}\n'
+        )
+        learn.chmod(0o755)
         # Instead of the node's warning program: one that records its arguments.
         self.quota_warnings = home / "quota-warnings.log"
         warn = etc / "quota-warning"
@@ -160,6 +175,9 @@ class Dovecot:
             "quota_status_socket": str(self.lmtp_socket.parent / "quota-status"),
             "managesieve_port": self.sieve_port,
             "spam_script": str(self.spam_script),
+            "report_spam_script": str(self.report_scripts[dovecot.REPORT_SPAM_SCRIPT]),
+            "report_ham_script": str(self.report_scripts[dovecot.REPORT_HAM_SCRIPT]),
+            "sieve_pipe_dir": str(pipe_dir),
             "quota_warning_program": str(warn),
             "events_url": events_url,
             "sql_include": "userdb.conf.ext",
@@ -180,6 +198,10 @@ class Dovecot:
         # The controller's copy of the password (replication.DOVEADM_SECRET on a node).
         self.secret_file = etc / "doveadm.secret"
         self.secret_file.write_text(DOVEADM_PASSWORD + "\n")
+        # Compiled as the plan compiles them: with the configuration's Sieve plugins.
+        for script in (self.spam_script, *self.report_scripts.values()):
+            compiled = in_base("sievec", "-c", str(self.conf), str(script))
+            assert compiled.returncode == 0, compiled.stderr
 
     @property
     def api(self) -> str:

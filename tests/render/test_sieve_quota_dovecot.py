@@ -10,8 +10,10 @@ What needs Postfix (a vacation reply, a forward, a 452 seen by an SMTP client) i
 
 from __future__ import annotations
 
+import imaplib
 import os
 import socket
+import ssl
 import subprocess
 from collections.abc import Iterator
 
@@ -23,7 +25,9 @@ from cluster.services import dovecot, rspamd
 
 SPAM = f"{rspamd.SPAM_HEADER}: Yes\r\n"
 QUOTA_USER = "q@example.com"
-USERS = ["s1@example.com", "s2@example.com", "s3@example.com", "s4@example.com", QUOTA_USER]
+LEARNER = "l1@example.com"
+USERS = ["s1@example.com", "s2@example.com", "s3@example.com", "s4@example.com", LEARNER,
+         QUOTA_USER]  # fmt: skip
 # 10 kB: a 1.5 kB message is 15 % of it.
 QUOTA_BYTES = 10_000
 
@@ -194,3 +198,54 @@ def test_quota_warnings_at_80_and_95_percent_and_a_full_mailbox_refused_at_rcpt(
     assert len(b.subjects(QUOTA_USER)) == sent
     assert warnings(b) == []
     assert used() >= 0.95 * QUOTA_BYTES
+
+
+def test_moves_into_and_out_of_junk_teach_rspamd_and_the_trash_does_not(
+    two: tuple[Dovecot, Dovecot, EventLog],
+) -> None:
+    """imapsieve runs the report scripts on IMAP's MOVE and COPY: into Junk pipes the message
+    to the learn program as spam, out of Junk (not into the Trash) as ham. A delivery that the
+    before-script files into Junk teaches nothing (it is rspamd's own verdict)."""
+    a, _, _ = two
+    user = LEARNER
+    for subject in ("learn one", "learn two", "learn three"):
+        a.deliver(user, subject)
+    a.deliver(user, "filed by rspamd", headers=SPAM)
+
+    def learned() -> list[str]:
+        return a.learned.read_text().splitlines()
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    imap = imaplib.IMAP4("127.0.0.1", a.imap_port)
+    imap.starttls(ctx)
+    imap.login(user, PASSWORD)
+
+    def move(subject: str, source: str, target: str) -> None:
+        """What a mail program does (RFC 6851 MOVE, by UID)."""
+        imap.select(source)
+        typ, data = imap.uid("SEARCH", "SUBJECT", f'"{subject}"')
+        assert typ == "OK" and data[0], (subject, source)
+        typ, answer = imap.uid("MOVE", data[0].decode(), target)
+        assert typ == "OK", answer
+
+    move("learn one", "INBOX", "Junk")
+    move("learn two", "INBOX", "Junk")
+    try:
+        wait_for(lambda: learned() == ["spam learn one", "spam learn two"], "two spam", 5)
+    except AssertionError as e:
+        lines = [x for x in a.log_text().splitlines() if "sieve" in x or "rror" in x]
+        raise AssertionError(f"{e}: {learned()}\n" + "\n".join(lines[-10:])) from None
+    move("learn one", "Junk", "INBOX")
+    wait_for(lambda: learned()[2:] == ["ham learn one"], "one ham", timeout=5)
+    move("learn two", "Junk", "Trash")
+    move("filed by rspamd", "Junk", "Trash")
+    # A COPY teaches too (a client that copies, then deletes).
+    imap.select("INBOX")
+    _, data = imap.search(None, "SUBJECT", '"learn three"')
+    assert imap.copy(data[0].decode(), "Junk")[0] == "OK"
+    wait_for(lambda: learned()[3:] == ["spam learn three"], "the copy", timeout=5)
+    imap.logout()
+    # The pipe runs inside the IMAP command (the move waits for it): the moves to the Trash
+    # had their chance to teach before the COPY's line was written.
+    assert learned() == ["spam learn one", "spam learn two", "ham learn one", "spam learn three"]

@@ -23,13 +23,16 @@ def run(monkeypatch: pytest.MonkeyPatch, polls: list[list[str]], **args: Any) ->
     from then on)."""
     seen: list[int] = []
 
-    def fake_subjects(conn: object, prefix: str) -> list[str]:
+    def fake_subjects(conn: object, prefix: str, folder: str) -> list[str]:
+        assert folder == "INBOX"
         seen.append(1)
         return polls[min(len(seen), len(polls)) - 1]
 
     monkeypatch.setattr(clientlib, "_imap", lambda a: FakeConn())
     monkeypatch.setattr(clientlib, "_subjects", fake_subjects)
-    ns = argparse.Namespace(subject="s", count=1, expect="", timeout=5, interval=0.0)
+    ns = argparse.Namespace(
+        subject="s", count=1, expect="", folder="INBOX", timeout=5, interval=0.0
+    )
     for key, value in args.items():
         setattr(ns, key, value)
     out = clientlib.subjects(ns)

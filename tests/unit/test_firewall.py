@@ -24,9 +24,10 @@ from cluster.topology import SLOTS, VPC_INTERFACE, Topology
 
 ROOT = Path(__file__).resolve().parents[2]
 PUBLIC_TCP = {25, 53, 80, 443, 465, 587, 993, 4190}
-INTERNAL = {("tcp", 3306), ("tcp", 12345), ("udp", 694)}
-# Over the VPC as well as the mesh: all but dsync, which is plain TCP and so mesh-only.
-ON_VPC = INTERNAL - {("tcp", 12345)}
+INTERNAL = {("tcp", 3306), ("tcp", 12345), ("tcp", 6379), ("udp", 694)}
+# Over the VPC as well as the mesh: all but dsync and Valkey's replication, which are plain TCP
+# and so mesh-only.
+ON_VPC = INTERNAL - {("tcp", 12345), ("tcp", 6379)}
 EXPORTERS = {("tcp", 9100), ("tcp", 9104), ("tcp", 9154)}
 Entry = tuple[str, str, int, str]  # (family, protocol, port, source CIDR or "any")
 

@@ -14,6 +14,7 @@ from cluster.ops.backup import MESSAGE_MAX, Backups, failure_message
 from cluster.ops.status import collect, parse_health, render_text
 from cluster.ops.target import OpsError, Result, StackTarget
 from cluster.services.backup import BACKUP_SCRIPT
+from cluster.services.bayes import SCRIPT as BAYES_SCRIPT
 from cluster.services.health import HEALTH_SCRIPT
 from cluster.services.postfixadmin import MAILBOX_CLI
 from cluster.services.replication import SCRIPT as REPLICATION_SCRIPT
@@ -95,6 +96,13 @@ class FakeTarget:
             return Result(0, "changed\n", "")
         if list(argv) == [REPLICATION_SCRIPT, "status", "--json"]:
             return Result(0, json.dumps(replication_state(node, node == self.writer)), "")
+        if list(argv) == [BAYES_SCRIPT, "status", "--json"]:
+            if node == "dc2-svr2":  # its Valkey is down
+                return Result(1, "", "mailcluster-bayes: Valkey on 127.0.0.1:6379: refused")
+            source = "" if node == self.writer else "198.19.10.1"
+            return Result(0, json.dumps({"learned": {"spam": 12, "ham": 3}, "role":
+                          "replica" if source else "master", "source": source,
+                          "link": "up" if source else ""}), "")  # fmt: skip
         if list(argv[:4]) == ["doveadm", "auth", "cache", "flush"]:
             if node not in self.outputs:
                 return Result(255, "", "ssh: connect to host: No route to host")
@@ -149,6 +157,16 @@ def test_status_shows_what_each_node_pushes(capsys: pytest.CaptureFixture[str]) 
     outputs = healthy()
     del outputs["dc2-svr2"]
     assert "dc2-svr2" not in collect(FakeTarget(outputs))["replication"]
+
+
+def test_status_shows_what_each_node_has_learned() -> None:
+    data = collect(FakeTarget(healthy()))
+    assert data["bayes"]["dc1-svr1"] == {"learned": {"spam": 12, "ham": 3}, "role": "master",
+                                         "source": "", "link": ""}  # fmt: skip
+    text = render_text(data)
+    assert "dc1-svr1  spam 12, ham 3; master" in text
+    assert "dc1-svr2  spam 12, ham 3; replica of 198.19.10.1 (link up)" in text
+    assert "dc2-svr2  mailcluster-bayes: Valkey on 127.0.0.1:6379: refused" in text
 
 
 def test_no_writer_is_a_failing_cluster_check() -> None:

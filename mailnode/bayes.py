@@ -1,0 +1,226 @@
+"""mailcluster-bayes follow|status [--json]: rspamd's Bayes store (Valkey) follows the database.
+
+What users teach rspamd (mailnode/learn.py: a move into or out of Junk) is written to the
+node's Valkey, which must not live on one node only. Valkey replicates the way MariaDB does
+(services/bayes.py says why): the writable master's Valkey is the master, and every other
+node's Valkey replicates from the node its MariaDB replicates from, over the mesh. So the chain
+of both stores is the same one, and it moves with the role: promote and demote run ``follow``
+(a role.d hook), and a timer runs it too (a data centre's MariaDB source moves on its own when
+the other data centre's master changes).
+
+follow: read the node's MariaDB role (``mailcluster-role status --json``): a writable master
+without a source makes Valkey a master (``REPLICAOF NO ONE``); a replica of address A makes it
+a replica of A's node, on that node's mesh address. Unchanged: nothing sent. A database that
+does not answer leaves Valkey as it is.
+status: the learned counts per class (rspamd's totals in Valkey) and the
+replication state, for ``ops status`` and the drills.
+
+Valkey speaks RESP; the few commands here need no client library, and the password goes over
+the socket, never on a command line. Config: /etc/mailcluster/bayes.json (services/bayes.py).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CONFIG = "/etc/mailcluster/bayes.json"
+# Where rspamd 3 keeps the totals (its Redis schema version 2, seen in rspamd 3.11 on Debian
+# 13): one hash, "RS", with a field per class. A message learned as spam and then as ham moves
+# from one count to the other (rspamd unlearns the first).
+TOTALS_KEY = "RS"
+CLASS_FIELDS = {"spam": "learns_spam", "ham": "learns_ham"}
+
+
+class ValkeyError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str
+    port: int
+    password_file: str
+    role_status: list[str]
+    # Every address a node's MariaDB may replicate from (private, mesh), to that node's mesh
+    # address, where its Valkey listens for replicas.
+    mesh_by_address: dict[str, str]
+
+    @classmethod
+    def load(cls, path: str = CONFIG) -> Settings:
+        data = json.loads(Path(path).read_text())
+        return cls(
+            host=str(data["host"]),
+            port=int(data["port"]),
+            password_file=str(data["password_file"]),
+            role_status=[str(a) for a in data["role_status"]],
+            mesh_by_address={str(k): str(v) for k, v in data["mesh_by_address"].items()},
+        )
+
+
+def encode(*args: str) -> bytes:
+    """One RESP command (an array of bulk strings)."""
+    out = [f"*{len(args)}\r\n".encode()]
+    for arg in args:
+        raw = arg.encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(raw), raw))
+    return b"".join(out)
+
+
+class _Reader:
+    def __init__(self, sock: socket.socket) -> None:
+        self.file = sock.makefile("rb")
+
+    def line(self) -> bytes:
+        got = self.file.readline()
+        if not got.endswith(b"\r\n"):
+            raise ValkeyError("connection closed")
+        return got[:-2]
+
+    def reply(self) -> Any:
+        """One RESP2 reply: str, int, None, list; an error reply raises."""
+        head = self.line()
+        kind, rest = head[:1], head[1:]
+        if kind == b"+":
+            return rest.decode()
+        if kind == b"-":
+            raise ValkeyError(rest.decode())
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            n = int(rest)
+            if n < 0:
+                return None
+            data = self.file.read(n + 2)
+            return data[:-2].decode(errors="replace")
+        if kind == b"*":
+            n = int(rest)
+            return None if n < 0 else [self.reply() for _ in range(n)]
+        raise ValkeyError(f"unexpected reply {head[:40]!r}")
+
+
+class Valkey:
+    """A connection to the node's Valkey, authenticated."""
+
+    def __init__(self, settings: Settings, timeout: float = 5.0) -> None:
+        password = Path(settings.password_file).read_text().strip()
+        self.sock = socket.create_connection((settings.host, settings.port), timeout)
+        self.reader = _Reader(self.sock)
+        self.call("AUTH", password)
+
+    def call(self, *args: str) -> Any:
+        self.sock.sendall(encode(*args))
+        return self.reader.reply()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def parse_info(text: str) -> dict[str, str]:
+    """INFO's "key:value" lines."""
+    out = {}
+    for line in text.splitlines():
+        if ":" in line and not line.startswith("#"):
+            key, value = line.split(":", 1)
+            out[key] = value.strip()
+    return out
+
+
+def wanted_source(role: dict[str, Any], mesh_by_address: dict[str, str]) -> tuple[bool, str]:
+    """(decided, source) from the node's MariaDB role: ("", a master) or a mesh address; not
+    decided when the database did not say (down, or between roles)."""
+    repl = role.get("replication") or {}
+    if repl.get("configured") and repl.get("master_host"):
+        host = str(repl["master_host"])
+        if host not in mesh_by_address:
+            raise ValueError(f"MariaDB replicates from {host}, which is no node of the cluster")
+        return True, mesh_by_address[host]
+    if (role.get("db") or {}).get("read_only") is False:
+        return True, ""
+    return False, ""
+
+
+def current_source(info: dict[str, str]) -> str:
+    """Where Valkey replicates from ("" when it is a master)."""
+    return info.get("master_host", "") if info.get("role") == "slave" else ""
+
+
+def follow(settings: Settings, valkey: Valkey, role: dict[str, Any], port: int) -> str:
+    """Make Valkey follow the database; what was done ("" when nothing)."""
+    decided, source = wanted_source(role, settings.mesh_by_address)
+    if not decided:
+        return ""
+    info = parse_info(str(valkey.call("INFO", "replication")))
+    if current_source(info) == source:
+        return ""
+    if source:
+        valkey.call("REPLICAOF", source, str(port))
+        return f"valkey: replica of {source}"
+    valkey.call("REPLICAOF", "NO", "ONE")
+    return "valkey: master"
+
+
+def learned(valkey: Valkey) -> dict[str, int]:
+    """Messages learned per class (0 before the first)."""
+    out = {}
+    for cls, field in CLASS_FIELDS.items():
+        value = valkey.call("HGET", TOTALS_KEY, field)
+        out[cls] = int(value) if value is not None else 0
+    return out
+
+
+def status(valkey: Valkey) -> dict[str, Any]:
+    info = parse_info(str(valkey.call("INFO", "replication")))
+    return {
+        "learned": learned(valkey),
+        "role": "master" if info.get("role") == "master" else "replica",
+        "source": current_source(info),
+        "link": info.get("master_link_status", ""),
+    }
+
+
+def role_status(settings: Settings) -> dict[str, Any]:
+    proc = subprocess.run(settings.role_status, capture_output=True, text=True, timeout=30)
+    try:
+        data: dict[str, Any] = json.loads(proc.stdout)
+    except ValueError:
+        return {}
+    return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] not in ("follow", "status"):
+        print("usage: mailcluster-bayes follow|status [--json]", file=sys.stderr)
+        return 2
+    settings = Settings.load()
+    try:
+        valkey = Valkey(settings)
+    except (OSError, ValkeyError) as exc:
+        print(f"mailcluster-bayes: Valkey on {settings.host}:{settings.port}: {exc}",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    try:
+        if args[0] == "follow":
+            done = follow(settings, valkey, role_status(settings), settings.port)
+            if done:
+                print(f"mailcluster: changed {done}")
+            return 0
+        state = status(valkey)
+        if "--json" in args:
+            print(json.dumps(state))
+        else:
+            source = f" of {state['source']} ({state['link']})" if state["source"] else ""
+            print(f"bayes: learned spam {state['learned']['spam']}, ham "
+                  f"{state['learned']['ham']}; valkey {state['role']}{source}")  # fmt: skip
+        return 0
+    except (OSError, ValkeyError, ValueError) as exc:
+        print(f"mailcluster-bayes: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        valkey.close()
