@@ -1,5 +1,6 @@
-"""Apache over HTTPS: Roundcube at /, Postfix Admin at /postfixadmin/, graphs at /graphs/, and the
-MTA-STS policy (mta_sts.py) at https://mta-sts.<domain>/.well-known/mta-sts.txt.
+"""Apache over HTTPS: Roundcube at /, Postfix Admin at /postfixadmin/, graphs at /graphs/, the
+MTA-STS policy (mta_sts.py) at https://mta-sts.<domain>/.well-known/mta-sts.txt, and mail client
+autoconfiguration (autoconfig.py) on autoconfig.<domain> and autodiscover.<domain>.
 
 The certificate is the data centre's (installed by the tls service at ``tls.TLS_DIR``).
 Configuration is checked with ``apache2ctl -t`` before a reload; Apache is started when it is
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from cluster.hostcontext import HostContext
 from cluster.plan import CHANGED_MARK, Step, reload_or_start, script_step
-from cluster.services import mariadb, mta_sts, tls
+from cluster.services import autoconfig, mariadb, mta_sts, tls
 from cluster.services.role import ROLE_SCRIPT, ROLE_SCRIPT_STEP
 
 PACKAGES: tuple[str, ...] = (
@@ -41,6 +42,17 @@ def steps(ctx: HostContext) -> list[Step]:
         aliases=aliases,
         tls_dir=tls.TLS_DIR,
         mta_sts_root=mta_sts.WEBROOT,
+        autoconfig={
+            "webroot": autoconfig.WEBROOT,
+            "script_dir": autoconfig.SCRIPT_DIR,
+            "config_xml": autoconfig.CONFIG_XML,
+            "well_known_url": autoconfig.WELL_KNOWN_URL,
+            "autodiscover_php": autoconfig.AUTODISCOVER_PHP,
+            "mobileconfig_url": autoconfig.MOBILECONFIG_URL,
+            "mobileconfig_php": autoconfig.MOBILECONFIG_PHP,
+            "autoconfig_host": autoconfig.autoconfig_host(ctx.config),
+            "autodiscover_host": autoconfig.autodiscover_host(ctx.config),
+        },
     )
     roundcube = ctx.file(
         ROUNDCUBE_CONFIG,

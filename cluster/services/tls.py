@@ -64,7 +64,14 @@ MOZILLA_INTERMEDIATE_CIPHERS = ":".join(
 def public_names(ctx: HostContext) -> list[str]:
     """The names users reach the active data centre by (the Let's Encrypt certificate's SANs)."""
     d = ctx.config.domain
-    return [ctx.topology.mail_host, f"webmail.{d}", f"mta-sts.{d}", f"autoconfig.{d}"]
+    return [
+        ctx.topology.mail_host,
+        f"webmail.{d}",
+        f"mta-sts.{d}",
+        f"autoconfig.{d}",
+        f"autodiscover.{d}",
+        d,  # the clients' second lookups (autoconfig.py)
+    ]
 
 
 def public_pair_steps(ctx: HostContext) -> tuple[str, ...]:
