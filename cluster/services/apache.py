@@ -10,7 +10,7 @@ not running. Roundcube's schema comes from Debian's own SQL file, loaded once on
 from __future__ import annotations
 
 from cluster.hostcontext import HostContext
-from cluster.plan import CHANGED_MARK, Step, reload_or_start, script_step
+from cluster.plan import CHANGED_MARK, Step, file_step_name, reload_or_start, script_step
 from cluster.services import autoconfig, mariadb, mta_sts, tls
 from cluster.services.role import ROLE_SCRIPT, ROLE_SCRIPT_STEP
 
@@ -91,6 +91,8 @@ apache2ctl -t >/dev/null 2>&1 || { echo "apache2ctl -t failed: not reloading" >&
             ),
             # The certificate files are the tls service's; a renewal reloads through its step.
             watch=(site, roundcube, enable),
+            # apache2ctl -t warns of a DocumentRoot that does not exist yet (AH00112).
+            after=(file_step_name(autoconfig.CONFIG_XML),),
         ),
     ]
     if topo.initialises_database(ctx.node):
