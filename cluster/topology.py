@@ -232,7 +232,7 @@ class Topology:
             f"mta-sts.{self.domain}",
             f"autoconfig.{self.domain}",
             f"autodiscover.{self.domain}",
-            # Thunderbird's and Outlook's second lookups go to the domain itself.
+            # Outlook's first autodiscover lookup and Thunderbird's second go to the domain itself.
             self.domain,
             f"{dc}.{self.domain}",
         ]

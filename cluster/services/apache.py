@@ -42,17 +42,7 @@ def steps(ctx: HostContext) -> list[Step]:
         aliases=aliases,
         tls_dir=tls.TLS_DIR,
         mta_sts_root=mta_sts.WEBROOT,
-        autoconfig={
-            "webroot": autoconfig.WEBROOT,
-            "script_dir": autoconfig.SCRIPT_DIR,
-            "config_xml": autoconfig.CONFIG_XML,
-            "well_known_url": autoconfig.WELL_KNOWN_URL,
-            "autodiscover_php": autoconfig.AUTODISCOVER_PHP,
-            "mobileconfig_url": autoconfig.MOBILECONFIG_URL,
-            "mobileconfig_php": autoconfig.MOBILECONFIG_PHP,
-            "autoconfig_host": autoconfig.autoconfig_host(ctx.config),
-            "autodiscover_host": autoconfig.autodiscover_host(ctx.config),
-        },
+        autoconfig=autoconfig.site_values(ctx.config),
     )
     roundcube = ctx.file(
         ROUNDCUBE_CONFIG,

@@ -115,6 +115,21 @@ def autoconfig_host(config: StackConfig) -> str:
     return f"autoconfig.{config.domain}"
 
 
+def site_values(config: StackConfig) -> dict[str, str]:
+    """What Apache's site (apache.py) maps: the names, URLs and files of this module."""
+    return {
+        "webroot": WEBROOT,
+        "script_dir": SCRIPT_DIR,
+        "config_xml": CONFIG_XML,
+        "well_known_url": WELL_KNOWN_URL,
+        "autodiscover_php": AUTODISCOVER_PHP,
+        "mobileconfig_url": MOBILECONFIG_URL,
+        "mobileconfig_php": MOBILECONFIG_PHP,
+        "autoconfig_host": autoconfig_host(config),
+        "autodiscover_host": autodiscover_host(config),
+    }
+
+
 def srv_records(topology: Topology) -> list[DnsRecord]:
     """The zone's SRV records (RFC 2782 value: priority weight port target). A server's priority
     is its place in its list, so clients prefer what the documents prefer (RFC 6186 3.4)."""

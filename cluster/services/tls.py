@@ -76,7 +76,7 @@ def public_names_of(topology: Topology) -> list[str]:
         f"mta-sts.{d}",
         f"autoconfig.{d}",
         f"autodiscover.{d}",
-        d,  # the clients' second lookups (autoconfig.py)
+        d,  # Outlook's and Thunderbird's lookups on the domain itself (autoconfig.py)
     ]
 
 
