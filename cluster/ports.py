@@ -55,6 +55,10 @@ SOURCE_DOCS = {
 WORLD_CIDRS = (["0.0.0.0/0"], ["::/0"])
 
 SSH_PORT = 22
+HTTPS_PORT = 443
+SUBMISSIONS_PORT = 465  # implicit TLS (RFC 8314)
+SUBMISSION_PORT = 587  # STARTTLS (RFC 6409)
+IMAPS_PORT = 993
 IMAP_PLAINTEXT_PORT = 143
 MARIADB_PORT = 3306
 DOVEADM_PORT = 12345
@@ -83,10 +87,10 @@ _ALWAYS: tuple[Rule, ...] = (
     Rule("DNS (BIND, authoritative)", "tcp", 53, WORLD),
     Rule("DNS (BIND, authoritative)", "udp", 53, WORLD),
     Rule("HTTP (ACME, redirect to HTTPS)", "tcp", 80, WORLD),
-    Rule("HTTPS (webmail, Postfix Admin, MTA-STS)", "tcp", 443, WORLD),
-    Rule("submissions (implicit TLS)", "tcp", 465, WORLD),
-    Rule("submission (STARTTLS)", "tcp", 587, WORLD),
-    Rule("IMAPS", "tcp", 993, WORLD),
+    Rule("HTTPS (webmail, Postfix Admin, MTA-STS, autoconfiguration)", "tcp", HTTPS_PORT, WORLD),
+    Rule("submissions (implicit TLS)", "tcp", SUBMISSIONS_PORT, WORLD),
+    Rule("submission (STARTTLS)", "tcp", SUBMISSION_PORT, WORLD),
+    Rule("IMAPS", "tcp", IMAPS_PORT, WORLD),
     Rule("ManageSieve (STARTTLS)", "tcp", MANAGESIEVE_PORT, WORLD),
     Rule("SSH", "tcp", SSH_PORT, ADMIN),
     Rule("WireGuard mesh", "udp", MESH_PORT, WORLD),
@@ -100,7 +104,7 @@ _ALWAYS: tuple[Rule, ...] = (
     Rule("web sync (ssh, forced rrsync to websync)", "tcp", SSH_PORT, MESH),
 )
 
-_IMAPS = next(r for r in _ALWAYS if r.port == 993)
+_IMAPS = next(r for r in _ALWAYS if r.port == IMAPS_PORT)
 
 
 def port_table(config: StackConfig) -> tuple[Rule, ...]:

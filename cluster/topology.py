@@ -231,6 +231,9 @@ class Topology:
             f"webmail.{self.domain}",
             f"mta-sts.{self.domain}",
             f"autoconfig.{self.domain}",
+            f"autodiscover.{self.domain}",
+            # Outlook's first autodiscover lookup and Thunderbird's second go to the domain itself.
+            self.domain,
             f"{dc}.{self.domain}",
         ]
         names += [n.fqdn for n in self.dc_nodes(dc)]
@@ -331,7 +334,7 @@ class Topology:
         for name, dc in self._name_server_dcs():
             records.append(DnsRecord("@", "NS", f"{name}."))
             records += self._addresses(name.removesuffix(f".{d}"), dc)
-        for label in ("@", "mail", "webmail", "mta-sts", "autoconfig"):
+        for label in ("@", "mail", "webmail", "mta-sts", "autoconfig", "autodiscover"):
             records += self._addresses(label, self.active_dc)
         for dc in DC_NAMES:
             if dc in self.dcs:

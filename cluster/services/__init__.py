@@ -15,6 +15,7 @@ from cluster.services import (
     access,
     alerts,
     apache,
+    autoconfig,
     backup,
     base,
     bayes,
@@ -65,6 +66,8 @@ SERVICES: tuple[ModuleType, ...] = (
     postfix,
     bind,
     mta_sts,
+    # The documents Apache's site maps URLs to.
+    autoconfig,
     apache,
     mailgraph,
     sync,

@@ -1,5 +1,6 @@
-"""Apache over HTTPS: Roundcube at /, Postfix Admin at /postfixadmin/, graphs at /graphs/, and the
-MTA-STS policy (mta_sts.py) at https://mta-sts.<domain>/.well-known/mta-sts.txt.
+"""Apache over HTTPS: Roundcube at /, Postfix Admin at /postfixadmin/, graphs at /graphs/, the
+MTA-STS policy (mta_sts.py) at https://mta-sts.<domain>/.well-known/mta-sts.txt, and mail client
+autoconfiguration (autoconfig.py) on autoconfig.<domain> and autodiscover.<domain>.
 
 The certificate is the data centre's (installed by the tls service at ``tls.TLS_DIR``).
 Configuration is checked with ``apache2ctl -t`` before a reload; Apache is started when it is
@@ -10,8 +11,8 @@ from __future__ import annotations
 
 from cluster import ports
 from cluster.hostcontext import HostContext
-from cluster.plan import CHANGED_MARK, Step, reload_or_start, script_step
-from cluster.services import mariadb, mta_sts, tls
+from cluster.plan import CHANGED_MARK, Step, file_step_name, reload_or_start, script_step
+from cluster.services import autoconfig, mariadb, mta_sts, tls
 from cluster.services.role import ROLE_SCRIPT, ROLE_SCRIPT_STEP
 
 PACKAGES: tuple[str, ...] = (
@@ -44,6 +45,7 @@ def steps(ctx: HostContext) -> list[Step]:
         aliases=aliases,
         tls_dir=tls.TLS_DIR,
         mta_sts_root=mta_sts.WEBROOT,
+        autoconfig=autoconfig.site_values(ctx.config),
     )
     roundcube = ctx.file(
         ROUNDCUBE_CONFIG,
@@ -89,6 +91,8 @@ apache2ctl -t >/dev/null 2>&1 || { echo "apache2ctl -t failed: not reloading" >&
             ),
             # The certificate files are the tls service's; a renewal reloads through its step.
             watch=(site, roundcube, managesieve, enable),
+            # apache2ctl -t warns of a DocumentRoot that does not exist yet (AH00112).
+            after=(file_step_name(autoconfig.CONFIG_XML),),
         ),
     ]
     if topo.initialises_database(ctx.node):

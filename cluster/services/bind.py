@@ -21,7 +21,7 @@ from typing import Any
 
 from cluster.hostcontext import HostContext
 from cluster.plan import CHANGED_MARK, Step, reload_or_start, script_step
-from cluster.services import mta_sts, storage
+from cluster.services import autoconfig, mta_sts, storage
 
 PACKAGES: tuple[str, ...] = ("bind9", "bind9-utils", "bind9-dnsutils")
 
@@ -88,7 +88,9 @@ def zone_body_values(ctx: HostContext) -> dict[str, Any]:
         "retry": RETRY,
         "expire": EXPIRE,
         "negative_ttl": min(ttl, 3600),
-        "records": topo.dns_records(ctx.secrets.dkim_public_key_b64, mta_sts.policy_id(ctx.config)),
+        "records": topo.dns_records(ctx.secrets.dkim_public_key_b64, mta_sts.policy_id(ctx.config))
+        # The SRV records need the port table, which the topology cannot import.
+        + autoconfig.srv_records(topo),
     }
 
 

@@ -59,7 +59,7 @@ DOVEADM_PORT = ports.DOVEADM_PORT
 SQL_CONF = "/etc/dovecot/dovecot-sql.conf.ext"
 SECRETS_CONF = "/etc/dovecot/mailcluster-secrets.conf.ext"
 RELOAD_STEP = "dovecot.reload"
-IMAPS_PORT = 993
+IMAPS_PORT = ports.IMAPS_PORT
 BASE_DIR = "/run/dovecot/"
 # Postfix's chroot (its queue directory): the LMTP and SASL sockets it reaches.
 LMTP_SOCKET = "/var/spool/postfix/private/dovecot-lmtp"

@@ -29,6 +29,7 @@ import shlex
 
 from cluster.hostcontext import HostContext
 from cluster.plan import CHANGED_MARK, Step, file_step_name, script_step
+from cluster.topology import Topology
 
 PACKAGES: tuple[str, ...] = ("ssl-cert", "openssl", "certbot")
 
@@ -42,6 +43,7 @@ KEY_GROUP = "ssl-cert"
 ACME_WEBROOT = "/var/www/letsencrypt"
 DEPLOY_HOOK = "/etc/letsencrypt/renewal-hooks/deploy/mailcluster"
 CERTBOT_NAME = "mailcluster"
+LINEAGE = f"/etc/letsencrypt/live/{CERTBOT_NAME}"
 BOOTSTRAP_STEP = "tls.bootstrap"
 
 # Mozilla "intermediate" (guideline 5.7): TLS 1.2 with AEAD ciphers and forward secrecy; TLS 1.3
@@ -63,8 +65,19 @@ MOZILLA_INTERMEDIATE_CIPHERS = ":".join(
 
 def public_names(ctx: HostContext) -> list[str]:
     """The names users reach the active data centre by (the Let's Encrypt certificate's SANs)."""
-    d = ctx.config.domain
-    return [ctx.topology.mail_host, f"webmail.{d}", f"mta-sts.{d}", f"autoconfig.{d}"]
+    return public_names_of(ctx.topology)
+
+
+def public_names_of(topology: Topology) -> list[str]:
+    d = topology.domain
+    return [
+        topology.mail_host,
+        f"webmail.{d}",
+        f"mta-sts.{d}",
+        f"autoconfig.{d}",
+        f"autodiscover.{d}",
+        d,  # Outlook's and Thunderbird's lookups on the domain itself (autoconfig.py)
+    ]
 
 
 def public_pair_steps(ctx: HostContext) -> tuple[str, ...]:
@@ -120,7 +133,8 @@ def _key_file(ctx: HostContext, path: str, pem: str) -> Step:
 def _certbot_script(ctx: HostContext) -> str:
     vip = ctx.topology.shared_ip(ctx.node.dc)
     email = ctx.config.letsencrypt_email or ""
-    domains = " ".join(f"-d {shlex.quote(n)}" for n in public_names(ctx))
+    names = public_names(ctx)
+    domains = " ".join(f"-d {shlex.quote(n)}" for n in names)
     if ctx.node.dc != ctx.topology.active_dc:
         return "# standby data centre: the active one obtains the certificate; sync copies it\n"
     return f"""install -d -m 0755 {ACME_WEBROOT}
@@ -128,11 +142,21 @@ def _certbot_script(ctx: HostContext) -> str:
 if ! ip -o -4 addr show | grep -qF " {vip}/"; then
   exit 0
 fi
-if [ -e /etc/letsencrypt/live/{CERTBOT_NAME}/fullchain.pem ]; then
-  exit 0  # renewals: Debian's certbot.timer, same hook
+lineage={LINEAGE}
+if [ -e "$lineage/cert.pem" ]; then
+  # Renewals are Debian's certbot.timer's (same hook). Only a name added to the plan since the
+  # lineage was issued (autodiscover.<domain>) asks again, with --expand.
+  have=" $(openssl x509 -in "$lineage/cert.pem" -noout -ext subjectAltName \\
+    | {{ grep -o 'DNS:[^,]*' || true; }} | cut -d: -f2 | tr '\\n' ' ')"
+  missing=""
+  for name in {" ".join(shlex.quote(n) for n in names)}; do
+    case "$have" in *" $name "*) ;; *) missing="$missing $name" ;; esac
+  done
+  [ -n "$missing" ] || exit 0
+  echo "certificate {CERTBOT_NAME} lacks$missing: expanding it" >&2
 fi
 certbot certonly --non-interactive --agree-tos -m {shlex.quote(email)} \\
   --cert-name {CERTBOT_NAME} --webroot -w {ACME_WEBROOT} {domains} \\
-  --deploy-hook {DEPLOY_HOOK}
-echo "{CHANGED_MARK} obtained Let's Encrypt certificate {CERTBOT_NAME}"
+  --expand --deploy-hook {DEPLOY_HOOK}
+echo "{CHANGED_MARK} obtained Let's Encrypt certificate {CERTBOT_NAME} for {" ".join(names)}"
 """

@@ -159,7 +159,7 @@ def test_mta_sts_policy_over_https_on_ipv6(lab: Lab, holder: str) -> None:
 
 def test_dns_answers_aaaa_over_ipv6(lab: Lab, holder: str) -> None:
     for name in (f"mail.{DOMAIN}", f"webmail.{DOMAIN}", f"mta-sts.{DOMAIN}", f"ns1.{DOMAIN}",
-                 DOMAIN):  # fmt: skip
+                 f"autoconfig.{DOMAIN}", f"autodiscover.{DOMAIN}", DOMAIN):  # fmt: skip
         assert dig(lab, VIP6, name, "AAAA", "+short").split() == [VIP6], name
     # The standby data centre's name and its nodes' own addresses, and SPF with ip6:.
     dc2_v6 = str(A.lab_dc_addresses("dc2").shared_ipv6)

@@ -11,8 +11,8 @@ import pytest
 from rendertools import base, files, in_base
 
 from cluster.material import ClusterSecrets
-from cluster.plan import HostPlan
-from cluster.services import apache, mta_sts, postfixadmin
+from cluster.plan import HostPlan, file_step_name
+from cluster.services import apache, autoconfig, mta_sts, postfixadmin
 from cluster.services.tls import TLS_DIR
 from cluster.topology import Topology
 
@@ -44,12 +44,17 @@ def test_apache2ctl_accepts_rendered_tree(
     assert "mailcluster: changed" in first
     second = run("bash", "-c", enable.script, env=env)
     assert second == ""  # idempotent: nothing to enable the second time
-    # Apache 2.4 on Debian 13 without a warning; the MTA-STS webroot is made by its own step.
-    checked = run("bash", "-c", f"install -d {mta_sts.WEBROOT} && apache2ctl -t", env=env)
+    # Apache 2.4 on Debian 13 without a warning; the MTA-STS and autoconfig webroots are made
+    # by their own steps (the reload waits for the autoconfig one).
+    assert file_step_name(autoconfig.CONFIG_XML) in hp.step("apache.reload").after
+    webroots = f"{mta_sts.WEBROOT} {autoconfig.WEBROOT}"
+    checked = run("bash", "-c", f"install -d {webroots} && apache2ctl -t", env=env)
     assert checked == "Syntax OK\n", checked
     vhosts = run("apache2ctl", "-t", "-D", "DUMP_VHOSTS", env=env)
     assert f"namevhost {topo.mail_host}" in vhosts
     assert f"namevhost mta-sts.{topo.domain}" in vhosts
+    assert f"namevhost autoconfig.{topo.domain}" in vhosts
+    assert f"alias autodiscover.{topo.domain}" in vhosts
     # Dual stack: the vhosts are on every address of both families (the shared IPv6 included),
     # never on one IPv4 address, and Debian's ports.conf listens on all of them.
     assert "*:443" in vhosts and "*:80" in vhosts

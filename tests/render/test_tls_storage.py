@@ -14,7 +14,7 @@ from rendertools import NODES, in_base
 
 from cluster.hostplan import build_host_plan
 from cluster.lab.model import lab_topology
-from cluster.material import PASSWORD_FIELDS, ClusterSecrets
+from cluster.material import PASSWORD_FIELDS, ClusterSecrets, generate
 from cluster.render import render
 from cluster.services import storage, tls
 from cluster.topology import Topology
@@ -162,3 +162,39 @@ def test_volume_script_gives_up_on_a_missing_device(tmp_path: Path) -> None:
         str(tmp_path / "fstab"), "1",
     )  # fmt: skip
     assert proc.returncode != 0 and "did not appear within 1s" in proc.stderr
+
+
+@pytest.mark.checkers
+def test_letsencrypt_lineage_expanded_only_for_a_missing_name(
+    secrets: ClusterSecrets, tmp_path: Path
+) -> None:
+    """A lineage issued before a name joined the plan (autodiscover.<domain>) is asked again
+    with --expand; one that has every name is left to certbot.timer. certbot and ip are stubs."""
+    sets = {"tlsMode": "letsencrypt", "letsencryptEmail": "admin@example.com"}
+    topo = lab_topology("dc1", sets)
+    lineage, bin_dir, calls = tmp_path / "live", tmp_path / "bin", tmp_path / "certbot.args"
+    script = build_host_plan(topo, "dc1-svr1", secrets, "lab").step("tls.certbot").script
+    script = script.replace(tls.LINEAGE, str(lineage))
+    script = script.replace(tls.ACME_WEBROOT, str(tmp_path / "acme"))
+    bin_dir.mkdir()
+    lineage.mkdir()
+    vip = topo.shared_ip("dc1")
+    (bin_dir / "ip").write_text(f"#!/bin/sh\necho '1: lo    inet {vip}/32 scope global lo'\n")
+    (bin_dir / "certbot").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    for stub in bin_dir.iterdir():
+        stub.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/sbin:/usr/bin:/sbin:/bin"}
+    wanted = tls.public_names_of(topo)
+    assert f"autodiscover.{topo.domain}" in wanted and topo.domain in wanted
+    old = generate(topo.domain, ["dc1"], {"dc1": wanted[:4]}).tls["dc1"].cert_pem
+    (lineage / "cert.pem").write_text(old)
+    proc = in_base("bash", "-euo", "pipefail", "-c", script, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert f"lacks autodiscover.{topo.domain} {topo.domain}: expanding" in proc.stderr
+    args = calls.read_text().split()
+    assert "--expand" in args and f"autodiscover.{topo.domain}" in args, args
+    # Every name present (the cluster certificate carries them all): nothing asked.
+    calls.unlink()
+    (lineage / "cert.pem").write_text(secrets.tls["dc1"].cert_pem)
+    proc = in_base("bash", "-euo", "pipefail", "-c", script, env=env)
+    assert (proc.returncode, proc.stdout, calls.exists()) == (0, "", False), proc.stderr
