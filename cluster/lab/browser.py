@@ -38,9 +38,9 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
-# Every wait on the page: a Roundcube or Postfix Admin page answers the lab's client in well
-# under 2 s on a busy 2-core machine (a whole login takes about 1 s); 15 s is a 7x margin, and
-# a wait that runs out names what it waited for.
+# Every wait on the page: on the busy 2-core lab machine a whole step (a page, a form, its save
+# and the list that shows it) took 1.0-1.9 s, so no single wait comes near 2 s; 15 s is a margin
+# of more than 7 times, and a wait that runs out names what it waited for.
 WAIT_S = 15.0
 # Desktop width: Roundcube's elastic skin shows the list and the form side by side.
 WINDOW = "1280,900"

@@ -67,6 +67,7 @@ def test_a_filter_and_a_vacation_made_in_roundcube_file_mail_and_answer_once(
                        "--vacation-subject", away, "--vacation-body", "Back on Monday.",
                        password=user[1])  # fmt: skip
     assert made["ok"], made
+    print(f"roundcube in the browser: {made['seconds']} s, steps {made['steps']}")
     # The form started with the user's address (managesieve_vacation_addresses_init).
     assert made["vacation_addresses"] == [user[0]], made
     # Roundcube keeps the filter and the vacation in one script, "roundcube", made active.
@@ -107,5 +108,6 @@ def test_an_admin_logs_in_to_postfix_admin_and_sees_the_domains(lab: Lab, vip: s
     got = lab.browser(vip, MAIL_HOST, "postfixadmin-login", "--user", admin, "--expect", DOMAIN,
                       password=password)  # fmt: skip
     assert got["ok"], got
+    print(f"postfix admin in the browser: {got['seconds']} s, steps {got['steps']}")
     assert got["after_login"].rstrip().endswith(f"Logged in as {admin}"), got
     assert DOMAIN in got["domains"].split(), got
