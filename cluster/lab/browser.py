@@ -73,7 +73,7 @@ def chromium(ca: str, host: str, ip: str) -> Iterator[WebDriver]:
             "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
             f"--user-data-dir={tmp}/profile", f"--window-size={WINDOW}",
             f"--host-resolver-rules=MAP {host} {ip}",
-            # Nothing but the lab: no sync, updates or safe browsing calls into nowhere.
+            # Nothing but the lab: no background requests (updates, sync) into a void.
             "--disable-background-networking", "--disable-component-update", "--no-first-run",
             "--disable-sync", "--disable-default-apps", "--password-store=basic",
         ):  # fmt: skip
