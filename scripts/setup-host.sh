@@ -38,10 +38,12 @@ fi
 
 # 1. Debian packages: Python for the venv, and what the lab and the checkers' runner use on this
 # machine (every package of cluster/lab/base.py's HOST_TOOLS is here: a unit test checks it).
+# chromium, its driver and NSS's certutil: the lab tests' web browser (cluster/lab/browser.py).
 # None of them starts a daemon, so no policy-rc.d is needed.
 debs=(python3 python3-venv python3-pip
       debootstrap debian-archive-keyring zstd tar iproute2 util-linux mount e2fsprogs
-      systemd-container bind9-dnsutils iputils-ping psmisc procps swaks sieve-connect)
+      systemd-container bind9-dnsutils iputils-ping psmisc procps swaks sieve-connect
+      chromium chromium-driver libnss3-tools)
 mapfile -t need < <(missing_debs "${debs[@]}")
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -q

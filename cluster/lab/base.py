@@ -167,7 +167,10 @@ HOST_TOOLS = {"debootstrap": "debootstrap", "zstd": "zstd", "ip": "iproute2",
               "losetup": "mount", "systemd-nspawn": "systemd-container",
               "ping": "iputils-ping", "dig": "bind9-dnsutils",
               # The ManageSieve client of the tests (a user's, from the client namespace).
-              "sieve-connect": "sieve-connect"}  # fmt: skip
+              "sieve-connect": "sieve-connect",
+              # A user's web browser (cluster/lab/browser.py), its driver and its trust store.
+              "chromium": "chromium", "chromedriver": "chromium-driver",
+              "certutil": "libnss3-tools"}  # fmt: skip
 
 
 def ensure_host_tools() -> None:

@@ -20,6 +20,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+from cluster import ports
 from cluster.config import StackConfig
 from cluster.lab import addresses as A
 from cluster.lab import cgroups, holdwatch, lifecycle, routeservers
@@ -273,6 +274,38 @@ class Lab:
         return self.start_clientlib("watch", "--host", host, "--port", str(port),
                                     "--interval", str(interval), "--stop", str(stop),
                                     stop_file=stop)  # fmt: skip
+
+    def browser(
+        self, ip: str, host: str, command: str, *args: str, password: str = "",
+        timeout: float = 180,
+    ) -> dict[str, Any]:  # fmt: skip
+        """A user's headless chromium in the client (``cluster.lab.browser COMMAND ARGS``,
+        with the venv's python, which has selenium): ``host`` maps to ``ip``, TLS is checked
+        against the lab's CA, ``password`` goes on stdin. Its JSON result."""
+        proc = self.run("client", "--", sys.executable, "-m", "cluster.lab.browser",
+                        "--ca", self.ca, "--host", host, "--ip", ip, command, *args,
+                        input=password + "\n", check=False, timeout=timeout)  # fmt: skip
+        try:
+            return last_json(proc.stdout)
+        except (IndexError, ValueError) as e:
+            raise DriverError(f"browser {command}: {proc.stdout}\n{proc.stderr}") from e
+
+    def managesieve(
+        self, ip: str, host: str, login: tuple[str, str], *action: str
+    ) -> subprocess.CompletedProcess[str]:
+        """Debian's sieve-connect from the client to ``ip``:4190 as ``login``: STARTTLS, the
+        certificate checked against the lab's CA and ``host``; the password through a 0600 file
+        on a file descriptor, never on a command line."""
+        with tempfile.TemporaryDirectory() as tmp:
+            pw = Path(tmp) / "password"
+            pw.touch(mode=0o600)
+            pw.write_text(login[1] + "\n")
+            return self.client(
+                "sh", "-c", 'exec sieve-connect "$@" 3<"$0"', str(pw),
+                "--server", ip, "--port", str(ports.MANAGESIEVE_PORT), "--user", login[0],
+                "--passwordfd", "3", "--tlscafile", self.ca, "--tlshostname", host, *action,
+                check=False,
+            )  # fmt: skip
 
     def watch_holders(self, hosts: Iterable[str]) -> HoldWatch:
         """Whether each of ``hosts`` holds its shared IP (bgp), every 50 ms inside the node,
