@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cluster.lab.driver import Lab
-from cluster.services import bayes, dovecot, rspamd, storage
+from cluster.services import bayes, rspamd, storage
 
 DOMAIN = "example.com"
 MAIL_HOST = f"mail.{DOMAIN}"
@@ -89,23 +88,9 @@ def _headers(lab: Lab, vip: str, login: tuple[str, str], subject: str, folder: s
 
 
 @pytest.fixture
-def sieve_connect(lab: Lab, vip: str, tmp_path: Path) -> Iterator[Any]:
-    """sieve-connect from the client to the shared IP's 4190: STARTTLS, the certificate checked
-    against the lab's CA and the mail host's name; the password from a 0600 file, never on a
-    command line."""
-
-    def run(login: tuple[str, str], *action: str) -> Any:
-        pw = tmp_path / f"pw-{secrets.token_hex(4)}"
-        pw.write_text(login[1] + "\n")
-        pw.chmod(0o600)
-        return lab.client(
-            "sh", "-c", 'exec sieve-connect "$@" 3<"$0"', str(pw),
-            "--server", vip, "--port", str(dovecot.MANAGESIEVE_PORT), "--user", login[0],
-            "--passwordfd", "3", "--tlscafile", lab.ca, "--tlshostname", MAIL_HOST, *action,
-            check=False,
-        )  # fmt: skip
-
-    yield run
+def sieve_connect(lab: Lab, vip: str) -> Any:
+    """sieve-connect from the client to the shared IP's 4190 (``Lab.managesieve``)."""
+    return lambda login, *action: lab.managesieve(vip, MAIL_HOST, login, *action)
 
 
 def test_spam_is_filed_into_junk_by_rspamds_verdict_not_the_senders(
