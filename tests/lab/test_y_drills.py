@@ -26,6 +26,7 @@ from cluster.lab.driver import (
     shared_ip,
     shared_ip6,
 )
+from cluster.services import bayes, dovecot
 
 pytestmark = pytest.mark.drill
 
@@ -307,6 +308,33 @@ def test_drill_replication_lag_is_measured(lab: Lab) -> None:
     assert max(lags) < 5
 
 
+def learned(lab: Lab, host: str) -> dict[str, int]:
+    """What rspamd has learned, as the host's Valkey holds it (``mailcluster-bayes status``)."""
+    counts: dict[str, int] = json.loads(lab.exec(host, bayes.SCRIPT, "status", "--json").stdout)[
+        "learned"
+    ]
+    return counts
+
+
+def teach_spam(lab: Lab, tag: str, count: int = 3) -> tuple[tuple[str, str], dict[str, int]]:
+    """A user moves ``count`` of its messages into Junk on the active node (rspamd learns them
+    as spam, inside the IMAP command); every node's Valkey has the new counts before this
+    returns. The user and the counts."""
+    user = new_user(lab)
+    for i in range(count):
+        assert lab.send(VIP1, user, f"{tag} {i}")["ok"]
+    lab.subjects(VIP1, user, tag, count)
+    moved = lab.clientlib("move", "--host", VIP1, "--ca", lab.ca, "--user", user[0],
+                          "--password", user[1], "--subject", tag, "--to", "Junk")  # fmt: skip
+    assert moved == {"ok": True, "moved": count}, moved
+    counts = learned(lab, lab.holders(("dc1-svr1", "dc1-svr2"))[0])
+    for host in ("dc1-svr1", "dc1-svr2", "dc2-svr1", "dc2-svr2"):
+        lab.wait_for(f"{host}'s Valkey to have what rspamd learned",
+                     lambda h=host: learned(lab, h) == counts,
+                     timeout=10, interval=0.2)  # fmt: skip
+    return user, counts
+
+
 def test_drill_1_crash_the_active_node(lab: Lab, unique: str) -> None:
     """bgp (the lab's default, as on Linode): the survivor announces at once, but the route
     servers keep the crashed node's route until its hold time runs out, so SMTP and IMAPS answer
@@ -317,6 +345,10 @@ def test_drill_1_crash_the_active_node(lab: Lab, unique: str) -> None:
     assert lab.shared_ip_method("dc1") == "bgp"
     hold = lab.stack_config("dc1").bgp_hold_time_s
     ensure_holder(lab, "dc1-svr1")
+    # Spam learning (issue 25): what users taught rspamd on svr1 is on every node before the
+    # crash, and the survivor classifies with it.
+    learner, taught = teach_spam(lab, f"{unique}-junk")
+    assert taught["spam"] >= 3
     user = new_user(lab)
     first_synced(lab, user, "dc1-svr2")
     stream = lab.stream(VIP1, user, unique)
@@ -358,6 +390,15 @@ def test_drill_1_crash_the_active_node(lab: Lab, unique: str) -> None:
     ok = lab.clientlib("login", "--host", VIP1, "--ca", lab.ca, "--user", fresh[0],
                        "--password", fresh[1], "--timeout", "10")  # fmt: skip
     assert ok["ok"], ok
+    # The survivor has what was learned on svr1, as the master of it now, and its rspamd knows
+    # those very messages: learning one again is "already learned".
+    assert learned(lab, "dc1-svr2") == taught
+    fetch = f"doveadm fetch -u {learner[0]} text mailbox Junk subject '{unique}-junk 0'"
+    again = lab.exec("dc1-svr2", "sh", "-c", f"{fetch} | sed 1d | {dovecot.LEARN_COMMAND} spam")
+    assert again.stdout.strip() == "already learned", again
+    lab.wait_for("svr2's Valkey to become the master", lambda: json.loads(lab.exec(
+        "dc1-svr2", bayes.SCRIPT, "status", "--json").stdout)["role"] == "master",
+        timeout=bayes.FOLLOW_EVERY_S + 10)  # fmt: skip
     # svr1 boots and rejoins: replica of svr2, standby, no shared IP, not reachable for mail.
     lab.run("boot", "dc1-svr1")
     r1 = wait_rejoined(lab, "dc1-svr1", private_ip("dc1-svr2"))
