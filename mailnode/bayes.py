@@ -1,4 +1,5 @@
-"""mailcluster-bayes follow|status [--json]: rspamd's Bayes store (Valkey) follows the database.
+"""mailcluster-bayes follow|status [--json]|health: rspamd's Bayes store (Valkey) follows the
+database.
 
 What users teach rspamd (mailnode/learn.py: a move into or out of Junk) is written to the
 node's Valkey, which must not live on one node only. Valkey replicates the way MariaDB does
@@ -13,7 +14,7 @@ without a source makes Valkey a master (``REPLICAOF NO ONE``); a replica of addr
 a replica of A's node, on that node's mesh address. Unchanged: nothing sent. A database that
 does not answer leaves Valkey as it is.
 status: the learned counts per class (rspamd's totals in Valkey) and the
-replication state, for ``ops status`` and the drills.
+replication state, for ``ops status`` and the drills. health: mailcluster-health's line for it.
 
 Valkey speaks RESP; the few commands here need no client library, and the password goes over
 the socket, never on a command line. Config: /etc/mailcluster/bayes.json (services/bayes.py).
@@ -184,6 +185,19 @@ def status(valkey: Valkey) -> dict[str, Any]:
     }
 
 
+def health_line(state: dict[str, Any] | None, error: str = "") -> str:
+    """``mailcluster-health``'s line (name, ok|fail, value, detail; tab-separated): a replica
+    whose link to its source is down cannot get what users teach rspamd on the master."""
+    if state is None:
+        return f"bayes.replication\tfail\tdown\tValkey does not answer: {error}"
+    counts = f"spam {state['learned']['spam']}, ham {state['learned']['ham']}"
+    if state["role"] == "master":
+        return f"bayes.replication\tok\tmaster\t{counts}"
+    ok = "ok" if state["link"] == "up" else "fail"
+    detail = f"replica of {state['source']}; {counts}"
+    return f"bayes.replication\t{ok}\t{state['link'] or 'none'}\t{detail}"
+
+
 def role_status(settings: Settings) -> dict[str, Any]:
     proc = subprocess.run(settings.role_status, capture_output=True, text=True, timeout=30)
     try:
@@ -195,15 +209,18 @@ def role_status(settings: Settings) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if not args or args[0] not in ("follow", "status"):
-        print("usage: mailcluster-bayes follow|status [--json]", file=sys.stderr)
+    if not args or args[0] not in ("follow", "status", "health"):
+        print("usage: mailcluster-bayes follow|status [--json]|health", file=sys.stderr)
         return 2
     settings = Settings.load()
     try:
         valkey = Valkey(settings)
     except (OSError, ValkeyError) as exc:
-        print(f"mailcluster-bayes: Valkey on {settings.host}:{settings.port}: {exc}",
-              file=sys.stderr)  # fmt: skip
+        where = f"Valkey on {settings.host}:{settings.port}: {exc}"
+        if args[0] == "health":
+            print(health_line(None, where))
+            return 0
+        print(f"mailcluster-bayes: {where}", file=sys.stderr)
         return 1
     try:
         if args[0] == "follow":
@@ -212,7 +229,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"mailcluster: changed {done}")
             return 0
         state = status(valkey)
-        if "--json" in args:
+        if args[0] == "health":
+            print(health_line(state))
+        elif "--json" in args:
             print(json.dumps(state))
         else:
             source = f" of {state['source']} ({state['link']})" if state["source"] else ""

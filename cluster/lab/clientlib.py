@@ -324,7 +324,8 @@ def subjects(a: argparse.Namespace) -> dict[str, Any]:
         try:
             conn = _imap(a)
             try:
-                found = _subjects(conn, a.subject, a.folder)
+                # wait-imap and bulk share this wait and have no --folder: their INBOX.
+                found = _subjects(conn, a.subject, getattr(a, "folder", "INBOX"))
             finally:
                 conn.logout()
             if complete():

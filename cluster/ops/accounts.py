@@ -99,8 +99,41 @@ class Accounts:
         return out
 
     def mailboxes(self, domain: str = "") -> list[str]:
+        """One line per mailbox: Postfix Admin's (address, active, quota in MB; tab-separated)
+        and two more columns from Dovecot on the writable master: the space used in MB and
+        the share of the quota ("-" without a quota; "?" when Dovecot did not answer)."""
         args = [check_domain(domain)] if domain else []
-        return self._run("list", *args).splitlines()
+        lines = self._run("list", *args).splitlines()
+        used = self.usage()
+        out = []
+        for line in lines:
+            address = line.split("\t", 1)[0]
+            if used is None or address not in used:
+                out.append(f"{line}\t?\t?")
+                continue
+            kib, limit_kib = used[address]
+            share = f"{100 * kib // limit_kib}%" if limit_kib else "-"
+            out.append(f"{line}\t{kib / 1024:.1f}\t{share}")
+        return out
+
+    def usage(self) -> dict[str, tuple[int, int | None]] | None:
+        """Every mailbox's storage in use and its limit, in KiB (``doveadm quota get -A``, as
+        Dovecot counts it; no limit: None), or None when Dovecot did not answer."""
+        res = self.target.run(self.node, ["doveadm", "-f", "tab", "quota", "get", "-A"])
+        if res.returncode != 0:
+            return None
+        rows = res.stdout.splitlines()
+        if not rows:
+            return {}
+        head = rows[0].split("\t")
+        out: dict[str, tuple[int, int | None]] = {}
+        for row in rows[1:]:
+            cell = dict(zip(head, row.split("\t"), strict=False))
+            if cell.get("Type") != "STORAGE":
+                continue
+            limit = cell.get("Limit", "-")
+            out[cell["Username"]] = (int(cell["Value"]), int(limit) if limit.isdigit() else None)
+        return out
 
     def alias_add(self, address: str, goto: list[str]) -> str:
         a = check_address(address)

@@ -49,6 +49,8 @@ RULES: tuple[dict[str, Any], ...] = (
     {"check": "mariadb.replication", "severity": CRITICAL, "grace_s": 0, "owner": "self"},
     # Mailbox replication (replication.py): each node reports the targets it pushes to.
     {"check": "replication", "severity": CRITICAL, "grace_s": REPLICATION_GRACE_S, "owner": "self"},
+    # rspamd's Bayes store (bayes.py): a replica cut from its source misses what users teach.
+    {"check": "bayes", "severity": WARNING, "grace_s": REPLICATION_GRACE_S, "owner": "self"},
     {"check": "postfix.queue", "severity": WARNING, "grace_s": 0, "owner": "self"},
     {"check": "disk", "severity": CRITICAL, "grace_s": 0, "owner": "self"},
     # The certificates are cluster secrets, the same files on every node: one report.

@@ -11,7 +11,17 @@ from __future__ import annotations
 
 from cluster.hostcontext import HostContext
 from cluster.plan import PACKAGES_STEP, Step
-from cluster.services import backup, fail2ban, ratelimit, replication, role, storage, sync, tls
+from cluster.services import (
+    backup,
+    bayes,
+    fail2ban,
+    ratelimit,
+    replication,
+    role,
+    storage,
+    sync,
+    tls,
+)
 from cluster.services.role import CLUSTER_CONF, ROLE_SCRIPT, ROLE_SCRIPT_STEP
 
 # cl_status is Heartbeat's; rndc BIND's; mariadb MariaDB's: all there already. These are the
@@ -56,6 +66,7 @@ def steps(ctx: HostContext) -> list[Step]:
             max_disk_pct=MAX_DISK_PCT,
             min_cert_days=MIN_CERT_DAYS,
             replication_command=replication.SCRIPT,
+            bayes_command=bayes.SCRIPT,
             websync_stamp=sync.WEBSYNC_STAMP,
             max_websync_age_s=MAX_WEBSYNC_AGE_S,
             backup_stamp=BACKUP_STAMP,

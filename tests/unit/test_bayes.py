@@ -225,3 +225,15 @@ def test_learn_without_a_controller_says_where_it_looked() -> None:
 def test_learn_refuses_anything_but_spam_or_ham(capsys: pytest.CaptureFixture[str]) -> None:
     assert L.main(["junk"]) == 2
     assert "usage: mailcluster-learn spam|ham" in capsys.readouterr().err
+
+
+def test_the_health_line_fails_a_replica_cut_from_its_source() -> None:
+    master = {"learned": {"spam": 4, "ham": 1}, "role": "master", "source": "", "link": ""}
+    assert B.health_line(master) == "bayes.replication\tok\tmaster\tspam 4, ham 1"
+    replica = {**master, "role": "replica", "source": "198.19.10.1", "link": "up"}
+    assert B.health_line(replica).split("\t")[:3] == ["bayes.replication", "ok", "up"]
+    cut = {**replica, "link": "down"}
+    assert B.health_line(cut) == (
+        "bayes.replication\tfail\tdown\treplica of 198.19.10.1; spam 4, ham 1"
+    )
+    assert B.health_line(None, "refused").startswith("bayes.replication\tfail\tdown\t")

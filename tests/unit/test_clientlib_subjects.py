@@ -61,3 +61,13 @@ def test_a_message_delivered_twice_is_counted_twice(monkeypatch: pytest.MonkeyPa
 def test_a_missing_expected_message_is_not_ok(monkeypatch: pytest.MonkeyPatch) -> None:
     out = run(monkeypatch, [["s 1"]], expect=json.dumps(["s 1", "s 2"]), timeout=0.05)
     assert not out["ok"] and out["subjects"] == ["s 1"] and out["copies"] == {}
+
+
+def test_wait_imap_and_bulk_without_a_folder_read_the_inbox(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``wait-imap`` and ``bulk`` share this wait with a namespace that has no --folder."""
+    monkeypatch.setattr(clientlib, "_imap", lambda a: FakeConn())
+    monkeypatch.setattr(clientlib, "_subjects", lambda conn, prefix, folder: [folder])
+    ns = argparse.Namespace(subject="s", count=1, timeout=5, interval=0.0)
+    assert clientlib.subjects(ns)["subjects"] == ["INBOX"]

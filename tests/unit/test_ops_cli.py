@@ -93,7 +93,15 @@ class FakeTarget:
         if argv[0] == MAILBOX_CLI:
             if argv[1] == "domain-list":
                 return Result(0, "example.com\n", "")
+            if argv[1] == "list":
+                return Result(0, "ann@example.com\tactive\t1\nbob@example.com\tactive\t0\n"
+                              "new@example.com\tactive\t0\n", "")  # fmt: skip
             return Result(0, "changed\n", "")
+        if list(argv) == ["doveadm", "-f", "tab", "quota", "get", "-A"]:
+            return Result(0, "Username\tQuota name\tType\tValue\tLimit\t%\n"
+                          "ann@example.com\tUser quota\tSTORAGE\t870\t1024\t84\n"
+                          "ann@example.com\tUser quota\tMESSAGE\t9\t-\t0\n"
+                          "bob@example.com\tUser quota\tSTORAGE\t2\t-\t0\n", "")  # fmt: skip
         if list(argv) == [REPLICATION_SCRIPT, "status", "--json"]:
             return Result(0, json.dumps(replication_state(node, node == self.writer)), "")
         if list(argv) == [BAYES_SCRIPT, "status", "--json"]:
@@ -167,6 +175,19 @@ def test_status_shows_what_each_node_has_learned() -> None:
     assert "dc1-svr1  spam 12, ham 3; master" in text
     assert "dc1-svr2  spam 12, ham 3; replica of 198.19.10.1 (link up)" in text
     assert "dc2-svr2  mailcluster-bayes: Valkey on 127.0.0.1:6379: refused" in text
+
+
+def test_mailbox_list_shows_the_usage_and_the_share_of_the_quota(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cli, "target_of", lambda args: FakeTarget(healthy()))
+    assert cli.main(["--lab", "mailbox", "list"]) == 0
+    # Address, active, quota (MB), used (MB), share; a mailbox Dovecot has not seen yet: "?".
+    assert capsys.readouterr().out.splitlines() == [
+        "ann@example.com\tactive\t1\t0.8\t84%",
+        "bob@example.com\tactive\t0\t0.0\t-",
+        "new@example.com\tactive\t0\t?\t?",
+    ]
 
 
 def test_no_writer_is_a_failing_cluster_check() -> None:
