@@ -28,7 +28,7 @@ from cluster import ports
 from cluster.hostcontext import HostContext
 from cluster.plan import Step, reload_or_start, script_step
 from cluster.services import nodepkg, units
-from cluster.services.role import HOOKS_DIR, ROLE_SCRIPT, ROLE_SCRIPT_STEP
+from cluster.services.role import HOOKS_DIR, ROLE_SCRIPT_STEP
 
 PACKAGES: tuple[str, ...] = ("valkey-server",)
 
@@ -45,6 +45,7 @@ FOLLOW_EVERY_S = 30
 # Bayes tokens of a small organisation take tens of MB; the bound only stops a runaway.
 MAXMEMORY = "512mb"
 RELOAD_STEP = "bayes.valkey"
+MYSQL_SOCKET = "/run/mysqld/mysqld.sock"  # the role script's (mailcluster-role)
 
 
 def config(ctx: HostContext) -> dict[str, object]:
@@ -59,7 +60,16 @@ def config(ctx: HostContext) -> dict[str, object]:
         "host": "127.0.0.1",
         "port": PORT,
         "password_file": SECRET,
-        "role_status": [ROLE_SCRIPT, "status", "--json"],
+        "db_query": [
+            "mariadb",
+            f"--socket={MYSQL_SOCKET}",
+            "-uroot",
+            "-N",
+            "-B",
+            "--connect-timeout=3",
+            "-e",
+            "SELECT @@global.read_only; SHOW SLAVE STATUS",
+        ],
         "mesh_by_address": mesh,
     }
 

@@ -237,3 +237,14 @@ def test_the_health_line_fails_a_replica_cut_from_its_source() -> None:
         "bayes.replication\tfail\tdown\treplica of 198.19.10.1; spam 4, ham 1"
     )
     assert B.health_line(None, "refused").startswith("bayes.replication\tfail\tdown\t")
+
+
+def test_the_database_role_comes_from_one_query() -> None:
+    # A master: read_only 0, no SHOW SLAVE STATUS row.
+    assert B.wanted_source(B.parse_db("0\n"), MESH) == (True, "")
+    # A replica of its DC peer's private address (SHOW SLAVE STATUS: state, then the host).
+    row = "Waiting for master to send event\t10.0.1.12\trepl\t3306\t1\t..."
+    assert B.wanted_source(B.parse_db(f"1\n{row}\n"), MESH) == (True, "198.19.10.2")
+    # Read-only without a source (between roles), or no answer: nothing decided.
+    assert B.wanted_source(B.parse_db("1\n"), MESH) == (False, "")
+    assert B.parse_db("") == {} and B.parse_db("ERROR 2002 (HY000)\n") == {}
