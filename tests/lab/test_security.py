@@ -43,10 +43,10 @@ _STRANGER_HOST = 101 + secrets.randbelow(99)
 STRANGER = f"{A.CLIENT_NET}.{_STRANGER_HOST}"
 STRANGER6 = A.v6(A.CLIENT_NET6, _STRANGER_HOST)
 ADMIN = A.client_address()
-PUBLIC_TCP = {25, 53, 80, 443, 465, 587, 993}
-INTERNAL_TCP = {ports.MARIADB_PORT, ports.DOVEADM_PORT}
+PUBLIC_TCP = {25, 53, 80, 443, 465, 587, 993, ports.MANAGESIEVE_PORT}
+INTERNAL_TCP = {ports.MARIADB_PORT, ports.DOVEADM_PORT, ports.VALKEY_PORT}
 LOOPBACK_ONLY = {8053, ratelimit.PORT, 11332, 11333, 11334}
-SCAN_PORTS = sorted({*range(1, 1025), 3306, 4190, 5000, 5001, 8053, 8080, ratelimit.PORT,
+SCAN_PORTS = sorted({*range(1, 1025), 3306, 4190, 5000, 5001, 6379, 8053, 8080, ratelimit.PORT,
                      11332, 11333, 11334, 12345, 873, 694, ports.MESH_PORT})  # fmt: skip
 
 # Runs in the client or a host: TCP connect to every (address, port), from a chosen source
@@ -225,7 +225,7 @@ def test_a_scan_from_the_internet_sees_only_the_public_ports(
         answered = set(states["open"]) | set(states["refused"])
         assert answered <= PUBLIC_TCP, (target, sorted(answered - PUBLIC_TCP))
     # And the scan is not blind: the active shared IP serves mail, web and DNS.
-    assert {25, 53, 443, 465, 587, 993} <= set(seen[VIP1]["open"]), seen[VIP1]
+    assert {25, 53, 443, 465, 587, 993, 4190} <= set(seen[VIP1]["open"]), seen[VIP1]
     for host in HOSTS:
         assert 53 in seen[public_ip(host)]["open"], host
 
@@ -280,14 +280,15 @@ def test_internal_ports_from_the_other_dc(lab: Lab) -> None:
         answered = set(seen[target]["open"]) | set(seen[target]["refused"])
         assert not answered & (LOOPBACK_ONLY | {5000}), (target, answered)
         assert not answered, (target, answered)
-    # The DC peer's paths: MariaDB on the private network (and the mesh); the doveadm server on
-    # the mesh only (dsync is plain TCP inside WireGuard: dovecot.py).
+    # The DC peer's paths: MariaDB on the private network (and the mesh); the doveadm server and
+    # Valkey on the mesh only (dsync and Valkey's replication are plain TCP inside WireGuard).
     svr1 = [private_ip("dc1-svr1"), mesh_ip("dc1-svr1")]
     peer = probe_from_host(lab, "dc1-svr2", svr1, sorted(INTERNAL_TCP))
     assert set(peer[private_ip("dc1-svr1")]["open"]) == {ports.MARIADB_PORT}, peer
     assert set(peer[mesh_ip("dc1-svr1")]["open"]) == INTERNAL_TCP, peer
-    far = probe_from_host(lab, "dc2-svr1", [mesh_ip("dc1-svr1")], [ports.DOVEADM_PORT])
-    assert far[mesh_ip("dc1-svr1")]["open"] == [ports.DOVEADM_PORT], far
+    far = probe_from_host(lab, "dc2-svr1", [mesh_ip("dc1-svr1")],
+                          [ports.DOVEADM_PORT, ports.VALKEY_PORT])  # fmt: skip
+    assert far[mesh_ip("dc1-svr1")]["open"] == [ports.DOVEADM_PORT, ports.VALKEY_PORT], far
     # MariaDB replication from the active DC reaches the other DC.
     master = holder(lab)
     row = time.time_ns()
