@@ -29,6 +29,7 @@ from cluster.lab.run import LabError
 from cluster.lab.secrets import ca_file
 from cluster.lab.stacks import stack_topology
 from cluster.lab.state import LabState
+from cluster.services import bayes
 
 REPO = Path(__file__).resolve().parents[2]
 ROLE_TOOL = "mailcluster-role"
@@ -386,6 +387,12 @@ class Lab:
             if check:
                 raise
             return {}
+        return data
+
+    def bayes(self, host: str) -> dict[str, Any]:
+        """``mailcluster-bayes status --json`` on the host: what rspamd has learned, as its
+        Valkey holds it ("learned": {"spam", "ham"}), and that Valkey's role and source."""
+        data: dict[str, Any] = json.loads(self.exec(host, bayes.SCRIPT, "status", "--json").stdout)
         return data
 
     def holders(self, hosts: Iterable[str]) -> list[str]:

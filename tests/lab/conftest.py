@@ -79,3 +79,24 @@ def keep() -> bool:
 def unique() -> str:
     """A subject/name no other test run uses."""
     return f"mclab-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="module")
+def vip(lab: Lab) -> str:
+    """The active data centre's shared IP, once a node holds it (Heartbeat takes ~12 s)."""
+
+    def held() -> str | None:
+        st = lab.status()
+        dc = st["dcs"][st["active_dc"]]
+        return str(dc["shared_ip"]) if dc["active"] else None
+
+    return str(lab.wait_for("the active shared IP to be held", held, timeout=90))
+
+
+@pytest.fixture(scope="module")
+def active(lab: Lab, vip: str) -> str:
+    """The node that holds the active data centre's shared IP (the writable master)."""
+    st = lab.status()
+    holders = lab.holders(st["dcs"][st["active_dc"]]["hosts"])
+    assert len(holders) == 1, holders
+    return holders[0]

@@ -78,18 +78,6 @@ REQUESTS: dict[str, tuple[str, str, str, str]] = {
 
 
 @pytest.fixture(scope="module")
-def vip(lab: Lab) -> str:
-    """The active data centre's shared IP, once a node holds it."""
-
-    def held() -> str | None:
-        st = lab.status()
-        dc = st["dcs"][st["active_dc"]]
-        return str(dc["shared_ip"]) if dc["active"] else None
-
-    return str(lab.wait_for("the active shared IP to be held", held, timeout=90))
-
-
-@pytest.fixture(scope="module")
 def got(lab: Lab, vip: str) -> dict[str, dict[str, Any]]:
     proc = lab.client(sys.executable, "-c", FETCH, vip, lab.ca, json.dumps(list(REQUESTS.values())))
     answers = json.loads(proc.stdout.strip().splitlines()[-1])

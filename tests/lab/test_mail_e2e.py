@@ -22,19 +22,7 @@ from cluster.lab.secrets import load_secrets
 DOMAIN = "example.com"
 
 
-@pytest.fixture(scope="session")
-def vip(lab: Lab) -> str:
-    """The active data centre's shared IP, once a node holds it (Heartbeat takes ~12 s)."""
-
-    def held() -> str | None:
-        st = lab.status()
-        dc = st["dcs"][st["active_dc"]]
-        return str(dc["shared_ip"]) if dc["active"] else None
-
-    return str(lab.wait_for("the active shared IP to be held", held, timeout=90))
-
-
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def user(lab: Lab, vip: str) -> tuple[str, str]:
     return lab.new_mailbox(DOMAIN, "u")
 

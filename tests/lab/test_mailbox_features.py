@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from cluster.lab.driver import Lab
-from cluster.services import bayes, rspamd, storage
+from cluster.services import rspamd, storage
 
 DOMAIN = "example.com"
 MAIL_HOST = f"mail.{DOMAIN}"
@@ -47,22 +47,6 @@ vacation :days 1 :subject "Away until Monday" :addresses ["{user}"] "I am away u
 # ManageSieve's event (in-DC p99 1.1 s, cross-DC p99 1.6 s in bench/replication.py); the sweep
 # would find it within its round otherwise.
 EVERY_NODE_WITHIN_S = 30
-
-
-@pytest.fixture(scope="module")
-def vip(lab: Lab) -> str:
-    st = lab.status()
-    dc = st["dcs"][st["active_dc"]]
-    assert dc["active"], st
-    return str(dc["shared_ip"])
-
-
-@pytest.fixture(scope="module")
-def active(lab: Lab) -> str:
-    dc = lab.status()["active_dc"]
-    holders = lab.holders(n for n in NODES if n.startswith(f"{dc}-"))
-    assert len(holders) == 1, holders
-    return holders[0]
 
 
 def _send(lab: Lab, vip: str, *args: str) -> dict[str, Any]:
@@ -213,13 +197,6 @@ def test_quota_warnings_then_a_full_mailbox_is_refused_at_rcpt_with_452(
     assert f"4.2.2 <{address}>: Recipient address rejected: Mailbox is full" in refused["error"]
 
 
-def learned(lab: Lab, node: str) -> dict[str, int]:
-    """What rspamd has learned, as the node's Valkey holds it (``mailcluster-bayes status``)."""
-    out = lab.exec(node, bayes.SCRIPT, "status", "--json").stdout
-    counts: dict[str, int] = json.loads(out)["learned"]
-    return counts
-
-
 def test_moves_into_and_out_of_junk_teach_rspamd_on_every_node(
     lab: Lab, vip: str, active: str
 ) -> None:
@@ -228,7 +205,7 @@ def test_moves_into_and_out_of_junk_teach_rspamd_on_every_node(
     (replicated over the mesh as MariaDB is). ``ops status`` shows them per node."""
     user = lab.new_mailbox(DOMAIN, "learn")
     tag = secrets.token_hex(4)
-    before = {n: learned(lab, n) for n in NODES}
+    before = {n: lab.bayes(n)["learned"] for n in NODES}
     assert len({json.dumps(c, sort_keys=True) for c in before.values()}) == 1, before
     for i in range(3):
         assert _submit(lab, vip, user, user[0], f"teach {tag} {i}", "--body-bytes",
@@ -243,9 +220,10 @@ def test_moves_into_and_out_of_junk_teach_rspamd_on_every_node(
     # Three learned as spam, then one of them as ham: rspamd moves that one between the counts.
     want = {"spam": before[active]["spam"] + 2, "ham": before[active]["ham"] + 1}
     # rspamd learns inside the IMAP command: the active node has them at once.
-    assert learned(lab, active) == want
+    assert lab.bayes(active)["learned"] == want
     for node in NODES:
-        lab.wait_for(f"the learned counts on {node}", lambda n=node: learned(lab, n) == want,
+        lab.wait_for(f"the learned counts on {node}",
+                     lambda n=node: lab.bayes(n)["learned"] == want,
                      timeout=10, interval=0.2)  # fmt: skip
     status = lab.ops("status", check=False).stdout
     assert f"{active:<9} spam {want['spam']}, ham {want['ham']}; master" in status, status

@@ -13,30 +13,12 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-import pytest
-
 from cluster.lab.driver import Lab
 
 DOMAIN = "example.com"
 MAIL_HOST = f"mail.{DOMAIN}"
 NODES = ("dc1-svr1", "dc1-svr2", "dc2-svr1", "dc2-svr2")
 FOLDER = "Invoices"
-
-
-@pytest.fixture(scope="module")
-def vip(lab: Lab) -> str:
-    st = lab.status()
-    dc = st["dcs"][st["active_dc"]]
-    assert dc["active"], st
-    return str(dc["shared_ip"])
-
-
-@pytest.fixture(scope="module")
-def active(lab: Lab) -> str:
-    dc = lab.status()["active_dc"]
-    holders = lab.holders(n for n in NODES if n.startswith(f"{dc}-"))
-    assert len(holders) == 1, holders
-    return holders[0]
 
 
 def _submit(lab: Lab, vip: str, login: tuple[str, str], to: str, subject: str) -> dict[str, Any]:

@@ -308,14 +308,6 @@ def test_drill_replication_lag_is_measured(lab: Lab) -> None:
     assert max(lags) < 5
 
 
-def learned(lab: Lab, host: str) -> dict[str, int]:
-    """What rspamd has learned, as the host's Valkey holds it (``mailcluster-bayes status``)."""
-    counts: dict[str, int] = json.loads(lab.exec(host, bayes.SCRIPT, "status", "--json").stdout)[
-        "learned"
-    ]
-    return counts
-
-
 def teach_spam(lab: Lab, tag: str, count: int = 3) -> tuple[tuple[str, str], dict[str, int]]:
     """A user moves ``count`` of its messages into Junk on the active node (rspamd learns them
     as spam, inside the IMAP command); every node's Valkey has the new counts before this
@@ -327,10 +319,10 @@ def teach_spam(lab: Lab, tag: str, count: int = 3) -> tuple[tuple[str, str], dic
     moved = lab.clientlib("move", "--host", VIP1, "--ca", lab.ca, "--user", user[0],
                           "--password", user[1], "--subject", tag, "--to", "Junk")  # fmt: skip
     assert moved == {"ok": True, "moved": count}, moved
-    counts = learned(lab, lab.holders(("dc1-svr1", "dc1-svr2"))[0])
+    counts = lab.bayes(lab.holders(("dc1-svr1", "dc1-svr2"))[0])["learned"]
     for host in ("dc1-svr1", "dc1-svr2", "dc2-svr1", "dc2-svr2"):
         lab.wait_for(f"{host}'s Valkey to have what rspamd learned",
-                     lambda h=host: learned(lab, h) == counts,
+                     lambda h=host: lab.bayes(h)["learned"] == counts,
                      timeout=10, interval=0.2)  # fmt: skip
     return user, counts
 
@@ -392,12 +384,12 @@ def test_drill_1_crash_the_active_node(lab: Lab, unique: str) -> None:
     assert ok["ok"], ok
     # The survivor has what was learned on svr1, as the master of it now, and its rspamd knows
     # those very messages: learning one again is "already learned".
-    assert learned(lab, "dc1-svr2") == taught
+    assert lab.bayes("dc1-svr2")["learned"] == taught
     fetch = f"doveadm fetch -u {learner[0]} text mailbox Junk subject '{unique}-junk 0'"
     again = lab.exec("dc1-svr2", "sh", "-c", f"{fetch} | sed 1d | {dovecot.LEARN_COMMAND} spam")
     assert again.stdout.strip() == "already learned", again
-    lab.wait_for("svr2's Valkey to become the master", lambda: json.loads(lab.exec(
-        "dc1-svr2", bayes.SCRIPT, "status", "--json").stdout)["role"] == "master",
+    lab.wait_for("svr2's Valkey to become the master",
+        lambda: lab.bayes("dc1-svr2")["role"] == "master",
         timeout=bayes.FOLLOW_EVERY_S + 10)  # fmt: skip
     # svr1 boots and rejoins: replica of svr2, standby, no shared IP, not reachable for mail.
     lab.run("boot", "dc1-svr1")

@@ -335,6 +335,49 @@ def test_adding_the_shared_ipv6_to_a_deployed_stack_replaces_nothing(
     assert d.outcome is Outcome.IN_PLACE
 
 
+def test_the_mailbox_features_on_a_deployed_stack_replace_no_linode(
+    deployment: Deployment,
+) -> None:
+    """A stack deployed before issue 25: no Valkey or rspamd-controller password, a certificate
+    without autodiscover.<domain> and the apex, no ManageSieve in the cloud firewall. The next
+    `up` creates the two passwords, replaces the certificate request and the certificate (the
+    rules table: dnsNames is create-time, hashicorp/terraform-provider-tls), updates the
+    firewall's rules in place, and touches no instance, volume or shared IP."""
+    after = deployment.dc1
+    domain = after.outputs["mailHost"].removeprefix("mail.")
+    added = {f"autodiscover.{domain}", domain}
+
+    def old(res: Registered) -> Registered | None:
+        if res.typ.endswith("RandomPassword") and res.urn.endswith(
+            ("-valkey", "-rspamd-controller")
+        ):
+            return None
+        if res.typ.endswith("certRequest:CertRequest"):
+            names = [n for n in res.inputs["dnsNames"] if n not in added]
+            return dataclasses.replace(res, inputs={**res.inputs, "dnsNames": names})
+        if res.typ.endswith("firewall:Firewall"):
+            rules = [{**r, "ports": r["ports"].replace(",4190", "")} if "ports" in r else r
+                     for r in res.inputs["inbounds"]]  # fmt: skip
+            return dataclasses.replace(res, inputs={**res.inputs, "inbounds": rules})
+        return res
+
+    kept = [r for r in map(old, after.resources) if r is not None]
+    before = Result(kept, after.outputs, after.secret_outputs)
+    d = diff(before, after)
+    assert_safe(d)
+    new_urns = {r.urn for r in after.resources} - {r.urn for r in before.resources}
+    created = {after.by_urn(u).typ.rsplit(":", 1)[-1] for u in new_urns}
+    assert created == {"RandomPassword"}
+    infra = {name: e for name, e in d.effects.items() if d.types[name] != COMMAND}
+    assert infra.pop("dc1-fw") == {"inbounds": Effect.IN_PLACE}, infra
+    assert {n: e.get("dnsNames") for n, e in infra.items() if "dnsNames" in e} == {
+        "dc1-tls": Effect.REPLACE
+    }, infra
+    replaced = {d.types[n] for n, e in infra.items() if Effect.REPLACE in e.values()}
+    assert replaced <= {"tls:index/certRequest:CertRequest",
+                        "tls:index/locallySignedCert:LocallySignedCert"}, infra  # fmt: skip
+
+
 # -- options the engine acts on ---------------------------------------------------------------
 def test_data_and_the_shared_ip_are_protected(deployment: Deployment) -> None:
     for result in (deployment.dc1, deployment.dc2):
