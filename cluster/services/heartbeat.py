@@ -57,6 +57,10 @@ BOOT_DROPIN = "/etc/systemd/system/heartbeat.service.d/mailcluster.conf"
 BOOT_STEP = "heartbeat.boot"
 START_STEP = "heartbeat.start"
 RESOURCE_MANAGER = "/usr/share/heartbeat/ResourceManager"  # Heartbeat's own group start/stop
+# Heartbeat's scripts send their messages to it through ha_clustermsg in this file: ours makes
+# each message one locked write (the template says why: two at once lost a takeover).
+SHELLFUNCS = "/etc/ha.d/shellfuncs"
+CLUSTERMSG_LOCK = "/run/mailcluster-ha-clustermsg.lock"
 RECONCILE_STEP = "heartbeat.reconcile"
 IPV6_STEP = "heartbeat.shared-ipv6"
 HB_MARK = role.HEARTBEAT_MARK
@@ -170,6 +174,9 @@ def steps(ctx: HostContext) -> list[Step]:
             fence_stamp=FENCE_STAMP,
         ),
     ]
+    # Not among the start step's inputs: Heartbeat's scripts read it afresh at every run, so a
+    # change needs no reload of Heartbeat.
+    shellfuncs = ctx.file(SHELLFUNCS, lock=CLUSTERMSG_LOCK)
     dropin = ctx.file(BOOT_DROPIN, role_script=role.ROLE_SCRIPT)
     # systemd reads the drop-in (demote before Heartbeat starts, the reload) only after a
     # daemon-reload.
@@ -193,10 +200,11 @@ if [ {shlex.quote(node.slot)} = svr1 ] && [ "$first" = yes ]; then
     {role.ROLE_SCRIPT} is-holder && break
     sleep 0.1
   done
-  # Heartbeat 3 can lose its own resource request on a loaded machine (seen in the lab: it logs
-  # "msg2string: Message with zero fields", no ip-request-resp follows, and it counts itself the
-  # holder of a group it never started). Run what it would have run: its ResourceManager takes
-  # the group (starting only what is not running), then check again.
+  # Heartbeat 3 could lose its own resource request (seen in the lab: "msg2string: Message with
+  # zero fields", no ip-request-resp followed, and it counted itself the holder of a group it
+  # never started): Debian's ha_clustermsg interleaved two messages (see SHELLFUNCS). Should it
+  # happen still, run what Heartbeat would have run: its ResourceManager takes the group
+  # (starting only what is not running), then check again.
   if ! {role.ROLE_SCRIPT} is-holder; then
     for key in $({RESOURCE_MANAGER} listkeys {shlex.quote(node.name)}); do
       {RESOURCE_MANAGER} takegroup "$key"
@@ -214,6 +222,7 @@ fi
             role.HOSTNAME_STEP,
             role.ROLE_SCRIPT_STEP,
             boot,
+            shellfuncs,
             postfix.BOOT_STEP,
             storage.NODE_STATE_STEP,
         ),
@@ -231,7 +240,7 @@ fi
         # A MariaDB restart brings read_only back: the master must lift it again.
         watch=(role.CLUSTER_CONF_STEP, role.ROLE_SCRIPT_STEP, mariadb.SERVICE_STEP),
     )
-    return [*files, dropin, boot, start, *extra, reconcile]
+    return [*files, shellfuncs, dropin, boot, start, *extra, reconcile]
 
 
 def _first_start_order(ctx: HostContext) -> tuple[tuple[str, str], ...]:
