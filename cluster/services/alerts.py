@@ -38,6 +38,9 @@ WARNING = "warning"
 # disagreeing for over 10 min; everything else alerts at the first check that sees it.
 REPLICATION_GRACE_S = 2 * 60
 BIND_SERIALS_GRACE_S = 10 * 60
+# Heartbeat's resources in "transition": a first start waits initdead and a little (about 25 s
+# in the lab), a takeover or standby seconds.
+HEARTBEAT_GRACE_S = 60
 # Undeliverable messages are retried each minute for this long (a fenced node's report waits
 # for its uplink), then dropped.
 OUTBOX_MAX_AGE_S = 24 * 3600
@@ -47,6 +50,14 @@ OUTBOX_MAX_AGE_S = 24 * 3600
 # (the writable master, once for the cluster). Thresholds are health.py's.
 RULES: tuple[dict[str, Any], ...] = (
     {"check": "mariadb.replication", "severity": CRITICAL, "grace_s": 0, "owner": "self"},
+    # Heartbeat's idea of what this node holds against what it holds (health: after a lost
+    # takeover message nobody held the shared IP). Takeovers pass through "transition" briefly.
+    {
+        "check": "heartbeat.resources",
+        "severity": CRITICAL,
+        "grace_s": HEARTBEAT_GRACE_S,
+        "owner": "self",
+    },
     # Mailbox replication (replication.py): each node reports the targets it pushes to.
     {"check": "replication", "severity": CRITICAL, "grace_s": REPLICATION_GRACE_S, "owner": "self"},
     # rspamd's Bayes store (bayes.py): a replica cut from its source misses what users teach.

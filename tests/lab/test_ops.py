@@ -53,7 +53,10 @@ def test_status_of_a_healthy_lab(lab: Lab) -> None:
     names = {c["name"] for c in data["checks"]}
     assert {"mariadb.replication", "bind.serial", "bind.serial-matches-master", "postfix.queue",
             "disk.os", "disk.volume", "tls.users", "tls.cluster", "heartbeat",
-            "heartbeat.one-holder", "cluster.writer"} <= names  # fmt: skip
+            "heartbeat.resources", "heartbeat.one-holder", "cluster.writer"} <= names  # fmt: skip
+    # Heartbeat's count of each node's resources matches what the node holds, on every node.
+    counted = {c["node"]: c["value"] for c in data["checks"] if c["name"] == "heartbeat.resources"}
+    assert len(counted) == 4 and set(counted.values()) <= {"none", "all", "local", "foreign"}
     nodes = {c["node"] for c in data["checks"] if c["name"] == "mariadb.replication"}
     assert nodes == {"dc1-svr1", "dc1-svr2", "dc2-svr1", "dc2-svr2"}
     writer = next(c for c in data["checks"] if c["name"] == "cluster.writer")
@@ -81,6 +84,30 @@ def test_a_message_cut_off_by_a_crash_is_not_queued_mail(lab: Lab) -> None:
         lab.exec(host, "rm", "-f", name)
     assert unfinished["ok"] and unfinished["value"] == "0", unfinished
     assert not finished["ok"] and finished["value"] == "1", finished
+
+
+# Heartbeat answers "transition" for ever after it lost a takeover's messages (README: the active
+# node crashes): this cl_status says so, and asks the real one everything else.
+TRANSITION_CL_STATUS = """#!/bin/sh
+[ "$1" = rscstatus ] && { echo transition; exit 0; }
+exec /usr/bin/cl_status "$@"
+"""
+
+
+def test_health_names_heartbeat_counting_resources_the_node_does_not_hold(lab: Lab) -> None:
+    """The standby's own health check, with Heartbeat's answer the one a lost takeover left:
+    it fails, naming both sides; with the real answer it passes."""
+    standby = next(h for h in ("dc1-svr1", "dc1-svr2") if lab.role(h)["role"] != "active")
+    script = (
+        "d=$(mktemp -d) && cat > $d/cl_status && chmod 0755 $d/cl_status && "
+        "PATH=$d:$PATH /usr/local/sbin/mailcluster-health; rm -r $d"
+    )
+    faked = lab.exec(standby, "bash", "-c", script, input=TRANSITION_CL_STATUS).stdout
+    real = lab.exec(standby, "/usr/local/sbin/mailcluster-health").stdout
+    line = {ln.split("\t")[0]: ln.split("\t")[1:] for ln in faked.splitlines() if "\t" in ln}
+    assert line["heartbeat.resources"][:2] == ["fail", "transition"], faked
+    assert "it is the standby" in line["heartbeat.resources"][2]
+    assert "heartbeat.resources\tok\tnone\t" in real, real
 
 
 def test_status_names_a_stopped_replica_and_recovers(lab: Lab) -> None:

@@ -37,22 +37,37 @@ CHECKS = [
     ("tls.users", False, "3", "/etc/ssl/x"),
     ("replication.dc2-svr1", False, "12", "failing for 200s: exit 75: connect refused"),
     ("bind.serial", False, "none", "no zone"),  # per node: not an alert (the writer compares)
-    ("heartbeat", False, "standby", "peer dead"),
+    ("heartbeat", False, "standby", "peer dead"),  # the takeover event reports that
+    ("heartbeat.resources", False, "transition", "counted transition; it is the standby"),
 ]
 
 
 def test_a_standby_reports_only_its_own_resources() -> None:
     got = M.health_conditions(cfg(), CHECKS, writer=False)
     # Its mailbox replication is its own too: the node that pushes reports its targets.
-    assert set(got) == {"mariadb.replication", "disk.volume", "replication.dc2-svr1"}
+    assert set(got) == {"mariadb.replication", "disk.volume", "replication.dc2-svr1",
+                        "heartbeat.resources"}  # fmt: skip
     assert got["disk.volume"]["severity"] == "critical"
     assert "91%" in got["disk.volume"]["detail"]
 
 
 def test_the_writer_also_reports_the_cluster_wide_checks() -> None:
     got = M.health_conditions(cfg("dc1-svr1"), CHECKS, writer=True)
-    assert set(got) == {"mariadb.replication", "disk.volume", "tls.users", "replication.dc2-svr1"}
+    assert set(got) == {"mariadb.replication", "disk.volume", "tls.users", "replication.dc2-svr1",
+                        "heartbeat.resources"}  # fmt: skip
     assert got["replication.dc2-svr1"]["grace_s"] == alerts_service.REPLICATION_GRACE_S
+
+
+def test_heartbeat_counting_resources_it_does_not_hold_is_critical_after_a_minute() -> None:
+    """A node whose Heartbeat counts resources it does not hold (a lost takeover message left
+    nobody holding the shared IP) reports it itself; a takeover's seconds of "transition"
+    never reach the operator."""
+    got = M.health_conditions(cfg(), CHECKS, writer=False)["heartbeat.resources"]
+    assert got["severity"] == "critical" and got["grace_s"] == alerts_service.HEARTBEAT_GRACE_S
+    assert got["detail"].startswith("transition: ")
+    state, send = M.transitions({"heartbeat.resources": got}, {}, now=1000.0)
+    state, send = M.transitions({}, state, now=1030.0)
+    assert send == [] and state == {}
 
 
 def test_fires_after_grace_once_and_resolves_once() -> None:
