@@ -13,7 +13,7 @@ import dataclasses
 import functools
 import inspect
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,6 +95,20 @@ def assert_safe(d: Diff) -> None:
     for name, effects in d.effects.items():
         if d.types[name] in KEPT_TYPES:
             assert Effect.REPLACE not in effects.values(), f"{name} replaced: {effects}"
+
+
+def from_earlier(
+    after: Result, earlier: Callable[[Registered], Registered | None]
+) -> tuple[Diff, set[str]]:
+    """A stack deployed by an earlier version (``earlier`` maps each of today's resources to
+    what that version registered, None where it had none), diffed against ``after``: the diff,
+    checked safe, and the types of the resources the upgrade creates."""
+    before = Result([r for r in map(earlier, after.resources) if r is not None], after.outputs,
+                    after.secret_outputs)  # fmt: skip
+    d = diff(before, after)
+    assert_safe(d)
+    new_urns = {r.urn for r in after.resources} - {r.urn for r in before.resources}
+    return d, {after.by_urn(u).typ for u in new_urns}
 
 
 # -- the runs -------------------------------------------------------------------------------
@@ -324,12 +338,8 @@ def test_adding_the_shared_ipv6_to_a_deployed_stack_replaces_nothing(
             return dataclasses.replace(res, inputs={**res.inputs, "addresses": addresses})
         return res
 
-    kept = [r for r in map(old, after.resources) if r is not None]
-    before = Result(kept, after.outputs, after.secret_outputs)
-    d = diff(before, after)
-    assert_safe(d)
-    created = {r.urn for r in after.resources} - {r.urn for r in before.resources}
-    assert {after.by_urn(u).typ.rsplit(":", 1)[-1] for u in created} == {"Ipv6Range", "Rdns"}
+    d, created = from_earlier(after, old)
+    assert {t.rsplit(":", 1)[-1] for t in created} == {"Ipv6Range", "Rdns"}
     infra = {name: e for name, e in d.effects.items() if d.types[name] != COMMAND}
     assert infra == {"dc1-share-svr2": {"addresses": Effect.IN_PLACE}}, infra
     assert d.outcome is Outcome.IN_PLACE
@@ -361,13 +371,8 @@ def test_the_mailbox_features_on_a_deployed_stack_replace_no_linode(
             return dataclasses.replace(res, inputs={**res.inputs, "inbounds": rules})
         return res
 
-    kept = [r for r in map(old, after.resources) if r is not None]
-    before = Result(kept, after.outputs, after.secret_outputs)
-    d = diff(before, after)
-    assert_safe(d)
-    new_urns = {r.urn for r in after.resources} - {r.urn for r in before.resources}
-    created = {after.by_urn(u).typ.rsplit(":", 1)[-1] for u in new_urns}
-    assert created == {"RandomPassword"}
+    d, created = from_earlier(after, old)
+    assert {t.rsplit(":", 1)[-1] for t in created} == {"RandomPassword"}
     infra = {name: e for name, e in d.effects.items() if d.types[name] != COMMAND}
     assert infra.pop("dc1-fw") == {"inbounds": Effect.IN_PLACE}, infra
     assert {n: e.get("dnsNames") for n, e in infra.items() if "dnsNames" in e} == {
@@ -539,12 +544,8 @@ def test_adding_the_vpc_to_a_deployed_stack_rolls_one_node_at_a_time(
             return dataclasses.replace(res, inputs={**res.inputs, "triggers": triggers})
         return res
 
-    kept = [r for r in map(old, after.resources) if r is not None]
-    before = Result(kept, after.outputs, after.secret_outputs)
-    d = diff(before, after)
-    assert_safe(d)
-    created = {r.urn for r in after.resources} - {r.urn for r in before.resources}
-    assert {after.by_urn(u).typ for u in created} == vpc_types
+    d, created = from_earlier(after, old)
+    assert created == vpc_types
     for slot in ("svr1", "svr2"):
         assert d.effects[f"dc1-{slot}"] == {"interfaces": Effect.DISRUPTIVE}
     assert d.outcome is Outcome.ROLLING
