@@ -193,16 +193,24 @@ def test_hosts_cannot_change_this_machines_kernel_settings(lab: Lab) -> None:
     systemd starts as for `exec`."""
     host = "dc1-svr2"
     swappiness = _machine("/proc/sys/vm/swappiness")
-    nonlocal_bind = _machine("/proc/sys/net/ipv4/ip_nonlocal_bind")
-    other = str(1 - int(nonlocal_bind))
+    # A setting of the network namespace, written with a value that is neither the host's nor
+    # this machine's, so a write that reached this machine shows; put back as it was.
+    key, setting = "net.ipv4.ip_default_ttl", "/proc/sys/net/ipv4/ip_default_ttl"
+    machine_ttl = _machine(setting)
+    own = lab.exec(host, "cat", setting).stdout.strip()
+    other = str(max(int(own), int(machine_ttl)) % 254 + 1)
     for runner in ((), IN_UNIT):
         write = f"echo {int(swappiness) + 1} > /proc/sys/vm/swappiness"
         proc = lab.exec(host, *runner, "bash", "-c", write, check=False)
         assert proc.returncode != 0 and "Read-only file system" in proc.stderr, proc
-        # The host's own namespace: its setting changes, this machine's does not.
-        lab.exec(host, *runner, "sysctl", "-q", "-w", f"net.ipv4.ip_nonlocal_bind={other}")
-        assert lab.exec(host, "cat", "/proc/sys/net/ipv4/ip_nonlocal_bind").stdout.strip() == other
-        lab.exec(host, "sysctl", "-q", "-w", f"net.ipv4.ip_nonlocal_bind={nonlocal_bind}")
+        # The host's own namespace: its setting changes, and this machine's does not (read
+        # while the host's is still changed).
+        lab.exec(host, *runner, "sysctl", "-q", "-w", f"{key}={other}")
+        try:
+            assert lab.exec(host, "cat", setting).stdout.strip() == other
+            assert _machine(setting) == machine_ttl
+        finally:
+            lab.exec(host, "sysctl", "-q", "-w", f"{key}={own}")
         # 'h' only prints the SysRq help to the kernel log, should the write ever get through.
         sysrq = lab.exec(host, *runner, "bash", "-c", "echo h >/proc/sysrq-trigger", check=False)
         expected = (
@@ -210,7 +218,7 @@ def test_hosts_cannot_change_this_machines_kernel_settings(lab: Lab) -> None:
         )
         assert sysrq.returncode != 0 and expected in sysrq.stderr, sysrq
     assert _machine("/proc/sys/vm/swappiness") == swappiness
-    assert _machine("/proc/sys/net/ipv4/ip_nonlocal_bind") == nonlocal_bind
+    assert lab.exec(host, "cat", setting).stdout.strip() == own
 
 
 def test_nodes_have_what_nspawn_withholds_by_default(lab: Lab, unique: str) -> None:
