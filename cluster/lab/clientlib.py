@@ -287,7 +287,7 @@ def stream(a: argparse.Namespace) -> dict[str, Any]:
         if a.stop and os.path.exists(a.stop):
             break
         subject = f"{a.subject} {i:05d}"
-        t = time.monotonic()
+        t, wall = time.monotonic(), time.time()
         ok, code, err = _submit_one(a, subject)
         if ok:
             acked.append(subject)
@@ -296,8 +296,9 @@ def stream(a: argparse.Namespace) -> dict[str, Any]:
                 with open(a.progress, "a") as f:
                     f.write(subject + "\n")
         else:
+            # "at_wall": the wall clock at the attempt's start, comparable with a drill's.
             failed.append({"subject": subject, "code": code, "error": err[:200],
-                           "at": round(t - t0, 3)})  # fmt: skip
+                           "at": round(t - t0, 3), "at_wall": wall})  # fmt: skip
         i += 1
         time.sleep(max(0.0, 1.0 / a.rate - (time.monotonic() - t)))
     # 5xx would be a message refused for good: a failover may only ever cause retries.

@@ -136,6 +136,18 @@ def takeover_figures(
 
 # Drill 4's limit from the MariaDB stop to the peer active: see the drill.
 DB_STOP_HANDOVER_LIMIT_S = 15
+# Drill 4: the only failures without an SMTP code it accepts are a connection that the route's
+# move cut off or could not reach: the old master stops Postfix at its demote and withdraws,
+# the peer announces (7 December 2026 the lab saw "No route to host" 4.7 s after the stop,
+# the peer routed at 5.1 s; earlier also "Connection reset by peer"). Only for sessions begun
+# from the stop until the route servers route to the peer, plus this much for a SYN or a
+# session already on its way; a TLS or login failure, or any such error outside the window,
+# fails the drill (seen to fail with the window closed: the 4.7 s "No route to host").
+ROUTE_MOVE_ERRORS = (
+    "ConnectionRefusedError", "ConnectionResetError", "No route to host",
+    "SMTPServerDisconnected",
+)  # fmt: skip
+ROUTE_MOVE_GRACE_S = 1.0
 # Drill 7's (arp) limit from the crash to SMTP 220 and an IMAPS login: Heartbeat's deadtime,
 # then IPaddr2 with its gratuitous ARP and the promote (MariaDB writable for the login's
 # lookups). The lab measures 1.9-3.1 s with the 1 s deadtime; 4 s more than the deadtime is
@@ -152,6 +164,13 @@ DC_FAILOVER_LIMIT_S = 120
 # figures table, 2 cores). hold + 8 s (17 s) is 3.7 s over the worst seen, and a takeover that
 # waited for a second hold time (18 s or more) fails it.
 CUT_SETTLE_OVER_HOLD_S = 8
+# Drill 2, after the heal: the cut node back as the standby replica (Heartbeat running, not
+# fenced, replicating from the peer). The guard wants 3 s of answers from the gateway, then
+# starts Heartbeat, which finds its peer at once (no initdead wait), and the role's standby
+# start points MariaDB at the peer. The lab measures 7.8 s, polled every 0.5-1 s (7 December
+# 2026, 2 cores); 15 s is 7 s over that, and a Heartbeat that waited out initdead (10 s) or a
+# guard that needed a second round of its uplink check fails it.
+REJOIN_AFTER_HEAL_LIMIT_S = 15
 
 # Drill 6: the slowest SMTP banner on a shared address during a planned switchover. A SYN sent
 # as the route moves is lost and TCP sends it again after 1 s (Linux's initial RTO), so a client
@@ -487,6 +506,7 @@ def test_drill_2_cut_the_active_nodes_link(lab: Lab, unique: str) -> None:
     wait_rejoined(lab, "dc1-svr1", private_ip("dc1-svr2"), timeout=30)
     rejoined = time.monotonic() - t_heal
     print(f"cut: svr1 rejoined {rejoined:.1f}s after the heal")
+    assert rejoined < REJOIN_AFTER_HEAL_LIMIT_S, rejoined
     two = watch.result()
     assert not two, ("two nodes announced the shared IP at once (unix times)", two)
 
@@ -511,8 +531,13 @@ def test_drill_4_database_stop_on_the_master(lab: Lab, unique: str) -> None:
         lab.wait_for(f"{peer} to take over", lambda: lab.role(peer)["role"] == "active",
                      timeout=30, interval=0.3)  # fmt: skip
         took = time.monotonic() - t0
+        lab.wait_routed("dc1", peer)
+        routed_wall = time.time()
         early = early_f.result()
-    print(f"db stop: {peer} active {took:.1f}s after the stop; early send: {early}")
+    print(
+        f"db stop: {peer} active {took:.1f}s, routed to {routed_wall - t0_wall:.1f}s after "
+        f"the stop; early send: {early}"
+    )
     # README: ~5 s (the guard's 3 s grace, then hb_standby). The lab measures 7.7 s on a busy
     # 2-core machine (with the CLI's 0.3 s polling); 15 s is twice that, and a guard that
     # missed the stop would leave the role for good (the wait above fails at 30 s).
@@ -524,7 +549,18 @@ def test_drill_4_database_stop_on_the_master(lab: Lab, unique: str) -> None:
     assert all(400 <= int(f["code"]) < 500 for f in temp), temp
     codeless = [f for f in result["failed"] if f["code"] is None]
     print(f"db stop: failures without an SMTP code: {codeless}")
-    assert early["ok"] or early.get("smtp_code") is None or 400 <= early["smtp_code"] < 500, early
+    window = (t0_wall, routed_wall + ROUTE_MOVE_GRACE_S)
+    not_the_route = [f for f in codeless if not (
+        any(e in f["error"] for e in ROUTE_MOVE_ERRORS) and window[0] <= f["at_wall"] <= window[1]
+    )]  # fmt: skip
+    assert not not_the_route, ("failures that are not the route's move", window, not_the_route)
+    # The early send began at the stop, inside the window: a 250, a 4xx or the route's move.
+    early_code = early.get("smtp_code")
+    assert (
+        early["ok"]
+        or (early_code is not None and 400 <= early_code < 500)
+        or (early_code is None and any(e in early.get("error", "") for e in ROUTE_MOVE_ERRORS))
+    ), early
     # A floor, so that "nothing lost" cannot pass on nothing sent; and the sender got 250s
     # again after the takeover (the stream ran on until one came).
     assert len(result["acked"]) >= MIN_ACKED_BEFORE, result
