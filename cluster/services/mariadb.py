@@ -55,6 +55,10 @@ DATA_DIRS = (
     storage.DataDir("mysql-log", "/var/log/mysql", "mysql", "adm", "2750"),
 )
 USERS_STEP = "mariadb.users"
+# Every start of MariaDB renews its clients' connections (Postfix's maps, Dovecot's auth
+# workers): see the drop-in.
+CLIENTS_DROPIN = "/etc/systemd/system/mariadb.service.d/mailcluster-clients.conf"
+CLIENTS_STEP = "mariadb.clients"
 # Replicas in the standby data centre follow the active data centre's master: this service runs
 # `mailcluster-role follow-loop` (every role.FOLLOW_INTERVAL_S s; idle in the active one).
 FOLLOW_UNIT = "mailcluster-dbfollow"
@@ -160,10 +164,14 @@ def steps(ctx: HostContext) -> list[Step]:
     repl_secret = ctx.literal_file(
         REPL_SECRET, secrets.db_replication + "\n", mode="0600", secret=True
     )
+    clients = ctx.file(CLIENTS_DROPIN, role_script=ROLE_SCRIPT)
     out: list[Step] = [
         cnf,
         *tls_files,
         repl_secret,
+        clients,
+        # systemd reads the drop-in only after a daemon-reload; the next start runs it.
+        script_step(CLIENTS_STEP, "systemctl daemon-reload\n", watch=(clients,)),
         # Started again after a switch with this configuration (binary logs on, read-only).
         *storage.data_steps(
             ctx,
@@ -189,7 +197,7 @@ done
 echo "mariadb does not answer after 30 s" >&2
 exit 1
 """,
-            after=(DATA_STEP,),
+            after=(DATA_STEP, CLIENTS_STEP),
             watch=(cnf, *tls_files),
         ),
     ]

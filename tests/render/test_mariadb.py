@@ -14,6 +14,7 @@ from cluster.hostplan import build_host_plan
 from cluster.material import ClusterSecrets
 from cluster.plan import HostPlan
 from cluster.services import mariadb
+from cluster.services.role import ROLE_SCRIPT
 from cluster.topology import Topology
 
 
@@ -105,3 +106,23 @@ def test_accounts_only_on_master_candidates_and_replicas_after(
     assert hp.step(f"file:{mariadb.REPL_SECRET}").file.mode == "0600"  # type: ignore[union-attr]
     key = hp.step(f"file:{mariadb.DB_TLS_DIR}/key.pem")
     assert key.secret and key.file is not None and key.file.owner == "mysql"
+
+
+def test_every_start_of_mariadb_renews_its_clients(plan: tuple[Topology, HostPlan]) -> None:
+    """mariadb.service's drop-in runs the role's db-clients-reconnect as root after every start
+    (the unit's own user may not signal Postfix or Dovecot), the role script answers it without
+    its lock (a promote that starts MariaDB holds it), and systemd reads a changed drop-in."""
+    _, hp = plan
+    dropin = hp.step(f"file:{mariadb.CLIENTS_DROPIN}").stdin
+    post = [ln for ln in dropin.splitlines() if ln.startswith("ExecStartPost=")]
+    assert post == [f"ExecStartPost=-+{ROLE_SCRIPT} db-clients-reconnect"], post
+    role = hp.step(f"file:{ROLE_SCRIPT}").stdin
+    case = next(ln for ln in role.splitlines() if ln.strip().startswith("db-clients-reconnect)"))
+    assert "with_lock" not in case and "db_clients_reconnect" in case, case
+    body = role[role.index("db_clients_reconnect() {") :]
+    body = body[: body.index("\n}\n")]
+    assert "pkill -TERM -f '^proxymap -t unix'" in body and "dovecot/auth -w" in body, body
+    reload = hp.step(mariadb.CLIENTS_STEP)
+    assert "systemctl daemon-reload" in reload.script
+    assert f"file:{mariadb.CLIENTS_DROPIN}" in [str(w) for w in reload.watch]
+    assert mariadb.CLIENTS_STEP in [str(a) for a in hp.step(mariadb.SERVICE_STEP).after]
