@@ -17,7 +17,8 @@ reported: the first sync creates the mailbox on every target), then the stream s
 Reported per node: the seconds from the 250 to the message's file on that node, as median, p99
 and max. On the holder that is Postfix's queue and the LMTP delivery; on the peer and on dc2's
 nodes it is the time an acknowledged message lived on fewer nodes: the recovery point of a crash
-of the holder (the peer) and of the loss of dc1 (dc2).
+of the holder (the peer) and of the loss of dc1 (dc2). For the other nodes also
+``after_delivery``: from the file on the holder to the file there, replication's own part.
 """
 
 from __future__ import annotations
@@ -68,6 +69,14 @@ def arrivals(host: str, address: str) -> dict[str, float]:
 
 def warmed_up(host: str, address: str) -> bool:
     return "warm-up" in arrivals(host, address)
+
+
+def spread(delays: list[float]) -> dict[str, object]:
+    return {
+        "median_s": round(statistics.median(delays), 3),
+        "p99_s": round(percentile(delays, 0.99) or 0.0, 3),
+        "max_s": round(max(delays), 3),
+    }
 
 
 def main() -> None:
@@ -121,11 +130,14 @@ def main() -> None:
     }
     for host in nodes:
         delays = [found[host][k] - t for k, t in acked_at.items()]
-        report[host] = {
-            "median_s": round(statistics.median(delays), 3),
-            "p99_s": round(percentile(delays, 0.99) or 0.0, 3),
-            "max_s": round(max(delays), 3),
-        }
+        figures = spread(delays)
+        if host != holder:
+            # Replication's own part: from the message's file on the holder (delivered) to
+            # its file here.
+            figures["after_delivery"] = spread(
+                [found[host][k] - found[holder][k] for k in acked_at]
+            )
+        report[host] = figures
     print(json.dumps(report, indent=2))
 
 
