@@ -48,6 +48,9 @@ PASSWORD_LENGTHS: dict[str, int] = {
     "valkey": 32,
     # rspamd's controller, which the learn program posts moves to (mailnode/learn.py).
     "rspamd_controller": 32,
+    # postsrsd's key (services/srs.py), on every node alike: a bounce to an SRS address one
+    # node signed is valid on all of them.
+    "srs": 32,
 }
 PASSWORD_FIELDS = tuple(PASSWORD_LENGTHS)
 # A WireGuard private key is 32 random bytes (base64); WireGuard clamps them itself.
@@ -96,6 +99,7 @@ class ClusterSecrets:
     # Added after the first deployments (PASSWORD_LENGTHS): a set without them gets them.
     valkey: str = ""
     rspamd_controller: str = ""
+    srs: str = ""
 
     @property
     def dkim_public_key_b64(self) -> str:

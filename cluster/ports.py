@@ -23,8 +23,9 @@ Who may connect (``Rule.source``):
 - ``mesh``: only inside the mesh (web sync's ssh to the unprivileged ``websync``). The cloud
   firewall never sees that traffic (it arrives as ``MESH_PORT``), so it has no rule for it.
 
-Loopback-only ports (rspamd 11332-11334, BIND's statistics 8053, the rate-limit policy 8552)
-are in no rule: the host firewall accepts ``lo`` and nothing else reaches them.
+Loopback-only ports (rspamd 11332-11334, BIND's statistics 8053, the rate-limit policy 8552,
+postsrsd 10001-10002 and the forwarding pass 10027) are in no rule: the host firewall accepts
+``lo`` and nothing else reaches them.
 """
 
 from __future__ import annotations
@@ -64,6 +65,11 @@ MARIADB_PORT = 3306
 DOVEADM_PORT = 12345
 MANAGESIEVE_PORT = 4190  # RFC 5804's port
 VALKEY_PORT = 6379  # rspamd's Bayes store (services/bayes.py)
+# Loopback only (services/srs.py): postsrsd's forward and reverse maps (Debian's defaults), and
+# the listener forwarded copies are handed to for their second pass.
+SRS_FORWARD_PORT = 10001
+SRS_REVERSE_PORT = 10002
+SRS_REINJECT_PORT = 10027
 HEARTBEAT_PORT = 694
 # Debian's exporters' own default ports (and Prometheus' port allocation wiki).
 NODE_EXPORTER_PORT = 9100

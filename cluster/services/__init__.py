@@ -39,6 +39,7 @@ from cluster.services import (
     rescue,
     role,
     rspamd,
+    srs,
     storage,
     sync,
     tls,
@@ -63,6 +64,8 @@ SERVICES: tuple[ModuleType, ...] = (
     # The controller Dovecot's events go to.
     replication,
     ratelimit,
+    # postsrsd before the Postfix that asks it.
+    srs,
     postfix,
     bind,
     mta_sts,

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from cluster.hostcontext import HostContext
 from cluster.plan import CHANGED_MARK, Step, reload_or_start, script_step, start_at_boot
 from cluster.render import render
-from cluster.services import dovecot, mariadb, ratelimit, storage, tls
+from cluster.services import dovecot, mariadb, ratelimit, rspamd, srs, storage, tls
 
 PACKAGES: tuple[str, ...] = ("postfix", "postfix-mysql")
 
@@ -38,10 +38,16 @@ DATA_STEP = "postfix.data"
 # The queue (acknowledged mail not yet delivered) and the chroot Postfix runs in. Dovecot's LMTP
 # and auth sockets live in it too: Dovecot is restarted with Postfix when it moves.
 QUEUE_DIR = storage.DataDir("postfix", "/var/spool/postfix")
+# The forwarding pass (srs.py): which transport a recipient in another domain takes by sender,
+# and the pass's header check (forwarded spam is discarded).
+FORWARD_ROUTE = "forward_route.regexp"
+FORWARD_CHECKS = "forward_checks.regexp"
 MAIN_FILES = (
     "/etc/postfix/main.cf",
     "/etc/postfix/master.cf",
     "/etc/postfix/postscreen_access.cidr",
+    f"/etc/postfix/{FORWARD_ROUTE}",
+    f"/etc/postfix/{FORWARD_CHECKS}",
 )
 
 
@@ -99,6 +105,13 @@ MAPS: tuple[MysqlMap, ...] = (
         "AND mailbox.active = '1'",
     ),
     MysqlMap(
+        "own_sender_domain",
+        "Senders in our domains: their mail to other domains goes out as it is, not through "
+        "the forwarding pass (srs.py).",
+        "SELECT 'smtp:' FROM domain WHERE domain = '%d' AND active = '1' "
+        "UNION SELECT 'smtp:' FROM alias_domain WHERE alias_domain = '%d' AND active = '1'",
+    ),
+    MysqlMap(
         "sender_login",
         "Who may send as an address: its mailbox, and the mailboxes an alias delivers to.",
         "SELECT username FROM mailbox WHERE username = '%s' AND active = '1' "
@@ -154,6 +167,10 @@ def steps(ctx: HostContext) -> list[Step]:
         ),
         "virtual_mailbox_maps": map_refs("virtual_mailbox", "virtual_alias_domain_mailbox"),
         "smtpd_sender_login_maps": map_refs("sender_login"),
+        # Recipients in other domains, by sender: ours go out directly, anyone else's copy is
+        # a forward and takes the SRS pass (srs.py).
+        "sender_dependent_default_transport_maps": map_refs("own_sender_domain")
+        + f", regexp:${{config_directory}}/{FORWARD_ROUTE}",
     }
     main_cf = ctx.file(
         "/etc/postfix/main.cf",
@@ -169,6 +186,7 @@ def steps(ctx: HostContext) -> list[Step]:
         tls_ciphers=tls.MOZILLA_INTERMEDIATE_CIPHERS,
         dnsbl_sites=", ".join(DNSBL_SITES),
         quota_policy=QUOTA_POLICY,
+        srs_reverse_map=srs.REVERSE_MAP,
     )
     files = [
         main_cf,
@@ -176,8 +194,13 @@ def steps(ctx: HostContext) -> list[Step]:
             "/etc/postfix/master.cf",
             listen_addresses=listen_addresses(vip, vip6),
             submission_options=SUBMISSION_OPTIONS,
+            reinject_port=srs.REINJECT_PORT,
+            srs_forward_map=srs.FORWARD_MAP,
+            forward_checks=FORWARD_CHECKS,
         ),
         ctx.file("/etc/postfix/postscreen_access.cidr", cluster_addresses=topo.cluster_addresses),
+        ctx.file(f"/etc/postfix/{FORWARD_ROUTE}", reinject_port=srs.REINJECT_PORT),
+        ctx.file(f"/etc/postfix/{FORWARD_CHECKS}", spam_header=rspamd.SPAM_HEADER),
     ]
     for m in MAPS:
         content = render(

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 import secrets
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from cluster.lab.driver import Lab
+from cluster.lab.driver import REPO, Lab
 from cluster.services import rspamd, storage
 
 DOMAIN = "example.com"
@@ -227,3 +229,90 @@ def test_moves_into_and_out_of_junk_teach_rspamd_on_every_node(
                      timeout=10, interval=0.2)  # fmt: skip
     status = lab.ops("status", check=False).stdout
     assert f"{active:<9} spam {want['spam']}, ham {want['ham']}; master" in status, status
+
+
+def _alias(*argv: str) -> None:
+    """`ops alias ...` against the lab (Postfix Admin's own code on the active node)."""
+    proc = subprocess.run([sys.executable, "-m", "cluster.ops", "--lab", "alias", *argv],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc
+
+
+def _queued_to(lab: Lab, host: str, recipient: str) -> list[dict[str, Any]]:
+    """The queue entries of ``host`` with ``recipient`` (postqueue's JSON): the lab's internet
+    has no DNS, so mail to another domain waits there, where its envelope can be read."""
+    out = lab.exec(host, "postqueue", "-j").stdout
+    entries = [json.loads(line) for line in out.splitlines() if line.strip()]
+    return [e for e in entries if any(r["address"] == recipient for r in e["recipients"])]
+
+
+def test_a_forward_to_another_domain_gets_an_srs_sender_and_spam_is_never_forwarded(
+    lab: Lab, vip: str, tmp_path: Path
+) -> None:
+    """An alias that delivers to a mailbox here and to an address elsewhere: the copy going
+    elsewhere carries an SRS sender of ours (SPF passes at the next hop) while the local copy
+    keeps the original Return-Path; our own users' mail goes out as it is; a bounce to the SRS
+    address goes back to the original sender; a message rspamd marked as spam is filed into
+    Junk here and its forwarded copy discarded (cluster/services/srs.py)."""
+    (holder,) = lab.holders(("dc1-svr1", "dc1-svr2"))
+    user = lab.new_mailbox(DOMAIN, "fwd")
+    tag = secrets.token_hex(4)
+    outside, sender = f"away-{tag}@elsewhere.example", f"someone-{tag}@example.org"
+    alias = f"team-{tag}@{DOMAIN}"
+    _alias("add", alias, user[0], outside)
+    queued: list[str] = []
+    try:
+        sent = _send(lab, vip, "--port", "25", "--sender", sender, "--to", alias,
+                     "--subject", f"fwd {tag}")  # fmt: skip
+        assert sent["ok"], sent
+        local = _headers(lab, vip, user, f"fwd {tag}")
+        assert local[0]["Return-Path"] == [f"<{sender}>"], local
+        forwarded = lab.wait_for("the forwarded copy in the queue",
+                                 lambda: _queued_to(lab, holder, outside), timeout=30)  # fmt: skip
+        queued += [e["queue_id"] for e in forwarded]
+        (srs_sender,) = {e["sender"] for e in forwarded}
+        # SRS0=<hash>=<time>=example.org=someone-<tag>@<our domain>
+        local_part, domain = sender.split("@")
+        assert srs_sender.startswith("SRS0="), forwarded
+        assert srs_sender.endswith(f"={domain}={local_part}@{DOMAIN}"), forwarded
+
+        # Our own user's message to the alias: its forwarded copy keeps the sender.
+        own = _submit(lab, vip, user, alias, f"own {tag}")
+        assert own["ok"], own
+        mine = lab.wait_for(
+            "our user's copy in the queue",
+            lambda: [e for e in _queued_to(lab, holder, outside) if e["sender"] == user[0]],
+            timeout=30,
+        )
+        queued += [e["queue_id"] for e in mine]
+
+        # A bounce to the SRS address reaches the original sender.
+        bounce = _send(lab, vip, "--port", "25", "--sender", "postmaster@elsewhere.example",
+                       "--to", srs_sender, "--subject", f"bounce {tag}")  # fmt: skip
+        assert bounce["ok"], bounce
+        back = lab.wait_for("the bounce on its way to the original sender",
+                            lambda: _queued_to(lab, holder, sender), timeout=30)  # fmt: skip
+        queued += [e["queue_id"] for e in back]
+
+        # Spam: filed into Junk here, its forwarded copy discarded (the log says so).
+        since = lab.exec(holder, "date", "+%Y-%m-%d %H:%M:%S").stdout.strip()
+        sample = tmp_path / "spam.eml"
+        sample.write_text(SPAM_SAMPLE.format(to=alias, tag=tag).replace("\n", "\r\n"))
+        spam = _send(lab, vip, "--port", "25", "--sender", "winner@lottery-prize.example",
+                     "--to", alias, "--subject", "-", "--raw", str(sample))  # fmt: skip
+        assert spam["ok"], spam
+        junk = _headers(lab, vip, user, "YOU HAVE WON", folder="Junk")
+        assert junk[0]["Subject"][0].endswith(tag), junk
+
+        def discarded() -> bool:
+            log = lab.exec(holder, "journalctl", "--since", since, "-o", "cat",
+                           "SYSLOG_IDENTIFIER=postfix/srscleanup/cleanup").stdout  # fmt: skip
+            return any("discard" in ln and outside in ln for ln in log.splitlines())
+
+        lab.wait_for("the forwarded spam discarded", discarded, timeout=30)
+        spam_senders = [e["sender"] for e in _queued_to(lab, holder, outside)]
+        assert not [s for s in spam_senders if "lottery-prize" in s], spam_senders
+    finally:
+        for queue_id in queued:
+            lab.exec(holder, "postsuper", "-d", queue_id, check=False)
+        _alias("del", alias)

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from cluster.lab.driver import REPO, DriverError, Lab, shared_ip
+from cluster.services import postfix
 
 VIP = shared_ip("dc1")
 
@@ -122,16 +123,8 @@ def test_status_names_a_stopped_replica_and_recovers(lab: Lab) -> None:
 
 
 # Postfix's MySQL maps as the nodes configure them, looked up through the running Postfix's
-# proxymap (the process that keeps the connections), each with a key it answers for.
-PROXY_MAPS = (
-    "virtual_domains",
-    "virtual_alias",
-    "virtual_alias_domain",
-    "virtual_mailbox",
-    "virtual_alias_domain_mailbox",
-    "virtual_alias_domain_catchall",
-    "sender_login",
-)
+# proxymap (the process that keeps the connections).
+PROXY_MAPS = tuple(m.name for m in postfix.MAPS)
 
 
 def lookups(lab: Lab, host: str) -> dict[str, int]:

@@ -45,9 +45,10 @@ STRANGER6 = A.v6(A.CLIENT_NET6, _STRANGER_HOST)
 ADMIN = A.client_address()
 PUBLIC_TCP = {25, 53, 80, 443, 465, 587, 993, ports.MANAGESIEVE_PORT}
 INTERNAL_TCP = {ports.MARIADB_PORT, ports.DOVEADM_PORT, ports.VALKEY_PORT}
-LOOPBACK_ONLY = {8053, ratelimit.PORT, 11332, 11333, 11334}
-SCAN_PORTS = sorted({*range(1, 1025), 3306, 4190, 5000, 5001, 6379, 8053, 8080, ratelimit.PORT,
-                     11332, 11333, 11334, 12345, 873, 694, ports.MESH_PORT})  # fmt: skip
+LOOPBACK_ONLY = {8053, ratelimit.PORT, 11332, 11333, 11334, ports.SRS_FORWARD_PORT,
+                 ports.SRS_REVERSE_PORT, ports.SRS_REINJECT_PORT}  # fmt: skip
+SCAN_PORTS = sorted({*range(1, 1025), 3306, 4190, 5000, 5001, 6379, 8053, 8080, 12345, 873, 694,
+                     ports.MESH_PORT, *LOOPBACK_ONLY})  # fmt: skip
 
 # Runs in the client or a host: TCP connect to every (address, port), from a chosen source
 # address, at most PARALLEL at once. "filtered" = no answer in time (a firewall drop), "refused"

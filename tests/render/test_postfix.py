@@ -14,7 +14,7 @@ from rendertools import NODES, in_base, write_tree
 from cluster.hostplan import build_host_plan
 from cluster.material import ClusterSecrets
 from cluster.plan import HostPlan
-from cluster.services import postfix
+from cluster.services import postfix, rspamd, srs
 from cluster.topology import Topology
 
 
@@ -116,6 +116,49 @@ def test_postfix_rules(rendered: tuple[Topology, HostPlan, Path]) -> None:
             assert relay_sub.strip().endswith("= permit_sasl_authenticated,reject")
     assert "encrypt" in postconf(confdir, "-P", f"{vip}:submission/inet/smtpd_tls_security_level")
     assert "yes" in postconf(confdir, "-P", f"{vip}:submissions/inet/smtpd_tls_wrappermode")
+
+
+@pytest.mark.checkers
+def test_only_forwarded_copies_take_the_srs_pass(rendered: tuple[Topology, HostPlan, Path]) -> None:
+    """The transport of a recipient in another domain, by sender, as Postfix's own postmap
+    reads the rendered regexp table (our own domains come first, from MariaDB: see the lab's
+    test_mailbox_features); the pass's cleanup rewrites senders with postsrsd and drops what
+    rspamd marked as spam, and the reverse map is global."""
+    _, _, confdir = rendered
+
+    def param(name: str) -> str:
+        return postconf(confdir, "-h", name).strip()
+
+    route = f"regexp:{confdir}/{postfix.FORWARD_ROUTE}"
+
+    def lookup(table: str, key: str) -> str:
+        proc = in_base("postmap", "-c", str(confdir), "-q", key, table)
+        assert proc.returncode in (0, 1) and proc.stderr == "", proc
+        return proc.stdout.strip()
+
+    forward = f"srsfwd:[127.0.0.1]:{srs.REINJECT_PORT}"
+    assert lookup(route, "someone@gmail.example") == forward
+    assert lookup(route, "<>") == "smtp:"
+    assert lookup(route, "SRS0=HHH=TT=gmail.example=someone@example.com") == "smtp:"
+    refs = [r.strip() for r in param("sender_dependent_default_transport_maps").split(",")]
+    assert refs == [postfix.map_refs("own_sender_domain"),
+                    f"regexp:${{config_directory}}/{postfix.FORWARD_ROUTE}"]  # fmt: skip
+    assert param("recipient_canonical_maps") == srs.REVERSE_MAP
+    assert param("sender_canonical_maps") == ""  # local copies keep their sender
+    cleanup = "srscleanup/unix"
+    assert (
+        postconf(confdir, "-P", f"{cleanup}/sender_canonical_maps")
+        .strip()
+        .endswith(srs.FORWARD_MAP)
+    )
+    checks = f"regexp:{confdir}/{postfix.FORWARD_CHECKS}"
+    assert lookup(checks, f"{rspamd.SPAM_HEADER}: Yes").startswith("DISCARD")
+    assert lookup(checks, f"{rspamd.SPAM_HEADER}: No") == ""
+    listener = f"127.0.0.1:{srs.REINJECT_PORT}/inet"
+    for option, value in (("cleanup_service_name", "srscleanup"), ("content_filter", "smtp:"),
+                          ("smtpd_milters", ""), ("mynetworks", "127.0.0.0/8")):  # fmt: skip
+        got = postconf(confdir, "-P", f"{listener}/{option}").strip()
+        assert got == f"{listener}/{option} = {value}".rstrip(), got
 
 
 def test_map_files_are_secret_and_readable_by_postfix(
