@@ -193,6 +193,10 @@ fi
   systemctl disable --now --quiet {timer}
   echo "{CHANGED_MARK} {timer} stopped"
 fi
+# A run the timer started just before is ended too: stopping the timer leaves it running, and
+# it would write {PROM_FILE} again after the step below removed it (seen in CI, 7 December
+# 2026). A stop of an inactive unit does nothing.
+systemctl stop {HEALTH_UNIT}.service 2>/dev/null || true
 """,
     )
     units_gone = [absent_file_step(p, after=(stop,)) for p in (HEALTH_TIMER, HEALTH_SERVICE)]

@@ -56,7 +56,14 @@ def test_off_has_the_same_steps_so_a_switch_runs_each_of_them() -> None:
     for name in metrics.EXPORTERS:
         script = off.step(f"metrics.{name}").script
         assert f"systemctl stop {name}" in script and start_at_boot(name, enabled=False) in script
-    assert "systemctl disable --now" in off.step(metrics.TIMER_STEP).script
+    # The timer stopped, then a run it already started (which would write the file again),
+    # before the step that removes the collector's file.
+    stop = off.step(metrics.TIMER_STEP).script
+    disable, end_run = "systemctl disable --now", f"systemctl stop {metrics.HEALTH_UNIT}.service"
+    assert disable in stop and end_run in stop and stop.index(disable) < stop.index(end_run)
+    ordered = [st.name for st in off.ordered()]
+    assert ordered.index(metrics.TIMER_STEP) < ordered.index(metrics.FIRST_RUN_STEP)
+    assert f"rm -f {metrics.PROM_FILE}" in off.step(metrics.FIRST_RUN_STEP).script
     assert metrics.HEALTH_TIMER in {f.path for f in on.files}
 
 
