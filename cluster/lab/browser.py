@@ -219,12 +219,29 @@ def roundcube_vacation(s: Session, subject: str, body: str) -> list[str]:
     return addresses
 
 
+def roundcube_quota(s: Session) -> str:
+    """The mail view's quota display (Roundcube asks Dovecot over IMAP, RFC 2087 QUOTA): the
+    title a user sees on hover, "<label>: <used> / <limit> (<percent>%)", on the display's
+    object (``rcmquotadisplay``, rcmail_action::quota_display; the skin's ``#quotadisplay``
+    wraps it). Present only for a mailbox with a limit; set by the page's script once loaded."""
+    s.begin("roundcube quota")
+
+    def title(driver: WebDriver) -> str | None:
+        for e in driver.find_elements(By.ID, "rcmquotadisplay"):
+            if text := e.get_attribute("title"):
+                return str(text)
+        return None
+
+    return str(s.until("the quota display", title))
+
+
 def roundcube_sieve(s: Session, a: argparse.Namespace, password: str) -> dict[str, Any]:
     roundcube_login(s, a.user, password)
+    quota = roundcube_quota(s)
     roundcube_folder(s, a.folder)
     roundcube_filter(s, a.filter_name, a.contains, a.folder)
     addresses = roundcube_vacation(s, a.vacation_subject, a.vacation_body)
-    return {"vacation_addresses": addresses}
+    return {"vacation_addresses": addresses, "quota": quota}
 
 
 # -- Postfix Admin -----------------------------------------------------------------------------

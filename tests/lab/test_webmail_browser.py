@@ -1,8 +1,8 @@
 """A user and an admin in a real browser: Debian's headless chromium in the client ("the
 internet"), driven by selenium (cluster/lab/browser.py), at https://mail.example.com/ with the
-certificate checked against the lab's CA. In Roundcube a user makes a folder, a filter into it
-and a vacation reply; mail from a second user is then filed by the filter and answered once. An
-admin logs in to Postfix Admin and sees the domain list.
+certificate checked against the lab's CA. In Roundcube a user sees the mailbox's quota, makes a
+folder, a filter into it and a vacation reply; mail from a second user is then filed by the
+filter and answered once. An admin logs in to Postfix Admin and sees the domain list.
 
 The same Sieve features without a browser (scripts uploaded with sieve-connect):
 tests/lab/test_mailbox_features.py.
@@ -10,6 +10,7 @@ tests/lab/test_mailbox_features.py.
 
 from __future__ import annotations
 
+import re
 import secrets
 from typing import Any
 
@@ -19,6 +20,7 @@ DOMAIN = "example.com"
 MAIL_HOST = f"mail.{DOMAIN}"
 NODES = ("dc1-svr1", "dc1-svr2", "dc2-svr1", "dc2-svr2")
 FOLDER = "Invoices"
+QUOTA_MB = 50
 
 
 def _submit(lab: Lab, vip: str, login: tuple[str, str], to: str, subject: str) -> dict[str, Any]:
@@ -40,7 +42,9 @@ def _headers(lab: Lab, vip: str, login: tuple[str, str], subject: str, folder: s
 def test_a_filter_and_a_vacation_made_in_roundcube_file_mail_and_answer_once(
     lab: Lab, vip: str, active: str
 ) -> None:
-    user = lab.new_mailbox(DOMAIN, "web")
+    # With a limit (50 MB), which Roundcube shows.
+    user = (f"web{secrets.token_hex(4)}@{DOMAIN}", "P" + secrets.token_hex(12))
+    lab.ops("mailbox", "add", user[0], "--quota", str(QUOTA_MB), stdin=user[1] + "\n")
     sender = lab.new_mailbox(DOMAIN, "asks")
     tag = secrets.token_hex(4)
     away = f"Out of office {tag}"
@@ -50,8 +54,11 @@ def test_a_filter_and_a_vacation_made_in_roundcube_file_mail_and_answer_once(
                        password=user[1])  # fmt: skip
     assert made["ok"], made
     print(f"roundcube in the browser: {made['seconds']} s, steps {made['steps']}")
+    print(f"roundcube's quota display: {made['quota']!r}")
     # The form started with the user's address (managesieve_vacation_addresses_init).
     assert made["vacation_addresses"] == [user[0]], made
+    # The mail view shows the mailbox's usage against its limit ("Disk usage: 0 B / 50 MB (0%)").
+    assert re.fullmatch(rf".+: [\d.,]+ ?[KMGT]?B / {QUOTA_MB} MB \(\d+%\)", made["quota"]), made
     # Roundcube keeps the filter and the vacation in one script, "roundcube", made active.
     listed = lab.managesieve(vip, MAIL_HOST, user, "--list")
     assert listed.stdout.split("\n") == ['"roundcube" ACTIVE', ""], listed
