@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import json
 import secrets
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from cluster.lab.driver import REPO, Lab
+from cluster.lab.driver import Lab
 from cluster.services import rspamd, storage
 
 DOMAIN = "example.com"
@@ -231,13 +229,6 @@ def test_moves_into_and_out_of_junk_teach_rspamd_on_every_node(
     assert f"{active:<9} spam {want['spam']}, ham {want['ham']}; master" in status, status
 
 
-def _alias(*argv: str) -> None:
-    """`ops alias ...` against the lab (Postfix Admin's own code on the active node)."""
-    proc = subprocess.run([sys.executable, "-m", "cluster.ops", "--lab", "alias", *argv],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert proc.returncode == 0, proc
-
-
 def _queued_to(lab: Lab, host: str, recipient: str) -> list[dict[str, Any]]:
     """The queue entries of ``host`` with ``recipient`` (postqueue's JSON): the lab's internet
     has no DNS, so mail to another domain waits there, where its envelope can be read."""
@@ -259,7 +250,7 @@ def test_a_forward_to_another_domain_gets_an_srs_sender_and_spam_is_never_forwar
     tag = secrets.token_hex(4)
     outside, sender = f"away-{tag}@elsewhere.example", f"someone-{tag}@example.org"
     alias = f"team-{tag}@{DOMAIN}"
-    _alias("add", alias, user[0], outside)
+    lab.ops("alias", "add", alias, user[0], outside)
     queued: list[str] = []
     try:
         sent = _send(lab, vip, "--port", "25", "--sender", sender, "--to", alias,
@@ -315,4 +306,4 @@ def test_a_forward_to_another_domain_gets_an_srs_sender_and_spam_is_never_forwar
     finally:
         for queue_id in queued:
             lab.exec(holder, "postsuper", "-d", queue_id, check=False)
-        _alias("del", alias)
+        lab.ops("alias", "del", alias)
