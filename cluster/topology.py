@@ -24,6 +24,8 @@ from cluster.config import DC_NAMES, StackConfig, other_dc
 
 SLOTS = ("svr1", "svr2")
 DKIM_SELECTOR = "mail"
+# SOA timers of every zone the cluster serves (RFC 1912 2.2): refresh, retry, expire.
+SOA_REFRESH, SOA_RETRY, SOA_EXPIRE = 3600, 600, 1209600
 # A node's interfaces, in the order the Instance lists them (Linode's legacy configuration
 # profile interfaces: the first is eth0, the next eth1): the public interface first, as Linode's
 # failover guide needs it (the default route, over which the BGP sessions run), then the VPC
@@ -318,6 +320,21 @@ class Topology:
             servers.append((f"ns2.{self.domain}", self.standby_dc))
         return servers
 
+    def soa_values(self) -> dict[str, int | str]:
+        """The SOA of every zone the cluster serves, its own and the further domains': the
+        primary name server, the hostmaster, the timers, the TTL (``dnsTtl``) and the negative
+        TTL (capped at an hour)."""
+        ttl = self.config.dns_ttl
+        return {
+            "ttl": ttl,
+            "soa_mname": f"{self.name_servers()[0][0]}.",
+            "soa_rname": f"hostmaster.{self.domain}.",
+            "refresh": SOA_REFRESH,
+            "retry": SOA_RETRY,
+            "expire": SOA_EXPIRE,
+            "negative_ttl": min(ttl, 3600),
+        }
+
     def _addresses(self, name: str, dc: str) -> list[DnsRecord]:
         """The A record of ``dc``'s shared IP for ``name``, and its AAAA when the data centre
         has a shared IPv6: every name users reach the cluster by answers in both families."""
@@ -343,28 +360,34 @@ class Topology:
             records.append(DnsRecord(n.name, "A", n.public_ipv4))
             if n.public_ipv6:
                 records.append(DnsRecord(n.name, "AAAA", n.public_ipv6))
-        records.append(DnsRecord("@", "MX", f"10 {self.mail_host}."))
-        senders = " ".join(
-            [f"ip4:{a}" for a in self.outbound_addresses()]
-            + [f"ip6:{a}" for a in self.outbound_addresses6()]
-        )
-        records.append(DnsRecord("@", "TXT", _txt(f"v=spf1 mx {senders} -all")))
+        records += self.hosted_mail_records()
         records.append(
             DnsRecord(f"{DKIM_SELECTOR}._domainkey", "TXT",
                       _txt(f"v=DKIM1; k=rsa; p={dkim_public_key_b64}"))
         )  # fmt: skip
-        policy = self.config.dmarc_policy
-        records.append(
-            DnsRecord("_dmarc", "TXT",
-                      _txt(f"v=DMARC1; p={policy}; rua=mailto:{self.config.postmaster}"))
-        )  # fmt: skip
         if self.config.mta_sts_mode != "none":
             records.append(DnsRecord("_mta-sts", "TXT", _txt(f"v=STSv1; id={mta_sts_id}")))
-        records.append(
-            DnsRecord("_smtp._tls", "TXT",
-                      _txt(f"v=TLSRPTv1; rua=mailto:{self.config.postmaster}"))
-        )  # fmt: skip
+        # The further domains' DMARC reports go to this domain's postmaster: an address in
+        # another domain takes them only when that domain says so (RFC 7489 7.1), and a
+        # wildcard says it for every domain the cluster hosts, without a record per domain.
+        records.append(DnsRecord("*._report._dmarc", "TXT", _txt("v=DMARC1")))
         return records
+
+    def hosted_mail_records(self) -> list[DnsRecord]:
+        """The mail records of every domain the cluster hosts, its own and the further ones
+        (services/domains.py): MX to the cluster's host, SPF with its senders, DMARC and
+        TLS-RPT reports to the postmaster."""
+        senders = " ".join(
+            [f"ip4:{a}" for a in self.outbound_addresses()]
+            + [f"ip6:{a}" for a in self.outbound_addresses6()]
+        )
+        policy, postmaster = self.config.dmarc_policy, self.config.postmaster
+        return [
+            DnsRecord("@", "MX", f"10 {self.mail_host}."),
+            DnsRecord("@", "TXT", _txt(f"v=spf1 mx {senders} -all")),
+            DnsRecord("_dmarc", "TXT", _txt(f"v=DMARC1; p={policy}; rua=mailto:{postmaster}")),
+            DnsRecord("_smtp._tls", "TXT", _txt(f"v=TLSRPTv1; rua=mailto:{postmaster}")),
+        ]
 
     def outbound_addresses(self) -> tuple[str, ...]:
         """Addresses mail may leave from: every shared IP and node address (SPF)."""

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 
 from cluster.ops.status import writer_of
 from cluster.ops.target import OpsError, Target
+from cluster.services.domains import SCRIPT as DOMAINS_CLI
+from cluster.services.domains import SYNC_EVERY_S
 from cluster.services.dovecot import AUTH_CACHE_TTL_S
 from cluster.services.postfixadmin import MAILBOX_CLI
 
@@ -78,8 +80,58 @@ class Accounts:
     def admin_add(self, email: str, password: str) -> str:
         return self._run("admin-add", check_address(email), stdin=password + "\n")
 
+    def _domains_cli(self, node: str, *args: str) -> str:
+        res = self.target.run(node, [DOMAINS_CLI, *args])
+        if res.returncode != 0:
+            raise OpsError((res.stderr.strip() or res.stdout.strip())[-500:] or "failed")
+        return res.stdout
+
     def domain_add(self, domain: str) -> str:
-        return self._run("domain-new", check_domain(domain))
+        """The domain in Postfix Admin, then whole on every node at once: its DKIM key made on
+        the writer, its zone on the DNS masters (the catalog takes it to the secondaries), the
+        key with every node's rspamd. Prints what to set at the registrar."""
+        d = check_domain(domain)
+        self._domains_cli(self.node, "check", d)
+        out = self._run("domain-new", d)
+        self.follow(d, present=True)
+        return out + self._domains_cli(self.node, "records", d)
+
+    def domain_del(self, domain: str, remove_mailboxes: bool = False) -> str:
+        """Refused while the domain has mailboxes, unless ``remove_mailboxes`` (each removed as
+        ``mailbox del`` does); then the domain, its aliases, key and zone go on every node."""
+        d = check_domain(domain)
+        self._domains_cli(self.node, "check", d)
+        if d not in self.domains():
+            raise OpsError(f"no domain {d}")
+        boxes = [line.split("\t", 1)[0] for line in self._run("list", d).splitlines()]
+        if boxes and not remove_mailboxes:
+            raise OpsError(
+                f"{d} still has {len(boxes)} mailbox(es) ({', '.join(boxes[:3])}"
+                f"{', ...' if len(boxes) > 3 else ''}): delete them first, or add "
+                "--remove-mailboxes (their mail stays on the nodes' disks, as with `mailbox del`)"
+            )
+        out = "".join(self._run("del", box) for box in boxes)
+        if boxes:
+            flush_auth_cache(self.target, boxes)
+        out += self._run("domain-del", d)
+        self.follow(d, present=False)
+        return out
+
+    def domain_records(self, domain: str) -> str:
+        return self._domains_cli(self.node, "records", check_domain(domain))
+
+    def follow(self, domain: str, present: bool) -> None:
+        """Every node's keys and zones follow the database now, the writer first (it makes
+        the key the others copy). A node that cannot is named; its timer catches up."""
+        flag = "--expect" if present else "--expect-gone"
+        for node in (self.node, *(n for n in self.target.nodes() if n != self.node)):
+            res = self.target.run(node, [DOMAINS_CLI, "sync", flag, domain])
+            if res.returncode != 0:
+                if node == self.node:
+                    raise OpsError((res.stderr.strip() or "sync failed")[-500:])
+                why = (res.stderr.strip() or res.stdout.strip() or "failed").splitlines()[-1]
+                print(f"warning: {node}: not synced now ({why}); its timer does it within "
+                      f"{SYNC_EVERY_S} s of its return", file=sys.stderr)  # fmt: skip
 
     def mailbox_add(self, address: str, password: str, quota_mb: int = 0) -> str:
         a = check_address(address)

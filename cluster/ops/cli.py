@@ -5,7 +5,9 @@ tests script it). Exactly one target is required.
 
   status [--json]                 every replication path and resource, per node; exit 1 if any fails
   admin add EMAIL                 a Postfix Admin superadmin (password from stdin or a prompt)
-  domain add DOMAIN | list
+  domain add DOMAIN | del DOMAIN [--remove-mailboxes] | records DOMAIN | list
+                                  a domain whole on every node: its DKIM key, its zone on
+                                  every name server; add prints what to set at the registrar
   mailbox add EMAIL [--quota MB] | passwd EMAIL | del EMAIL | list [DOMAIN]
   alias add ADDRESS DEST [DEST...] | del ADDRESS | list [DOMAIN]
   switchover                      the active role to the other node of the active DC, as planned
@@ -77,6 +79,11 @@ def parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("domain", help="mail domains").add_subparsers(dest="action", required=True)
     d.add_parser("add").add_argument("domain")
+    ddel = d.add_parser("del")
+    ddel.add_argument("domain")
+    ddel.add_argument("--remove-mailboxes", action="store_true",
+                      help="delete the domain's mailboxes too (refused without)")  # fmt: skip
+    d.add_parser("records").add_argument("domain")
     d.add_parser("list")
 
     m = sub.add_parser("mailbox", help="mailboxes").add_subparsers(dest="action", required=True)
@@ -208,6 +215,10 @@ def run_accounts(args: argparse.Namespace, acc: Accounts) -> None:
         print(acc.admin_add(args.email, read_password(f"password for {args.email}: ")), end="")
     elif (cmd, action) == ("domain", "add"):
         print(acc.domain_add(args.domain), end="")
+    elif (cmd, action) == ("domain", "del"):
+        print(acc.domain_del(args.domain, args.remove_mailboxes), end="")
+    elif (cmd, action) == ("domain", "records"):
+        print(acc.domain_records(args.domain), end="")
     elif (cmd, action) == ("domain", "list"):
         print("\n".join(acc.domains()))
     elif (cmd, action) == ("mailbox", "add"):

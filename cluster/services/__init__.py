@@ -21,6 +21,7 @@ from cluster.services import (
     bayes,
     bgp,
     bind,
+    domains,
     dovecot,
     fail2ban,
     firewall,
@@ -60,6 +61,8 @@ SERVICES: tuple[ModuleType, ...] = (
     # rspamd's Bayes store before rspamd, which connects to it.
     bayes,
     rspamd,
+    # Further domains' keys and zones: after rspamd, before bind (whose steps run its command).
+    domains,
     dovecot,
     # The controller Dovecot's events go to.
     replication,

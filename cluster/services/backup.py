@@ -54,7 +54,9 @@ SPOOL_DIR = f"{storage.NODE_STATE_DIR}/backup-spool"
 # Restores unpack here first (on the volume; the mail user must be able to read it).
 WORK_DIR = f"{storage.MOUNT_POINT}/backup-work"
 HOST_TAG = "mailcluster"
-DATABASES = (mariadb.POSTFIXADMIN_DB, mariadb.ROUNDCUBE_DB)
+# The accounts, webmail's own data, and the cluster's tables (the further domains' DKIM keys, so
+# a restored cluster signs with the keys DNS already publishes).
+DATABASES = (mariadb.POSTFIXADMIN_DB, mariadb.ROUNDCUBE_DB, mariadb.CLUSTER_DB)
 SCRATCH_DB = "mailcluster_restore"
 LOCK_FILE = "/run/lock/mailcluster-backup.lock"
 LOCK_WAIT_S = 300  # an operator's backup or restore waits this long for a running one

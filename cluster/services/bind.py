@@ -20,8 +20,15 @@ import shlex
 from typing import Any
 
 from cluster.hostcontext import HostContext
-from cluster.plan import CHANGED_MARK, Step, reload_or_start, script_step
-from cluster.services import autoconfig, mta_sts, storage
+from cluster.plan import (
+    CHANGED_MARK,
+    PACKAGES_STEP,
+    Step,
+    file_step_name,
+    reload_or_start,
+    script_step,
+)
+from cluster.services import autoconfig, domains, mta_sts, storage
 
 PACKAGES: tuple[str, ...] = ("bind9", "bind9-utils", "bind9-dnsutils")
 
@@ -49,8 +56,6 @@ BODY = "/etc/bind/mailcluster/zone.body"
 ZONE_SCRIPT = "/usr/local/sbin/mailcluster-zone"
 ZONE_DIR_STEP = "bind.zone-dir"
 ZONE_STEP = "bind.zone"
-# SOA timers (RFC 1912 2.2): refresh, retry, expire, negative TTL (capped by dnsTtl).
-REFRESH, RETRY, EXPIRE = 3600, 600, 1209600
 
 
 def zone_file(domain: str) -> str:
@@ -79,15 +84,8 @@ def primaries(ctx: HostContext) -> list[str]:
 
 def zone_body_values(ctx: HostContext) -> dict[str, Any]:
     topo = ctx.topology
-    ttl = ctx.config.dns_ttl
     return {
-        "ttl": ttl,
-        "soa_mname": f"{topo.name_servers()[0][0]}.",
-        "soa_rname": f"hostmaster.{topo.domain}.",
-        "refresh": REFRESH,
-        "retry": RETRY,
-        "expire": EXPIRE,
-        "negative_ttl": min(ttl, 3600),
+        **topo.soa_values(),
         "records": topo.dns_records(ctx.secrets.dkim_public_key_b64, mta_sts.policy_id(ctx.config))
         # The SRV records need the port table, which the topology cannot import.
         + autoconfig.srv_records(topo),
@@ -103,6 +101,11 @@ def steps(ctx: HostContext) -> list[Step]:
         group="bind",
         transfer_to=transfer_to(ctx),
         linode_axfr=ctx.config.linode_secondary_dns,
+        # A secondary consumes the catalog of the further domains (domains.py); a master
+        # serves them as primaries of its own (hosted.conf) and so must not consume it.
+        catalog=None if is_master else domains.CATALOG,
+        catalog_primaries=primaries(ctx),
+        catz_dir=domains.CATZ_DIR,
     )
     local = ctx.file(
         "/etc/bind/named.conf.local",
@@ -111,26 +114,35 @@ def steps(ctx: HostContext) -> list[Step]:
         zone_file=zfile if is_master else secondary_file(topo.domain),
         notify=[topo.mesh_address(n) for n in topo.dns_slaves],
         primaries=primaries(ctx),
+        catalog=domains.CATALOG,
+        catalog_file=domains.CATALOG_FILE if is_master else domains.CATALOG_SECONDARY_FILE,
+        hosted_conf=domains.HOSTED_CONF,
     )
     script = ctx.file(ZONE_SCRIPT, mode="0755")
+    conf = file_step_name(domains.CONFIG)
+    # Every node, before named first starts: a node promoted later finds the files its new
+    # configuration names.
+    init = domains.init_step(after=(PACKAGES_STEP,), watch=(conf,))
     data = storage.data_steps(
         ctx,
         DATA_STEP,
         (DATA_DIR,),
         services=("named",),
         units=("named.service",),
-        after=(options, local),
+        after=(options, local, init),
     )
     zone_dir = script_step(
         ZONE_DIR_STEP,
-        f"""if [ ! -d {ZONE_DIR} ]; then
-  install -d -m 0775 -o root -g bind {ZONE_DIR}
-  echo "{CHANGED_MARK} {ZONE_DIR}"
-fi
+        f"""for d in {ZONE_DIR} {domains.CATZ_DIR}; do
+  if [ ! -d "$d" ]; then
+    install -d -m 0775 -o root -g bind "$d"
+    echo "{CHANGED_MARK} $d"
+  fi
+done
 """,
         after=(DATA_STEP,),
     )
-    out: list[Step] = [options, local, script, *data, zone_dir]
+    out: list[Step] = [options, local, script, init, *data, zone_dir]
     watch: list[Step] = [options, local]
     if is_master:
         body = ctx.file(BODY, **zone_body_values(ctx))
@@ -154,8 +166,10 @@ fi
                 running="rndc status >/dev/null 2>&1",
                 reload="rndc reload >/dev/null",
             ),
-            after=(zone_dir,),
+            after=(zone_dir, init),
             watch=watch,
         )
     )
+    # Then the further domains' zones, at once (a promoted master serves them as primaries).
+    out.append(domains.sync_step(after=("bind.reload",), watch=(conf, local)))
     return out

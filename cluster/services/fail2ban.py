@@ -33,7 +33,7 @@ COMMAND = "mailcluster-bans"
 BANS_SCRIPT = f"/usr/local/sbin/{COMMAND}"
 BANS_CONFIG = "/etc/mailcluster/bans.json"
 LOADER_UNIT = "mailcluster-bans"
-DB = "mailcluster"
+DB = mariadb.CLUSTER_DB
 DB_TABLE = "bans"
 PENDING = f"{STATE_DIR}/bans.pending"
 # The loader's rhythm: a new ban reaches every node's sets within POLL_S plus the replication

@@ -67,6 +67,8 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost")
 # The databases created here: Postfix Admin's (domains, mailboxes, aliases) and Roundcube's.
 POSTFIXADMIN_DB = "postfixadmin"
 ROUNDCUBE_DB = "roundcube"
+# The cluster's own tables (bans: fail2ban.py; DKIM keys and zone serials: domains.py).
+CLUSTER_DB = "mailcluster"
 # The Prometheus mysqld exporter's account (over the local socket: 'localhost').
 EXPORTER_USER = "exporter"
 EXPORTER_GRANTS = (

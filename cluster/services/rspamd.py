@@ -21,6 +21,7 @@ from cluster import ports
 from cluster.hostcontext import HostContext
 from cluster.plan import Step, reload_or_start, script_step
 from cluster.render import render
+from cluster.services import domains
 from cluster.topology import DKIM_SELECTOR
 
 PACKAGES: tuple[str, ...] = ("rspamd",)
@@ -65,6 +66,8 @@ def steps(ctx: HostContext) -> list[Step]:
             f"{LOCAL_D}/dkim_signing.conf",
             selector=DKIM_SELECTOR,
             key_path=dkim_key_path(domain),
+            hosted_selector_map=domains.SELECTOR_MAP,
+            hosted_key_path=f"{domains.DKIM_DIR}/$domain.$selector.key",
         ),
         ctx.file(f"{LOCAL_D}/worker-proxy.inc", milter_bind=MILTER_BIND),
         ctx.file(

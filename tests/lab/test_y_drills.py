@@ -31,6 +31,7 @@ from cluster.services import bayes, dovecot
 pytestmark = pytest.mark.drill
 
 DOMAIN = "example.com"
+HOSTED = "shop.example"  # a further mail domain (test_domains makes it; drill 3 checks it)
 VIP1 = shared_ip("dc1")
 VIP2 = shared_ip("dc2")
 VIP1_6 = shared_ip6("dc1")
@@ -575,8 +576,30 @@ def test_drill_4_database_stop_on_the_master(lab: Lab, unique: str) -> None:
     wait_rejoined(lab, master, private_ip(peer))
 
 
+def hosted_dns(lab: Lab, server: str, selector: str) -> tuple[str, str]:
+    """The further domain's MX and DKIM key as ``server`` answers them."""
+    out = lab.client("sh", "-c", f"dig +short @{server} {HOSTED} MX; echo ====; "
+                     f"dig +short @{server} {selector}._domainkey.{HOSTED} TXT").stdout  # fmt: skip
+    mx, key = (part.strip() for part in out.split("====\n"))
+    return mx, key
+
+
+def hosted_domain(lab: Lab) -> tuple[str, str]:
+    """The further domain of test_domains (made here when this drill runs alone) and the
+    selector of its key."""
+    if HOSTED not in lab.ops("domain", "list").stdout.split():
+        lab.ops("domain", "add", HOSTED)
+    selector = lab.sql("dc1-svr1", f"SELECT selector FROM mailcluster.dkim_keys "
+                                   f"WHERE domain='{HOSTED}'")  # fmt: skip
+    assert selector.startswith("s"), selector
+    return HOSTED, selector
+
+
 def test_drill_3_data_centre_loss_failover_rejoin_failback(lab: Lab, unique: str) -> None:
     user = new_user(lab)
+    _, selector = hosted_domain(lab)
+    hosted = hosted_dns(lab, VIP1, selector)
+    assert hosted[0] == f"10 mail.{DOMAIN}." and "v=DKIM1" in hosted[1], hosted
     first_synced(lab, user, *DC2)
     acked: set[str] = set()
     for i in range(3):
@@ -614,6 +637,8 @@ def test_drill_3_data_centre_loss_failover_rejoin_failback(lab: Lab, unique: str
         mx = lab.client("dig", "+short", f"@{VIP2}", DOMAIN, "MX").stdout.strip()
         assert a == [VIP2], a
         assert mx.endswith(f"mail.{DOMAIN}."), mx
+        # dc2's masters serve the further domain from the database, with the same key.
+        assert hosted_dns(lab, VIP2, selector) == hosted
         holder2 = next(h for h in DC2 if lab.role(h)["vip_held"])
         r = lab.role(holder2)
         assert r["role"] == "active" and r["db"]["read_only"] is False
@@ -666,6 +691,7 @@ def test_drill_3_data_centre_loss_failover_rejoin_failback(lab: Lab, unique: str
         wait_rejoined(lab, h, mesh_ip(holder1), timeout=60, standby_dc=True)
     a = lab.client("dig", "+short", f"@{VIP1}", f"mail.{DOMAIN}", "A").stdout.split()
     assert a == [VIP1], a
+    assert hosted_dns(lab, VIP1, selector) == hosted
     for i in range(3):
         s = f"{unique} dc1-after {i}"
         assert lab.send(VIP1, user, s)["ok"]

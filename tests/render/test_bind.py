@@ -4,6 +4,8 @@ secondaries, every record the design asks for, and a serial that moves exactly o
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 import shutil
 from dataclasses import replace
@@ -16,8 +18,9 @@ from cluster.hostplan import build_host_plan
 from cluster.lab.model import lab_topology
 from cluster.material import ClusterSecrets
 from cluster.plan import CHANGED_MARK, HostPlan
-from cluster.services import bind
+from cluster.services import bind, domains
 from cluster.topology import Topology
+from mailnode import domains as dom
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> str:
@@ -45,6 +48,29 @@ def make_zone(
     return out, serial
 
 
+HOSTED = "example.org"  # a further mail domain (mailnode/domains.py renders its zone)
+
+
+def domains_config(plan: HostPlan) -> dom.Config:
+    return dom.parse_config(json.loads(files(plan)[domains.CONFIG]))
+
+
+def hosted_zone_file(plan: HostPlan, domain: str) -> str:
+    return dom.zone_file(domains_config(plan), domain)
+
+
+def write_hosted_domain(root: Path, plan: HostPlan, domain: str) -> None:
+    """What mailcluster-domains writes on a DNS master for one further domain with a key."""
+    cfg = domains_config(plan)
+    key = dom.Key(domain, "s20261207", "", base64.b64encode(b"k" * 294).decode())
+    for path, text in (
+        (dom.zone_file(cfg, domain), dom.zone_text(cfg, domain, [key], 1765000000)),
+        (cfg.hosted_conf, dom.hosted_conf_text(cfg, [domain])),
+        (cfg.catalog_file, dom.catalog_text(cfg, [domain], 1765000000)),
+    ):
+        (root / path.lstrip("/")).write_text(text)
+
+
 @pytest.mark.checkers
 def test_named_checkconf_and_checkzone(plan: tuple[Topology, HostPlan], tmp_path: Path) -> None:
     topo, hp = plan
@@ -62,10 +88,15 @@ def test_named_checkconf_and_checkzone(plan: tuple[Topology, HostPlan], tmp_path
     zone = root / bind.zone_file(topo.domain).lstrip("/")
     zone.parent.mkdir(parents=True)
     node = topo.node(hp.host)
+    for d in (domains.ZONE_DIR, domains.CATZ_DIR):
+        (root / d.lstrip("/")).mkdir(parents=True, exist_ok=True)
     if topo.is_dns_master(node):
         out, serial = make_zone(zone_script(tmp_path, hp), files(hp)[bind.BODY], zone, topo.domain)
         assert CHANGED_MARK in out and serial > 2000000000
         run("named-checkzone", "-k", "fail", "-n", "fail", topo.domain, str(zone))
+        write_hosted_domain(root, hp, HOSTED)
+        hosted = root / hosted_zone_file(hp, HOSTED).lstrip("/")
+        run("named-checkzone", "-k", "fail", "-n", "fail", HOSTED, str(hosted))
     # -t: every absolute path in the config resolves inside the rendered tree; -z loads the
     # primary zones. BIND 9.20 warns of options it deprecates: anything but a loaded zone fails.
     checked = in_base("named-checkconf", "-t", str(root), "-z", "/etc/bind/named.conf")
@@ -116,6 +147,30 @@ def test_roles_follow_active_dc(plan: tuple[Topology, HostPlan]) -> None:
         primaries = local.split("primaries {")[1].split("};")[0].split()
         assert primaries == [f"{a};" for a in topo.mesh_addresses(topo.active_dc)]
         assert bind.BODY not in files(hp)
+
+
+def test_secondaries_consume_the_catalog_and_masters_serve_it(
+    plan: tuple[Topology, HostPlan],
+) -> None:
+    """The further domains reach the standby data centre through the catalog alone: its nodes
+    consume it from the active data centre's mesh addresses; a master does not consume its
+    own catalog (BIND would skip every member it also has as a primary) but includes the
+    domains' zones."""
+    topo, hp = plan
+    options = files(hp)["/etc/bind/named.conf.options"]
+    local = files(hp)["/etc/bind/named.conf.local"]
+    catalog = local.split(f'zone "{domains.CATALOG}"')[1].split("};\n};")[0]
+    if topo.is_dns_master(topo.node(hp.host)):
+        assert "catalog-zones" not in options
+        assert "type primary;" in catalog and domains.CATALOG_FILE in catalog
+        assert f'include "{domains.HOSTED_CONF}";' in local
+    else:
+        consumer = options.split("catalog-zones {")[1].split("min-update-interval")[0]
+        assert f'zone "{domains.CATALOG}"' in consumer
+        listed = consumer.split("default-primaries {")[1].split("}")[0].split()
+        assert listed == [f"{a};" for a in topo.mesh_addresses(topo.active_dc)]
+        assert "type secondary;" in catalog and domains.CATALOG_SECONDARY_FILE in catalog
+        assert domains.HOSTED_CONF not in local
 
 
 def test_zone_has_every_record(topologies: dict[str, Topology], secrets: ClusterSecrets) -> None:

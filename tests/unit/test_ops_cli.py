@@ -15,6 +15,7 @@ from cluster.ops.status import collect, parse_health, render_text
 from cluster.ops.target import OpsError, Result, StackTarget
 from cluster.services.backup import BACKUP_SCRIPT
 from cluster.services.bayes import SCRIPT as BAYES_SCRIPT
+from cluster.services.domains import SCRIPT as DOMAINS_SCRIPT
 from cluster.services.health import HEALTH_SCRIPT
 from cluster.services.postfixadmin import MAILBOX_CLI
 from cluster.services.replication import SCRIPT as REPLICATION_SCRIPT
@@ -90,9 +91,15 @@ class FakeTarget:
             return Result(0 if node == self.writer else 1, "", "")
         if argv[0] == BACKUP_SCRIPT:
             return Result(0, "restored\n", "")
+        if argv[0] == DOMAINS_SCRIPT:
+            if argv[1] == "check" and argv[2] == "example.com":
+                return Result(2, "", "mailcluster-domains: example.com is the cluster's own domain")
+            if argv[1] == "sync" and node not in self.outputs:
+                return Result(255, "", "ssh: connect to host: No route to host")
+            return Result(0, "records of " + argv[2] + "\n" if argv[1] == "records" else "", "")
         if argv[0] == MAILBOX_CLI:
             if argv[1] == "domain-list":
-                return Result(0, "example.com\n", "")
+                return Result(0, "example.com\nexample.org\n", "")
             if argv[1] == "list":
                 return Result(0, "ann@example.com\tactive\t1\nbob@example.com\tactive\t0\n"
                               "new@example.com\tactive\t0\n", "")  # fmt: skip
@@ -240,6 +247,52 @@ def test_a_mailbox_in_an_unknown_domain_is_refused_before_anything_is_written() 
         acc.mailbox_add("bob@other.org", "pw")
     written = [c for c in target.calls if c[1][0] == MAILBOX_CLI and c[1][1] != "domain-list"]
     assert written == []
+
+
+def test_domain_add_makes_it_whole_on_every_node_the_writer_first() -> None:
+    outputs = healthy()
+    del outputs["dc2-svr2"]  # unreachable: warned, its timer catches up
+    target = FakeTarget(outputs, writer="dc1-svr2")
+    out = Accounts(target).domain_add("Shop.Example")
+    calls = [(n, a) for n, a, _ in target.calls if a[0] in (DOMAINS_SCRIPT, MAILBOX_CLI)]
+    assert calls[:2] == [
+        ("dc1-svr2", (DOMAINS_SCRIPT, "check", "shop.example")),
+        ("dc1-svr2", (MAILBOX_CLI, "domain-new", "shop.example")),
+    ]
+    syncs = [n for n, a in calls if a[1] == "sync"]
+    assert syncs == ["dc1-svr2", "dc1-svr1", "dc2-svr1", "dc2-svr2"]
+    assert all(a[2:] == ("--expect", "shop.example") for _, a in calls if a[1] == "sync")
+    assert out.endswith("records of shop.example\n")
+
+
+def test_the_clusters_own_domain_is_never_added_or_deleted_here() -> None:
+    target = FakeTarget(healthy())
+    for action in (Accounts(target).domain_add, Accounts(target).domain_del):
+        with pytest.raises(OpsError, match="the cluster's own domain"):
+            action("example.com")
+    assert not [a for _, a, _ in target.calls if a[0] == MAILBOX_CLI and a[1].startswith("domain-")
+                and a[1] != "domain-list"]  # fmt: skip
+
+
+def test_domain_del_is_refused_while_it_has_mailboxes_unless_told() -> None:
+    target = FakeTarget(healthy())
+    acc = Accounts(target)
+    with pytest.raises(
+        OpsError, match=r"example\.org still has 3 mailbox\(es\) \(ann@.*--remove-mailboxes"
+    ):
+        acc.domain_del("example.org")
+    assert not [
+        a for _, a, _ in target.calls if a[0] == MAILBOX_CLI and a[1] in ("del", "domain-del")
+    ]
+    with pytest.raises(OpsError, match=r"no domain example\.net"):
+        acc.domain_del("example.net")
+
+    acc.domain_del("example.org", remove_mailboxes=True)
+    steps = [a[1:] for _, a, _ in target.calls if a[0] in (MAILBOX_CLI, DOMAINS_SCRIPT)
+             and a[1] in ("del", "domain-del", "sync")]  # fmt: skip
+    assert steps[:4] == [("del", "ann@example.com"), ("del", "bob@example.com"),
+                         ("del", "new@example.com"), ("domain-del", "example.org")]  # fmt: skip
+    assert steps[4:] == [("sync", "--expect-gone", "example.org")] * 4
 
 
 def test_passwords_travel_on_stdin_on_the_writer() -> None:

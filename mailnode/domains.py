@@ -1,0 +1,631 @@
+"""mailcluster-domains: every mail domain of Postfix Admin made whole on this node.
+
+The list of mail domains lives in the replicated database (Postfix Admin's ``domain`` and
+``alias_domain`` tables), so a domain added by ``ops domain add`` or in Postfix Admin's web pages
+reaches every node without a ``pulumi up``. ``sync`` (a timer every minute, the plan, and ``ops``
+at once) makes this node follow it:
+
+- **DKIM**: each domain other than the cluster's own has a key of its own, generated once by the
+  writer (the MariaDB master) and kept in ``mailcluster.dkim_keys``, so every node signs with the
+  key DNS publishes, whichever node is active. Each node writes the keys to ``dkim_dir``
+  (0640 root:_rspamd) and the selectors to rspamd's ``selector_map``; rspamd notices the map's
+  change by itself (a file map, replaced by rename), so no restart.
+- **DNS**, on the data centre's DNS masters only: one zone per domain (``zone``'s shared records,
+  its SOA and its DKIM key), a ``hosted.conf`` that BIND includes, and the catalog zone (RFC 9432)
+  that lists them. The secondaries consume the catalog, so a new domain reaches the other data
+  centre's name servers by a zone transfer, with no change to their configuration.
+  Serials are Unix time (at least the old one plus one): a node promoted to master continues
+  above whatever serial the secondaries hold, without carrying any state from the old master.
+
+``add``/``del`` are the writer's half of ``ops domain add|del`` (the key made or dropped);
+``records DOMAIN`` prints what to set at the registrar. Nothing here touches the cluster's own
+domain: its zone and key are the plan's (cluster/services/bind.py, rspamd.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from mailnode.mysql import DbError, Session
+
+CONFIG = "/etc/mailcluster/domains.json"
+CHANGED_MARK = "mailcluster: changed"  # cluster.plan.CHANGED_MARK: a step's output that changed
+_DOMAIN = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
+_SELECTOR = re.compile(r"[a-z][a-z0-9-]{0,62}")
+CATALOG_REFRESH_S, CATALOG_RETRY_S = 300, 60
+KEY_BITS = 2048  # RFC 8301: at least 1024, 2048 recommended; 4096 does not fit every DNS setup
+NO_SUCH_TABLE = ("ERROR 1146", "ERROR 1049")  # a replica that has not got the table yet
+# A member that is in the database but not yet in a secondary's copy waits this long at most
+# for the next catalog transfer (BIND's min-update-interval is 5 s by default).
+EXPECT_WAIT_S = 15.0
+
+
+class DomainError(Exception):
+    """Bad input or a broken configuration: exit status 2, the message names what is wrong."""
+
+
+@dataclass(frozen=True)
+class Record:
+    name: str
+    type: str
+    value: str
+
+
+@dataclass(frozen=True)
+class Zone:
+    """What every further domain's zone shares: SOA timers and the records of ``records``."""
+
+    ttl: int
+    soa_mname: str
+    soa_rname: str
+    refresh: int
+    retry: int
+    expire: int
+    negative_ttl: int
+    records: tuple[Record, ...]
+
+
+@dataclass(frozen=True)
+class Config:
+    node: str
+    main_domain: str
+    is_dns_master: bool
+    mysql: tuple[str, ...]
+    role_script: str
+    db: str
+    dkim_table: str
+    zone_serials_table: str
+    postfixadmin_db: str
+    dkim_dir: str
+    selector_map: str
+    key_group: str
+    zone: Zone
+    zone_dir: str
+    hosted_conf: str
+    catalog: str
+    catalog_file: str
+    notify: tuple[str, ...]
+    bind_group: str
+    named_check: tuple[str, ...]
+    named_reload: tuple[str, ...]
+    named_running: tuple[str, ...]
+    name_servers: tuple[str, ...]
+
+    @property
+    def keys_table(self) -> str:
+        return f"{self.db}.{self.dkim_table}"
+
+    @property
+    def serials_table(self) -> str:
+        return f"{self.db}.{self.zone_serials_table}"
+
+
+def check_domain(domain: str) -> str:
+    d = domain.strip().lower().rstrip(".")
+    if not _DOMAIN.fullmatch(d):
+        raise DomainError(f"{domain!r} is not a domain name (like example.org)")
+    return d
+
+
+def parse_config(data: Any, source: str = CONFIG) -> Config:
+    """A ``Config`` from the JSON object the plan writes (cluster/services/domains.py)."""
+    try:
+        z = data["zone"]
+        zone = Zone(
+            ttl=int(z["ttl"]), soa_mname=str(z["soa_mname"]), soa_rname=str(z["soa_rname"]),
+            refresh=int(z["refresh"]), retry=int(z["retry"]), expire=int(z["expire"]),
+            negative_ttl=int(z["negative_ttl"]),
+            records=tuple(Record(str(n), str(t), str(v)) for n, t, v in z["records"]),
+        )  # fmt: skip
+        cfg = Config(
+            node=str(data["node"]),
+            main_domain=check_domain(str(data["main_domain"])),
+            is_dns_master=bool(data["is_dns_master"]),
+            mysql=tuple(str(a) for a in data["mysql"]),
+            role_script=str(data["role_script"]),
+            db=str(data["db"]),
+            dkim_table=str(data["dkim_table"]),
+            zone_serials_table=str(data["zone_serials_table"]),
+            postfixadmin_db=str(data["postfixadmin_db"]),
+            dkim_dir=str(data["dkim_dir"]),
+            selector_map=str(data["selector_map"]),
+            key_group=str(data["key_group"]),
+            zone=zone,
+            zone_dir=str(data["zone_dir"]),
+            hosted_conf=str(data["hosted_conf"]),
+            catalog=check_domain(str(data["catalog"])),
+            catalog_file=str(data["catalog_file"]),
+            notify=tuple(str(a) for a in data["notify"]),
+            bind_group=str(data["bind_group"]),
+            named_check=tuple(str(a) for a in data["named_check"]),
+            named_reload=tuple(str(a) for a in data["named_reload"]),
+            named_running=tuple(str(a) for a in data["named_running"]),
+            name_servers=tuple(str(a) for a in data["name_servers"]),
+        )
+    except (KeyError, TypeError, ValueError, DomainError) as e:
+        raise DomainError(f"{source}: {type(e).__name__}: {e}") from None
+    paths = (cfg.role_script, cfg.dkim_dir, cfg.selector_map, cfg.zone_dir, cfg.hosted_conf,
+             cfg.catalog_file)  # fmt: skip
+    if not cfg.mysql or not all(os.path.isabs(p) for p in paths):
+        raise DomainError(f"{source}: mysql must be a command and every path absolute")
+    return cfg
+
+
+def load_config(path: str = CONFIG) -> Config:
+    try:
+        with open(path) as f:
+            return parse_config(json.load(f), path)
+    except (OSError, ValueError) as e:
+        raise DomainError(f"{path}: {e}") from None
+
+
+# -- the database ------------------------------------------------------------------------------
+
+
+class Db(Protocol):
+    def query(self, sql: str) -> list[list[str]]: ...
+
+
+@dataclass(frozen=True)
+class Key:
+    domain: str
+    selector: str
+    private_pem: str
+    public_b64: str
+
+
+def table_sql(cfg: Config) -> str:
+    """The keys' table (the plan creates it on the writer). The private key is a secret kept in
+    the replicated database, as the issue's rule for secrets made on the nodes says."""
+    return f"""CREATE DATABASE IF NOT EXISTS {cfg.db};
+CREATE TABLE IF NOT EXISTS {cfg.keys_table} (
+  domain VARCHAR(253) NOT NULL,
+  selector VARCHAR(63) NOT NULL,
+  private_key TEXT NOT NULL,
+  public_key TEXT NOT NULL,
+  created_at DATETIME NOT NULL,
+  PRIMARY KEY (domain, selector)
+);
+CREATE TABLE IF NOT EXISTS {cfg.serials_table} (
+  zone VARCHAR(253) NOT NULL PRIMARY KEY,
+  serial INT UNSIGNED NOT NULL,
+  digest CHAR(64) NOT NULL
+)"""
+
+
+def _rows(db: Db, sql: str) -> list[list[str]]:
+    """``sql``'s rows; a table a replica has not received yet reads as empty."""
+    try:
+        return db.query(sql)
+    except DbError as e:
+        if any(code in str(e) for code in NO_SUCH_TABLE):
+            return []
+        raise
+
+
+def hosted_domains(db: Db, cfg: Config) -> list[str]:
+    """Every active mail domain and alias domain but the cluster's own, sorted."""
+    pfa = cfg.postfixadmin_db
+    rows = _rows(
+        db,
+        f"SELECT domain FROM {pfa}.domain WHERE active=1 AND domain<>'ALL' "
+        f"UNION SELECT alias_domain FROM {pfa}.alias_domain WHERE active=1",
+    )
+    out = set()
+    for row in rows:
+        d = row[0].strip().lower()
+        # Postfix Admin checks names, but a row the checks here refuse is skipped, never
+        # written into a zone or a BIND configuration.
+        if d != cfg.main_domain and _DOMAIN.fullmatch(d):
+            out.add(d)
+    return sorted(out)
+
+
+def stored_keys(db: Db, cfg: Config) -> dict[str, list[Key]]:
+    """Each domain's keys, oldest first (the newest signs)."""
+    rows = _rows(
+        db,
+        f"SELECT domain, selector, HEX(private_key), public_key FROM {cfg.keys_table} "
+        "ORDER BY domain, created_at, selector",
+    )
+    out: dict[str, list[Key]] = {}
+    for domain, selector, private_hex, public_b64 in rows:
+        if not _DOMAIN.fullmatch(domain) or not _SELECTOR.fullmatch(selector):
+            continue
+        key = Key(domain, selector, bytes.fromhex(private_hex).decode(), public_b64)
+        out.setdefault(domain, []).append(key)
+    return out
+
+
+def new_key(domain: str, selector: str, run: Callable[..., Any] = subprocess.run) -> Key:
+    """A fresh RSA key, made by openssl on pipes (never a file or a command line)."""
+    made = run(
+        ["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", f"rsa_keygen_bits:{KEY_BITS}"],
+        capture_output=True, check=True,
+    )  # fmt: skip
+    pem = made.stdout.decode()
+    der = run(["openssl", "pkey", "-pubout", "-outform", "DER"], input=made.stdout,
+              capture_output=True, check=True).stdout  # fmt: skip
+    return Key(domain, selector, pem, base64.b64encode(der).decode())
+
+
+def selector_for(now: float) -> str:
+    """A new key's selector: the day it was made, so a rotation later gets a new one."""
+    return "s" + time.strftime("%Y%m%d", time.gmtime(now))
+
+
+def store_key(db: Db, cfg: Config, key: Key) -> None:
+    db.query(
+        f"INSERT IGNORE INTO {cfg.keys_table} "
+        "(domain, selector, private_key, public_key, created_at) VALUES "
+        f"('{key.domain}', '{key.selector}', X'{key.private_pem.encode().hex()}', "
+        f"'{key.public_b64}', UTC_TIMESTAMP())"
+    )
+
+
+# -- files -------------------------------------------------------------------------------------
+
+
+def write_if_changed(path: str, text: str, mode: int = 0o644, group: str = "") -> bool:
+    """Replace ``path`` by rename (readers never see half a file: rspamd's map watcher reads
+    it at once), with its mode set before the content is written. False when it already held
+    exactly ``text``."""
+    try:
+        with open(path) as f:
+            if f.read() == text:
+                return False
+    except FileNotFoundError:
+        pass
+    directory = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".mailcluster-")
+    try:
+        os.fchmod(fd, mode)
+        if group:
+            import grp
+
+            os.fchown(fd, 0, grp.getgrnam(group).gr_gid)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return True
+
+
+def remove(path: str) -> bool:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def key_path(cfg: Config, domain: str, selector: str) -> str:
+    return f"{cfg.dkim_dir}/{domain}.{selector}.key"
+
+
+# -- zones -------------------------------------------------------------------------------------
+
+
+def txt(text: str) -> str:
+    """A TXT value: 255-byte quoted strings (RFC 4408 3.1.3), as topology._txt writes them."""
+    return " ".join(f'"{text[i : i + 255]}"' for i in range(0, len(text), 255))
+
+
+def zone_text(cfg: Config, domain: str, keys: Sequence[Key], serial: int) -> str:
+    z = cfg.zone
+    lines = [
+        f"; {domain}: managed by mailcluster-domains (mailnode/domains.py); edits are overwritten",
+        f"$ORIGIN {domain}.",
+        f"$TTL {z.ttl}",
+        f"@ IN SOA {z.soa_mname} {z.soa_rname} {serial} {z.refresh} {z.retry} {z.expire} "
+        f"{z.negative_ttl}",
+    ]
+    lines += [f"{r.name} IN {r.type} {r.value}" for r in z.records]
+    for key in keys:  # every key that exists is published; the newest signs
+        lines.append(
+            f"{key.selector}._domainkey IN TXT {txt(f'v=DKIM1; k=rsa; p={key.public_b64}')}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def member_label(domain: str) -> str:
+    """A catalog member's unique label (RFC 9432 4.1): a hash of its name, as BIND's own tests."""
+    return hashlib.sha1(domain.encode()).hexdigest()
+
+
+def catalog_text(cfg: Config, domains: Iterable[str], serial: int) -> str:
+    lines = [
+        "; the catalog of the cluster's further mail domains (RFC 9432); managed by "
+        "mailcluster-domains",
+        f"$ORIGIN {cfg.catalog}.",
+        "$TTL 0",
+        # Polled often (it is small, and a transfer that failed is retried in a minute), and
+        # expiring no sooner than the members: an expired catalog would drop them.
+        f"@ IN SOA invalid. invalid. {serial} {CATALOG_REFRESH_S} {CATALOG_RETRY_S} "
+        f"{cfg.zone.expire} 0",
+        "@ IN NS invalid.",
+        'version IN TXT "2"',
+    ]
+    lines += [f"{member_label(d)}.zones IN PTR {d}." for d in domains]
+    return "\n".join(lines) + "\n"
+
+
+def zone_file(cfg: Config, domain: str) -> str:
+    return f"{cfg.zone_dir}/db.{domain}"
+
+
+def hosted_conf_text(cfg: Config, domains: Iterable[str]) -> str:
+    notify = "".join(f" {a};" for a in cfg.notify)
+    lines = ["// managed by mailcluster-domains (mailnode/domains.py): the further mail domains"]
+    for d in domains:
+        lines.append(
+            f'zone "{d}" {{ type primary; file "{zone_file(cfg, d)}";'
+            + (f" also-notify {{{notify} }};" if notify else "")
+            + " };"
+        )
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class Serial:
+    serial: int
+    digest: str
+
+
+def stored_serials(db: Db, cfg: Config) -> dict[str, Serial]:
+    rows = _rows(db, f"SELECT zone, serial, digest FROM {cfg.serials_table}")
+    return {zone: Serial(int(serial), digest) for zone, serial, digest in rows}
+
+
+def digest(render: Callable[[int], str]) -> str:
+    """What a zone holds, its serial aside: equal digests, equal zones."""
+    return hashlib.sha256(render(0).encode()).hexdigest()
+
+
+def next_serial(old: Serial | None, now: float) -> int:
+    """Unix time, or one more than the last serial when that is already ahead (two changes in
+    one second); within the 32 bits of RFC 1982 arithmetic for the next 80 years."""
+    return min(max((old.serial + 1) if old else 0, int(now)), 2**32 - 1)
+
+
+# -- sync --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Node:
+    """One node's view: the database, the files, and the commands it runs."""
+
+    cfg: Config
+    db: Db
+    run: Callable[..., subprocess.CompletedProcess[Any]] = subprocess.run
+    clock: Callable[[], float] = time.time
+    say: Callable[[str], None] = print
+    _changed_zones: set[str] = field(default_factory=set)
+
+    def is_writer(self) -> bool:
+        return self.run([self.cfg.role_script, "is-writer"], check=False).returncode == 0
+
+    def changed(self, what: str) -> None:
+        self.say(f"{CHANGED_MARK} {what}")
+
+    def sync(self) -> list[str]:
+        """Make this node follow the database; returns the hosted domains."""
+        domains = hosted_domains(self.db, self.cfg)
+        keys = stored_keys(self.db, self.cfg)
+        writer = self.is_writer()
+        if writer:
+            keys = self._keys_follow_domains(domains, keys)
+        signing = {d: keys[d] for d in domains if keys.get(d)}
+        self._write_keys(signing)
+        if self.cfg.is_dns_master:
+            self._write_zones(domains, signing, writer)
+        return domains
+
+    def _keys_follow_domains(
+        self, domains: list[str], keys: dict[str, list[Key]]
+    ) -> dict[str, list[Key]]:
+        """On the writer: a key for each domain that has none, none for a domain gone."""
+        for d in domains:
+            if d not in keys:
+                key = new_key(d, selector_for(self.clock()), self.run)
+                store_key(self.db, self.cfg, key)
+                self.changed(f"DKIM key {key.selector} for {d}")
+        for d in sorted(set(keys) - set(domains)):
+            self.db.query(f"DELETE FROM {self.cfg.keys_table} WHERE domain='{d}'")
+            self.changed(f"DKIM keys of {d} removed")
+        return stored_keys(self.db, self.cfg)
+
+    def _write_keys(self, signing: dict[str, list[Key]]) -> None:
+        cfg = self.cfg
+        wanted: set[str] = set()
+        for d, ks in signing.items():
+            for k in ks:
+                path = key_path(cfg, d, k.selector)
+                wanted.add(os.path.basename(path))
+                if write_if_changed(path, k.private_pem, 0o640, cfg.key_group):
+                    self.changed(f"{path}")
+        # The newest key signs (rspamd: the selector, then path's $domain.$selector).
+        text = "".join(f"{d} {ks[-1].selector}\n" for d, ks in sorted(signing.items()))
+        if write_if_changed(cfg.selector_map, text):
+            self.changed(cfg.selector_map)
+        for name in sorted(os.listdir(cfg.dkim_dir)):
+            if name.endswith(".key") and name not in wanted:
+                os.unlink(f"{cfg.dkim_dir}/{name}")
+                self.changed(f"{cfg.dkim_dir}/{name} removed")
+
+    def _write_zones(self, domains: list[str], signing: dict[str, list[Key]], writer: bool) -> None:
+        """Each zone with the serial the database holds for its content. The writer gives a
+        zone whose content changed the next serial (``next_serial``) and stores it with the
+        content's digest; another master waits for that row (a timer run or ``ops``), so both
+        masters of a data centre serve one serial per content, and a master promoted in the
+        other data centre continues from the serials the old one published."""
+        cfg = self.cfg
+        self._changed_zones = set()
+        serials = stored_serials(self.db, cfg)
+
+        def renderer(d: str) -> Callable[[int], str]:
+            return lambda serial: zone_text(cfg, d, signing.get(d, []), serial)
+
+        served = [d for d in domains
+                  if self._zone(d, zone_file(cfg, d), renderer(d), serials, writer)]  # fmt: skip
+
+        def catalog(serial: int) -> str:
+            return catalog_text(cfg, served, serial)
+
+        changed = bool(self._changed_zones)
+        if write_if_changed(cfg.hosted_conf, hosted_conf_text(cfg, served), 0o644, cfg.bind_group):
+            self.changed(cfg.hosted_conf)
+            changed = True
+        if self._zone(cfg.catalog, cfg.catalog_file, catalog, serials, writer):
+            changed = changed or cfg.catalog in self._changed_zones
+        wanted = {os.path.basename(zone_file(cfg, d)) for d in served}
+        for name in sorted(os.listdir(cfg.zone_dir)):
+            if name.startswith("db.") and name not in wanted:
+                os.unlink(f"{cfg.zone_dir}/{name}")
+                self.changed(f"zone file {name} removed")
+        if writer:
+            gone = sorted(set(serials) - set(domains) - {cfg.catalog})
+            for zone in gone:
+                self.db.query(f"DELETE FROM {cfg.serials_table} WHERE zone='{zone}'")
+        if changed:
+            self._reload_named()
+
+    def _zone(self, zone: str, path: str, render: Callable[[int], str],
+              serials: dict[str, Serial], writer: bool) -> bool:  # fmt: skip
+        """Write ``zone``'s file when its content or serial changed; False when it cannot be
+        served yet (no serial for this content, and this node is not the writer)."""
+        d = digest(render)
+        row = serials.get(zone)
+        if row is None or row.digest != d:
+            if not writer:
+                # The writer has not given this content a serial yet (it runs at the same time,
+                # or its row is a moment away): what this node served so far still serves.
+                return os.path.exists(path)
+            row = Serial(next_serial(row, self.clock()), d)
+            self.db.query(
+                f"INSERT INTO {self.cfg.serials_table} (zone, serial, digest) VALUES "
+                f"('{zone}', {row.serial}, '{d}') ON DUPLICATE KEY UPDATE "
+                "serial=VALUES(serial), digest=VALUES(digest)"
+            )
+        if write_if_changed(path, render(row.serial), 0o644, self.cfg.bind_group):
+            self._changed_zones.add(zone)
+            self.changed(f"zone {zone} serial {row.serial}")
+        return True
+
+    def _reload_named(self) -> None:
+        if self.run(list(self.cfg.named_running), capture_output=True, check=False).returncode:
+            return  # named is not running: the plan's start loads these files
+        check = self.run(list(self.cfg.named_check), capture_output=True, text=True, check=False)
+        if check.returncode:
+            raise DomainError(f"named-checkconf refuses the zones: {check.stdout}{check.stderr}")
+        self.run(list(self.cfg.named_reload), capture_output=True, check=True)
+
+    def init(self) -> None:
+        """The files BIND's configuration names, made empty when missing (the plan, before it
+        starts or reloads named; no database needed)."""
+        cfg = self.cfg
+        for directory in (cfg.zone_dir, os.path.dirname(cfg.hosted_conf)):
+            os.makedirs(directory, mode=0o755, exist_ok=True)
+        if not os.path.exists(cfg.hosted_conf):
+            write_if_changed(cfg.hosted_conf, hosted_conf_text(cfg, []), 0o644, cfg.bind_group)
+            self.changed(cfg.hosted_conf)
+        if not os.path.exists(cfg.catalog_file):
+            # Serial 1: below any the writer gives (Unix time), so this empty stand-in never
+            # outranks the database's catalog.
+            text = catalog_text(cfg, [], 1)
+            write_if_changed(cfg.catalog_file, text, 0o644, cfg.bind_group)
+            self.changed(cfg.catalog_file)
+
+    def records(self, domain: str) -> str:
+        """What the operator sets at the registrar, and the zone the cluster serves."""
+        d = check_domain(domain)
+        if d not in hosted_domains(self.db, self.cfg):
+            raise DomainError(f"{d} is not a mail domain of this cluster (`domain add {d}`)")
+        keys = stored_keys(self.db, self.cfg).get(d, [])
+        lines = [f"At the registrar of {d}, delegate it to the cluster's name servers:"]
+        lines += [f"  {d}. NS {ns}" for ns in self.cfg.name_servers]
+        lines.append("  (no glue: the name servers are in another domain)")
+        lines.append("DS: none (the zone is not signed yet)")
+        lines.append(f"The zone the cluster serves for {d} (the same records, to publish them")
+        lines.append("elsewhere instead):")
+        zone = zone_text(self.cfg, d, keys, 0).splitlines()
+        lines += ["  " + line for line in zone if not line.startswith((";", "$", "@ IN SOA"))]
+        return "\n".join(lines) + "\n"
+
+
+def wait_for(node: Node, domain: str, present: bool, timeout_s: float = EXPECT_WAIT_S) -> None:
+    """Sync until ``domain`` is (or is not) among the hosted ones: a replica may be a few
+    milliseconds behind the writer that ``ops`` just changed."""
+    deadline = time.monotonic() + timeout_s
+    while (domain in node.sync()) != present:
+        if time.monotonic() > deadline:
+            state = "not yet" if present else "still"
+            raise DomainError(f"{domain} is {state} in this node's database after {timeout_s} s")
+        time.sleep(0.5)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mailcluster-domains", description=__doc__.split("\n")[0])
+    p.add_argument("--config", default=CONFIG)
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("sync", help="follow the database (keys, zones, catalog)")
+    s.add_argument("--expect", metavar="DOMAIN", help="wait until DOMAIN is hosted here")
+    s.add_argument("--expect-gone", metavar="DOMAIN", help="wait until DOMAIN is gone here")
+    sub.add_parser("init", help="the files BIND names, empty when missing")
+    sub.add_parser("table-sql", help="print the keys' table (the plan runs it on the writer)")
+    sub.add_parser("records").add_argument("domain")
+    sub.add_parser("check").add_argument("domain")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    session: Session | None = None
+    try:
+        cfg = load_config(args.config)
+        if args.command == "table-sql":
+            print(table_sql(cfg))
+            return 0
+        session = Session(cfg.mysql)
+        node = Node(cfg, session)
+        if args.command == "init":
+            node.init()
+        elif args.command == "sync":
+            if args.expect:
+                wait_for(node, check_domain(args.expect), True)
+            elif args.expect_gone:
+                wait_for(node, check_domain(args.expect_gone), False)
+            else:
+                node.sync()
+        elif args.command == "records":
+            print(node.records(args.domain), end="")
+        elif args.command == "check":
+            # ops asks before it adds or deletes: the cluster's own domain is the plan's.
+            d = check_domain(args.domain)
+            if d == cfg.main_domain:
+                raise DomainError(f"{d} is the cluster's own domain (the stack key `domain`)")
+            print(d)
+    except DomainError as e:
+        print(f"mailcluster-domains: {e}", file=sys.stderr)
+        return 2
+    except (DbError, subprocess.CalledProcessError, OSError) as e:
+        print(f"mailcluster-domains: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if session is not None:
+            session.close()
+    return 0
