@@ -70,6 +70,7 @@ VALKEY_PORT = 6379  # rspamd's Bayes store (services/bayes.py)
 SRS_FORWARD_PORT = 10001
 SRS_REVERSE_PORT = 10002
 SRS_REINJECT_PORT = 10027
+BIND_STATS_PORT = 8053  # BIND's statistics channel, JSON (mailgraph's counters, domains' status)
 HEARTBEAT_PORT = 694
 # Debian's exporters' own default ports (and Prometheus' port allocation wiki).
 NODE_EXPORTER_PORT = 9100

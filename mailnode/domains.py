@@ -45,6 +45,13 @@ CHANGED_MARK = "mailcluster: changed"  # cluster.plan.CHANGED_MARK: a step's out
 _DOMAIN = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
 _SELECTOR = re.compile(r"[a-z][a-z0-9-]{0,62}")
 CATALOG_REFRESH_S, CATALOG_RETRY_S = 300, 60
+# A rotation's new key is published at once and signs after this many TTLs of the zone (a
+# resolver that cached "no such selector" or the old answer has forgotten it by then), plus one
+# timer period (the last node to publish it).
+ROTATE_AFTER_TTLS = 2
+# The old key stays published this long after the new one signs: mail it signed is verified on
+# arrival, and a few days cover a queue's retries and a late reader.
+RETIRE_AFTER_S = 7 * 86400
 KEY_BITS = 2048  # RFC 8301: at least 1024, 2048 recommended; 4096 does not fit every DNS setup
 NO_SUCH_TABLE = ("ERROR 1146", "ERROR 1049")  # a replica that has not got the table yet
 # A member that is in the database but not yet in a secondary's copy waits this long at most
@@ -102,6 +109,8 @@ class Config:
     named_reload: tuple[str, ...]
     named_running: tuple[str, ...]
     name_servers: tuple[str, ...]
+    sync_every_s: int
+    named_zones_url: str
 
     @property
     def keys_table(self) -> str:
@@ -110,6 +119,10 @@ class Config:
     @property
     def serials_table(self) -> str:
         return f"{self.db}.{self.zone_serials_table}"
+
+
+def iso(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
 
 
 def check_domain(domain: str) -> str:
@@ -153,6 +166,8 @@ def parse_config(data: Any, source: str = CONFIG) -> Config:
             named_reload=tuple(str(a) for a in data["named_reload"]),
             named_running=tuple(str(a) for a in data["named_running"]),
             name_servers=tuple(str(a) for a in data["name_servers"]),
+            sync_every_s=int(data["sync_every_s"]),
+            named_zones_url=str(data["named_zones_url"]),
         )
     except (KeyError, TypeError, ValueError, DomainError) as e:
         raise DomainError(f"{source}: {type(e).__name__}: {e}") from None
@@ -180,10 +195,29 @@ class Db(Protocol):
 
 @dataclass(frozen=True)
 class Key:
+    """A DKIM key: published in the zone from the moment it exists, signing from ``active_at``
+    (Unix time) until a newer key signs."""
+
     domain: str
     selector: str
     private_pem: str
     public_b64: str
+    active_at: int = 0
+
+
+def signing_key(keys: Sequence[Key], now: float) -> Key | None:
+    """The newest key whose time to sign has come (``keys`` oldest first)."""
+    due = [k for k in keys if k.active_at <= now]
+    return due[-1] if due else None
+
+
+def retired(keys: Sequence[Key], now: float) -> list[Key]:
+    """Keys older than the signing one, once it has signed for ``RETIRE_AFTER_S``: mail they
+    signed has long been verified by then."""
+    signer = signing_key(keys, now)
+    if signer is None or signer.active_at + RETIRE_AFTER_S > now:
+        return []
+    return [k for k in keys if k.active_at < signer.active_at]
 
 
 def table_sql(cfg: Config) -> str:
@@ -196,6 +230,7 @@ CREATE TABLE IF NOT EXISTS {cfg.keys_table} (
   private_key TEXT NOT NULL,
   public_key TEXT NOT NULL,
   created_at DATETIME NOT NULL,
+  active_at INT UNSIGNED NOT NULL,
   PRIMARY KEY (domain, selector)
 );
 CREATE TABLE IF NOT EXISTS {cfg.serials_table} (
@@ -237,19 +272,22 @@ def stored_keys(db: Db, cfg: Config) -> dict[str, list[Key]]:
     """Each domain's keys, oldest first (the newest signs)."""
     rows = _rows(
         db,
-        f"SELECT domain, selector, HEX(private_key), public_key FROM {cfg.keys_table} "
-        "ORDER BY domain, created_at, selector",
+        f"SELECT domain, selector, HEX(private_key), public_key, active_at FROM {cfg.keys_table} "
+        "ORDER BY domain, active_at, selector",
     )
     out: dict[str, list[Key]] = {}
-    for domain, selector, private_hex, public_b64 in rows:
+    for domain, selector, private_hex, public_b64, active_at in rows:
         if not _DOMAIN.fullmatch(domain) or not _SELECTOR.fullmatch(selector):
             continue
-        key = Key(domain, selector, bytes.fromhex(private_hex).decode(), public_b64)
+        pem = bytes.fromhex(private_hex).decode()
+        key = Key(domain, selector, pem, public_b64, int(active_at))
         out.setdefault(domain, []).append(key)
     return out
 
 
-def new_key(domain: str, selector: str, run: Callable[..., Any] = subprocess.run) -> Key:
+def new_key(
+    domain: str, selector: str, active_at: int, run: Callable[..., Any] = subprocess.run
+) -> Key:
     """A fresh RSA key, made by openssl on pipes (never a file or a command line)."""
     made = run(
         ["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", f"rsa_keygen_bits:{KEY_BITS}"],
@@ -258,20 +296,27 @@ def new_key(domain: str, selector: str, run: Callable[..., Any] = subprocess.run
     pem = made.stdout.decode()
     der = run(["openssl", "pkey", "-pubout", "-outform", "DER"], input=made.stdout,
               capture_output=True, check=True).stdout  # fmt: skip
-    return Key(domain, selector, pem, base64.b64encode(der).decode())
+    return Key(domain, selector, pem, base64.b64encode(der).decode(), active_at)
 
 
-def selector_for(now: float) -> str:
-    """A new key's selector: the day it was made, so a rotation later gets a new one."""
-    return "s" + time.strftime("%Y%m%d", time.gmtime(now))
+def selector_for(now: float, taken: Iterable[str] = ()) -> str:
+    """A new key's selector: the day it was made (a letter more for a second key that day)."""
+    day = "s" + time.strftime("%Y%m%d", time.gmtime(now))
+    used = set(taken)
+    suffixes: list[str] = ["", *"bcdefghijklmnopqrstuvwxyz"]
+    for suffix in suffixes:
+        selector = f"{day}{suffix}"
+        if selector not in used:
+            return selector
+    raise DomainError(f"26 keys made on {day[1:]} already: rotate again tomorrow")
 
 
 def store_key(db: Db, cfg: Config, key: Key) -> None:
     db.query(
         f"INSERT IGNORE INTO {cfg.keys_table} "
-        "(domain, selector, private_key, public_key, created_at) VALUES "
+        "(domain, selector, private_key, public_key, created_at, active_at) VALUES "
         f"('{key.domain}', '{key.selector}', X'{key.private_pem.encode().hex()}', "
-        f"'{key.public_b64}', UTC_TIMESTAMP())"
+        f"'{key.public_b64}', UTC_TIMESTAMP(), {key.active_at})"
     )
 
 
@@ -439,17 +484,49 @@ class Node:
         self, domains: list[str], keys: dict[str, list[Key]]
     ) -> dict[str, list[Key]]:
         """On the writer: a key for each domain that has none, none for a domain gone."""
+        now = self.clock()
         for d in domains:
-            if d not in keys:
-                key = new_key(d, selector_for(self.clock()), self.run)
+            if d not in keys:  # a new domain's first key signs at once: nothing to wait for
+                key = new_key(d, selector_for(now), int(now), self.run)
                 store_key(self.db, self.cfg, key)
                 self.changed(f"DKIM key {key.selector} for {d}")
         for d in sorted(set(keys) - set(domains)):
             self.db.query(f"DELETE FROM {self.cfg.keys_table} WHERE domain='{d}'")
             self.changed(f"DKIM keys of {d} removed")
+        for d in sorted(set(keys) & set(domains)):
+            for old in retired(keys[d], now):
+                self.db.query(f"DELETE FROM {self.cfg.keys_table} "
+                              f"WHERE domain='{d}' AND selector='{old.selector}'")  # fmt: skip
+                self.changed(f"DKIM key {old.selector} of {d} retired")
         return stored_keys(self.db, self.cfg)
 
+    def rotate(self, domain: str) -> str:
+        """On the writer: a new key for ``domain``, published now, signing after
+        ``ROTATE_AFTER_TTLS`` TTLs; refused while a rotation is under way."""
+        d = check_domain(domain)
+        if not self.is_writer():
+            raise DomainError("not the writer: run it on the node that serves mail")
+        if d not in hosted_domains(self.db, self.cfg):
+            raise DomainError(f"{d} is not a mail domain of this cluster (`domain add {d}`)")
+        keys = stored_keys(self.db, self.cfg).get(d, [])
+        now = self.clock()
+        pending = [k for k in keys if k.active_at > now]
+        if pending:
+            raise DomainError(f"a rotation of {d} is under way: {pending[-1].selector} signs from "
+                              f"{iso(pending[-1].active_at)}")  # fmt: skip
+        z = self.cfg.zone
+        wait = ROTATE_AFTER_TTLS * max(z.ttl, z.negative_ttl) + self.cfg.sync_every_s
+        key = new_key(d, selector_for(now, (k.selector for k in keys)), int(now + wait), self.run)
+        store_key(self.db, self.cfg, key)
+        old = signing_key(keys, now)
+        return (f"{d}: new DKIM key {key.selector}, published now, signs from "
+                f"{iso(key.active_at)} ({wait} s: {ROTATE_AFTER_TTLS} TTLs of {z.ttl} s and a "
+                f"timer period); {old.selector if old else 'no key'} signs until then and stays "
+                f"published {RETIRE_AFTER_S // 86400} days more\n")  # fmt: skip
+
     def _write_keys(self, signing: dict[str, list[Key]]) -> None:
+        """Every key that exists (a rotation's next key is in place before it signs); the map
+        names the one that signs now."""
         cfg = self.cfg
         wanted: set[str] = set()
         for d, ks in signing.items():
@@ -459,7 +536,9 @@ class Node:
                 if write_if_changed(path, k.private_pem, 0o640, cfg.key_group):
                     self.changed(f"{path}")
         # The newest key signs (rspamd: the selector, then path's $domain.$selector).
-        text = "".join(f"{d} {ks[-1].selector}\n" for d, ks in sorted(signing.items()))
+        now = self.clock()
+        signers = {d: signing_key(ks, now) for d, ks in sorted(signing.items())}
+        text = "".join(f"{d} {k.selector}\n" for d, k in signers.items() if k)
         if write_if_changed(cfg.selector_map, text):
             self.changed(cfg.selector_map)
         for name in sorted(os.listdir(cfg.dkim_dir)):
@@ -550,6 +629,35 @@ class Node:
             write_if_changed(cfg.catalog_file, text, 0o644, cfg.bind_group)
             self.changed(cfg.catalog_file)
 
+    def status(self, served: dict[str, int] | None = None) -> dict[str, Any]:
+        """What ``ops status`` checks on this node: every hosted domain's zone loaded by named
+        with the serial the database holds (masters and secondaries alike), and rspamd naming
+        the key that signs now (a switch is given two timer periods). ``served``: named's
+        serials (read from its statistics channel when None)."""
+        cfg, now = self.cfg, self.clock()
+        domains = hosted_domains(self.db, cfg)
+        keys = stored_keys(self.db, cfg)
+        serials = stored_serials(self.db, cfg)
+        if served is None:
+            served = named_serials(cfg.named_zones_url)
+        mapped = read_selector_map(cfg.selector_map)
+        problems: list[str] = []
+        for d in domains:
+            want, got = serials.get(d), served.get(d)
+            if want is None:
+                problems.append(f"{d}: no serial in the database yet (the writer's sync)")
+            elif got != want.serial:
+                problems.append(f"{d}: named serves {got or 'nothing'}, the database has "
+                                f"{want.serial}")  # fmt: skip
+            signer = signing_key(keys.get(d, []), now)
+            late = signer is not None and now - signer.active_at > 2 * cfg.sync_every_s
+            if signer is None:
+                problems.append(f"{d}: no DKIM key")
+            elif mapped.get(d) != signer.selector and late:
+                problems.append(f"{d}: rspamd signs with {mapped.get(d) or 'nothing'}, not "
+                                f"{signer.selector}")  # fmt: skip
+        return {"domains": domains, "problems": problems}
+
     def records(self, domain: str) -> str:
         """What the operator sets at the registrar, and the zone the cluster serves."""
         d = check_domain(domain)
@@ -560,11 +668,40 @@ class Node:
         lines += [f"  {d}. NS {ns}" for ns in self.cfg.name_servers]
         lines.append("  (no glue: the name servers are in another domain)")
         lines.append("DS: none (the zone is not signed yet)")
+        signer = signing_key(keys, self.clock())
+        for k in keys:
+            state = (
+                "signs"
+                if k is signer
+                else (
+                    f"signs from {iso(k.active_at)}" if k.active_at > self.clock() else "retiring"
+                )
+            )
+            lines.append(f"DKIM {k.selector}: {state}")
         lines.append(f"The zone the cluster serves for {d} (the same records, to publish them")
         lines.append("elsewhere instead):")
         zone = zone_text(self.cfg, d, keys, 0).splitlines()
         lines += ["  " + line for line in zone if not line.startswith((";", "$", "@ IN SOA"))]
         return "\n".join(lines) + "\n"
+
+
+def named_serials(url: str) -> dict[str, int]:
+    """Every zone named has loaded in its default view, and its serial (BIND's statistics
+    channel, JSON)."""
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=5) as r:
+        data = json.load(r)
+    zones = data.get("views", {}).get("_default", {}).get("zones", [])
+    return {str(z["name"]): int(z["serial"]) for z in zones if "serial" in z}
+
+
+def read_selector_map(path: str) -> dict[str, str]:
+    try:
+        with open(path) as f:
+            return dict(line.split()[:2] for line in f if len(line.split()) >= 2)
+    except FileNotFoundError:
+        return {}
 
 
 def wait_for(node: Node, domain: str, present: bool, timeout_s: float = EXPECT_WAIT_S) -> None:
@@ -588,6 +725,8 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("init", help="the files BIND names, empty when missing")
     sub.add_parser("table-sql", help="print the keys' table (the plan runs it on the writer)")
     sub.add_parser("records").add_argument("domain")
+    sub.add_parser("status", help="this node's zones and keys against the database (JSON)")
+    sub.add_parser("rotate", help="a new DKIM key (the writer)").add_argument("domain")
     sub.add_parser("check").add_argument("domain")
     return p
 
@@ -613,6 +752,10 @@ def main(argv: list[str] | None = None) -> int:
                 node.sync()
         elif args.command == "records":
             print(node.records(args.domain), end="")
+        elif args.command == "status":
+            print(json.dumps(node.status()))
+        elif args.command == "rotate":
+            print(node.rotate(args.domain), end="")
         elif args.command == "check":
             # ops asks before it adds or deletes: the cluster's own domain is the plan's.
             d = check_domain(args.domain)

@@ -117,6 +117,15 @@ class Accounts:
         self.follow(d, present=False)
         return out
 
+    def domain_dkim_rotate(self, domain: str) -> str:
+        """A new DKIM key for a further domain: published on every name server at once, signing
+        only after two TTLs (mailnode/domains.py); the old key stays published a week more."""
+        d = check_domain(domain)
+        self._domains_cli(self.node, "check", d)
+        out = self._domains_cli(self.node, "rotate", d)
+        self.follow(d, present=True)
+        return out
+
     def domain_records(self, domain: str) -> str:
         return self._domains_cli(self.node, "records", check_domain(domain))
 

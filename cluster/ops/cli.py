@@ -5,7 +5,8 @@ tests script it). Exactly one target is required.
 
   status [--json]                 every replication path and resource, per node; exit 1 if any fails
   admin add EMAIL                 a Postfix Admin superadmin (password from stdin or a prompt)
-  domain add DOMAIN | del DOMAIN [--remove-mailboxes] | records DOMAIN | list
+  domain add DOMAIN | del DOMAIN [--remove-mailboxes] | records DOMAIN | dkim-rotate DOMAIN
+         | list
                                   a domain whole on every node: its DKIM key, its zone on
                                   every name server; add prints what to set at the registrar
   mailbox add EMAIL [--quota MB] | passwd EMAIL | del EMAIL | list [DOMAIN]
@@ -84,6 +85,7 @@ def parser() -> argparse.ArgumentParser:
     ddel.add_argument("--remove-mailboxes", action="store_true",
                       help="delete the domain's mailboxes too (refused without)")  # fmt: skip
     d.add_parser("records").add_argument("domain")
+    d.add_parser("dkim-rotate").add_argument("domain")
     d.add_parser("list")
 
     m = sub.add_parser("mailbox", help="mailboxes").add_subparsers(dest="action", required=True)
@@ -217,6 +219,8 @@ def run_accounts(args: argparse.Namespace, acc: Accounts) -> None:
         print(acc.domain_add(args.domain), end="")
     elif (cmd, action) == ("domain", "del"):
         print(acc.domain_del(args.domain, args.remove_mailboxes), end="")
+    elif (cmd, action) == ("domain", "dkim-rotate"):
+        print(acc.domain_dkim_rotate(args.domain), end="")
     elif (cmd, action) == ("domain", "records"):
         print(acc.domain_records(args.domain), end="")
     elif (cmd, action) == ("domain", "list"):

@@ -1,5 +1,6 @@
 """``status``: every node's own checks (``mailcluster-health``) plus the ones that need the
-whole cluster: BIND serials equal to the master's, and one holder per shared IP; and each
+whole cluster: BIND serials equal to the master's, and one holder per shared IP; the further
+mail domains' zones and keys on each node (``mailcluster-domains status``); and each
 node's mailbox replication as its controller sees it (``mailcluster-replication status``), and
 what rspamd has learned on each node (``mailcluster-bayes status``).
 
@@ -19,6 +20,7 @@ from typing import Any
 
 from cluster.ops.target import Target, dc_of
 from cluster.services.bayes import SCRIPT as BAYES_SCRIPT
+from cluster.services.domains import SCRIPT as DOMAINS_SCRIPT
 from cluster.services.health import HEALTH_SCRIPT
 from cluster.services.replication import SCRIPT as REPLICATION_SCRIPT
 from cluster.services.role import ROLE_SCRIPT
@@ -53,6 +55,22 @@ def node_checks(target: Target, node: str) -> list[Check]:
         reason = (res.stderr.strip() or res.stdout.strip() or f"exit {res.returncode}")[-300:]
         return [Check("node.reachable", node, False, "no", reason)]
     return [Check("node.reachable", node, True, "yes", ""), *parse_health(node, res.stdout)]
+
+
+def domains_check(target: Target, node: str) -> Check:
+    """The further mail domains on ``node`` (``mailcluster-domains status``): each zone served
+    with the database's serial, rspamd naming the key that signs now."""
+    res = target.run(node, [DOMAINS_SCRIPT, "status"])
+    if res.returncode != 0:
+        why = (res.stderr.strip() or res.stdout.strip() or f"exit {res.returncode}")[-300:]
+        return Check("domains.current", node, False, "?", why)
+    try:
+        state = json.loads(res.stdout)
+        count, problems = len(state["domains"]), [str(p) for p in state["problems"]]
+    except (ValueError, KeyError, TypeError) as e:
+        return Check("domains.current", node, False, "?", f"unexpected output: {e!r}")
+    detail = "; ".join(problems)[:300] or "zones and DKIM keys as the database says"
+    return Check("domains.current", node, not problems, f"{count} domains", detail)
 
 
 def writer_of(target: Target, nodes: tuple[str, ...]) -> str | None:
@@ -154,6 +172,7 @@ def collect(target: Target) -> dict[str, Any]:
     for node in nodes:
         checks += node_checks(target, node)
     reachable = tuple(c.node for c in checks if c.name == "node.reachable" and c.ok)
+    checks += [domains_check(target, node) for node in reachable]
     checks += cluster_checks(checks, writer_of(target, reachable), nodes)
     return {
         "ok": all(c.ok for c in checks),

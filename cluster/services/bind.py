@@ -19,6 +19,7 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
+from cluster import ports
 from cluster.hostcontext import HostContext
 from cluster.plan import (
     CHANGED_MARK,
@@ -106,6 +107,7 @@ def steps(ctx: HostContext) -> list[Step]:
         catalog=None if is_master else domains.CATALOG,
         catalog_primaries=primaries(ctx),
         catz_dir=domains.CATZ_DIR,
+        stats_port=ports.BIND_STATS_PORT,
     )
     local = ctx.file(
         "/etc/bind/named.conf.local",

@@ -23,6 +23,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from cluster import ports
 from cluster.hostcontext import HostContext
 from cluster.plan import CHANGED_MARK, PACKAGES_STEP, Step, StepRef, file_step_name, script_step
 from cluster.services import autoconfig, mariadb, nodepkg, units
@@ -108,6 +109,8 @@ def domains_config(ctx: HostContext) -> dict[str, Any]:
         "named_reload": ["rndc", "reload"],
         "named_running": ["rndc", "status"],
         "name_servers": [f"{name}." for name, _ in topo.name_servers()],
+        "sync_every_s": SYNC_EVERY_S,
+        "named_zones_url": f"http://127.0.0.1:{ports.BIND_STATS_PORT}/json/v1/zones",
     }
 
 

@@ -77,9 +77,12 @@ def added(lab: Lab) -> str:
 
 
 def published_selector(added: str) -> tuple[str, str]:
-    found = re.search(r"^\s+(s\d{8})\._domainkey IN TXT (.+)$", added, re.M)
+    """The selector that signs now and its published record, from `domain add|records`."""
+    signs = re.search(r"^DKIM (s\d{8}[a-z]?): signs$", added, re.M)
+    assert signs, added
+    found = re.search(rf"^\s+{signs.group(1)}\._domainkey IN TXT (.+)$", added, re.M)
     assert found, added
-    return found.group(1), txt(found.group(2))
+    return signs.group(1), txt(found.group(1))
 
 
 def test_a_new_domain_is_served_by_every_name_server(lab: Lab, added: str) -> None:
@@ -182,3 +185,20 @@ def test_del_refuses_while_mailboxes_exist_then_leaves_nothing(lab: Lab, added: 
     # The other domain kept its zone.
     kept = dig_all(lab, [(s, HOSTED, "MX") for s in servers()])
     assert set(kept.values()) == {f"10 mail.{DOMAIN}."}, kept
+
+
+def test_a_dkim_rotation_publishes_the_new_key_everywhere_before_it_signs(lab: Lab) -> None:
+    old, _ = published_selector(lab.ops("domain", "records", HOSTED).stdout)
+    out = lab.ops("domain", "dkim-rotate", HOSTED).stdout
+    found = re.search(rf"{HOSTED}: new DKIM key (s\d{{8}}[a-z]?), published now, signs from ", out)
+    assert found, out
+    new = found.group(1)
+    got = answered(lab, [(s, f"{new}._domainkey.{HOSTED}", "TXT") for s in servers()], 5)
+    assert all(txt(a).startswith("v=DKIM1; k=rsa; p=MII") for a in got.values()), got
+    # Until its time comes, every node still signs with the old key, which stays published.
+    for node in NODES:
+        names = lab.exec(node, "cat", domains.SELECTOR_MAP).stdout
+        assert f"{HOSTED} {old}\n" in names, (node, names)
+    assert published_selector(lab.ops("domain", "records", HOSTED).stdout)[0] == old
+    again = lab.ops("domain", "dkim-rotate", HOSTED, check=False)
+    assert again.returncode == 2 and "under way" in again.stderr, again.stderr

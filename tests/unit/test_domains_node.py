@@ -27,7 +27,8 @@ MAIN = "example.com"
 class FakeDb:
     domains: list[str] = field(default_factory=list)
     alias_domains: list[str] = field(default_factory=list)
-    keys: list[tuple[str, str, str, str]] = field(default_factory=list)  # domain, sel, pem, pub
+    # domain, selector, private PEM, public key, active_at
+    keys: list[tuple[str, str, str, str, int]] = field(default_factory=list)
     serials: dict[str, tuple[int, str]] = field(default_factory=dict)
     missing_tables: bool = False
     statements: list[str] = field(default_factory=list)
@@ -39,13 +40,16 @@ class FakeDb:
         if sql.startswith("SELECT domain FROM"):
             return [[d] for d in [*self.domains, "ALL", *self.alias_domains]]
         if sql.startswith("SELECT domain, selector"):
-            return [[d, s, p.encode().hex().upper(), b] for d, s, p, b in sorted(self.keys)]
+            rows = sorted(self.keys, key=lambda k: (k[0], k[4], k[1]))
+            return [[d, s, p.encode().hex().upper(), b, str(t)] for d, s, p, b, t in rows]
         if sql.startswith("INSERT IGNORE"):
-            found = re.search(r"VALUES \('([^']+)', '([^']+)', X'([0-9a-f]+)', '([^']+)'", sql)
+            found = re.search(
+                r"VALUES \('([^']+)', '([^']+)', X'([0-9a-f]+)', '([^']+)', UTC_TIMESTAMP\(\), "
+                r"(\d+)\)", sql)  # fmt: skip
             assert found, sql
-            d, s, pem_hex, pub = found.groups()
+            d, s, pem_hex, pub, active = found.groups()
             if not any(k[:2] == (d, s) for k in self.keys):
-                self.keys.append((d, s, bytes.fromhex(pem_hex).decode(), pub))
+                self.keys.append((d, s, bytes.fromhex(pem_hex).decode(), pub, int(active)))
             return []
         if sql.startswith("SELECT zone, serial, digest"):
             return [[z, str(n), d] for z, (n, d) in sorted(self.serials.items())]
@@ -60,9 +64,10 @@ class FakeDb:
             self.serials.pop(gone.group(1))
             return []
         if sql.startswith("DELETE FROM"):
-            gone = re.search(r"domain='([^']+)'", sql)
+            gone = re.search(r"domain='([^']+)'(?: AND selector='([^']+)')?", sql)
             assert gone
-            self.keys = [k for k in self.keys if k[0] != gone.group(1)]
+            d, selector = gone.groups()
+            self.keys = [k for k in self.keys if k[0] != d or (selector and k[1] != selector)]
             return []
         raise AssertionError(f"unexpected SQL: {sql}")
 
@@ -114,6 +119,8 @@ def config(tmp: Path, master: bool = True) -> dom.Config:
         "named_check": ["named-checkconf", "-z"], "named_reload": ["rndc", "reload"],
         "named_running": ["rndc", "status"], "name_servers": ["ns1.example.com.",
                                                               "ns2.example.com."],
+        "sync_every_s": 60,
+        "named_zones_url": "http://127.0.0.1:8053/json/v1/zones",
     })  # fmt: skip
 
 
@@ -144,7 +151,7 @@ def test_the_writer_makes_one_key_per_domain_and_every_file_once(tmp_path: Path)
     n, said = node(tmp_path, db, cmds)
     assert n.sync() == ["example.net", "example.org"]  # never the cluster's own domain
     assert sorted(k[0] for k in db.keys) == ["example.net", "example.org"]
-    _, selector, pem, public = next(k for k in db.keys if k[0] == "example.org")
+    _, selector, pem, public, _ = next(k for k in db.keys if k[0] == "example.org")
     assert selector == "s20270115" and pem.startswith("-----BEGIN PRIVATE KEY-----")
     # The published key is the private key's own public half.
     der = subprocess.run(["openssl", "pkey", "-pubout", "-outform", "DER"], input=pem.encode(),
@@ -194,7 +201,7 @@ def test_a_gone_domain_loses_key_zone_and_catalog_entry(tmp_path: Path) -> None:
 
 def test_a_replica_copies_keys_but_never_makes_or_drops_them(tmp_path: Path) -> None:
     pem = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"
-    keys = [("example.org", "s1", pem, "UFVC"), ("gone.example", "s1", pem, "UFVC")]
+    keys = [("example.org", "s1", pem, "UFVC", 0), ("gone.example", "s1", pem, "UFVC", 0)]
     db = FakeDb(domains=["example.org", "example.net"], keys=keys)
     cmds = Commands(writer=False)
     n, _ = node(tmp_path, db, cmds, master=False)
@@ -299,3 +306,69 @@ def test_a_broken_config_names_the_problem(tmp_path: Path) -> None:
     with pytest.raises(dom.DomainError, match="KeyError: 'zone'"):
         dom.parse_config({"node": "x"})
     assert replace(good, node="y").node == "y"
+
+
+def test_a_rotation_publishes_the_new_key_first_and_signs_with_it_two_ttls_later(
+    tmp_path: Path,
+) -> None:
+    db = FakeDb(domains=["example.org"])
+    clock = Clock(1_800_000_000)
+    n, _ = node(tmp_path, db, Commands(), clock=clock)
+    n.sync()
+    (first,) = db.keys
+    clock.now += 3600
+    said = n.rotate("example.org")
+    second = next(k for k in db.keys if k[1] != first[1])
+    # Same day: a letter more. It signs after 2 TTLs (300 s here) and one timer period.
+    assert second[1] == first[1] + "b" and second[4] == 1_800_003_600 + 2 * 300 + 60
+    assert f"{second[1]}, published now, signs from 2027-01-15" in said
+    with pytest.raises(dom.DomainError, match=r"a rotation of example\.org is under way"):
+        n.rotate("example.org")
+    n.sync()
+    zone = (tmp_path / "zones/db.example.org").read_text()
+    assert f"{first[1]}._domainkey" in zone and f"{second[1]}._domainkey" in zone
+    assert (tmp_path / f"dkim/example.org.{second[1]}.key").exists()
+    selectors = tmp_path / "dkim/selectors.map"
+    assert selectors.read_text() == f"example.org {first[1]}\n"  # the old key still signs
+    clock.now = second[4]
+    n.sync()
+    assert selectors.read_text() == f"example.org {second[1]}\n"
+    assert f"{first[1]}._domainkey" in (tmp_path / "zones/db.example.org").read_text()
+    # A week after the switch the old key goes from the database, the zone and the disk.
+    clock.now = second[4] + dom.RETIRE_AFTER_S
+    n.sync()
+    assert [k[1] for k in db.keys] == [second[1]]
+    assert f"{first[1]}._domainkey" not in (tmp_path / "zones/db.example.org").read_text()
+    assert not (tmp_path / f"dkim/example.org.{first[1]}.key").exists()
+
+
+def test_only_the_writer_rotates_and_only_a_hosted_domain(tmp_path: Path) -> None:
+    n, _ = node(tmp_path, FakeDb(domains=["example.org"]), Commands(writer=False))
+    with pytest.raises(dom.DomainError, match="not the writer"):
+        n.rotate("example.org")
+    w, _ = node(tmp_path, FakeDb(domains=["example.org"]), Commands())
+    with pytest.raises(dom.DomainError, match=r"example\.net is not a mail domain"):
+        w.rotate("example.net")
+
+
+def test_status_names_a_stale_zone_and_a_key_rspamd_does_not_use(tmp_path: Path) -> None:
+    db = FakeDb(domains=["example.org", "example.net"])
+    clock = Clock(1_800_000_000)
+    n, _ = node(tmp_path, db, Commands(), clock=clock)
+    n.sync()
+    fresh = {d: db.serials[d][0] for d in ("example.org", "example.net")}
+    assert n.status(served=fresh) == {"domains": ["example.net", "example.org"], "problems": []}
+    stale = {**fresh, "example.org": fresh["example.org"] - 5}
+    del stale["example.net"]
+    problems = n.status(served=stale)["problems"]
+    assert problems == [
+        "example.net: named serves nothing, the database has 1800000000",
+        f"example.org: named serves {fresh['example.org'] - 5}, the database has 1800000000",
+    ]
+    # The map lags behind the key that signs: fine for two timer periods, then a problem.
+    (tmp_path / "dkim/selectors.map").write_text("example.org s20270115\n")
+    assert n.status(served=fresh)["problems"] == []
+    clock.now += 121
+    assert n.status(served=fresh)["problems"] == [
+        "example.net: rspamd signs with nothing, not s20270115"
+    ]

@@ -77,6 +77,7 @@ class FakeTarget:
         self.outputs = outputs
         self.writer = writer
         self.calls: list[tuple[str, tuple[str, ...], str]] = []
+        self.domain_problems: dict[str, list[str]] = {}
 
     def nodes(self) -> tuple[str, ...]:
         return NODES
@@ -94,9 +95,14 @@ class FakeTarget:
         if argv[0] == DOMAINS_SCRIPT:
             if argv[1] == "check" and argv[2] == "example.com":
                 return Result(2, "", "mailcluster-domains: example.com is the cluster's own domain")
+            if argv[1] == "status":
+                problems = self.domain_problems.get(node, [])
+                return Result(0, json.dumps({"domains": ["shop.example"], "problems": problems}),
+                              "")  # fmt: skip
             if argv[1] == "sync" and node not in self.outputs:
                 return Result(255, "", "ssh: connect to host: No route to host")
-            return Result(0, "records of " + argv[2] + "\n" if argv[1] == "records" else "", "")
+            said = {"records": "records of ", "rotate": "rotated "}.get(argv[1])
+            return Result(0, f"{said}{argv[2]}\n" if said else "", "")
         if argv[0] == MAILBOX_CLI:
             if argv[1] == "domain-list":
                 return Result(0, "example.com\nexample.org\n", "")
@@ -141,6 +147,18 @@ def test_a_healthy_cluster_is_ok() -> None:
     assert ("bind.serial-matches-master", "dc2-svr2") in names
     assert ("heartbeat.one-holder", "dc1") in names
     assert set(data["checks"][0]) == {"name", "node", "ok", "value", "detail"}
+
+
+def test_a_further_domain_served_stale_fails_on_that_node() -> None:
+    target = FakeTarget(healthy())
+    target.domain_problems["dc2-svr1"] = ["shop.example: named serves nothing, the database has 7"]
+    data = collect(target)
+    assert data["ok"] is False
+    (bad,) = [c for c in data["checks"] if c["name"] == "domains.current" and not c["ok"]]
+    assert bad["node"] == "dc2-svr1" and "named serves nothing" in bad["detail"]
+    assert bad["value"] == "1 domains"
+    good = [c["node"] for c in data["checks"] if c["name"] == "domains.current" and c["ok"]]
+    assert good == ["dc1-svr1", "dc1-svr2", "dc2-svr2"]
 
 
 def test_a_stale_serial_a_second_holder_and_a_lost_node_fail() -> None:
@@ -265,9 +283,20 @@ def test_domain_add_makes_it_whole_on_every_node_the_writer_first() -> None:
     assert out.endswith("records of shop.example\n")
 
 
+def test_dkim_rotate_runs_on_the_writer_then_publishes_everywhere() -> None:
+    target = FakeTarget(healthy(), writer="dc1-svr2")
+    out = Accounts(target).domain_dkim_rotate("shop.example")
+    calls = [(n, a[1]) for n, a, _ in target.calls if a[0] == DOMAINS_SCRIPT]
+    assert calls[:2] == [("dc1-svr2", "check"), ("dc1-svr2", "rotate")]
+    assert [n for n, a in calls[2:] if a == "sync"] == ["dc1-svr2", "dc1-svr1", "dc2-svr1",
+                                                          "dc2-svr2"]  # fmt: skip
+    assert out == "rotated shop.example\n"
+
+
 def test_the_clusters_own_domain_is_never_added_or_deleted_here() -> None:
     target = FakeTarget(healthy())
-    for action in (Accounts(target).domain_add, Accounts(target).domain_del):
+    acc = Accounts(target)
+    for action in (acc.domain_add, acc.domain_del, acc.domain_dkim_rotate):
         with pytest.raises(OpsError, match="the cluster's own domain"):
             action("example.com")
     assert not [a for _, a, _ in target.calls if a[0] == MAILBOX_CLI and a[1].startswith("domain-")
