@@ -14,11 +14,15 @@ at once) makes this node follow it:
   its SOA and its DKIM key), a ``hosted.conf`` that BIND includes, and the catalog zone (RFC 9432)
   that lists them. The secondaries consume the catalog, so a new domain reaches the other data
   centre's name servers by a zone transfer, with no change to their configuration.
-  Serials are Unix time (at least the old one plus one): a node promoted to master continues
-  above whatever serial the secondaries hold, without carrying any state from the old master.
+  Serials are kept in the database with a digest of each zone's content: the writer gives
+  changed content the next serial (Unix time, or one more), so both masters of a data centre
+  serve one serial per content, and a master promoted in the other data centre carries on.
+- **Rotation**: ``rotate DOMAIN`` (the writer) adds a key that is published at once and signs
+  two TTLs later; the old key is removed a week after that.
 
-``add``/``del`` are the writer's half of ``ops domain add|del`` (the key made or dropped);
-``records DOMAIN`` prints what to set at the registrar. Nothing here touches the cluster's own
+The writer makes a new domain's key and drops a gone domain's in ``sync``; ``records DOMAIN``
+prints what to set at the registrar; ``status`` compares this node with the database for
+``ops status``. Nothing here touches the cluster's own
 domain: its zone and key are the plan's (cluster/services/bind.py, rspamd.py).
 """
 
@@ -221,8 +225,8 @@ def retired(keys: Sequence[Key], now: float) -> list[Key]:
 
 
 def table_sql(cfg: Config) -> str:
-    """The keys' table (the plan creates it on the writer). The private key is a secret kept in
-    the replicated database, as the issue's rule for secrets made on the nodes says."""
+    """The keys' and the serials' tables (the plan creates them on the writer). A private key is
+    a secret made on a node and kept in the replicated database, never in a file of the plan."""
     return f"""CREATE DATABASE IF NOT EXISTS {cfg.db};
 CREATE TABLE IF NOT EXISTS {cfg.keys_table} (
   domain VARCHAR(253) NOT NULL,
@@ -347,14 +351,6 @@ def write_if_changed(path: str, text: str, mode: int = 0o644, group: str = "") -
     except BaseException:
         os.unlink(tmp)
         raise
-    return True
-
-
-def remove(path: str) -> bool:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        return False
     return True
 
 

@@ -600,6 +600,83 @@ def test_c_guessing_gets_banned_cluster_wide_and_the_ban_survives_a_takeover(
                  timeout=10, interval=0.5)  # fmt: skip
 
 
+# Runs in the client: ManageSieve logins with wrong passwords from one source address, all at
+# once (Dovecot's auth penalty per address then delays them together, not one after another):
+# STARTTLS, AUTHENTICATE PLAIN, the answer. Prints each attempt's send time and answer.
+SIEVE_GUESS = r"""
+import base64, json, socket, ssl, sys, threading, time
+vip, ca, src, user, tries = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+ctx = ssl.create_default_context(cafile=ca)
+results = []
+
+def read_response(f):
+    while True:
+        line = f.readline()
+        if not line or line.startswith((b"OK", b"NO", b"BYE")):
+            return line
+
+def guess(i):
+    try:
+        raw = socket.create_connection((vip, 4190), 5, source_address=(src, 0))
+        raw.settimeout(40)
+        f = raw.makefile("rb")
+        read_response(f)
+        raw.sendall(b"STARTTLS\r\n")
+        read_response(f)
+        s = ctx.wrap_socket(raw, server_hostname=vip)
+        f = s.makefile("rb")
+        read_response(f)
+        plain = base64.b64encode(b"\0%s\0wrong-%d" % (user.encode(), i))
+        sent = time.time()
+        s.sendall(b'AUTHENTICATE "PLAIN" "%s"\r\n' % plain)
+        results.append((sent, read_response(f).decode(errors="replace").strip()))
+        s.close()
+    except OSError as e:
+        results.append((time.time(), f"error {type(e).__name__}: {e}"))
+
+threads = [threading.Thread(target=guess, args=(i,)) for i in range(tries)]
+for th in threads:
+    th.start()
+for th in threads:
+    th.join()
+print(json.dumps(sorted(results)))
+"""
+
+
+def test_c2_guessing_over_managesieve_gets_banned_too(lab: Lab, stranger: tuple[str, str]) -> None:
+    """Wrong passwords over ManageSieve (4190, STARTTLS) count in the dovecot jail as IMAP's do:
+    the stranger is banned on every node within BAN_SERVER_AIM_S of its banMaxRetry-th failure
+    in the log."""
+    unban_everywhere(lab, STRANGER)
+    max_retry = lab.stack_config("dc1").ban_max_retry
+    user = lab.new_mailbox(DOMAIN, "sv")
+    active = holder(lab)
+    proc = lab.client(sys.executable, "-c", SIEVE_GUESS, VIP1, lab.ca, STRANGER, user[0],
+                      str(max_retry))  # fmt: skip
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    answers = [a for _, a in results]
+    assert len(answers) == max_retry and all(a.startswith("NO") for a in answers), answers
+    logged = failure_logged_at(lab, active, STRANGER, results[0][0], max_retry)
+    login = lab.exec(active, "journalctl", "-u", "dovecot.service", "--no-pager", "-o", "cat",
+                     f"--since=@{int(results[0][0]) - 1}").stdout  # fmt: skip
+    # The failures were ManageSieve's: its login process logged the stranger's sessions.
+    sieve = [ln for ln in login.splitlines() if "managesieve-login" in ln and STRANGER in ln]
+    assert sieve, login[-2000:]
+    lab.wait_for("the ban on every node",
+                 lambda: all(banned_on(lab, h, STRANGER) for h in HOSTS),
+                 timeout=BAN_SERVER_AIM_S * 3, interval=0.25)  # fmt: skip
+    took = time.time() - logged
+    print(
+        f"managesieve guesses from {STRANGER}: the {max_retry}th failure logged "
+        f"{logged - results[-1][0]:+.2f}s after the last send; banned everywhere {took:.2f}s "
+        "after it (polled every 0.25 s)"
+    )
+    assert took < BAN_SERVER_AIM_S, took
+    status = lab.exec(active, "fail2ban-client", "status", "dovecot").stdout
+    assert STRANGER in status, status
+    unban_everywhere(lab, STRANGER)
+
+
 def test_the_ban_loader_runs_on_every_node(lab: Lab) -> None:
     """A service (no cron line): active, and its last start was not a crash loop."""
     for host in HOSTS:
