@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from mailnode.mysql import DbError, Session
@@ -455,7 +455,6 @@ class Node:
     run: Callable[..., subprocess.CompletedProcess[Any]] = subprocess.run
     clock: Callable[[], float] = time.time
     say: Callable[[str], None] = print
-    _changed_zones: set[str] = field(default_factory=set)
 
     def is_writer(self) -> bool:
         return self.run([self.cfg.role_script, "is-writer"], check=False).returncode == 0
@@ -549,24 +548,25 @@ class Node:
         masters of a data centre serve one serial per content, and a master promoted in the
         other data centre continues from the serials the old one published."""
         cfg = self.cfg
-        self._changed_zones = set()
         serials = stored_serials(self.db, cfg)
 
         def renderer(d: str) -> Callable[[int], str]:
             return lambda serial: zone_text(cfg, d, signing.get(d, []), serial)
 
-        served = [d for d in domains
-                  if self._zone(d, zone_file(cfg, d), renderer(d), serials, writer)]  # fmt: skip
+        served: list[str] = []
+        changed = False
+        for d in domains:
+            serves, written = self._zone(d, zone_file(cfg, d), renderer(d), serials, writer)
+            served += [d] if serves else []
+            changed |= written
 
         def catalog(serial: int) -> str:
             return catalog_text(cfg, served, serial)
 
-        changed = bool(self._changed_zones)
         if write_if_changed(cfg.hosted_conf, hosted_conf_text(cfg, served), 0o644, cfg.bind_group):
             self.changed(cfg.hosted_conf)
             changed = True
-        if self._zone(cfg.catalog, cfg.catalog_file, catalog, serials, writer):
-            changed = changed or cfg.catalog in self._changed_zones
+        changed |= self._zone(cfg.catalog, cfg.catalog_file, catalog, serials, writer)[1]
         wanted = {os.path.basename(zone_file(cfg, d)) for d in served}
         for name in sorted(os.listdir(cfg.zone_dir)):
             if name.startswith("db.") and name not in wanted:
@@ -580,26 +580,27 @@ class Node:
             self._reload_named()
 
     def _zone(self, zone: str, path: str, render: Callable[[int], str],
-              serials: dict[str, Serial], writer: bool) -> bool:  # fmt: skip
-        """Write ``zone``'s file when its content or serial changed; False when it cannot be
-        served yet (no serial for this content, and this node is not the writer)."""
+              serials: dict[str, Serial], writer: bool) -> tuple[bool, bool]:  # fmt: skip
+        """Write ``zone``'s file when its content or serial changed. Returns whether the zone
+        can be served (not when this content has no serial yet and this node is not the writer,
+        unless it served the zone before) and whether the file was written."""
         d = digest(render)
         row = serials.get(zone)
         if row is None or row.digest != d:
             if not writer:
                 # The writer has not given this content a serial yet (it runs at the same time,
                 # or its row is a moment away): what this node served so far still serves.
-                return os.path.exists(path)
+                return os.path.exists(path), False
             row = Serial(next_serial(row, self.clock()), d)
             self.db.query(
                 f"INSERT INTO {self.cfg.serials_table} (zone, serial, digest) VALUES "
                 f"('{zone}', {row.serial}, '{d}') ON DUPLICATE KEY UPDATE "
                 "serial=VALUES(serial), digest=VALUES(digest)"
             )
-        if write_if_changed(path, render(row.serial), 0o644, self.cfg.bind_group):
-            self._changed_zones.add(zone)
+        written = write_if_changed(path, render(row.serial), 0o644, self.cfg.bind_group)
+        if written:
             self.changed(f"zone {zone} serial {row.serial}")
-        return True
+        return True, written
 
     def _reload_named(self) -> None:
         if self.run(list(self.cfg.named_running), capture_output=True, check=False).returncode:
