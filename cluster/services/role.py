@@ -43,6 +43,11 @@ BGP_ANNOUNCE_FILE = "/run/bird/mailcluster-announce.conf"
 # How often a replica in the standby data centre checks that it reads from the active data
 # centre's master (``mailcluster-role follow``): a takeover there costs it at most this.
 FOLLOW_INTERVAL_S = 3
+# The most one question to another node's MariaDB may take, connect to answer (a path that dies
+# mid-query must not hold the role lock). A `follow` asks at most three (its source, then the
+# active data centre's two nodes): with the kill's grace, 18 s, well inside the 60 s a promote,
+# demote or reconcile waits for the lock.
+REMOTE_SQL_TIMEOUT_S = 5
 # Executables here run after every promote and demote (``run-parts --arg=promote|demote``).
 HOOKS_DIR = "/etc/mailcluster/role.d"
 
@@ -107,6 +112,7 @@ fi
             node_state_dir=storage.NODE_STATE_DIR,
             bgp_announce_file=BGP_ANNOUNCE_FILE,
             follow_interval=FOLLOW_INTERVAL_S,
+            remote_sql_timeout=REMOTE_SQL_TIMEOUT_S,
             hooks_dir=HOOKS_DIR,
         ),
     ]

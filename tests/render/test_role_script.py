@@ -44,6 +44,14 @@ STUBS = {
     # Heartbeat not running: the pre-Heartbeat rule decides who holds the shared IP.
     "cl_status": "#!/bin/sh\nexit 1\n",
     "logger": "#!/bin/sh\nexit 0\n",
+    # A question to another node's server (--host) hangs once the test says so: the path died
+    # after the connection was made.
+    "mariadb": """#!/bin/sh
+case " $* " in
+  *" --host="*) [ -e "$STUB_DIR/remote.hangs" ] && exec sleep 600 ;;
+esac
+exec /usr/bin/mariadb "$@"
+""",
     "postfix": '#!/bin/sh\n[ "$1" = status ] && [ -e "$STUB_DIR/postfix.running" ]\n',
     "systemctl": """#!/bin/sh
 case "$1 $2" in
@@ -278,7 +286,8 @@ def test_the_standby_data_centre_reads_from_the_active_master_it_asked_over_tls(
     user over TLS (MariaDB 11.8's client verifies the server's certificate by default, and ours
     names the data centre, not the address: a CA given to the client would fail on the host
     name), which one is writable, and replicates from it: not from the first of the list, which
-    here does not answer (127.0.0.3: nothing listens)."""
+    here does not answer (127.0.0.3: nothing listens). A question that hangs once connected
+    does not keep the role lock from a promote."""
     servers = lab["servers"]
     assert isinstance(servers, dict)
     cnf = lab["cnf"]
@@ -301,3 +310,21 @@ def test_the_standby_data_centre_reads_from_the_active_master_it_asked_over_tls(
              "the master's accounts on the other data centre's replica")  # fmt: skip
     # And it stays there: the master still answers as writable.
     assert CHANGED_MARK not in role(lab, s2, conf2, "follow")
+
+    # The active data centre cut off after a connection was made: every question to another
+    # node hangs (the client has no read timeout). `follow` gives up within its bound and leaves
+    # the lock to the promote that the failover runs next (it waits 60 s for it).
+    (s2.dir / "remote.hangs").touch()
+    env = {"PATH": f"{lab['stubs']}:/usr/sbin:/usr/bin:/sbin:/bin",
+           "MAILCLUSTER_CONF": str(conf2), "STUB_DIR": str(s2.dir)}  # fmt: skip
+    began = time.monotonic()
+    follow = base().run([str(lab["role"]), "follow"], env=env, timeout=60)
+    took = time.monotonic() - began
+    bound = 3 * (role_service.REMOTE_SQL_TIMEOUT_S + 1)
+    assert follow.returncode == 0, follow.stdout + follow.stderr
+    assert took <= bound + 5, f"follow held the role lock {took:.1f} s (bound {bound} s)"
+    assert took >= role_service.REMOTE_SQL_TIMEOUT_S, "the remote question did not hang"
+    assert CHANGED_MARK not in follow.stdout  # no answer is no reason to move
+    # Nothing it started (the hung client) still holds the lock: a reconcile takes it (role()
+    # asserts its exit status; it would fail after 60 s of waiting) and keeps the source.
+    assert CHANGED_MARK not in role(lab, s2, conf2, "reconcile-db")
