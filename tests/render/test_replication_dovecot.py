@@ -265,7 +265,7 @@ def two() -> Iterator[tuple[Dovecot, Dovecot, EventLog]]:
             events.close()
 
 
-def test_dovecot_2_4_leaves_a_folder_made_twice_apart_until_a_full_sync(
+def test_dovecot_2_4_merges_a_folder_made_twice_surely_only_with_a_full_sync(
     two: tuple[Dovecot, Dovecot, EventLog],
 ) -> None:
     a, b, _ = two
@@ -280,9 +280,12 @@ def test_dovecot_2_4_leaves_a_folder_made_twice_apart_until_a_full_sync(
     # No error, and one GUID (the higher one wins, on both sides) ...
     assert sync.returncode == 0 and sync.stderr == ""
     assert guid(a, user) == guid(b, user) == max(guids)
-    # ... but each side keeps only its own message, sync after sync.
+    # ... but an incremental sync cannot be relied on to make the two one: both messages have
+    # UID 1 under one UIDVALIDITY, so each side usually keeps only its own, sync after sync
+    # (once, on a busy machine, both sides had both after the second). Nothing is lost ...
     a.doveadm("sync", "-u", user, b.target)
-    assert (a.subjects(user), b.subjects(user)) == ({"on A"}, {"on B"})
+    assert "on A" in a.subjects(user) and "on B" in b.subjects(user)
+    # ... and a full sync (what the controller runs on a conflict) merges them on both sides.
     a.doveadm("sync", "-f", "-u", user, b.target)
     assert a.subjects(user) == b.subjects(user) == {"on A", "on B"}
 
@@ -337,8 +340,18 @@ def test_dovecot_2_4_raises_the_event_for_every_kind_of_change(
         "an administrator's doveadm",
         lambda: a.doveadm("flags", "add", "-u", user, "\\Answered", "mailbox", "INBOX", "all"),
     )
-    change("an expunge", lambda: (imap.store("1", "+FLAGS", "\\Deleted"), imap.expunge()))
+    # Each its own change: the expunge's event must not arrive after the wait for the flag's
+    # (CI once saw it land in the sync's check below).
+    change("a \\Deleted flag", lambda: imap.store("1", "+FLAGS", "\\Deleted"))
+    change("an expunge", imap.expunge)
     imap.logout()
+    # Whatever the session still sends arrives before the sync (quiet for a second).
+    seen, quiet_since, deadline = -1, time.monotonic(), time.monotonic() + 10
+    while time.monotonic() - quiet_since < 1.0:
+        assert time.monotonic() < deadline, f"events keep coming: {events.events[-3:]}"
+        if len(events.events) != seen:
+            seen, quiet_since = len(events.events), time.monotonic()
+        time.sleep(0.1)
     # A sync's writes at its far end (B's doveadm server): no event (dovecot.conf's filter);
     # A's side of it pulls nothing from an empty B: no event either.
     events.events.clear()
