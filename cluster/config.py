@@ -134,6 +134,7 @@ class StackConfig:
     tls_mode: str
     letsencrypt_email: str | None
     dns_ttl: int
+    dnssec: bool
     dmarc_policy: str
     mta_sts_mode: str
     postmaster: str
@@ -408,6 +409,8 @@ KEYS: dict[str, Key] = {
     "letsencryptEmail": Key("letsencrypt_email", "", lambda v: _email(v) if v else None,
                             "account e-mail for Let's Encrypt"),
     "dnsTtl": Key("dns_ttl", 300, _as_int(30, 86400, " s"), "TTL of every DNS record"),
+    "dnssec": Key("dnssec", True, _as_bool,
+                  "sign the further mail domains' zones (DNSSEC, a key per zone)"),
     "dmarcPolicy": Key("dmarc_policy", "quarantine", _one_of(DMARC_POLICIES), "DMARC p="),
     "mtaStsMode": Key("mta_sts_mode", "testing", _one_of(MTA_STS_MODES), "MTA-STS mode"),
     "postmaster": Key("postmaster", "", lambda v: _email(v) if v else None,

@@ -17,6 +17,9 @@ at once) makes this node follow it:
   Serials are kept in the database with a digest of each zone's content: the writer gives
   changed content the next serial (Unix time, or one more), so both masters of a data centre
   serve one serial per content, and a master promoted in the other data centre carries on.
+- **DNSSEC** (the stack key ``dnssec``): the writer signs each zone with the zone's key, both kept
+  in the database, and stores the signed text beside the serial; every master serves those bytes
+  (mailnode/dnssec.py says why one signer), and ``health`` watches the signatures' expiry.
 - **Rotation**: ``rotate DOMAIN`` (the writer) adds a key that is published at once and signs
   two TTLs later; the old key is removed a week after that.
 
@@ -42,6 +45,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from mailnode import dnssec
+from mailnode.dnssec import ZoneKey
 from mailnode.mysql import DbError, Session
 
 CONFIG = "/etc/mailcluster/domains.json"
@@ -58,6 +63,9 @@ ROTATE_AFTER_TTLS = 2
 RETIRE_AFTER_S = 7 * 86400
 KEY_BITS = 2048  # RFC 8301: at least 1024, 2048 recommended; 4096 does not fit every DNS setup
 NO_SUCH_TABLE = ("ERROR 1146", "ERROR 1049")  # a replica that has not got the table yet
+# A master that is not the writer waits this long (tries x wait) for the writer's serials of
+# content it already has (the writer signs: well under a second a zone).
+CATCH_UP_TRIES, CATCH_UP_WAIT_S = 10, 1.0
 # A member that is in the database but not yet in a secondary's copy waits this long at most
 # for the next catalog transfer (BIND's min-update-interval is 5 s by default).
 EXPECT_WAIT_S = 15.0
@@ -115,10 +123,23 @@ class Config:
     name_servers: tuple[str, ...]
     sync_every_s: int
     named_zones_url: str
+    dnssec: bool
+    dnssec_table: str
+    named_address: str
+    # The cluster's own zone: whether it is signed (not with dnssec false, nor where Linode's
+    # name servers serve it too), and on a DNS master the plan's unsigned file (mailcluster-zone
+    # writes it) and the signed one named serves ("" elsewhere).
+    main_zone_signed: bool
+    main_zone_file: str
+    main_signed_file: str
 
     @property
     def keys_table(self) -> str:
         return f"{self.db}.{self.dkim_table}"
+
+    @property
+    def zone_keys_table(self) -> str:
+        return f"{self.db}.{self.dnssec_table}"
 
     @property
     def serials_table(self) -> str:
@@ -172,6 +193,12 @@ def parse_config(data: Any, source: str = CONFIG) -> Config:
             name_servers=tuple(str(a) for a in data["name_servers"]),
             sync_every_s=int(data["sync_every_s"]),
             named_zones_url=str(data["named_zones_url"]),
+            dnssec=bool(data["dnssec"]),
+            dnssec_table=str(data["dnssec_table"]),
+            named_address=str(data["named_address"]),
+            main_zone_signed=bool(data["main_zone_signed"]),
+            main_zone_file=str(data["main_zone_file"]),
+            main_signed_file=str(data["main_signed_file"]),
         )
     except (KeyError, TypeError, ValueError, DomainError) as e:
         raise DomainError(f"{source}: {type(e).__name__}: {e}") from None
@@ -225,8 +252,9 @@ def retired(keys: Sequence[Key], now: float) -> list[Key]:
 
 
 def table_sql(cfg: Config) -> str:
-    """The keys' and the serials' tables (the plan creates them on the writer). A private key is
-    a secret made on a node and kept in the replicated database, never in a file of the plan."""
+    """The DKIM keys', the serials' (with each zone's signed text) and the DNSSEC keys' tables
+    (the plan creates them on the writer). A private key is a secret made on a node and kept in
+    the replicated database, never in a file of the plan."""
     return f"""CREATE DATABASE IF NOT EXISTS {cfg.db};
 CREATE TABLE IF NOT EXISTS {cfg.keys_table} (
   domain VARCHAR(253) NOT NULL,
@@ -241,6 +269,17 @@ CREATE TABLE IF NOT EXISTS {cfg.serials_table} (
   zone VARCHAR(253) NOT NULL PRIMARY KEY,
   serial INT UNSIGNED NOT NULL,
   digest CHAR(64) NOT NULL
+);
+ALTER TABLE {cfg.serials_table}
+  ADD COLUMN IF NOT EXISTS signed MEDIUMTEXT NULL,
+  ADD COLUMN IF NOT EXISTS expires INT UNSIGNED NULL;
+CREATE TABLE IF NOT EXISTS {cfg.zone_keys_table} (
+  zone VARCHAR(253) NOT NULL PRIMARY KEY,
+  name VARCHAR(300) NOT NULL,
+  public_key TEXT NOT NULL,
+  private_key TEXT NOT NULL,
+  ds TEXT NOT NULL,
+  created_at DATETIME NOT NULL
 )"""
 
 
@@ -287,6 +326,27 @@ def stored_keys(db: Db, cfg: Config) -> dict[str, list[Key]]:
         key = Key(domain, selector, pem, public_b64, int(active_at))
         out.setdefault(domain, []).append(key)
     return out
+
+
+def stored_zone_keys(db: Db, cfg: Config) -> dict[str, ZoneKey]:
+    """Each zone's DNSSEC key."""
+    rows = _rows(db, f"SELECT zone, name, HEX(public_key), HEX(private_key), HEX(ds) "
+                     f"FROM {cfg.zone_keys_table}")  # fmt: skip
+    out = {}
+    for zone, name, public, private, ds in rows:
+        if _DOMAIN.fullmatch(zone) and dnssec.key_name_of(zone, name):
+            text = [bytes.fromhex(h).decode() for h in (public, private, ds)]
+            out[zone] = ZoneKey(zone, name, *text)
+    return out
+
+
+def store_zone_key(db: Db, cfg: Config, key: ZoneKey) -> None:
+    db.query(
+        f"INSERT IGNORE INTO {cfg.zone_keys_table} "
+        "(zone, name, public_key, private_key, ds, created_at) VALUES "
+        f"('{key.zone}', '{key.name}', X'{key.public.encode().hex()}', "
+        f"X'{key.private.encode().hex()}', X'{key.ds.encode().hex()}', UTC_TIMESTAMP())"
+    )
 
 
 def new_key(
@@ -366,7 +426,9 @@ def txt(text: str) -> str:
     return " ".join(f'"{text[i : i + 255]}"' for i in range(0, len(text), 255))
 
 
-def zone_text(cfg: Config, domain: str, keys: Sequence[Key], serial: int) -> str:
+def zone_text(
+    cfg: Config, domain: str, keys: Sequence[Key], serial: int, zone_key: ZoneKey | None = None
+) -> str:
     z = cfg.zone
     lines = [
         f"; {domain}: managed by mailcluster-domains (mailnode/domains.py); edits are overwritten",
@@ -380,7 +442,20 @@ def zone_text(cfg: Config, domain: str, keys: Sequence[Key], serial: int) -> str
         lines.append(
             f"{key.selector}._domainkey IN TXT {txt(f'v=DKIM1; k=rsa; p={key.public_b64}')}"
         )
+    if zone_key is not None:  # signed: the key is part of the content (and of its digest)
+        lines.append(zone_key.dnskey)
     return "\n".join(lines) + "\n"
+
+
+# The SOA of a zone file as BIND's tools and mailcluster-zone write it: "@ IN SOA m r ( N ..."
+_SOA_SERIAL = re.compile(r"^(@\s+(?:\d+\s+)?IN\s+SOA\s+\S+\s+\S+\s+\(?\s*)(\d+)", re.M)
+
+
+def soa_serial(text: str) -> int:
+    found = _SOA_SERIAL.search(text)
+    if not found:
+        raise DomainError("no SOA record of the form '@ IN SOA MNAME RNAME ( SERIAL ...'")
+    return int(found.group(2))
 
 
 def member_label(domain: str) -> str:
@@ -423,13 +498,33 @@ def hosted_conf_text(cfg: Config, domains: Iterable[str]) -> str:
 
 @dataclass(frozen=True)
 class Serial:
+    """A zone's serial for the content of ``digest``; when signed, the signed text (what every
+    master serves, byte for byte) and when its signatures expire."""
+
     serial: int
     digest: str
+    signed: str | None = None
+    expires: int = 0
 
 
 def stored_serials(db: Db, cfg: Config) -> dict[str, Serial]:
-    rows = _rows(db, f"SELECT zone, serial, digest FROM {cfg.serials_table}")
-    return {zone: Serial(int(serial), digest) for zone, serial, digest in rows}
+    rows = _rows(db, f"SELECT zone, serial, digest, HEX(signed), expires FROM {cfg.serials_table}")
+    out = {}
+    for zone, serial, dig, signed, expires in rows:
+        text = None if signed == "NULL" else bytes.fromhex(signed).decode()
+        out[zone] = Serial(int(serial), dig, text, 0 if expires == "NULL" else int(expires))
+    return out
+
+
+def store_serial(db: Db, cfg: Config, zone: str, row: Serial) -> None:
+    signed = "NULL" if row.signed is None else f"X'{row.signed.encode().hex()}'"
+    expires = str(row.expires) if row.signed is not None else "NULL"
+    db.query(
+        f"INSERT INTO {cfg.serials_table} (zone, serial, digest, signed, expires) VALUES "
+        f"('{zone}', {row.serial}, '{row.digest}', {signed}, {expires}) ON DUPLICATE KEY "
+        "UPDATE serial=VALUES(serial), digest=VALUES(digest), signed=VALUES(signed), "
+        "expires=VALUES(expires)"
+    )
 
 
 def digest(render: Callable[[int], str]) -> str:
@@ -455,6 +550,7 @@ class Node:
     run: Callable[..., subprocess.CompletedProcess[Any]] = subprocess.run
     clock: Callable[[], float] = time.time
     say: Callable[[str], None] = print
+    sleep: Callable[[float], None] = time.sleep
 
     def is_writer(self) -> bool:
         return self.run([self.cfg.role_script, "is-writer"], check=False).returncode == 0
@@ -464,16 +560,50 @@ class Node:
 
     def sync(self) -> list[str]:
         """Make this node follow the database; returns the hosted domains."""
+        writer = self.is_writer()
+        domains, behind = self._sync_once(writer)
+        # The other master of the data centre: the writer's sync (an apply runs both at once)
+        # may store the new rows a moment after this one looked. Look again briefly rather
+        # than serve the old zones until the next timer run.
+        for _ in range(CATCH_UP_TRIES if behind and not writer else 0):
+            self.sleep(CATCH_UP_WAIT_S)
+            domains, behind = self._sync_once(writer)
+            if not behind:
+                break
+        return domains
+
+    def _sync_once(self, writer: bool) -> tuple[list[str], list[str]]:
+        """The hosted domains, and the zones whose content has no serial in the database yet."""
         domains = hosted_domains(self.db, self.cfg)
         keys = stored_keys(self.db, self.cfg)
-        writer = self.is_writer()
         if writer:
             keys = self._keys_follow_domains(domains, keys)
         signing = {d: keys[d] for d in domains if keys.get(d)}
         self._write_keys(signing)
+        behind: list[str] = []
         if self.cfg.is_dns_master:
-            self._write_zones(domains, signing, writer)
-        return domains
+            zone_keys = self._zone_keys(domains, writer)
+            behind = self._write_zones(domains, signing, writer, zone_keys)
+        return domains, behind
+
+    def _zone_keys(self, domains: list[str], writer: bool) -> dict[str, ZoneKey]:
+        """The DNSSEC keys of the zones to sign (none with ``dnssec`` off). The writer makes a
+        new zone's key and drops a gone zone's; a key outlives ``dnssec: false`` (turned on
+        again, the zone signs with the key whose DS the parent may still hold)."""
+        cfg = self.cfg
+        keys = stored_zone_keys(self.db, cfg)
+        zones = [*domains, *([cfg.main_domain] if cfg.main_zone_signed else [])]
+        if writer:
+            for d in sorted(set(keys) - set(zones) - {cfg.main_domain}):
+                self.db.query(f"DELETE FROM {cfg.zone_keys_table} WHERE zone='{d}'")
+                self.changed(f"DNSSEC key of {d} removed")
+            for d in zones if cfg.dnssec else ():
+                if d not in keys:
+                    key = dnssec.new_key(d, cfg.zone.ttl, self.run)
+                    store_zone_key(self.db, cfg, key)
+                    self.changed(f"DNSSEC key {key.tag} for {d}")
+            keys = stored_zone_keys(self.db, cfg)
+        return {d: k for d, k in keys.items() if d in zones} if cfg.dnssec else {}
 
     def _keys_follow_domains(
         self, domains: list[str], keys: dict[str, list[Key]]
@@ -541,22 +671,28 @@ class Node:
                 os.unlink(f"{cfg.dkim_dir}/{name}")
                 self.changed(f"{cfg.dkim_dir}/{name} removed")
 
-    def _write_zones(self, domains: list[str], signing: dict[str, list[Key]], writer: bool) -> None:
+    def _write_zones(self, domains: list[str], signing: dict[str, list[Key]], writer: bool,
+                     zone_keys: dict[str, ZoneKey]) -> list[str]:  # fmt: skip
         """Each zone with the serial the database holds for its content. The writer gives a
         zone whose content changed the next serial (``next_serial``) and stores it with the
-        content's digest; another master waits for that row (a timer run or ``ops``), so both
-        masters of a data centre serve one serial per content, and a master promoted in the
-        other data centre continues from the serials the old one published."""
+        content's digest (and, signed, the signed text); another master waits for that row (a
+        timer run or ``ops``), so both masters of a data centre serve one serial per content,
+        and a master promoted in the other data centre continues from the serials the old one
+        published. Returns the zones whose content has no serial yet (a master that is not
+        the writer waits for it)."""
         cfg = self.cfg
         serials = stored_serials(self.db, cfg)
+        behind: list[str] = []
 
         def renderer(d: str) -> Callable[[int], str]:
-            return lambda serial: zone_text(cfg, d, signing.get(d, []), serial)
+            return lambda serial: zone_text(cfg, d, signing.get(d, []), serial, zone_keys.get(d))
 
         served: list[str] = []
         changed = False
         for d in domains:
-            serves, written = self._zone(d, zone_file(cfg, d), renderer(d), serials, writer)
+            serves, written, current = self._zone(d, zone_file(cfg, d), renderer(d), serials,
+                                                  writer, zone_keys.get(d))  # fmt: skip
+            behind += [] if current else [d]
             served += [d] if serves else []
             changed |= written
 
@@ -566,41 +702,86 @@ class Node:
         if write_if_changed(cfg.hosted_conf, hosted_conf_text(cfg, served), 0o644, cfg.bind_group):
             self.changed(cfg.hosted_conf)
             changed = True
-        changed |= self._zone(cfg.catalog, cfg.catalog_file, catalog, serials, writer)[1]
+        _, written, current = self._zone(cfg.catalog, cfg.catalog_file, catalog, serials, writer)
+        changed |= written
+        behind += [] if current else [cfg.catalog]
         wanted = {os.path.basename(zone_file(cfg, d)) for d in served}
         for name in sorted(os.listdir(cfg.zone_dir)):
             if name.startswith("db.") and name not in wanted:
                 os.unlink(f"{cfg.zone_dir}/{name}")
                 self.changed(f"zone file {name} removed")
         if writer:
-            gone = sorted(set(serials) - set(domains) - {cfg.catalog})
+            gone = sorted(set(serials) - set(domains) - {cfg.catalog, cfg.main_domain})
             for zone in gone:
                 self.db.query(f"DELETE FROM {cfg.serials_table} WHERE zone='{zone}'")
+        main_key = zone_keys.get(cfg.main_domain)
+        if main_key is not None:
+            written, current = self._main_zone(serials, writer, main_key)
+            changed |= written
+            behind += [] if current else [cfg.main_domain]
         if changed:
             self._reload_named()
+        return behind
+
+    def _main_zone(self, serials: dict[str, Serial], writer: bool, key: ZoneKey
+                   ) -> tuple[bool, bool]:  # fmt: skip
+        """The cluster's own zone, signed as the others: its records are the plan's (the file
+        mailcluster-zone keeps, with a serial of its own, YYYYMMDDnn), so the signed serial is
+        above that one too (the secondaries must never see it go down)."""
+        cfg = self.cfg
+        try:
+            with open(cfg.main_zone_file) as f:
+                plan_text = f.read()
+        except FileNotFoundError:
+            return False, True  # the plan's bind.zone step writes it before named starts
+        plan_serial = soa_serial(plan_text)
+        # Its records only: the comments carry this node's own serial (mailcluster-zone's
+        # template names it), and both masters must see the same content.
+        records = "".join(line for line in plan_text.splitlines(keepends=True)
+                          if not line.lstrip().startswith(";"))  # fmt: skip
+
+        def render(serial: int) -> str:
+            return _SOA_SERIAL.sub(rf"\g<1>{serial}", records, count=1) + key.dnskey + "\n"
+
+        _, written, current = self._zone(cfg.main_domain, cfg.main_signed_file, render, serials,
+                                         writer, key, floor=plan_serial + 1)  # fmt: skip
+        return written, current
 
     def _zone(self, zone: str, path: str, render: Callable[[int], str],
-              serials: dict[str, Serial], writer: bool) -> tuple[bool, bool]:  # fmt: skip
+              serials: dict[str, Serial], writer: bool,
+              key: ZoneKey | None = None, floor: int = 0) -> tuple[bool, bool, bool]:  # fmt: skip
         """Write ``zone``'s file when its content or serial changed. Returns whether the zone
         can be served (not when this content has no serial yet and this node is not the writer,
-        unless it served the zone before) and whether the file was written."""
+        unless it served the zone before), whether the file was written, and whether the
+        database holds a serial for this content (not yet: the writer's is a moment away). With
+        ``key``, the
+        writer also signs the zone, again whenever its signatures have less than
+        ``dnssec.RESIGN_LEFT_S`` left (a new serial: the secondaries take the new signatures)."""
         d = digest(render)
         row = serials.get(zone)
-        if row is None or row.digest != d:
-            if not writer:
-                # The writer has not given this content a serial yet (it runs at the same time,
-                # or its row is a moment away): what this node served so far still serves.
-                return os.path.exists(path), False
-            row = Serial(next_serial(row, self.clock()), d)
-            self.db.query(
-                f"INSERT INTO {self.cfg.serials_table} (zone, serial, digest) VALUES "
-                f"('{zone}', {row.serial}, '{d}') ON DUPLICATE KEY UPDATE "
-                "serial=VALUES(serial), digest=VALUES(digest)"
-            )
-        written = write_if_changed(path, render(row.serial), 0o644, self.cfg.bind_group)
+        now = self.clock()
+        current = row is not None and row.digest == d
+        due = key is not None and (
+            row is None or row.signed is None or row.expires - now < dnssec.RESIGN_LEFT_S
+        )
+        if not current and not writer:
+            # The writer has not given this content a serial yet (it runs at the same time, or
+            # its row is a moment away): what this node served so far still serves.
+            return os.path.exists(path), False, False
+        if writer and (not current or due):
+            serial = max(next_serial(row, now), floor)
+            if key is None:
+                row = Serial(serial, d)
+            else:
+                signed, expires = dnssec.sign(zone, render(serial), key, now, self.run)
+                row = Serial(serial, d, signed, expires)
+            store_serial(self.db, self.cfg, zone, row)
+        assert row is not None
+        text = row.signed if row.signed is not None else render(row.serial)
+        written = write_if_changed(path, text, 0o644, self.cfg.bind_group)
         if written:
             self.changed(f"zone {zone} serial {row.serial}")
-        return True, written
+        return True, written, True
 
     def _reload_named(self) -> None:
         if self.run(list(self.cfg.named_running), capture_output=True, check=False).returncode:
@@ -655,16 +836,82 @@ class Node:
                                 f"{signer.selector}")  # fmt: skip
         return {"domains": domains, "problems": problems}
 
+    def signatures(self, served: Callable[[str], int | None] | None = None
+                   ) -> list[tuple[str, bool, str, str]]:  # fmt: skip
+        """mailcluster-health's lines for the signed zones: when the signatures this node's
+        named serves expire. Less than ``dnssec.ALERT_LEFT_S`` left fails on the writer (it
+        failed to re-sign: one report for the cluster, as every node serves its bytes) and on
+        any other node that serves older signatures than the database holds (its copy is
+        stale: only it knows). ``served``: a zone's expiry as named serves it (asked over
+        loopback); None when unsigned or not served."""
+        cfg, now = self.cfg, self.clock()
+        ask = served or (lambda z: dnssec.served_expiry(z, cfg.named_address, self.run))
+        serials = stored_serials(self.db, cfg)
+        writer: bool | None = None
+        out = []
+        own = [cfg.main_domain] if cfg.main_zone_signed else []
+        for d in [*own, *hosted_domains(self.db, cfg)]:
+            row = serials.get(d)
+            if row is None or row.signed is None:
+                continue  # not signed (dnssec: false), or the writer has not signed it yet
+            expires = ask(d)
+            if expires is None:
+                out.append((f"dnssec.{d}", False, "unsigned", "named here serves no signed SOA"))
+                continue
+            left = expires - now
+            detail = f"signatures served here expire {iso(expires)}"
+            if left < dnssec.ALERT_LEFT_S:
+                writer = self.is_writer() if writer is None else writer
+                if writer:
+                    # Since when (an alert's grace counts from there: mailnode/alerts.py). A
+                    # stale copy elsewhere gets no such start: its grace covers a transfer
+                    # that is a moment behind a re-signing.
+                    detail += f"; failing for {int(now - expires + dnssec.ALERT_LEFT_S)}s"
+                if writer or expires < row.expires:
+                    out.append((f"dnssec.{d}", False, f"{left / 86400:.1f}", detail))
+                    continue
+                detail += " (as the database holds them: the writer reports it)"
+            out.append((f"dnssec.{d}", True, f"{left / 86400:.1f}", detail))
+        return out
+
+    def _main_records(self) -> str:
+        """The cluster's own domain: its delegation and glue are the stack's (README, Day 1);
+        what only the database knows is its DNSSEC key."""
+        d, key = self.cfg.main_domain, stored_zone_keys(self.db, self.cfg).get(self.cfg.main_domain)
+        lines = [f"{d} is the cluster's own domain: at its registrar, the name servers "
+                 f"{' and '.join(n.rstrip('.') for n in self.cfg.name_servers)} with their glue "
+                 "(the data centres' shared addresses: README, Day 1)"]  # fmt: skip
+        if not self.cfg.main_zone_signed:
+            lines.append(
+                "DS: none (the zone is not signed: the stack key dnssec is false, or "
+                "linodeSecondaryDns is true and Linode's name servers serve no DNSSEC)"
+            )
+        elif key is None:
+            lines.append("DS: none yet (the writer makes the zone's key at its next sync)")
+        else:
+            lines += ["and, once the zone resolves signed, publish this DS record there:",
+                      f"  {key.ds}", f"The zone's key: {key.dnskey}"]  # fmt: skip
+        return "\n".join(lines) + "\n"
+
     def records(self, domain: str) -> str:
         """What the operator sets at the registrar, and the zone the cluster serves."""
         d = check_domain(domain)
+        if d == self.cfg.main_domain:
+            return self._main_records()
         if d not in hosted_domains(self.db, self.cfg):
             raise DomainError(f"{d} is not a mail domain of this cluster (`domain add {d}`)")
         keys = stored_keys(self.db, self.cfg).get(d, [])
         lines = [f"At the registrar of {d}, delegate it to the cluster's name servers:"]
         lines += [f"  {d}. NS {ns}" for ns in self.cfg.name_servers]
         lines.append("  (no glue: the name servers are in another domain)")
-        lines.append("DS: none (the zone is not signed yet)")
+        zone_key = stored_zone_keys(self.db, self.cfg).get(d)
+        if not self.cfg.dnssec:
+            lines.append("DS: none (the stack key dnssec is false: the zone is not signed)")
+        elif zone_key is None:
+            lines.append("DS: none yet (the writer makes the zone's key at its next sync)")
+        else:
+            lines.append("and, once the zone resolves signed, publish this DS record there:")
+            lines.append(f"  {zone_key.ds}")
         signer = signing_key(keys, self.clock())
         for k in keys:
             state = (
@@ -677,7 +924,7 @@ class Node:
             lines.append(f"DKIM {k.selector}: {state}")
         lines.append(f"The zone the cluster serves for {d} (the same records, to publish them")
         lines.append("elsewhere instead):")
-        zone = zone_text(self.cfg, d, keys, 0).splitlines()
+        zone = zone_text(self.cfg, d, keys, 0, zone_key if self.cfg.dnssec else None).splitlines()
         lines += ["  " + line for line in zone if not line.startswith((";", "$", "@ IN SOA"))]
         return "\n".join(lines) + "\n"
 
@@ -723,6 +970,7 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("table-sql", help="print the keys' table (the plan runs it on the writer)")
     sub.add_parser("records").add_argument("domain")
     sub.add_parser("status", help="this node's zones and keys against the database (JSON)")
+    sub.add_parser("health", help="mailcluster-health's lines: the signatures served here")
     sub.add_parser("rotate", help="a new DKIM key (the writer)").add_argument("domain")
     sub.add_parser("check").add_argument("domain")
     return p
@@ -751,6 +999,9 @@ def main(argv: list[str] | None = None) -> int:
             print(node.records(args.domain), end="")
         elif args.command == "status":
             print(json.dumps(node.status()))
+        elif args.command == "health":
+            for name, ok, value, detail in node.signatures():
+                print(f"{name}\t{'ok' if ok else 'fail'}\t{value}\t{detail}")
         elif args.command == "rotate":
             print(node.rotate(args.domain), end="")
         elif args.command == "check":
@@ -762,7 +1013,7 @@ def main(argv: list[str] | None = None) -> int:
     except DomainError as e:
         print(f"mailcluster-domains: {e}", file=sys.stderr)
         return 2
-    except (DbError, subprocess.CalledProcessError, OSError) as e:
+    except (DbError, dnssec.DnssecError, subprocess.CalledProcessError, OSError) as e:
         print(f"mailcluster-domains: {e}", file=sys.stderr)
         return 1
     finally:

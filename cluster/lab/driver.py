@@ -11,6 +11,7 @@ import collections
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,6 +31,7 @@ from cluster.lab.secrets import ca_file
 from cluster.lab.stacks import stack_topology
 from cluster.lab.state import LabState
 from cluster.services import bayes
+from mailnode import dnssec
 
 REPO = Path(__file__).resolve().parents[2]
 ROLE_TOOL = "mailcluster-role"
@@ -220,6 +222,21 @@ class Lab:
 
     def client(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.run("client", "--", *cmd, check=check)
+
+    def validated(self, server: str, dnskey: str, name: str, rtype: str) -> str:
+        """``delv`` at ``server`` from the client, a zone's DNSKEY record (``dnskey``) its only
+        trust anchor: delv's answer when it is "fully validated"; a DriverError with delv's
+        words otherwise."""
+        anchor = Path(tempfile.mkdtemp(prefix="mclab-anchor-")) / "anchor.conf"
+        anchor.write_text(dnssec.trust_anchor(dnskey))
+        zone = dnskey.split()[0]
+        out = self.client("delv", f"@{server}", "-a", str(anchor), f"+root={zone}", name, rtype,
+                          check=False)  # fmt: skip
+        shutil.rmtree(anchor.parent)
+        text = out.stdout + out.stderr
+        if "; fully validated" not in text:
+            raise DriverError(f"delv @{server} {name} {rtype}: not validated:\n{text}")
+        return text
 
     def status(self) -> dict[str, Any]:
         data: dict[str, Any] = json.loads(self.run("status", "--json").stdout)

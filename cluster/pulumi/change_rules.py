@@ -323,6 +323,10 @@ KEY_CHANGES: dict[str, KeyChange] = {
     "peerStack": KeyChange(Outcome.IN_PLACE, f"reads the other stack; {_RE}"),
     "linodeSecondaryDns": KeyChange(Outcome.IN_PLACE,
                                     "adds or removes the Linode secondary zone (dc1)"),
+    "dnssec": KeyChange(Outcome.IN_PLACE,
+                        "the writer signs (true) or stops signing (false) every zone within a "
+                        "minute, with the keys it keeps; before false, remove the DS records at "
+                        "the registrars"),
     "provision": KeyChange(Outcome.IN_PLACE,
                            "false: stops managing the nodes' software (nothing on them is "
                            "undone); true: provisions them"),

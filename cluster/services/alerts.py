@@ -38,6 +38,8 @@ WARNING = "warning"
 # disagreeing for over 10 min; everything else alerts at the first check that sees it.
 REPLICATION_GRACE_S = 2 * 60
 BIND_SERIALS_GRACE_S = 10 * 60
+# A zone just added or re-signed reaches a secondary within a catalog or SOA refresh (minutes).
+DNSSEC_GRACE_S = 15 * 60
 # Heartbeat's resources in "transition": a first start waits initdead and a little (about 25 s
 # in the lab), a takeover or standby seconds.
 HEARTBEAT_GRACE_S = 60
@@ -69,6 +71,9 @@ RULES: tuple[dict[str, Any], ...] = (
     {"check": "backup", "severity": WARNING, "grace_s": 0, "owner": "self"},
     # A sender deferred at submissionRateLimitPerHour (issue 10): perhaps a stolen password.
     {"check": "ratelimit", "severity": WARNING, "grace_s": 0, "owner": "self"},
+    # Signatures a node serves with less than a week to live (mailnode/dnssec.py): validating
+    # resolvers will refuse the domain then. The grace covers a new domain's first transfer.
+    {"check": "dnssec", "severity": CRITICAL, "grace_s": DNSSEC_GRACE_S, "owner": "self"},
 )
 EVENTS = {"takeover": CRITICAL, "fenced": CRITICAL}
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from cluster.hostcontext import HostContext
 from cluster.plan import PACKAGES_STEP, STATE_DIR, Step
-from cluster.services import bind, mariadb, replication, rspamd, storage, units
+from cluster.services import bindpaths, mariadb, replication, rspamd, storage, units
 from cluster.services.apache import ROUNDCUBE_CONFIG
 from cluster.services.postfixadmin import CONFIG as POSTFIXADMIN_CONFIG
 from cluster.services.role import ROLE_SCRIPT, ROLE_SCRIPT_STEP
@@ -70,7 +70,7 @@ CHECK_CALENDAR = "Sun *-*-* 03:47:00"  # weekly (systemd.time(7))
 PATHS = (
     storage.VMAIL_DIR,
     SPOOL_DIR,
-    bind.ZONE_DIR,
+    bindpaths.ZONE_DIR,
     "/etc/bind/mailcluster",
     POSTFIXADMIN_CONFIG.rsplit("/", 1)[0],
     ROUNDCUBE_CONFIG.rsplit("/", 1)[0],

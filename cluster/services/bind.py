@@ -29,7 +29,8 @@ from cluster.plan import (
     reload_or_start,
     script_step,
 )
-from cluster.services import autoconfig, domains, mta_sts, storage
+from cluster.services import autoconfig, domains, mta_sts, nodepkg, storage
+from cluster.services.bindpaths import ZONE_DIR, secondary_file, signed_file, zone_file
 
 PACKAGES: tuple[str, ...] = ("bind9", "bind9-utils", "bind9-dnsutils")
 
@@ -52,21 +53,10 @@ LINODE_AXFR = (
 # change), journals, and a secondary's transferred copy.
 DATA_DIR = storage.DataDir("bind", "/var/lib/bind", "root", "bind", "2775")
 DATA_STEP = "bind.data"
-ZONE_DIR = "/var/lib/bind/mailcluster"
 BODY = "/etc/bind/mailcluster/zone.body"
 ZONE_SCRIPT = "/usr/local/sbin/mailcluster-zone"
 ZONE_DIR_STEP = "bind.zone-dir"
 ZONE_STEP = "bind.zone"
-
-
-def zone_file(domain: str) -> str:
-    return f"{ZONE_DIR}/db.{domain}"
-
-
-def secondary_file(domain: str) -> str:
-    """A secondary's transferred copy: its own file, so named's late dump of it can never be
-    mistaken for (or overwrite) the primary zone this node writes when it is promoted."""
-    return f"{ZONE_DIR}/db.{domain}.secondary"
 
 
 def transfer_to(ctx: HostContext) -> list[str]:
@@ -97,6 +87,9 @@ def steps(ctx: HostContext) -> list[Step]:
     topo, node = ctx.topology, ctx.node
     is_master = topo.is_dns_master(node)
     zfile = zone_file(topo.domain)
+    signed = signed_file(topo.domain)
+    signs = domains.signs_own_zone(ctx)
+    served = signed if signs else zfile
     options = ctx.file(
         "/etc/bind/named.conf.options",
         group="bind",
@@ -113,7 +106,7 @@ def steps(ctx: HostContext) -> list[Step]:
         "/etc/bind/named.conf.local",
         group="bind",
         is_master=is_master,
-        zone_file=zfile if is_master else secondary_file(topo.domain),
+        zone_file=served if is_master else secondary_file(topo.domain),
         notify=[topo.mesh_address(n) for n in topo.dns_slaves],
         primaries=primaries(ctx),
         catalog=domains.CATALOG,
@@ -148,10 +141,14 @@ done
     watch: list[Step] = [options, local]
     if is_master:
         body = ctx.file(BODY, **zone_body_values(ctx))
+        # Signed: the script keeps a stand-in for the signed file until the writer's signing
+        # (domains.sync, right after named's reload) replaces it.
         zone = script_step(
             ZONE_STEP,
             f"{ZONE_SCRIPT} {BODY} {shlex.quote(zfile)} {shlex.quote(topo.domain)} "
-            f"{shlex.quote(secondary_file(topo.domain))}\n",
+            f"{shlex.quote(secondary_file(topo.domain))}"
+            + (f" {shlex.quote(signed)}" if signs else "")
+            + "\n",
             after=(zone_dir, script),
             # The serial script decides on its own whether the body changed; running it
             # again when only the zone type changed (promotion) bumps the serial.
@@ -173,5 +170,8 @@ done
         )
     )
     # Then the further domains' zones, at once (a promoted master serves them as primaries).
-    out.append(domains.sync_step(after=("bind.reload",), watch=(conf, local)))
+    # A changed zone body re-runs it too (the writer signs the new records at once), and so
+    # does a new version of the program (what it writes may have changed).
+    sync_watch = (conf, local, nodepkg.PACKAGE_STEP) + ((ZONE_STEP,) if is_master else ())
+    out.append(domains.sync_step(after=("bind.reload",), watch=sync_watch))
     return out

@@ -26,11 +26,18 @@ from typing import Any
 from cluster import ports
 from cluster.hostcontext import HostContext
 from cluster.plan import CHANGED_MARK, PACKAGES_STEP, Step, StepRef, file_step_name, script_step
-from cluster.services import autoconfig, mariadb, nodepkg, units
+from cluster.services import autoconfig, bindpaths, mariadb, nodepkg, units
 from cluster.services.role import ROLE_SCRIPT, ROLE_SCRIPT_STEP
 from cluster.topology import DnsRecord
 
-PACKAGES: tuple[str, ...] = ("openssl", "python3", "mariadb-client")
+# bind9-utils: dnssec-keygen, -signzone and -dsfromkey; bind9-dnsutils: dig (the expiry served).
+PACKAGES: tuple[str, ...] = (
+    "openssl",
+    "python3",
+    "mariadb-client",
+    "bind9-utils",
+    "bind9-dnsutils",
+)
 
 COMMAND = "mailcluster-domains"
 SCRIPT = f"/usr/local/sbin/{COMMAND}"
@@ -41,6 +48,8 @@ DKIM_TABLE = "dkim_keys"
 # Each zone's serial and content digest: both masters of a data centre, and a master promoted in
 # the other one, serve the serial the writer gave (mailnode/domains.py says why).
 SERIALS_TABLE = "zone_serials"
+# Each zone's DNSSEC key (mailnode/dnssec.py): made once by the writer, the same for every master.
+DNSSEC_TABLE = "dnssec_keys"
 # rspamd's keys of the further domains: a directory of their own, which mailcluster-domains
 # empties of keys it no longer knows (the cluster's own key lives beside it, the plan's).
 DKIM_DIR = "/var/lib/rspamd/dkim/hosted"
@@ -78,14 +87,23 @@ def hosted_records(ctx: HostContext) -> list[DnsRecord]:
     return records
 
 
+def signs_own_zone(ctx: HostContext) -> bool:
+    """Whether the cluster's own zone is signed: ``dnssec``, unless Linode's name servers serve
+    it too (``linodeSecondaryDns``): they serve no DNSSEC, and a DS at the registrar would make
+    their answers bogus for every validating resolver (linode/docs#2453). The further domains'
+    zones are not on Linode's servers and are signed either way."""
+    return ctx.config.dnssec and not ctx.config.linode_secondary_dns
+
+
 def domains_config(ctx: HostContext) -> dict[str, Any]:
     """/etc/mailcluster/domains.json: everything mailnode.domains needs (it never imports
     ``cluster``)."""
     topo, node = ctx.topology, ctx.node
+    master = topo.is_dns_master(node)
     return {
         "node": node.name,
         "main_domain": topo.domain,
-        "is_dns_master": topo.is_dns_master(node),
+        "is_dns_master": master,
         "mysql": ["mariadb", "--protocol=socket", "-uroot"],
         "role_script": ROLE_SCRIPT,
         "db": DB,
@@ -111,6 +129,14 @@ def domains_config(ctx: HostContext) -> dict[str, Any]:
         "name_servers": [f"{name}." for name, _ in topo.name_servers()],
         "sync_every_s": SYNC_EVERY_S,
         "named_zones_url": f"http://127.0.0.1:{ports.BIND_STATS_PORT}/json/v1/zones",
+        "dnssec": ctx.config.dnssec,
+        "dnssec_table": DNSSEC_TABLE,
+        "named_address": "127.0.0.1",
+        # The cluster's own zone is signed on the masters too: from the plan's file into the
+        # one named serves there (bind.py, which imports this module).
+        "main_zone_signed": signs_own_zone(ctx),
+        "main_zone_file": bindpaths.zone_file(topo.domain) if master else "",
+        "main_signed_file": bindpaths.signed_file(topo.domain) if master else "",
     }
 
 
@@ -138,11 +164,13 @@ fi
                 TABLE_STEP,
                 f"""{ROLE_SCRIPT} is-writer || exit 0
 q="SELECT COUNT(*) FROM information_schema.tables WHERE table_schema='{DB}'"
-q="$q AND table_name IN ('{DKIM_TABLE}', '{SERIALS_TABLE}')"
-have=$(mariadb --protocol=socket -uroot -N -B -e "$q" 2>/dev/null || true)
-[ "$have" = 2 ] && exit 0
+q="$q AND table_name IN ('{DKIM_TABLE}', '{SERIALS_TABLE}', '{DNSSEC_TABLE}')"
+q="$q UNION ALL SELECT COUNT(*) FROM information_schema.columns WHERE table_schema='{DB}'"
+q="$q AND table_name='{SERIALS_TABLE}' AND column_name='signed'"
+have=$(mariadb --protocol=socket -uroot -N -B -e "$q" 2>/dev/null | tr '\n' ' ' || true)
+[ "$have" = "3 1 " ] && exit 0
 {SCRIPT} table-sql | mariadb --protocol=socket -uroot
-echo "{CHANGED_MARK} {DB}.{DKIM_TABLE} {DB}.{SERIALS_TABLE}"
+echo "{CHANGED_MARK} {DB}.{DKIM_TABLE} {DB}.{SERIALS_TABLE} {DB}.{DNSSEC_TABLE}"
 """,
                 after=(mariadb.USERS_STEP, ROLE_SCRIPT_STEP, command),
             )

@@ -14,6 +14,7 @@ from cluster.plan import PACKAGES_STEP, Step
 from cluster.services import (
     backup,
     bayes,
+    domains,
     fail2ban,
     ratelimit,
     replication,
@@ -67,6 +68,7 @@ def steps(ctx: HostContext) -> list[Step]:
             min_cert_days=MIN_CERT_DAYS,
             replication_command=replication.SCRIPT,
             bayes_command=bayes.SCRIPT,
+            domains_command=domains.SCRIPT,
             websync_stamp=sync.WEBSYNC_STAMP,
             max_websync_age_s=MAX_WEBSYNC_AGE_S,
             backup_stamp=BACKUP_STAMP,

@@ -257,6 +257,43 @@ def test_replication_failing(lab: Lab, received: Received) -> None:
     assert took >= REPLICATION_GRACE_S, f"alerted {took:.0f}s after the fault, inside the grace"
 
 
+# The writer signs as it does, but with signatures valid 6.5 days (a clock that jumped, tools
+# that broke after signing): less than the week dnssec.ALERT_LEFT_S asks for.
+SHORT_SIGN = """
+from mailnode import dnssec, domains
+from mailnode.mysql import Session
+dnssec.VALIDITY_S = int(6.5 * 86400)
+dnssec.RESIGN_LEFT_S = 10**9  # due now, however long the signatures have left
+cfg = domains.load_config()
+domains.Node(cfg, Session(cfg.mysql)).sync()
+"""
+
+
+def test_signatures_near_expiry(lab: Lab, received: Received) -> None:
+    """DNSSEC (issue 26): a signed zone whose signatures have less than a week left. The writer
+    reports it (every node serves its bytes; the others leave it to the writer), at once: the
+    condition started half a day ago, past the grace. Its next regular sync re-signs (less than
+    RESIGN_LEFT_S left), and it resolves."""
+    host = writer(lab)
+    zone = "expiry.example"
+    lab.ops("domain", "add", zone, check=False)  # it may exist from a kept lab
+    units = ("mailcluster-domains.timer", "mailcluster-domains.service")
+
+    def short() -> None:
+        lab.exec(host, "systemctl", "stop", *units)  # its timer would re-sign at once
+        lab.exec(host, "env", "PYTHONPATH=/usr/local/lib/mailcluster/python", "python3", "-c",
+                 SHORT_SIGN)  # fmt: skip
+
+    def resign() -> None:
+        lab.exec(host, "mailcluster-domains", "sync")
+        lab.exec(host, "systemctl", "start", units[0])
+
+    try:
+        provoke(lab, received, f"dnssec.{zone}", host, short, resign)
+    finally:
+        lab.ops("domain", "del", zone, check=False)
+
+
 def test_a_takeover(lab: Lab, received: Received) -> None:
     old = writer(lab)
     new = "dc1-svr2" if old == "dc1-svr1" else "dc1-svr1"

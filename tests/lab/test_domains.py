@@ -7,6 +7,8 @@ cluster's own domain cannot be deleted this way."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 import secrets
 import shlex
@@ -110,6 +112,67 @@ def test_a_new_domain_is_served_by_every_name_server(lab: Lab, added: str) -> No
     for node in NODES:
         again = lab.exec(node, domains.SCRIPT, "sync").stdout
         assert CHANGED_MARK not in again, (node, again)
+
+
+def dnskey_of(records: str, zone: str) -> str:
+    """The zone's DNSKEY record, as `domain add|records` prints it."""
+    found = re.search(rf"^(?:\s+|The zone's key: )({re.escape(zone)}\. \d+ IN DNSKEY 257 3 13 .+)$",
+                      records, re.M)  # fmt: skip
+    assert found, records
+    return found.group(1)
+
+
+def ds_of(dnskey: str) -> str:
+    """The DS (SHA-256, RFC 4509) of a DNSKEY record line, computed here (RFC 4034 5.1.4 and
+    appendix B), to check the one the cluster prints for the registrar."""
+    owner, _ttl, _cls, _type, flags, proto, alg, *material = dnskey.split()
+    rdata = (int(flags).to_bytes(2, "big") + bytes([int(proto), int(alg)])
+             + base64.b64decode("".join(material)))  # fmt: skip
+    wire = b"".join(bytes([len(label)]) + label.lower().encode()
+                    for label in owner.rstrip(".").split(".")) + b"\0"  # fmt: skip
+    acc = sum(b << 8 if i % 2 == 0 else b for i, b in enumerate(rdata))
+    tag = (acc + (acc >> 16)) & 0xFFFF
+    return f"{owner} IN DS {tag} {alg} 2 {hashlib.sha256(wire + rdata).hexdigest().upper()}"
+
+
+def test_the_zone_is_signed_and_validates_at_every_name_server(lab: Lab, added: str) -> None:
+    """DNSSEC (dnssec: true, the default): every name server of both data centres serves the
+    zone signed with the key `domain records` prints; a validator that trusts only that key
+    validates the MX and the DKIM record at each; the DS printed for the registrar is that
+    key's; the same for the cluster's own zone; every node's health says when the signatures it
+    serves expire."""
+    records = lab.ops("domain", "records", HOSTED).stdout
+    dnskey = dnskey_of(records, HOSTED)
+    assert f"  {ds_of(dnskey)}\n" in records, records
+    # The cluster's own zone too, from the plan's records, with its own key.
+    own = lab.ops("domain", "records", DOMAIN).stdout
+    own_key = dnskey_of(own, DOMAIN)
+    assert f"  {ds_of(own_key)}\n" in own and own_key != dnskey, own
+    assert "PrivateKey" not in records and "Private-key-format" not in records
+    selector, _ = published_selector(records)
+    for server in servers():
+        mx = lab.validated(server, dnskey, HOSTED, "MX")
+        assert f"10 mail.{DOMAIN}." in mx, mx
+        lab.validated(server, dnskey, f"{selector}._domainkey.{HOSTED}", "TXT")
+        assert f"10 mail.{DOMAIN}." in lab.validated(server, own_key, DOMAIN, "MX")
+    # One signer: every node serves the same signatures (the same serial, the same RRSIG), once
+    # a change has reached all (a re-signing of the timer can be under way: NOTIFY, transfer).
+    for zone in (HOSTED, DOMAIN):
+
+        def one_signature(zone: str = zone) -> set[str] | None:
+            sigs = dig_all(lab, [(s, zone, "SOA +dnssec") for s in servers()])
+            rrsig = {a.splitlines()[-1] if a else "" for a in sigs.values()}
+            return rrsig if len(rrsig) == 1 else None  # +short: "SOA 13 2 TTL EXP ..."
+
+        rrsig = lab.wait_for(f"one signature of {zone} everywhere", one_signature,
+                             SECONDARIES_WITHIN_S, 1)  # fmt: skip
+        assert next(iter(rrsig)).startswith("SOA 13 "), rrsig
+    for node in NODES:
+        health = lab.exec(node, "mailcluster-health").stdout
+        for zone in (HOSTED, DOMAIN):
+            line = next(ln for ln in health.splitlines() if ln.startswith(f"dnssec.{zone}\t"))
+            _, verdict, days, _ = line.split("\t")
+            assert verdict == "ok" and float(days) > 10, (node, line)
 
 
 def dns_txt_from(lab: Lab, server: str) -> object:

@@ -584,22 +584,31 @@ def hosted_dns(lab: Lab, server: str, selector: str) -> tuple[str, str]:
     return mx, key
 
 
-def hosted_domain(lab: Lab) -> tuple[str, str]:
-    """The further domain of test_domains (made here when this drill runs alone) and the
-    selector of its key."""
+def hosted_domain(lab: Lab) -> tuple[str, str, str]:
+    """The further domain of test_domains (made here when this drill runs alone), the selector
+    of its DKIM key and its DNSKEY record (DNSSEC: the trust anchor the drill validates with)."""
     if HOSTED not in lab.ops("domain", "list").stdout.split():
         lab.ops("domain", "add", HOSTED)
     query = (f"SELECT selector FROM mailcluster.dkim_keys WHERE domain='{HOSTED}' "
              "ORDER BY active_at LIMIT 1")  # fmt: skip
     selector = lab.sql("dc1-svr1", query)
     assert selector.startswith("s"), selector
-    return HOSTED, selector
+    return HOSTED, selector, zone_dnskey(lab, HOSTED)
+
+
+def zone_dnskey(lab: Lab, zone: str) -> str:
+    """A zone's DNSKEY record (DNSSEC: the trust anchor the drill validates with)."""
+    public = lab.sql("dc1-svr1", "SELECT HEX(public_key) FROM mailcluster.dnssec_keys "
+                                 f"WHERE zone='{zone}'")  # fmt: skip
+    return next(ln for ln in bytes.fromhex(public).decode().splitlines() if " DNSKEY " in ln)
 
 
 def test_drill_3_data_centre_loss_failover_rejoin_failback(lab: Lab, unique: str) -> None:
     user = new_user(lab)
-    _, selector = hosted_domain(lab)
+    _, selector, dnskey = hosted_domain(lab)
+    own_key = zone_dnskey(lab, DOMAIN)
     hosted = hosted_dns(lab, VIP1, selector)
+    lab.validated(VIP1, dnskey, HOSTED, "MX")
     assert hosted[0] == f"10 mail.{DOMAIN}." and "v=DKIM1" in hosted[1], hosted
     first_synced(lab, user, *DC2)
     acked: set[str] = set()
@@ -638,8 +647,14 @@ def test_drill_3_data_centre_loss_failover_rejoin_failback(lab: Lab, unique: str
         mx = lab.client("dig", "+short", f"@{VIP2}", DOMAIN, "MX").stdout.strip()
         assert a == [VIP2], a
         assert mx.endswith(f"mail.{DOMAIN}."), mx
-        # dc2's masters serve the further domain from the database, with the same key.
+        # dc2's masters serve the further domain from the database, with the same keys: the
+        # DKIM key, and the DNSSEC key (the chain of trust holds: the same DS at the parent).
         assert hosted_dns(lab, VIP2, selector) == hosted
+        lab.validated(VIP2, dnskey, HOSTED, "MX")
+        # The cluster's own zone, re-signed by dc2's writer (dc2's addresses) with its key.
+        answer = lab.validated(VIP2, own_key, f"mail.{DOMAIN}", "A")
+        addresses = [f[4] for f in map(str.split, answer.splitlines()) if f[3:4] == ["A"]]
+        assert addresses == [VIP2], answer
         holder2 = next(h for h in DC2 if lab.role(h)["vip_held"])
         r = lab.role(holder2)
         assert r["role"] == "active" and r["db"]["read_only"] is False
@@ -693,6 +708,9 @@ def test_drill_3_data_centre_loss_failover_rejoin_failback(lab: Lab, unique: str
     a = lab.client("dig", "+short", f"@{VIP1}", f"mail.{DOMAIN}", "A").stdout.split()
     assert a == [VIP1], a
     assert hosted_dns(lab, VIP1, selector) == hosted
+    lab.validated(VIP1, dnskey, HOSTED, "MX")
+    answer = lab.validated(VIP1, own_key, f"mail.{DOMAIN}", "A")
+    assert [f[4] for f in map(str.split, answer.splitlines()) if f[3:4] == ["A"]] == [VIP1], answer
     for i in range(3):
         s = f"{unique} dc1-after {i}"
         assert lab.send(VIP1, user, s)["ok"]

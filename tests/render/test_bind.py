@@ -18,7 +18,7 @@ from cluster.hostplan import build_host_plan
 from cluster.lab.model import lab_topology
 from cluster.material import ClusterSecrets
 from cluster.plan import CHANGED_MARK, HostPlan
-from cluster.services import bind, domains
+from cluster.services import bind, bindpaths, domains
 from cluster.topology import Topology
 from mailnode import domains as dom
 
@@ -85,7 +85,7 @@ def test_named_checkconf_and_checkzone(plan: tuple[Topology, HostPlan], tmp_path
     # What the packages put outside /etc/bind: the working directory and the root hints.
     (root / "var/cache/bind").mkdir(parents=True)
     shutil.copytree(base().path("/usr/share/dns"), root / "usr/share/dns")
-    zone = root / bind.zone_file(topo.domain).lstrip("/")
+    zone = root / bindpaths.zone_file(topo.domain).lstrip("/")
     zone.parent.mkdir(parents=True)
     node = topo.node(hp.host)
     for d in (domains.ZONE_DIR, domains.CATZ_DIR):
@@ -94,6 +94,8 @@ def test_named_checkconf_and_checkzone(plan: tuple[Topology, HostPlan], tmp_path
         out, serial = make_zone(zone_script(tmp_path, hp), files(hp)[bind.BODY], zone, topo.domain)
         assert CHANGED_MARK in out and serial > 2000000000
         run("named-checkzone", "-k", "fail", "-n", "fail", topo.domain, str(zone))
+        # dnssec (the default): named serves the signed copy, the plan's file until signed.
+        (root / bindpaths.signed_file(topo.domain).lstrip("/")).write_text(zone.read_text())
         write_hosted_domain(root, hp, HOSTED)
         hosted = root / hosted_zone_file(hp, HOSTED).lstrip("/")
         run("named-checkzone", "-k", "fail", "-n", "fail", HOSTED, str(hosted))
@@ -130,6 +132,29 @@ def test_linode_secondary_adds_axfr_servers(secrets: ClusterSecrets) -> None:
     ]
     for addr in bind.LINODE_AXFR:
         assert f"    {addr};" in options
+
+
+def test_a_master_serves_the_signed_copy_unless_dnssec_is_off(secrets: ClusterSecrets) -> None:
+    """dnssec (the default): named serves the copy mailcluster-domains signs; off, or with
+    Linode's name servers as secondaries (they serve no DNSSEC), the plan's file itself, and no
+    stand-in is made; the further domains are signed unless dnssec is off."""
+    for stack_config, signs_own, signs_further in (
+        ({}, True, True),
+        ({"dnssec": False}, False, False),
+        ({"linodeSecondaryDns": True}, False, True),
+    ):
+        topo = lab_topology("dc1", stack_config)
+        hp = build_host_plan(topo, "dc1-svr1", secrets, "lab")
+        local = files(hp)["/etc/bind/named.conf.local"]
+        served, other = bindpaths.signed_file, bindpaths.zone_file
+        if not signs_own:
+            served, other = other, served
+        assert f'file "{served(topo.domain)}";' in local, stack_config
+        assert f'file "{other(topo.domain)}";' not in local, stack_config
+        zone_step = next(s for s in hp.steps if s.name == bind.ZONE_STEP)
+        assert (bindpaths.signed_file(topo.domain) in zone_step.script) == signs_own
+        cfg = domains_config(hp)
+        assert (cfg.main_zone_signed, cfg.dnssec) == (signs_own, signs_further), stack_config
 
 
 def test_roles_follow_active_dc(plan: tuple[Topology, HostPlan]) -> None:
@@ -259,6 +284,44 @@ def test_serial_moves_exactly_on_change(
 
 
 @pytest.mark.checkers
+def test_the_signed_file_has_a_stand_in_until_the_writer_signs(
+    topologies: dict[str, Topology], secrets: ClusterSecrets, tmp_path: Path
+) -> None:
+    """dnssec: named serves the signed file, which mailcluster-domains writes from the database.
+    Until it does, mailcluster-zone keeps a stand-in: on a fresh master the plan's file; on a
+    master promoted from secondary, the signed copy it held as a secondary (a validating
+    resolver refuses an unsigned answer for a signed zone). Never over a newer signed file."""
+    topo = topologies["dc1"]
+    hp = build_host_plan(topo, "dc1-svr1", secrets, "lab")
+    script = zone_script(tmp_path, hp)
+    body = tmp_path / "zone.body"
+    body.write_text(files(hp)[bind.BODY])
+    zone, signed = tmp_path / "db", tmp_path / "db.signed"
+    secondary = tmp_path / "db.secondary"
+
+    def apply() -> str:
+        return run(str(script), str(body), str(zone), topo.domain, str(secondary), str(signed))
+
+    out = apply()
+    assert "unsigned until the writer signs it" in out and signed.read_text() == zone.read_text()
+    assert CHANGED_MARK not in apply()
+    # What the writer signed (here: any text with a higher serial) is left alone.
+    found = re.search(r"\( (\d+) ", zone.read_text())
+    assert found
+    plan_serial = int(found.group(1))
+    signed.write_text(zone.read_text().replace(f"( {plan_serial} ", f"( {plan_serial + 1} "))
+    kept = signed.read_text()
+    assert CHANGED_MARK not in apply() and signed.read_text() == kept
+    # Promoted from secondary: its transferred copy (here: serial far ahead) stands in, and the
+    # plan's file continues above it.
+    held = zone.read_text().replace(f"( {plan_serial} ", f"( {plan_serial + 50} ")
+    secondary.write_text(held)
+    out = apply()
+    assert "the signed copy held as a secondary" in out and signed.read_text() == held
+    assert f"serial {plan_serial + 51}" in out
+    assert CHANGED_MARK not in apply()
+
+
 def test_bindgraph_samples_and_draws(
     topologies: dict[str, Topology], secrets: ClusterSecrets, tmp_path: Path
 ) -> None:

@@ -48,6 +48,7 @@ BAD_INPUTS = [
     ("domain", good(domain=None)),
     ("linodeSecondaryDns", good(linodeSecondaryDns="yes")),
     ("imapPlaintext", good(imapPlaintext="maybe")),
+    ("dnssec", good(dnssec="yes")),
     ("activeDC", good(activeDC="dc2")),  # a typo is an unknown key, not silently ignored
     ("letsencryptEmail", good(tlsMode="letsencrypt")),
     ("letsencryptEmail", good(tlsMode="letsencrypt", letsencryptEmail="not-an-email")),
