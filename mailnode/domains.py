@@ -754,9 +754,9 @@ class Node:
         can be served (not when this content has no serial yet and this node is not the writer,
         unless it served the zone before), whether the file was written, and whether the
         database holds a serial for this content (not yet: the writer's is a moment away). With
-        ``key``, the
-        writer also signs the zone, again whenever its signatures have less than
-        ``dnssec.RESIGN_LEFT_S`` left (a new serial: the secondaries take the new signatures)."""
+        ``key``, the writer also signs the zone, again whenever its signatures have less than
+        ``dnssec.RESIGN_LEFT_S`` left (a new serial: the secondaries take the new signatures);
+        ``floor``: the least serial it may give (the cluster's own zone: above the plan's)."""
         d = digest(render)
         row = serials.get(zone)
         now = self.clock()
