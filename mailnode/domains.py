@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import hashlib
 import json
 import os
@@ -43,7 +44,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from mailnode import dnssec
 from mailnode.dnssec import ZoneKey
@@ -157,49 +158,36 @@ def check_domain(domain: str) -> str:
     return d
 
 
+# How a JSON value becomes a field of Config or Zone, by the field's declared type.
+_CONVERT: dict[str, Callable[[Any], Any]] = {
+    "str": str,
+    "int": int,
+    "bool": bool,
+    "tuple[str, ...]": lambda v: tuple(str(a) for a in v),
+}
+T = TypeVar("T")
+
+
+def _fields(cls: type[T], data: Any, **special: Callable[[Any], Any]) -> T:
+    """``cls`` from the JSON object ``data``: every field by its type, or by ``special``."""
+    values = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        convert = special.get(f.name) or _CONVERT[str(f.type)]
+        values[f.name] = convert(data[f.name])
+    return cls(**values)
+
+
+def _domain_of(value: Any) -> str:
+    return check_domain(str(value))
+
+
 def parse_config(data: Any, source: str = CONFIG) -> Config:
     """A ``Config`` from the JSON object the plan writes (cluster/services/domains.py)."""
     try:
-        z = data["zone"]
-        zone = Zone(
-            ttl=int(z["ttl"]), soa_mname=str(z["soa_mname"]), soa_rname=str(z["soa_rname"]),
-            refresh=int(z["refresh"]), retry=int(z["retry"]), expire=int(z["expire"]),
-            negative_ttl=int(z["negative_ttl"]),
-            records=tuple(Record(str(n), str(t), str(v)) for n, t, v in z["records"]),
-        )  # fmt: skip
-        cfg = Config(
-            node=str(data["node"]),
-            main_domain=check_domain(str(data["main_domain"])),
-            is_dns_master=bool(data["is_dns_master"]),
-            mysql=tuple(str(a) for a in data["mysql"]),
-            role_script=str(data["role_script"]),
-            db=str(data["db"]),
-            dkim_table=str(data["dkim_table"]),
-            zone_serials_table=str(data["zone_serials_table"]),
-            postfixadmin_db=str(data["postfixadmin_db"]),
-            dkim_dir=str(data["dkim_dir"]),
-            selector_map=str(data["selector_map"]),
-            key_group=str(data["key_group"]),
-            zone=zone,
-            zone_dir=str(data["zone_dir"]),
-            hosted_conf=str(data["hosted_conf"]),
-            catalog=check_domain(str(data["catalog"])),
-            catalog_file=str(data["catalog_file"]),
-            notify=tuple(str(a) for a in data["notify"]),
-            bind_group=str(data["bind_group"]),
-            named_check=tuple(str(a) for a in data["named_check"]),
-            named_reload=tuple(str(a) for a in data["named_reload"]),
-            named_running=tuple(str(a) for a in data["named_running"]),
-            name_servers=tuple(str(a) for a in data["name_servers"]),
-            sync_every_s=int(data["sync_every_s"]),
-            named_zones_url=str(data["named_zones_url"]),
-            dnssec=bool(data["dnssec"]),
-            dnssec_table=str(data["dnssec_table"]),
-            named_address=str(data["named_address"]),
-            main_zone_signed=bool(data["main_zone_signed"]),
-            main_zone_file=str(data["main_zone_file"]),
-            main_signed_file=str(data["main_signed_file"]),
+        zone = _fields(
+            Zone, data["zone"], records=lambda rs: tuple(Record(*map(str, r)) for r in rs)
         )
+        cfg = _fields(Config, data, zone=lambda _: zone, main_domain=_domain_of, catalog=_domain_of)
     except (KeyError, TypeError, ValueError, DomainError) as e:
         raise DomainError(f"{source}: {type(e).__name__}: {e}") from None
     paths = (cfg.role_script, cfg.dkim_dir, cfg.selector_map, cfg.zone_dir, cfg.hosted_conf,

@@ -147,6 +147,7 @@ INFRA_CHANGES: dict[str, dict[str, Any]] = {
     "heartbeatKeepaliveMs": {"heartbeatKeepaliveMs": 100},
     "heartbeatDeadtimeMs": {"heartbeatDeadtimeMs": 600},
     "dnsTtl": {"dnsTtl": 60},
+    "dnssec": {"dnssec": False},
     "tlsMode": {"tlsMode": "letsencrypt", "letsencryptEmail": "hostmaster@example.com"},
     "messageSizeLimitMb": {"messageSizeLimitMb": 25},
     "sshKeys": {"sshKeys": [*read_stack_config("dc1")["sshKeys"], NEW_KEY]},
