@@ -102,6 +102,22 @@ def pids(cgroup: str) -> list[int]:
     return found
 
 
+def of(pid: int) -> str | None:
+    """The cgroup directory the process is in now (its cgroup2 line), or None if it is gone.
+
+    Reading the process's own line is what a membership test needs: a snapshot of ``pids``
+    misses a process born after it (a health check forked a moment later)."""
+    v2, _ = _mounts()
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        if line.startswith("0::") and v2 is not None:
+            return str(v2) + line[3:]
+    return None
+
+
 def kill(cgroup: str, timeout: float = 10) -> None:
     """SIGKILL every process of the cgroup at once and wait until none is left."""
     if not cgroup or not populated(cgroup):
