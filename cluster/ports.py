@@ -56,6 +56,7 @@ SOURCE_DOCS = {
 WORLD_CIDRS = (["0.0.0.0/0"], ["::/0"])
 
 SSH_PORT = 22
+SMTP_PORT = 25  # the MX: what DANE (services/dane.py) protects
 HTTPS_PORT = 443
 SUBMISSIONS_PORT = 465  # implicit TLS (RFC 8314)
 SUBMISSION_PORT = 587  # STARTTLS (RFC 6409)
@@ -90,7 +91,7 @@ class Rule:
 
 # Always open, in this order (the README's order).
 _ALWAYS: tuple[Rule, ...] = (
-    Rule("SMTP (MX, postscreen)", "tcp", 25, WORLD),
+    Rule("SMTP (MX, postscreen)", "tcp", SMTP_PORT, WORLD),
     Rule("DNS (BIND, authoritative)", "tcp", 53, WORLD),
     Rule("DNS (BIND, authoritative)", "udp", 53, WORLD),
     Rule("HTTP (ACME, redirect to HTTPS)", "tcp", 80, WORLD),

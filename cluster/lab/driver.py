@@ -238,6 +238,32 @@ class Lab:
             raise DriverError(f"delv @{server} {name} {rtype}: not validated:\n{text}")
         return text
 
+    def tlsa_validated(self, server: str, dnskey: str, name: str) -> list[str]:
+        """The TLSA records of ``name`` at ``server``, validated (``validated``), each as its
+        presentation data in one piece (usage selector matching HEX)."""
+        text = self.validated(server, dnskey, name, "TLSA")
+        found = []
+        for fields in map(str.split, text.splitlines()):
+            if fields[3:4] == ["TLSA"] and not fields[0].startswith(";"):
+                found.append(" ".join([*fields[4:7], "".join(fields[7:]).upper()]))
+        return found
+
+    def smtp_dane(self, server: str, mx_host: str, tlsa: str) -> str:
+        """OpenSSL's DANE verifier (the library Postfix's ``dane`` level uses) at
+        ``server``:25 after STARTTLS, ``tlsa`` the MX host's only record and ``mx_host`` the
+        name a DANE-TA record requires the certificate to carry (RFC 7672 3.2.3): OpenSSL's
+        "DANE TLSA ... matched" line; a DriverError with OpenSSL's words otherwise."""
+        host = f"[{server}]" if ":" in server else server
+        out = self.client("openssl", "s_client", "-brief", "-connect", f"{host}:{ports.SMTP_PORT}",
+                          "-starttls", "smtp", "-dane_tlsa_domain", mx_host,
+                          "-dane_tlsa_rrdata", tlsa, "-verify_return_error",
+                          check=False)  # fmt: skip
+        text = out.stdout + out.stderr
+        matched = [ln for ln in text.splitlines() if ln.startswith("DANE TLSA ")]
+        if out.returncode or "Verification: OK" not in text or not matched:
+            raise DriverError(f"DANE at {server} for {mx_host} with {tlsa}: not verified:\n{text}")
+        return matched[0]
+
     def status(self) -> dict[str, Any]:
         data: dict[str, Any] = json.loads(self.run("status", "--json").stdout)
         return data

@@ -29,7 +29,7 @@ from cluster.plan import (
     reload_or_start,
     script_step,
 )
-from cluster.services import autoconfig, domains, mta_sts, nodepkg, storage
+from cluster.services import autoconfig, dane, domains, mta_sts, nodepkg, storage
 from cluster.services.bindpaths import ZONE_DIR, secondary_file, signed_file, zone_file
 
 PACKAGES: tuple[str, ...] = ("bind9", "bind9-utils", "bind9-dnsutils")
@@ -79,7 +79,8 @@ def zone_body_values(ctx: HostContext) -> dict[str, Any]:
         **topo.soa_values(),
         "records": topo.dns_records(ctx.secrets.dkim_public_key_b64, mta_sts.policy_id(ctx.config))
         # The SRV records need the port table, which the topology cannot import.
-        + autoconfig.srv_records(topo),
+        + autoconfig.srv_records(topo)
+        + dane.records(ctx),
     }
 
 

@@ -18,7 +18,8 @@ from collections.abc import Iterable
 import dkim
 import pytest
 
-from cluster.lab.driver import Lab, public_ip
+from cluster.lab import addresses as A
+from cluster.lab.driver import DriverError, Lab, public_ip
 from cluster.plan import CHANGED_MARK
 from cluster.services import domains
 
@@ -26,6 +27,8 @@ DOMAIN = "example.com"
 HOSTED = "shop.example"  # kept for the drills after this module (test_y_drills)
 GONE = "gone.example"
 NODES = ("dc1-svr1", "dc1-svr2", "dc2-svr1", "dc2-svr2")
+VIP1 = A.lab_dc_addresses("dc1").shared_ipv4
+VIP1_6 = str(A.lab_dc_addresses("dc1").shared_ipv6)
 # The standby data centre's secondaries take a new member through the catalog: NOTIFY, the
 # catalog's transfer, BIND's catalog update (min-update-interval 1 s), the member's transfer.
 # Measured in the lab on 2 cores: MEASURE. The margin covers a busy machine.
@@ -173,6 +176,28 @@ def test_the_zone_is_signed_and_validates_at_every_name_server(lab: Lab, added: 
             line = next(ln for ln in health.splitlines() if ln.startswith(f"dnssec.{zone}\t"))
             _, verdict, days, _ = line.split("\t")
             assert verdict == "ok" and float(days) > 10, (node, line)
+
+
+def test_the_mx_presents_the_certificate_its_validated_tlsa_record_names(lab: Lab) -> None:
+    """DANE (services/dane.py): every name server serves the MX host's TLSA record, validated
+    with the zone's key; OpenSSL's DANE verifier, given that record, accepts the chain the MX
+    presents after STARTTLS on IPv4 and IPv6, and refuses it for another digest or for a name
+    the certificate does not carry (so the acceptance is the record's doing). The further
+    domains' MX is the same host: this one record covers them. dc2's certificate: drill 3."""
+    own_key = dnskey_of(lab.ops("domain", "records", DOMAIN).stdout, DOMAIN)
+    mx, name = f"mail.{DOMAIN}", f"_25._tcp.mail.{DOMAIN}"
+    found = {tuple(lab.tlsa_validated(server, own_key, name)) for server in servers()}
+    assert len(found) == 1, found
+    (tlsa,) = next(iter(found))
+    assert re.fullmatch(r"2 1 1 [0-9A-F]{64}", tlsa), tlsa
+    for vip in (VIP1, VIP1_6):
+        matched = lab.smtp_dane(vip, mx, tlsa)
+        assert "matched TA certificate at depth 1" in matched, (vip, matched)
+    other = tlsa[:-1] + ("0" if tlsa[-1] != "0" else "1")
+    with pytest.raises(DriverError, match="no matching DANE TLSA records"):
+        lab.smtp_dane(VIP1, mx, other)
+    with pytest.raises(DriverError, match="not verified"):
+        lab.smtp_dane(VIP1, f"mx.{HOSTED}", tlsa)
 
 
 def dns_txt_from(lab: Lab, server: str) -> object:

@@ -655,6 +655,10 @@ def test_drill_3_data_centre_loss_failover_rejoin_failback(lab: Lab, unique: str
         answer = lab.validated(VIP2, own_key, f"mail.{DOMAIN}", "A")
         addresses = [f[4] for f in map(str.split, answer.splitlines()) if f[3:4] == ["A"]]
         assert addresses == [VIP2], answer
+        # DANE: dc2's own certificate matches the MX's one record (the cluster CA's key), so
+        # a DANE sender that cached it before the failover still delivers.
+        (tlsa,) = lab.tlsa_validated(VIP2, own_key, f"_25._tcp.mail.{DOMAIN}")
+        assert "matched TA" in lab.smtp_dane(VIP2, f"mail.{DOMAIN}", tlsa)
         holder2 = next(h for h in DC2 if lab.role(h)["vip_held"])
         r = lab.role(holder2)
         assert r["role"] == "active" and r["db"]["read_only"] is False
