@@ -105,8 +105,10 @@ def pids(cgroup: str) -> list[int]:
 def of(pid: int) -> str | None:
     """The cgroup directory the process is in now (its cgroup2 line), or None if it is gone.
 
-    Reading the process's own line is what a membership test needs: a snapshot of ``pids``
-    misses a process born after it (a health check forked a moment later)."""
+    A membership test needs the process's own line, for two reasons: ``cgroup.procs`` (``pids``)
+    leaves out zombies, which /proc lists until their parent reaps them (on this machine's
+    kernel a zombie's line still names its cgroup); and a snapshot of ``pids`` misses a process
+    born after it."""
     v2, _ = _mounts()
     try:
         lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()

@@ -97,8 +97,9 @@ def test_every_process_of_a_node_is_in_its_cgroup(lab: Lab) -> None:
                 comm = (entry / "comm").read_text().strip()
             except OSError:
                 continue  # gone meanwhile
-            # Each process's own cgroup line, read now: a list of the cgroup's members read
-            # before the walk misses a check the node forks during it (CI of a652b2e met that).
+            # Each process's own cgroup line: cgroup.procs lists no zombie (a health check's
+            # mariadb-admin that exited, not yet reaped, as CI of a652b2e met) and, read before
+            # the walk, misses a process forked during it.
             where = cgroups.of(int(entry.name))
             if where is None:
                 continue  # gone meanwhile
