@@ -327,12 +327,16 @@ KEY_CHANGES: dict[str, KeyChange] = {
                         "the writer signs (true) or stops signing (false) every zone within a "
                         "minute, with the keys it keeps; before false, remove the DS records at "
                         "the registrars"),
+    "tlsMode": KeyChange(Outcome.IN_PLACE,
+                         f"{_RE}; from selfsigned to letsencrypt the MX's TLSA record (DANE) "
+                         "goes: a DANE sender that cached it defers mail (4xx, nothing lost) "
+                         "until the record expires, so lower `dnsTtl` a TTL ahead"),
     "provision": KeyChange(Outcome.IN_PLACE,
                            "false: stops managing the nodes' software (nothing on them is "
                            "undone); true: provisions them"),
     **{
         key: KeyChange(Outcome.IN_PLACE, _RE)
-        for key in ("messageSizeLimitMb", "imapPlaintext", "tlsMode", "letsencryptEmail",
+        for key in ("messageSizeLimitMb", "imapPlaintext", "letsencryptEmail",
                     "dnsTtl", "dmarcPolicy", "mtaStsMode", "postmaster",
                     "heartbeatKeepaliveMs", "heartbeatDeadtimeMs", "banMaxRetry",
                     "banFindTimeSeconds", "banTimeSeconds", "submissionRateLimitPerHour",
