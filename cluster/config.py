@@ -410,7 +410,7 @@ KEYS: dict[str, Key] = {
                             "account e-mail for Let's Encrypt"),
     "dnsTtl": Key("dns_ttl", 300, _as_int(30, 86400, " s"), "TTL of every DNS record"),
     "dnssec": Key("dnssec", True, _as_bool,
-                  "sign the further mail domains' zones (DNSSEC, a key per zone)"),
+                  "sign every zone the cluster serves, its own and the further domains' (DNSSEC)"),
     "dmarcPolicy": Key("dmarc_policy", "quarantine", _one_of(DMARC_POLICIES), "DMARC p="),
     "mtaStsMode": Key("mta_sts_mode", "testing", _one_of(MTA_STS_MODES), "MTA-STS mode"),
     "postmaster": Key("postmaster", "", lambda v: _email(v) if v else None,
